@@ -1,0 +1,1 @@
+"""prunectl's command line: option parsing and rendering over ``prunectl.core``."""

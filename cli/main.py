@@ -1,0 +1,100 @@
+"""The ``prunectl`` command group: global options, exit codes, error translation.
+
+Exit codes (also in ``prunectl --help`` and the README):
+  0  success
+  1  error: a bad model file, a bad report, an output that cannot be written
+  2  usage error: a bad option or option value
+
+Every error is one line, ``Error: ...``, on stderr; a traceback is shown only
+with ``-v`` and only for a fault in prunectl itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from prunectl import __version__
+from prunectl.core.errors import PrunectlError
+
+EXIT_CODES = """\b
+Exit codes:
+  0  success
+  1  error (bad model file, bad report, output not writable)
+  2  usage error (bad option or value)"""
+
+
+class PrunectlGroup(click.Group):
+    """A group that translates library errors in one place and prints them as one line."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PrunectlError as exc:
+            raise click.ClickException(str(exc)) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except OSError as exc:
+            if ctx.obj and ctx.obj.get("verbose"):
+                raise
+            where = f" Received: {exc.filename!r}" if exc.filename else ""
+            raise click.ClickException(f"{exc.strerror or exc}.{where}") from None
+        except Exception as exc:
+            if ctx.obj and ctx.obj.get("verbose"):
+                raise
+            raise click.ClickException(
+                f"unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)"
+            ) from None
+
+    def main(self, args=None, prog_name=None, **extra):
+        extra.pop("standalone_mode", None)
+        try:
+            code = super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            click.echo(f"Error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Error: aborted.", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Error: interrupted.", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=PrunectlGroup, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="prunectl")
+@click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's logs and tracebacks of internal errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """Prune saved Keras 3 models: zero small weights, write them compressed, report sparsity.
+
+    \b
+    Examples:
+      prunectl prune model.h5 --threshold 0.01
+      prunectl prune model.keras --sparsity 0.8 --scope global -o small.keras
+      prunectl report model.pruned.h5
+    """
+    ctx.ensure_object(dict)["verbose"] = verbose
+    if verbose:
+        os.environ["PRUNECTL_VERBOSE"] = "1"
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _register() -> None:
+    from prunectl.cli.prune import prune
+    from prunectl.cli.report import report
+
+    cli.add_command(prune)
+    cli.add_command(report)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="prunectl")

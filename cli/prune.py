@@ -1,0 +1,109 @@
+"""``prunectl prune``: parse options, build a PruneRequest, run it, render the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from prunectl.cli import render
+from prunectl.core.errors import OptionError
+from prunectl.core.options import (COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES, SCOPES,
+                                   validate_sparsity, validate_threshold)
+
+
+def _checked(validate):
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return validate(value)
+        except OptionError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+
+    return callback
+
+
+@click.command(epilog="""\b
+Examples:
+  prunectl prune model.h5 --threshold 0.01
+  prunectl prune model.keras --sparsity 0.9 --scope global --exclude '^head$'
+  prunectl prune model.h5 --sparsity 0.8 -o small.keras --json | jq .totals
+""")
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
+@click.option("--threshold", type=float, callback=_checked(validate_threshold),
+              help="Zero every prunable weight with |w| < T.")
+@click.option("--sparsity", type=float, callback=_checked(validate_sparsity),
+              help="Zero the fraction S in [0, 1) of smallest-magnitude weights.")
+@click.option("--scope", type=click.Choice(SCOPES), default="layer", show_default=True,
+              help="With --sparsity: each weight tensor reaches S (layer), or one cut over all (global).")
+@click.option("--include", multiple=True, metavar="REGEX", help="Prune only layers whose name matches (repeatable).")
+@click.option("--exclude", multiple=True, metavar="REGEX", help="Leave layers whose name matches (repeatable).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Output model (default: <stem>.pruned<suffix> beside the input; the suffix picks the format).")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
+              help="Where to write the JSON report (default: <output stem>.report.json).")
+@click.option("--compression", type=click.Choice(list(COMPRESSION_LEVELS)), default=DEFAULT_COMPRESSION, show_default=True,
+              help="gzip level of the output's weights: none=0, fast=1, default=4, strong=9.")
+@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+              help="file: h5py only, no TensorFlow; keras: load and save with Keras; auto: file unless converting.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report to stdout (and nothing else there).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output model and report.")
+@click.option("--unsafe", is_flag=True, help="Allow loading Lambda-layer code stored in the model (trusted files only).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr but errors.")
+def prune(model, threshold, sparsity, scope, include, exclude, output, report_path, compression, engine,
+          as_json, force, unsafe, quiet):
+    """Zero small weights of a saved Keras model and write it compressed, with a report."""
+    from prunectl.core.pipeline import PruneRequest
+    from prunectl.core.prune import WeightPruning
+    from prunectl.core.report import to_json
+
+    if threshold is not None and sparsity is not None:
+        raise click.UsageError(
+            f"give only one of --threshold and --sparsity. Received: --threshold {threshold} --sparsity {sparsity}"
+        )
+    if threshold is None and sparsity is None:
+        raise click.UsageError("give --threshold T or --sparsity S. Received: neither")
+    request = PruneRequest(
+        model=model,
+        weights=WeightPruning(threshold=threshold, sparsity=sparsity, scope=scope,
+                              include=tuple(include), exclude=tuple(exclude)),
+        output=output, report=report_path, compression=compression, engine=engine, force=force, unsafe=unsafe,
+    )
+    console = None if quiet else render.stderr_console()
+    result = _run_with_progress(request, console)
+    if as_json:
+        render.emit_json(to_json(result))
+    if console is not None:
+        _summarize(console, result)
+
+
+def _run_with_progress(request, console) -> dict:
+    from prunectl.core.pipeline import run_prune
+
+    if console is None or not console.is_terminal:
+        return run_prune(request)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("writing weights", total=None)
+
+        def progress(key: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=f"writing {key}")
+
+        return run_prune(request, progress)
+
+
+def _summarize(console, report: dict) -> None:
+    console.print(render.sparsity_table(report, f"Pruned {report['input']['path']}"))
+    size_in, size_out = report["input"]["size_bytes"], report["output"]["size_bytes"]
+    prunable = report["totals"]["prunable"]
+    console.print(
+        f"Wrote {report['output']['path']}: {render.human_size(size_in)} -> {render.human_size(size_out)} "
+        f"({report['size_ratio']:.2f}x), prunable sparsity {100 * prunable['sparsity']:.1f}%, "
+        f"engine {report['engine']}, {report['seconds']:.2f} s"
+    )
+    for note in report.get("notes", []):
+        console.print(f"Note: {note}")
+    console.print(f"Report: {report['report_path']}")

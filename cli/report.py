@@ -1,0 +1,60 @@
+"""``prunectl report``: the sparsity table of a model or a saved report, without TensorFlow."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from prunectl.cli import render
+
+
+def _read(target: str, all_weights: bool) -> dict:
+    """A report for ``target``: a model file, a JSON report, or ``-`` (a report on stdin)."""
+    from prunectl.core.errors import ReportError
+    from prunectl.core.modelfile import open_model_file
+    from prunectl.core.report import load_report, model_report
+
+    if target == "-":
+        return load_report(sys.stdin.read(), "<stdin>")
+    path = Path(target)
+    if path.suffix.lower() == ".json":
+        if not path.is_file():
+            raise ReportError(f"report file not found. Received: {target!r}")
+        return load_report(path.read_text(encoding="utf-8", errors="replace"), target)
+    with open_model_file(path) as model:
+        return model_report(model, all_weights=all_weights)
+
+
+@click.command(epilog="""\b
+Examples:
+  prunectl report model.h5
+  prunectl report model.pruned.report.json
+  prunectl report model.pruned.keras --baseline model.keras
+  prunectl prune model.h5 --sparsity 0.8 --json | prunectl report -
+""")
+@click.argument("target", metavar="MODEL_OR_REPORT")
+@click.option("--baseline", metavar="MODEL_OR_REPORT", default=None,
+              help="Show sparsity before (baseline) and after (target) side by side.")
+@click.option("--all-weights", is_flag=True, help="Also list biases, normalization and other unprunable weights.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report to stdout (and nothing else there).")
+def report(target, baseline, all_weights, as_json):
+    """Show the per-layer sparsity of a .h5/.keras model or of a saved JSON report."""
+    from prunectl.core.report import compare_rows, to_json
+
+    current = _read(target, all_weights)
+    before = _read(baseline, all_weights) if baseline else None
+    if before is not None:
+        current = {**current, "baseline": {"source": baseline, "layers": compare_rows(before, current),
+                                           "totals": before["totals"]}}
+    if as_json:
+        render.emit_json(to_json(current))
+        return
+    console = render.stderr_console()
+    if before is not None:
+        console.print(render.comparison_table(current["baseline"]["layers"], f"{baseline} -> {target}"))
+        b, a = before["totals"]["prunable"], current["totals"]["prunable"]
+        console.print(f"prunable sparsity {100 * b['sparsity']:.1f}% -> {100 * a['sparsity']:.1f}%")
+    else:
+        console.print(render.sparsity_table(current, target))

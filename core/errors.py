@@ -1,0 +1,33 @@
+"""The few exceptions prunectl's library raises for problems a user can fix.
+
+Every message says what was wrong and ends with what was received. The CLI turns
+each of them into a one-line ``Error: ...`` and exit code 1 (see ``cli/main.py``).
+"""
+
+
+class PrunectlError(Exception):
+    """Base class: a problem with the user's input, reported as one line."""
+
+
+class ModelFileError(PrunectlError):
+    """A model file is missing, unreadable, or not a saved Keras model."""
+
+
+class UnsafeModelError(PrunectlError):
+    """Loading the model would run Python code stored in the file."""
+
+
+class OptionError(PrunectlError):
+    """An option value is out of range or conflicts with another option."""
+
+
+class SelectionError(PrunectlError):
+    """A layer pattern selects no layer, or nothing is left to prune."""
+
+
+class OutputError(PrunectlError):
+    """An output path cannot be written safely."""
+
+
+class ReportError(PrunectlError):
+    """A file given as a report is not a prunectl JSON report."""

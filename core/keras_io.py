@@ -1,0 +1,176 @@
+"""Load and save models through Keras (TensorFlow is imported here, lazily).
+
+Only the steps that must build a model in Keras come here: format conversion,
+the ``keras`` engine, and later fine-tuning and structural pruning. Loading is
+always ``compile=False`` with Keras's safe mode on, and the compile settings are
+recovered from the file's own training config, because Keras 3 cannot
+deserialize some legacy ones (``loss="mse"`` in a ``.h5`` fails with "Could not
+deserialize 'keras.metrics.mse'").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prunectl.core.errors import ModelFileError, UnsafeModelError
+from prunectl.core.modelfile import ModelFile
+
+
+_SILENCED = False
+
+
+def quiet_tensorflow(verbose: bool = False) -> None:
+    """Silence TensorFlow's C++ and Python logging unless ``verbose``.
+
+    ``TF_CPP_MIN_LOG_LEVEL`` does not reach the lines absl prints before its own
+    initialisation ("All log messages before absl::InitializeLog()...", the CUDA
+    stub notice), which TensorFlow writes straight to file descriptor 2 at import
+    and again at first use. So file descriptor 2 is pointed at ``/dev/null``
+    and Python's ``sys.stderr`` moved to a duplicate of the original, which keeps
+    every message of prunectl's own (and Python tracebacks) visible.
+    """
+    global _SILENCED
+    if verbose or _SILENCED:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"keras(\..*)?")
+    warnings.filterwarnings("ignore", module=r"tensorflow(\..*)?")
+    try:
+        sys.stderr.flush()
+        original = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        sys.stderr = os.fdopen(original, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
+                               errors="backslashreplace")
+    except (OSError, AttributeError, ValueError):
+        pass  # no real stderr (e.g. captured by a test runner): nothing to protect
+    _SILENCED = True
+
+
+def import_keras():
+    """Import and return ``keras`` with TensorFlow's logging silenced."""
+    quiet_tensorflow(os.environ.get("PRUNECTL_VERBOSE") == "1")
+    import keras
+
+    return keras
+
+
+@dataclass(frozen=True)
+class CompileSpec:
+    """Compile settings recovered from a saved model.
+
+    Attributes:
+        loss: a loss identifier or serialized loss (``"mse"``), or None.
+        metrics: metric identifiers as saved.
+        optimizer: a serialized optimizer config, an optimizer name, or None.
+    """
+
+    loss: Any = None
+    metrics: tuple = ()
+    optimizer: Any = None
+
+
+@dataclass
+class LoadedModel:
+    """A Keras model with what was learnt while loading it.
+
+    Attributes:
+        model: the ``keras.Model``.
+        compile_spec: the recovered compile settings, or None if the file had none.
+        notes: human-readable remarks (e.g. a compile setting that was dropped).
+    """
+
+    model: Any
+    compile_spec: CompileSpec | None
+    notes: list[str] = field(default_factory=list)
+
+
+def compile_spec_from(model_file: ModelFile) -> CompileSpec | None:
+    """Recover loss, metrics and optimizer from a file's training/compile config."""
+    config = model_file.training_config
+    if not config:
+        return None
+    optimizer = config.get("optimizer_config") or config.get("optimizer")
+    if optimizer is None and model_file.format == "keras" and "optimizer/vars" in model_file.h5:
+        optimizer = model_file.h5["optimizer/vars"].attrs.get("name")
+    metrics = config.get("metrics") or ()
+    return CompileSpec(config.get("loss"), tuple(metrics) if isinstance(metrics, list) else (metrics,), optimizer)
+
+
+def _resolve(keras, module, identifier):
+    if isinstance(identifier, dict):
+        return module.deserialize(identifier)
+    return module.get(identifier)
+
+
+def compile_model(model, spec: CompileSpec) -> list[str]:
+    """Compile ``model`` with ``spec``, dropping what Keras cannot rebuild.
+
+    Returns:
+        Notes on anything that could not be restored.
+    """
+    keras = import_keras()
+    notes = []
+    try:
+        optimizer = _resolve(keras, keras.optimizers, spec.optimizer) if spec.optimizer else "adam"
+    except (ValueError, TypeError) as exc:
+        notes.append(f"optimizer not restored ({exc}); using adam")
+        optimizer = "adam"
+    loss = spec.loss
+    if isinstance(loss, dict) and "class_name" in loss:
+        try:
+            loss = keras.losses.deserialize(loss)
+        except (ValueError, TypeError) as exc:
+            notes.append(f"loss not restored ({exc})")
+            loss = None
+    metrics = [m for m in spec.metrics if m is not None]
+    try:
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics or None)
+    except (ValueError, TypeError) as exc:
+        notes.append(f"metrics not restored ({exc})")
+        model.compile(optimizer=optimizer, loss=loss)
+    return notes
+
+
+def load_model(model_file: ModelFile, unsafe: bool = False) -> LoadedModel:
+    """Load ``model_file`` in Keras with safe mode, then restore its compile settings.
+
+    Args:
+        model_file: the already validated file (see :func:`open_model_file`).
+        unsafe: allow deserializing Python code (Lambda layers) stored in the file.
+
+    Raises:
+        UnsafeModelError: the file holds code and ``unsafe`` is False.
+        ModelFileError: Keras cannot rebuild the model (e.g. an unknown custom layer).
+    """
+    keras = import_keras()
+    path = model_file.path
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)
+    except Exception as exc:  # Keras raises bare ValueError/TypeError for many causes
+        message = " ".join(str(exc).split())
+        if "safe_mode" in message or "unsafe" in message.lower():
+            raise UnsafeModelError(
+                "model holds Python code (a Lambda layer) that would run when it is loaded; "
+                f"pass --unsafe only if you trust this file. Received: {str(path)!r}"
+            ) from None
+        raise ModelFileError(f"Keras cannot load the model: {message[:300]}. Received: {str(path)!r}") from None
+    spec = compile_spec_from(model_file)
+    notes = compile_model(model, spec) if spec and spec.loss is not None else []
+    return LoadedModel(model, spec, notes)
+
+
+def save_model(model, target: Path) -> None:
+    """Save ``model`` with Keras to ``target`` (uncompressed; callers recompress)."""
+    import_keras()
+    model.save(target)

@@ -1,0 +1,372 @@
+"""Read a saved Keras model's structure and weights with h5py, without TensorFlow.
+
+Two on-disk formats are understood:
+
+* legacy HDF5 (``.h5``/``.hdf5``): root attributes ``model_config`` and
+  ``training_config``, weights under ``model_weights/<layer>/...`` listed by each
+  layer group's ``weight_names`` attribute;
+* Keras v3 (``.keras``): a zip holding ``config.json``, ``metadata.json`` and
+  ``model.weights.h5``, whose weights live under ``layers/<group>/vars/<i>`` with
+  the layer's real name in the ``vars`` group's ``name`` attribute.
+
+A :class:`ModelFile` lists every weight as a :class:`WeightEntry` (layer, class,
+weight name, dataset path, shape) and reads one at a time, so memory stays at
+the size of the largest tensor.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import struct
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from prunectl.core.errors import ModelFileError
+from prunectl.core.registry import prunable_spec_by_index, prunable_spec_by_name
+
+H5_SUFFIXES = (".h5", ".hdf5")
+KERAS_SUFFIX = ".keras"
+WEIGHTS_MEMBER = "model.weights.h5"
+CONFIG_MEMBER = "config.json"
+_NESTED_MODEL_CLASSES = {"Sequential", "Functional", "Model"}
+
+
+@dataclass(frozen=True)
+class WeightEntry:
+    """One weight tensor of a saved model.
+
+    Attributes:
+        layer: name of the layer that owns the weight (the innermost named layer).
+        class_name: that layer's Keras class, e.g. ``"Dense"``.
+        weight: the variable name (``"kernel"``), or ``"vars/<i>"`` where a
+            ``.keras`` file only records a position that the registry does not name.
+        dataset: path of the dataset inside the weights HDF5 file.
+        shape: tensor shape.
+        dtype: numpy dtype string.
+        prunable: whether the registry lists this weight as prunable.
+        order: position of the owning layer in the model config, for display order.
+    """
+
+    layer: str
+    class_name: str
+    weight: str
+    dataset: str
+    shape: tuple[int, ...]
+    dtype: str
+    prunable: bool
+    order: int = 0
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def key(self) -> str:
+        return f"{self.layer}/{self.weight}"
+
+
+def model_format(path: Path) -> str:
+    """Return ``"h5"`` or ``"keras"`` for a model path, by suffix.
+
+    Raises:
+        ModelFileError: for any other suffix.
+    """
+    suffix = path.suffix.lower()
+    if suffix in H5_SUFFIXES:
+        return "h5"
+    if suffix == KERAS_SUFFIX:
+        return "keras"
+    raise ModelFileError(
+        f"unsupported model file type; expected .h5, .hdf5 or .keras. Received: {str(path)!r}"
+    )
+
+
+def layer_classes(model_config: dict) -> dict[str, tuple[str, int]]:
+    """Map every layer name in a (possibly nested) model config to (class, order)."""
+    found: dict[str, tuple[str, int]] = {}
+
+    def walk(config: dict) -> None:
+        for layer in config.get("layers", []):
+            name = layer.get("config", {}).get("name") or layer.get("name")
+            class_name = layer.get("class_name", "")
+            if name is not None and name not in found:
+                found[name] = (class_name, len(found))
+            if class_name in _NESTED_MODEL_CLASSES or "layers" in layer.get("config", {}):
+                walk(layer.get("config", {}))
+
+    walk(model_config.get("config", model_config))
+    return found
+
+
+class _StoredZipMember(io.RawIOBase):
+    """Read-only, seekable view of an uncompressed (stored) zip member.
+
+    Keras writes ``model.weights.h5`` stored, so h5py can read it in place
+    through this view instead of copying hundreds of megabytes out of the zip.
+    """
+
+    def __init__(self, path: Path, info: zipfile.ZipInfo):
+        super().__init__()
+        self._fd = os.open(path, os.O_RDONLY)
+        header = os.pread(self._fd, 30, info.header_offset)
+        if len(header) != 30 or header[:4] != b"PK\x03\x04":
+            os.close(self._fd)
+            raise ModelFileError(f"corrupt .keras archive (bad member header). Received: {str(path)!r}")
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        self._start = info.header_offset + 30 + name_len + extra_len
+        self._size = info.file_size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        want = min(len(buffer), self._size - self._pos)
+        if want <= 0:
+            return 0
+        view = memoryview(buffer)[:want]
+        got = os.preadv(self._fd, [view], self._start + self._pos)
+        self._pos += got
+        return got
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+@dataclass
+class ModelFile:
+    """An open saved model: its config, its weight entries, and its weights file.
+
+    Use :func:`open_model_file` to build one, and as a context manager to close it.
+    """
+
+    path: Path
+    format: str
+    config: dict
+    h5: h5py.File
+    entries: list[WeightEntry]
+    training_config: dict | None = None
+    attrs_source: h5py.File | None = None
+    zip_members: dict[str, bytes] = field(default_factory=dict)
+    _closers: list = field(default_factory=list)
+
+    def read(self, entry: WeightEntry) -> np.ndarray:
+        """Read one weight tensor into memory.
+
+        Raises:
+            ModelFileError: when the data cannot be read (a truncated file).
+        """
+        try:
+            return self.h5[entry.dataset][()]
+        except (OSError, KeyError, ValueError) as exc:
+            raise ModelFileError(
+                f"cannot read weight {entry.key} ({exc}). Received: {str(self.path)!r}"
+            ) from None
+
+    @property
+    def prunable(self) -> list[WeightEntry]:
+        return [e for e in self.entries if e.prunable]
+
+    @property
+    def layer_classes(self) -> dict[str, tuple[str, int]]:
+        return layer_classes(self.config)
+
+    def close(self) -> None:
+        try:
+            self.h5.close()
+        finally:
+            for closer in reversed(self._closers):
+                closer()
+            self._closers.clear()
+
+    def __enter__(self) -> "ModelFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _check_path(path: Path) -> None:
+    if not path.exists():
+        raise ModelFileError(f"model file not found. Received: {str(path)!r}")
+    if path.is_dir():
+        raise ModelFileError(f"model path is a directory, not a file. Received: {str(path)!r}")
+
+
+def _decode_attr(value) -> dict | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    return json.loads(value)
+
+
+def _open_h5(path: Path) -> ModelFile:
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise ModelFileError(f"not a readable HDF5 file ({_short(exc)}). Received: {str(path)!r}") from None
+    try:
+        if "model_config" not in h5.attrs:
+            if "layer_names" in h5.attrs or "vars" in h5 or "layers" in h5:
+                raise ModelFileError(
+                    "file holds only weights, not a model: save it with model.save(...), "
+                    f"not model.save_weights(...). Received: {str(path)!r}"
+                )
+            raise ModelFileError(f"HDF5 file is not a saved Keras model (no model_config). Received: {str(path)!r}")
+        config = _decode_attr(h5.attrs["model_config"])
+        training = _decode_attr(h5.attrs.get("training_config"))
+        if "model_weights" not in h5:
+            raise ModelFileError(f"saved model has no model_weights group. Received: {str(path)!r}")
+        entries = _h5_entries(h5, layer_classes(config))
+    except ModelFileError:
+        h5.close()
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        h5.close()
+        raise ModelFileError(f"corrupt Keras HDF5 model ({_short(exc)}). Received: {str(path)!r}") from None
+    return ModelFile(path, "h5", config, h5, entries, training_config=training, attrs_source=h5)
+
+
+def _h5_entries(h5: h5py.File, classes: dict[str, tuple[str, int]]) -> list[WeightEntry]:
+    weights = h5["model_weights"]
+    entries = []
+    for top in _str_list(weights.attrs.get("layer_names", [])):
+        group = weights[top]
+        for wname in _str_list(group.attrs.get("weight_names", [])):
+            parts = wname.split("/")
+            owner = next((p for p in reversed(parts[:-1]) if p in classes), top)
+            class_name, order = classes.get(owner, ("", len(classes)))
+            dataset = group[wname]
+            spec = prunable_spec_by_name(class_name, parts[-1])
+            entries.append(
+                WeightEntry(owner, class_name, parts[-1], dataset.name, tuple(dataset.shape),
+                            dataset.dtype.str, spec is not None and dataset.dtype.kind == "f", order)
+            )
+    return entries
+
+
+def _keras_entries(h5: h5py.File, classes: dict[str, tuple[str, int]]) -> list[WeightEntry]:
+    entries: list[WeightEntry] = []
+
+    def visit(group: h5py.Group, owner: str | None, sublayer: str) -> None:
+        vars_group = group.get("vars")
+        if isinstance(vars_group, h5py.Group):
+            name = vars_group.attrs.get("name")
+            name = name.decode() if isinstance(name, bytes) else name
+            if name in classes or owner is None:
+                owner, sublayer = name, ""
+            class_name, order = classes.get(owner, ("", len(classes)))
+            for key in sorted(vars_group, key=lambda k: int(k) if k.isdigit() else -1):
+                dataset = vars_group[key]
+                if not isinstance(dataset, h5py.Dataset):
+                    continue
+                spec = prunable_spec_by_index(class_name, sublayer, int(key)) if key.isdigit() else None
+                entries.append(
+                    WeightEntry(owner, class_name, spec.name if spec else f"vars/{key}", dataset.name,
+                                tuple(dataset.shape), dataset.dtype.str,
+                                spec is not None and dataset.dtype.kind == "f", order)
+                )
+        for key in group:
+            if key == "vars" or not isinstance(group[key], h5py.Group):
+                continue
+            if key == "layers":
+                for child in group[key]:
+                    visit(group[key][child], None, "")
+            else:
+                visit(group[key], owner, f"{sublayer}/{key}".strip("/"))
+
+    if "layers" in h5:
+        for child in h5["layers"]:
+            visit(h5["layers"][child], None, "")
+    entries.sort(key=lambda e: e.order)
+    return entries
+
+
+def _open_keras(path: Path) -> ModelFile:
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise ModelFileError(f"not a .keras archive (not a zip file). Received: {str(path)!r}") from None
+    except OSError as exc:
+        raise ModelFileError(f"cannot read .keras archive ({_short(exc)}). Received: {str(path)!r}") from None
+    closers = [archive.close]
+    try:
+        names = set(archive.namelist())
+        missing = [m for m in (CONFIG_MEMBER, WEIGHTS_MEMBER) if m not in names]
+        if missing:
+            raise ModelFileError(
+                f".keras archive lacks {', '.join(missing)}. Received: {str(path)!r}"
+            )
+        members = {n: archive.read(n) for n in names if n != WEIGHTS_MEMBER}
+        config = json.loads(members[CONFIG_MEMBER])
+        info = archive.getinfo(WEIGHTS_MEMBER)
+        if info.compress_type == zipfile.ZIP_STORED:
+            source = _StoredZipMember(path, info)
+            closers.append(source.close)
+            h5 = h5py.File(source, "r")
+        else:
+            tmpdir = tempfile.mkdtemp(prefix=".prunectl-", dir=path.parent)
+            closers.append(lambda: shutil.rmtree(tmpdir, ignore_errors=True))
+            h5 = h5py.File(archive.extract(WEIGHTS_MEMBER, tmpdir), "r")
+        entries = _keras_entries(h5, layer_classes(config))
+    except ModelFileError:
+        for closer in reversed(closers):
+            closer()
+        raise
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile, EOFError) as exc:
+        for closer in reversed(closers):
+            closer()
+        raise ModelFileError(f"corrupt .keras archive ({_short(exc)}). Received: {str(path)!r}") from None
+    training = config.get("compile_config")
+    return ModelFile(path, "keras", config, h5, entries, training_config=training,
+                     zip_members=members, _closers=closers)
+
+
+def open_model_file(path: str | os.PathLike) -> ModelFile:
+    """Open a saved Keras model for reading with h5py (no TensorFlow).
+
+    Args:
+        path: a ``.h5``/``.hdf5`` or ``.keras`` file saved by ``model.save``.
+
+    Returns:
+        An open :class:`ModelFile`; close it or use it as a context manager.
+
+    Raises:
+        ModelFileError: missing path, directory, wrong suffix, weights-only or
+            corrupt file.
+    """
+    path = Path(path)
+    fmt = model_format(path)
+    _check_path(path)
+    return _open_h5(path) if fmt == "h5" else _open_keras(path)
+
+
+def _str_list(values) -> list[str]:
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,90 @@
+"""Write a saved model anew: every group and attribute copied, weights transformed and compressed.
+
+This is how prunectl writes every model, whichever engine pruned it: the
+weights file is rebuilt dataset by dataset (so memory holds one tensor at a
+time), each tensor passed through an optional transform and written through
+:class:`~prunectl.core.compress.ChunkWriter`. For ``.keras`` the other archive
+members are copied and deflated; the weights member is stored, because its
+datasets are already compressed and Keras reads it fastest that way.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+
+from prunectl.core.atomic import atomic_path
+from prunectl.core.compress import ChunkWriter
+from prunectl.core.modelfile import WEIGHTS_MEMBER, ModelFile
+
+Transform = Callable[[str, np.ndarray], np.ndarray]
+
+
+def _copy_attrs(src: h5py.HLObject, dst: h5py.HLObject) -> None:
+    for name in src.attrs:
+        attr = src.attrs.get_id(name)
+        dst.attrs.create(name, src.attrs[name], shape=attr.shape, dtype=attr.dtype)
+
+
+def _copy_tree(src: h5py.Group, dst: h5py.Group, writer: ChunkWriter, transform: Transform | None) -> None:
+    _copy_attrs(src, dst)
+    for name in src:
+        link = src.get(name, getlink=True)
+        if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+            dst[name] = link
+            continue
+        obj = src[name]
+        if isinstance(obj, h5py.Group):
+            _copy_tree(obj, dst.create_group(name), writer, transform)
+        elif obj.dtype.kind in "fiub" and obj.shape is not None:
+            data = obj[()]
+            if transform is not None:
+                data = transform(obj.name, data)
+            _copy_attrs(obj, writer.write(dst, name, data))
+        else:
+            src.copy(obj, dst, name=name)
+
+
+def write_h5(source: h5py.File, target: Path, level: int, transform: Transform | None = None) -> None:
+    """Write ``source``'s whole HDF5 tree to ``target`` (not atomic: callers wrap it)."""
+    with h5py.File(target, "w") as out, ChunkWriter(level) as writer:
+        _copy_tree(source, out, writer, transform)
+
+
+def write_model(model: ModelFile, target: Path, level: int, transform: Transform | None = None) -> None:
+    """Write ``model`` to ``target`` atomically in the format ``target``'s suffix names.
+
+    Args:
+        model: the open source model.
+        target: output path; ``.h5``/``.hdf5`` or ``.keras``.
+        level: gzip level for weight datasets (0 = uncompressed).
+        transform: called as ``transform(dataset_path, array)`` for every
+            dataset; returns the array to write.
+    """
+    fmt = "keras" if target.suffix.lower() == ".keras" else "h5"
+    if fmt != model.format:
+        raise ValueError(f"write_model cannot convert {model.format} to {fmt}; use the Keras engine")
+    with atomic_path(target) as tmp:
+        if fmt == "h5":
+            write_h5(model.h5, tmp, level, transform)
+            return
+        weights_tmp = tmp.with_name(tmp.name + ".weights")
+        try:
+            write_h5(model.h5, weights_tmp, level, transform)
+            _write_keras_zip(tmp, model.zip_members, weights_tmp, level)
+        finally:
+            weights_tmp.unlink(missing_ok=True)
+
+
+def _write_keras_zip(target: Path, members: dict[str, bytes], weights: Path, level: int) -> None:
+    deflate = zipfile.ZIP_DEFLATED if level else zipfile.ZIP_STORED
+    order = ["metadata.json", "config.json"]
+    names = [n for n in order if n in members] + sorted(n for n in members if n not in order)
+    with zipfile.ZipFile(target, "w") as archive:
+        for name in names:
+            archive.writestr(name, members[name], compress_type=deflate)
+        archive.write(weights, WEIGHTS_MEMBER, compress_type=zipfile.ZIP_STORED)

@@ -1,0 +1,3 @@
+from prunectl.cli.main import main
+
+main()
