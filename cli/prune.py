@@ -47,12 +47,14 @@ Examples:
               help="gzip level of the output's weights: none=0, fast=1, default=4, strong=9.")
 @click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
               help="file: h5py only, no TensorFlow; keras: load and save with Keras; auto: file unless converting.")
+@click.option("--keep-optimizer", is_flag=True,
+              help="Keep the optimizer's saved state (dense, so the file stays large); dropped by default.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report to stdout (and nothing else there).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output model and report.")
 @click.option("--unsafe", is_flag=True, help="Allow loading Lambda-layer code stored in the model (trusted files only).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr but errors.")
 def prune(model, threshold, sparsity, scope, include, exclude, output, report_path, compression, engine,
-          as_json, force, unsafe, quiet):
+          keep_optimizer, as_json, force, unsafe, quiet):
     """Zero small weights of a saved Keras model and write it compressed, with a report."""
     from prunectl.core.pipeline import PruneRequest
     from prunectl.core.prune import WeightPruning
@@ -69,6 +71,7 @@ def prune(model, threshold, sparsity, scope, include, exclude, output, report_pa
         weights=WeightPruning(threshold=threshold, sparsity=sparsity, scope=scope,
                               include=tuple(include), exclude=tuple(exclude)),
         output=output, report=report_path, compression=compression, engine=engine, force=force, unsafe=unsafe,
+        keep_optimizer=keep_optimizer,
     )
     console = None if quiet else render.stderr_console()
     result = _run_with_progress(request, console)

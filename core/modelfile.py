@@ -36,6 +36,8 @@ H5_SUFFIXES = (".h5", ".hdf5")
 KERAS_SUFFIX = ".keras"
 WEIGHTS_MEMBER = "model.weights.h5"
 CONFIG_MEMBER = "config.json"
+# Where each format keeps the optimizer's saved state.
+OPTIMIZER_GROUPS = {"h5": "/optimizer_weights", "keras": "/optimizer"}
 _NESTED_MODEL_CLASSES = {"Sequential", "Functional", "Model"}
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from prunectl.core.atomic import atomic_path
 from prunectl.core.compress import ChunkWriter
-from prunectl.core.modelfile import WEIGHTS_MEMBER, ModelFile
+from prunectl.core.modelfile import OPTIMIZER_GROUPS, WEIGHTS_MEMBER, ModelFile
 
 Transform = Callable[[str, np.ndarray], np.ndarray]
 
@@ -30,9 +30,12 @@ def _copy_attrs(src: h5py.HLObject, dst: h5py.HLObject) -> None:
         dst.attrs.create(name, src.attrs[name], shape=attr.shape, dtype=attr.dtype)
 
 
-def _copy_tree(src: h5py.Group, dst: h5py.Group, writer: ChunkWriter, transform: Transform | None) -> None:
+def _copy_tree(src: h5py.Group, dst: h5py.Group, writer: ChunkWriter, transform: Transform | None,
+               skip: frozenset[str] = frozenset()) -> None:
     _copy_attrs(src, dst)
     for name in src:
+        if f"{src.name.rstrip('/')}/{name}" in skip:
+            continue
         link = src.get(name, getlink=True)
         if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
             dst[name] = link
@@ -49,13 +52,15 @@ def _copy_tree(src: h5py.Group, dst: h5py.Group, writer: ChunkWriter, transform:
             src.copy(obj, dst, name=name)
 
 
-def write_h5(source: h5py.File, target: Path, level: int, transform: Transform | None = None) -> None:
-    """Write ``source``'s whole HDF5 tree to ``target`` (not atomic: callers wrap it)."""
+def write_h5(source: h5py.File, target: Path, level: int, transform: Transform | None = None,
+             skip: frozenset[str] = frozenset()) -> None:
+    """Write ``source``'s HDF5 tree, less the ``skip`` paths, to ``target`` (not atomic)."""
     with h5py.File(target, "w") as out, ChunkWriter(level) as writer:
-        _copy_tree(source, out, writer, transform)
+        _copy_tree(source, out, writer, transform, skip)
 
 
-def write_model(model: ModelFile, target: Path, level: int, transform: Transform | None = None) -> None:
+def write_model(model: ModelFile, target: Path, level: int, transform: Transform | None = None,
+                keep_optimizer: bool = False) -> None:
     """Write ``model`` to ``target`` atomically in the format ``target``'s suffix names.
 
     Args:
@@ -64,17 +69,22 @@ def write_model(model: ModelFile, target: Path, level: int, transform: Transform
         level: gzip level for weight datasets (0 = uncompressed).
         transform: called as ``transform(dataset_path, array)`` for every
             dataset; returns the array to write.
+        keep_optimizer: keep the optimizer's saved state (slot variables).
+            Dropped by default: it is dense (so it would hold the file's size
+            at about three times the weights), stale once weights are pruned,
+            and the compile settings that rebuild the optimizer are kept.
     """
+    skip = frozenset() if keep_optimizer else frozenset({OPTIMIZER_GROUPS[model.format]})
     fmt = "keras" if target.suffix.lower() == ".keras" else "h5"
     if fmt != model.format:
         raise ValueError(f"write_model cannot convert {model.format} to {fmt}; use the Keras engine")
     with atomic_path(target) as tmp:
         if fmt == "h5":
-            write_h5(model.h5, tmp, level, transform)
+            write_h5(model.h5, tmp, level, transform, skip)
             return
         weights_tmp = tmp.with_name(tmp.name + ".weights")
         try:
-            write_h5(model.h5, weights_tmp, level, transform)
+            write_h5(model.h5, weights_tmp, level, transform, skip)
             _write_keras_zip(tmp, model.zip_members, weights_tmp, level)
         finally:
             weights_tmp.unlink(missing_ok=True)

@@ -32,6 +32,7 @@ class PruneRequest:
         engine: ``auto``, ``file`` or ``keras``.
         force: replace existing outputs.
         unsafe: allow Lambda-layer code to be deserialized by the Keras engine.
+        keep_optimizer: keep the optimizer's saved state in the output.
     """
 
     model: Path
@@ -42,6 +43,7 @@ class PruneRequest:
     engine: str = "auto"
     force: bool = False
     unsafe: bool = False
+    keep_optimizer: bool = False
 
     def options(self) -> dict:
         """The options as recorded in the report."""
@@ -51,6 +53,7 @@ class PruneRequest:
             "engine": self.engine,
             "force": self.force,
             "unsafe": self.unsafe,
+            "keep_optimizer": self.keep_optimizer,
         }
 
 
@@ -85,7 +88,8 @@ def run_prune(request: PruneRequest, progress: Progress | None = None) -> dict:
         if report_path.resolve() == output.resolve():
             raise OutputError(f"report path is the output model's path. Received: {str(report_path)!r}")
         outcome = prune_weights(model, output, request.weights, COMPRESSION_LEVELS[request.compression],
-                                engine=request.engine, unsafe=request.unsafe, progress=progress)
+                                engine=request.engine, unsafe=request.unsafe,
+                                keep_optimizer=request.keep_optimizer, progress=progress)
         report = prune_report(outcome, model, output, request.options())
     report["report_path"] = str(report_path)
     write_text_atomic(report_path, to_json(report))

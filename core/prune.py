@@ -115,7 +115,7 @@ class WeightPruner:
         """Prune ``tensor`` (the values of ``entry``) in place and return it."""
         if entry.key not in self.entries:
             return tensor
-        tensor = np.array(tensor, copy=False)
+        tensor = np.asarray(tensor)
         before = masks.count_zeros(tensor)
         step = self.step
         if step.threshold is not None:
@@ -190,7 +190,7 @@ class PruneOutcome:
 
 
 def prune_weights(model: ModelFile, target: Path, step: WeightPruning, level: int,
-                  engine: str = "auto", unsafe: bool = False,
+                  engine: str = "auto", unsafe: bool = False, keep_optimizer: bool = False,
                   progress: Progress | None = None) -> PruneOutcome:
     """Prune ``model``'s weights and write the result to ``target`` atomically.
 
@@ -201,6 +201,8 @@ def prune_weights(model: ModelFile, target: Path, step: WeightPruning, level: in
         level: gzip level for the output's weights (0 = none).
         engine: ``"auto"``, ``"file"`` or ``"keras"``.
         unsafe: let the Keras engine deserialize Lambda layers.
+        keep_optimizer: keep the optimizer's saved state (file engine only; the
+            Keras engine loads without it).
         progress: called as ``progress(weight_key, done, total)`` while writing.
 
     Returns:
@@ -215,9 +217,10 @@ def prune_weights(model: ModelFile, target: Path, step: WeightPruning, level: in
     if engine == "file":
         pruner = WeightPruner(step, selected, model.read)
         transform, counts = _counting(model, pruner.prune, progress)
-        write_model(model, target, level, transform)
+        write_model(model, target, level, transform, keep_optimizer)
         return PruneOutcome(engine, selected, pruner.results, counts, time.perf_counter() - start)
-    return _prune_with_keras(model, target, step, level, unsafe, selected, progress, start)
+    notes = ["optimizer state is not carried by the keras engine"] if keep_optimizer else []
+    return _prune_with_keras(model, target, step, level, unsafe, selected, progress, start, notes)
 
 
 def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, object]]:
@@ -247,7 +250,7 @@ def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, object]]:
 
 def _prune_with_keras(model: ModelFile, target: Path, step: WeightPruning, level: int, unsafe: bool,
                       file_selected: list[WeightEntry], progress: Progress | None,
-                      start: float) -> PruneOutcome:
+                      start: float, notes: list[str]) -> PruneOutcome:
     from prunectl.core import keras_io
 
     loaded = keras_io.load_model(model, unsafe=unsafe)
@@ -269,4 +272,5 @@ def _prune_with_keras(model: ModelFile, target: Path, step: WeightPruning, level
             write_model(saved, target, level, transform)
     finally:
         raw.unlink(missing_ok=True)
-    return PruneOutcome("keras", selected, pruner.results, counts, time.perf_counter() - start, loaded.notes)
+    return PruneOutcome("keras", selected, pruner.results, counts, time.perf_counter() - start,
+                        notes + loaded.notes)
