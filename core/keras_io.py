@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,3 +175,26 @@ def save_model(model, target: Path) -> None:
     """Save ``model`` with Keras to ``target`` (uncompressed; callers recompress)."""
     import_keras()
     model.save(target)
+
+
+def save_compressed(model, target: Path, level: int, keep_optimizer: bool = False, progress=None):
+    """Save a Keras model to ``target`` compressed, atomically, in the format its suffix names.
+
+    Keras saves uncompressed; the saved file is then rewritten through
+    :func:`~prunectl.core.modelwriter.write_model` like every other output.
+
+    Returns:
+        The :class:`~prunectl.core.modelwriter.WeightCounts` of what was written.
+    """
+    from prunectl.core.modelfile import open_model_file
+    from prunectl.core.modelwriter import write_model
+
+    fd, raw_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
+    os.close(fd)
+    raw = Path(raw_name)
+    try:
+        save_model(model, raw)
+        with open_model_file(raw) as saved:
+            return write_model(saved, target, level, keep_optimizer=keep_optimizer, progress=progress)
+    finally:
+        raw.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable
 
 import h5py
@@ -19,9 +20,20 @@ import numpy as np
 
 from prunectl.core.atomic import atomic_path
 from prunectl.core.compress import ChunkWriter
-from prunectl.core.modelfile import OPTIMIZER_GROUPS, WEIGHTS_MEMBER, ModelFile
+from prunectl.core.masks import count_zeros
+from prunectl.core.modelfile import OPTIMIZER_GROUPS, WEIGHTS_MEMBER, ModelFile, WeightEntry
 
 Transform = Callable[[str, np.ndarray], np.ndarray]
+EntryTransform = Callable[[WeightEntry, np.ndarray], np.ndarray]
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class WeightCounts:
+    """The model weights as written, with the number of zeros in each (by entry key)."""
+
+    entries: list[WeightEntry]
+    zeros: dict[str, int] = field(default_factory=dict)
 
 
 def _copy_attrs(src: h5py.HLObject, dst: h5py.HLObject) -> None:
@@ -59,35 +71,54 @@ def write_h5(source: h5py.File, target: Path, level: int, transform: Transform |
         _copy_tree(source, out, writer, transform, skip)
 
 
-def write_model(model: ModelFile, target: Path, level: int, transform: Transform | None = None,
-                keep_optimizer: bool = False) -> None:
-    """Write ``model`` to ``target`` atomically in the format ``target``'s suffix names.
+def write_model(model: ModelFile, target: Path, level: int, transform: EntryTransform | None = None,
+                keep_optimizer: bool = False, progress: Progress | None = None) -> WeightCounts:
+    """Write ``model`` to ``target`` atomically, in the same format.
 
     Args:
         model: the open source model.
-        target: output path; ``.h5``/``.hdf5`` or ``.keras``.
+        target: output path, ``.h5``/``.hdf5`` for an HDF5 source, ``.keras`` for a ``.keras`` one.
         level: gzip level for weight datasets (0 = uncompressed).
-        transform: called as ``transform(dataset_path, array)`` for every
-            dataset; returns the array to write.
+        transform: called as ``transform(entry, array)`` for every model weight;
+            returns the array to write.
         keep_optimizer: keep the optimizer's saved state (slot variables).
             Dropped by default: it is dense (so it would hold the file's size
             at about three times the weights), stale once weights are pruned,
             and the compile settings that rebuild the optimizer are kept.
+        progress: called as ``progress(weight_key, done, total)`` per weight written.
+
+    Returns:
+        The zero count of every model weight as written.
     """
-    skip = frozenset() if keep_optimizer else frozenset({OPTIMIZER_GROUPS[model.format]})
     fmt = "keras" if target.suffix.lower() == ".keras" else "h5"
     if fmt != model.format:
         raise ValueError(f"write_model cannot convert {model.format} to {fmt}; use the Keras engine")
+    skip = frozenset() if keep_optimizer else frozenset({OPTIMIZER_GROUPS[model.format]})
+    by_path = {e.dataset: e for e in model.entries}
+    counts = WeightCounts(model.entries)
+
+    def on_dataset(path: str, data: np.ndarray) -> np.ndarray:
+        entry = by_path.get(path)
+        if entry is None:
+            return data
+        if transform is not None:
+            data = transform(entry, data)
+        counts.zeros[entry.key] = count_zeros(data)
+        if progress:
+            progress(entry.key, len(counts.zeros), len(by_path))
+        return data
+
     with atomic_path(target) as tmp:
         if fmt == "h5":
-            write_h5(model.h5, tmp, level, transform, skip)
-            return
+            write_h5(model.h5, tmp, level, on_dataset, skip)
+            return counts
         weights_tmp = tmp.with_name(tmp.name + ".weights")
         try:
-            write_h5(model.h5, weights_tmp, level, transform, skip)
+            write_h5(model.h5, weights_tmp, level, on_dataset, skip)
             _write_keras_zip(tmp, model.zip_members, weights_tmp, level)
         finally:
             weights_tmp.unlink(missing_ok=True)
+    return counts
 
 
 def _write_keras_zip(target: Path, members: dict[str, bytes], weights: Path, level: int) -> None:

@@ -1,21 +1,28 @@
-"""The ``prune`` job end to end: check paths, prune, write the model and its report.
+"""The ``prune`` job end to end: check paths, run the steps, write the model and its report.
 
-Data flows one way: open (validate) -> check outputs -> prune and write the
-model -> build the report -> write the report. Nothing is written until the
-input and every output path have been checked, and each file is written
-atomically, so a failure leaves no output behind.
+Data flows one way: open (validate) -> check outputs -> prune -> write the model
+-> build the report -> write the report. Nothing is written until the input and
+every output path have been checked, and each file is written atomically, so a
+failure leaves no output behind.
+
+Two engines run the steps. The ``file`` engine (weight steps only, same format)
+reads and writes weights with h5py and never imports TensorFlow. The ``keras``
+engine loads the model in Keras, runs the steps on the live model, and saves it;
+steps that change the model's structure or train it run there.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prunectl.core.atomic import check_output, write_text_atomic
 from prunectl.core.errors import OptionError, OutputError
-from prunectl.core.modelfile import H5_SUFFIXES, KERAS_SUFFIX, open_model_file
-from prunectl.core.options import COMPRESSION_LEVELS, DEFAULT_COMPRESSION
-from prunectl.core.prune import Progress, WeightPruning, prune_weights
+from prunectl.core.modelfile import H5_SUFFIXES, KERAS_SUFFIX, ModelFile, model_format, open_model_file
+from prunectl.core.modelwriter import Progress, WeightCounts
+from prunectl.core.options import COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES
+from prunectl.core.prune import WeightPruning, WeightResult, prune_file, prune_keras_model
 from prunectl.core.report import prune_report, to_json
 
 
@@ -25,18 +32,18 @@ class PruneRequest:
 
     Attributes:
         model: the input model path (never modified).
-        weights: the weight-pruning step.
+        weights: the weight-pruning step, or None.
         output: output model path (default: ``<stem>.pruned<suffix>`` beside the input).
         report: report path (default: ``<output stem>.report.json`` beside the output).
-        compression: one of ``options.COMPRESSION_LEVELS``.
+        compression: a key of ``options.COMPRESSION_LEVELS``.
         engine: ``auto``, ``file`` or ``keras``.
         force: replace existing outputs.
         unsafe: allow Lambda-layer code to be deserialized by the Keras engine.
-        keep_optimizer: keep the optimizer's saved state in the output.
+        keep_optimizer: keep the optimizer's saved state in the output (file engine).
     """
 
     model: Path
-    weights: WeightPruning
+    weights: WeightPruning | None = None
     output: Path | None = None
     report: Path | None = None
     compression: str = DEFAULT_COMPRESSION
@@ -48,13 +55,28 @@ class PruneRequest:
     def options(self) -> dict:
         """The options as recorded in the report."""
         return {
-            **self.weights.get_config(),
+            **(self.weights.get_config() if self.weights else {}),
             "compression": self.compression,
             "engine": self.engine,
             "force": self.force,
             "unsafe": self.unsafe,
             "keep_optimizer": self.keep_optimizer,
         }
+
+    def needs_keras(self) -> bool:
+        """Whether a step must run on a live Keras model."""
+        return False
+
+
+@dataclass
+class PruneOutcome:
+    """Everything a report needs about one prune run."""
+
+    engine: str
+    results: dict[str, WeightResult]
+    counts: WeightCounts
+    seconds: float
+    notes: list[str] = field(default_factory=list)
 
 
 def default_output(model: Path) -> Path:
@@ -67,6 +89,48 @@ def default_report(output: Path) -> Path:
     return output.with_name(f"{output.stem}.report.json")
 
 
+def choose_engine(request: PruneRequest, target: Path) -> str:
+    """Resolve ``auto``: the file engine unless the format changes or a step needs Keras.
+
+    Raises:
+        OptionError: ``file`` was asked for where it cannot run.
+    """
+    if request.engine not in ENGINES:
+        raise OptionError(f"engine must be one of {', '.join(ENGINES)}. Received: engine={request.engine!r}")
+    converting = model_format(request.model) != model_format(target)
+    if request.engine == "file" and converting:
+        raise OptionError(
+            "the file engine cannot convert between .h5 and .keras; use --engine keras or auto. "
+            f"Received: {request.model.suffix} -> {target.suffix}"
+        )
+    if request.engine == "file" and request.needs_keras():
+        raise OptionError("the file engine runs weight steps only; use --engine keras or auto. Received: --engine file")
+    if request.engine == "auto":
+        return "keras" if converting or request.needs_keras() else "file"
+    return request.engine
+
+
+def _run_file(request: PruneRequest, model: ModelFile, target: Path, progress: Progress | None) -> PruneOutcome:
+    start = time.perf_counter()
+    results, counts = prune_file(model, target, request.weights, COMPRESSION_LEVELS[request.compression],
+                                 request.keep_optimizer, progress)
+    return PruneOutcome("file", results, counts, time.perf_counter() - start)
+
+
+def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: Progress | None) -> PruneOutcome:
+    from prunectl.core import keras_io
+
+    start = time.perf_counter()
+    loaded = keras_io.load_model(model, unsafe=request.unsafe)
+    notes = list(loaded.notes)
+    if request.keep_optimizer:
+        notes.append("optimizer state is not carried by the keras engine")
+    results = prune_keras_model(loaded.model, request.weights) if request.weights else {}
+    counts = keras_io.save_compressed(loaded.model, target, COMPRESSION_LEVELS[request.compression],
+                                      progress=progress)
+    return PruneOutcome("keras", results, counts, time.perf_counter() - start, notes)
+
+
 def run_prune(request: PruneRequest, progress: Progress | None = None) -> dict:
     """Run one prune job and return its report (also written to disk).
 
@@ -76,7 +140,8 @@ def run_prune(request: PruneRequest, progress: Progress | None = None) -> dict:
     """
     if request.compression not in COMPRESSION_LEVELS:
         raise OptionError(
-            f"compression must be one of {', '.join(COMPRESSION_LEVELS)}. Received: compression={request.compression!r}"
+            f"compression must be one of {', '.join(COMPRESSION_LEVELS)}. "
+            f"Received: compression={request.compression!r}"
         )
     output = request.output or default_output(request.model)
     if output.suffix.lower() not in H5_SUFFIXES + (KERAS_SUFFIX,):
@@ -87,9 +152,9 @@ def run_prune(request: PruneRequest, progress: Progress | None = None) -> dict:
         check_output(report_path, request.force, inputs=(request.model,))
         if report_path.resolve() == output.resolve():
             raise OutputError(f"report path is the output model's path. Received: {str(report_path)!r}")
-        outcome = prune_weights(model, output, request.weights, COMPRESSION_LEVELS[request.compression],
-                                engine=request.engine, unsafe=request.unsafe,
-                                keep_optimizer=request.keep_optimizer, progress=progress)
+        engine = choose_engine(request, output)
+        run = _run_file if engine == "file" else _run_keras
+        outcome = run(request, model, output, progress)
         report = prune_report(outcome, model, output, request.options())
     report["report_path"] = str(report_path)
     write_text_atomic(report_path, to_json(report))

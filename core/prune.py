@@ -1,18 +1,15 @@
 """Weight (unstructured) magnitude pruning of a saved model, through either engine.
 
-The ``file`` engine reads weights with h5py and writes the pruned file directly;
-it never imports TensorFlow and holds one tensor in memory at a time. The
-``keras`` engine loads the model in Keras, prunes its variables and saves it; it
-is needed to change format and by steps that run the model. Both use the same
-:class:`WeightPruner`, so they produce the same weights.
+:func:`prune_file` (the ``file`` engine) reads weights with h5py and writes the
+pruned file directly; it never imports TensorFlow and holds one tensor in memory
+at a time. :func:`prune_keras_model` (the ``keras`` engine) prunes a live Keras
+model's variables; it is needed to change format and by steps that run the
+model. Both use the same :class:`WeightPruner`, so they produce the same weights.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -20,12 +17,12 @@ import numpy as np
 
 from prunectl.core import masks
 from prunectl.core.errors import OptionError
-from prunectl.core.modelfile import ModelFile, WeightEntry, model_format, open_model_file
-from prunectl.core.modelwriter import write_model
-from prunectl.core.options import ENGINES, SCOPES, validate_sparsity, validate_threshold
+from prunectl.core.modelfile import ModelFile, WeightEntry
+from prunectl.core.modelwriter import Progress, WeightCounts, write_model
+from prunectl.core.registry import prunable_spec_by_name
+from prunectl.core.options import SCOPES, validate_sparsity, validate_threshold
 from prunectl.core.selection import select_weights
 
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -133,100 +130,8 @@ class WeightPruner:
         return tensor
 
 
-@dataclass
-class WeightCounts:
-    """Zero counts of every weight written, collected while the output is written."""
-
-    entries: list[WeightEntry]
-    zeros: dict[str, int] = field(default_factory=dict)
-
-
-def _counting(model: ModelFile, then: Callable[[WeightEntry, np.ndarray], np.ndarray] | None,
-              progress: Progress | None) -> tuple[Callable, WeightCounts]:
-    by_path = {e.dataset: e for e in model.entries}
-    counts = WeightCounts(model.entries)
-    done = [0]
-
-    def transform(path: str, data: np.ndarray) -> np.ndarray:
-        entry = by_path.get(path)
-        if entry is None:
-            return data
-        if then is not None:
-            data = then(entry, data)
-        counts.zeros[entry.key] = masks.count_zeros(data)
-        done[0] += 1
-        if progress:
-            progress(entry.key, done[0], len(by_path))
-        return data
-
-    return transform, counts
-
-
-def choose_engine(engine: str, source: Path, target: Path) -> str:
-    """Resolve ``auto``: the file engine unless the format changes."""
-    if engine not in ENGINES:
-        raise OptionError(f"engine must be one of {', '.join(ENGINES)}. Received: engine={engine!r}")
-    converting = model_format(source) != model_format(target)
-    if engine == "file" and converting:
-        raise OptionError(
-            "the file engine cannot convert between .h5 and .keras; use --engine keras or auto. "
-            f"Received: {source.suffix} -> {target.suffix}"
-        )
-    if engine == "auto":
-        return "keras" if converting else "file"
-    return engine
-
-
-@dataclass
-class PruneOutcome:
-    """Everything a report needs about one prune run."""
-
-    engine: str
-    selected: list[WeightEntry]
-    results: dict[str, WeightResult]
-    counts: WeightCounts
-    seconds: float
-    notes: list[str] = field(default_factory=list)
-
-
-def prune_weights(model: ModelFile, target: Path, step: WeightPruning, level: int,
-                  engine: str = "auto", unsafe: bool = False, keep_optimizer: bool = False,
-                  progress: Progress | None = None) -> PruneOutcome:
-    """Prune ``model``'s weights and write the result to ``target`` atomically.
-
-    Args:
-        model: the open input model (never modified).
-        target: output path; its suffix picks the output format.
-        step: what to prune.
-        level: gzip level for the output's weights (0 = none).
-        engine: ``"auto"``, ``"file"`` or ``"keras"``.
-        unsafe: let the Keras engine deserialize Lambda layers.
-        keep_optimizer: keep the optimizer's saved state (file engine only; the
-            Keras engine loads without it).
-        progress: called as ``progress(weight_key, done, total)`` while writing.
-
-    Returns:
-        A :class:`PruneOutcome`.
-
-    Raises:
-        SelectionError, OptionError, ModelFileError, UnsafeModelError.
-    """
-    start = time.perf_counter()
-    engine = choose_engine(engine, model.path, target)
-    selected = select_weights(model.entries, step.include, step.exclude)
-    if engine == "file":
-        pruner = WeightPruner(step, selected, model.read)
-        transform, counts = _counting(model, pruner.prune, progress)
-        write_model(model, target, level, transform, keep_optimizer)
-        return PruneOutcome(engine, selected, pruner.results, counts, time.perf_counter() - start)
-    notes = ["optimizer state is not carried by the keras engine"] if keep_optimizer else []
-    return _prune_with_keras(model, target, step, level, unsafe, selected, progress, start, notes)
-
-
 def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, object]]:
     """List a live Keras model's weights as entries paired with their variables."""
-    from prunectl.core.registry import prunable_spec_by_name
-
     pairs = []
 
     def walk(layers, order):
@@ -248,29 +153,35 @@ def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, object]]:
     return pairs
 
 
-def _prune_with_keras(model: ModelFile, target: Path, step: WeightPruning, level: int, unsafe: bool,
-                      file_selected: list[WeightEntry], progress: Progress | None,
-                      start: float, notes: list[str]) -> PruneOutcome:
-    from prunectl.core import keras_io
+def prune_file(model: ModelFile, target: Path, step: WeightPruning, level: int, keep_optimizer: bool = False,
+               progress: Progress | None = None) -> tuple[dict[str, WeightResult], WeightCounts]:
+    """The file engine: prune ``model``'s weights while writing them to ``target``.
 
-    loaded = keras_io.load_model(model, unsafe=unsafe)
-    pairs = keras_weight_entries(loaded.model)
-    wanted = {e.key for e in file_selected}
-    selected = [e for e, _ in pairs if e.key in wanted]
+    Reads one tensor at a time with h5py, never imports TensorFlow.
+
+    Returns:
+        Per-weight results and the zero counts of everything written.
+
+    Raises:
+        SelectionError, OptionError, ModelFileError.
+    """
+    selected = select_weights(model.entries, step.include, step.exclude)
+    pruner = WeightPruner(step, selected, model.read)
+    counts = write_model(model, target, level, pruner.prune, keep_optimizer, progress)
+    return pruner.results, counts
+
+
+def prune_keras_model(keras_model, step: WeightPruning) -> dict[str, WeightResult]:
+    """Prune a live Keras model's variables in place (the Keras engine).
+
+    Raises:
+        SelectionError, OptionError.
+    """
+    pairs = keras_weight_entries(keras_model)
+    selected = select_weights([e for e, _ in pairs], step.include, step.exclude)
     variables = {e.key: v for e, v in pairs}
     pruner = WeightPruner(step, selected, lambda e: variables[e.key].numpy())
     for entry in selected:
         variable = variables[entry.key]
         variable.assign(pruner.prune(entry, variable.numpy()))
-    fd, raw_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    raw = Path(raw_name)
-    try:
-        keras_io.save_model(loaded.model, raw)
-        with open_model_file(raw) as saved:
-            transform, counts = _counting(saved, None, progress)
-            write_model(saved, target, level, transform)
-    finally:
-        raw.unlink(missing_ok=True)
-    return PruneOutcome("keras", selected, pruner.results, counts, time.perf_counter() - start,
-                        notes + loaded.notes)
+    return pruner.results
