@@ -11,13 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from prunectl.core.errors import PrunectlError
+from prunectl.core.errors import DataError
 from prunectl.core.registry import Registry
-
-
-class DataError(PrunectlError):
-    """A data file is missing, unreadable, or does not fit the model."""
-
 
 READERS = Registry("data reader")
 

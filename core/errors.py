@@ -31,3 +31,7 @@ class OutputError(PrunectlError):
 
 class ReportError(PrunectlError):
     """A file given as a report is not a prunectl JSON report."""
+
+
+class DataError(PrunectlError):
+    """A data file is missing, unreadable, or does not fit the model."""

@@ -89,20 +89,29 @@ def xfail_bug(reason: str):
 
 
 # --- bad model files -------------------------------------------------------------------------
-# Each maker turns the private model folder into a bad input and returns (path, expected line
-# or, where the wording comes from h5py, a pattern).
+# Each maker turns the private model folder into one bad input and returns its path and the
+# expected error: an exact line, or a pattern where part of the wording comes from h5py.
+
+
+def exact(line: str) -> dict:
+    return {"line": line}
+
+
+def matching(prefix: str, path: Path) -> dict:
+    """A line that starts with ``prefix``, then h5py's reason in parentheses, then what was received."""
+    return {"pattern": rf"{prefix} \(.+\)\. {re.escape(received(path))}"}
 
 
 def _missing(folder, fmt):
     path = folder / f"missing{fmt}"
-    return path, f"Error: model file not found. {received(path)}"
+    return path, exact(f"Error: model file not found. {received(path)}")
 
 
 def _directory(folder, fmt):
     path = folder / f"folder{fmt}"
     path.mkdir()
-    (path / "inside.txt").write_text("x")
-    return path, f"Error: model path is a directory, not a file. {received(path)}"
+    (path / "saved_model.pb").write_bytes(b"\0")
+    return path, exact(f"Error: model path is a directory, not a file. {received(path)}")
 
 
 def _truncated(folder, fmt):
@@ -110,30 +119,29 @@ def _truncated(folder, fmt):
     data = (folder / f"functional{fmt}").read_bytes()
     path.write_bytes(data[: len(data) // 2])
     if fmt == ".h5":
-        return path, rf"Error: (not a readable HDF5 file|corrupt Keras HDF5 model|cannot read weight .+) \(.+\)\. {re.escape(received(path))}"
-    return path, f"Error: not a .keras archive (not a zip file). {received(path)}"
+        return path, matching(r"Error: (not a readable HDF5 file|corrupt Keras HDF5 model|cannot read weight \S+)",
+                              path)
+    return path, exact(f"Error: not a .keras archive (not a zip file). {received(path)}")
 
 
 def _random_bytes(folder, fmt):
     path = folder / f"random{fmt}"
     path.write_bytes(np.random.default_rng(0).bytes(4096))
     if fmt == ".h5":
-        return path, rf"Error: not a readable HDF5 file \(.+\)\. {re.escape(received(path))}"
-    return path, f"Error: not a .keras archive (not a zip file). {received(path)}"
+        return path, matching("Error: not a readable HDF5 file", path)
+    return path, exact(f"Error: not a .keras archive (not a zip file). {received(path)}")
 
 
-def _not_a_zip(folder, fmt):
-    """A legacy HDF5 model renamed to .keras: a common mistake."""
+def _h5_renamed_keras(folder, fmt):
+    """A legacy HDF5 model renamed to .keras, a common mistake: a .keras that is not a zip."""
     path = folder / "renamed.keras"
     shutil.copy(folder / "sequential.h5", path)
-    return path, f"Error: not a .keras archive (not a zip file). {received(path)}"
+    return path, exact(f"Error: not a .keras archive (not a zip file). {received(path)}")
 
 
-def _weights_only(folder, fmt, source):
-    path = folder / "weights_only.h5"
-    shutil.copy(source, path)
-    return path, ("Error: file holds only weights, not a model: save it with model.save(...), "
-                  f"not model.save_weights(...). {received(path)}")
+def weights_only_error(path: Path) -> dict:
+    return exact("Error: file holds only weights, not a model: save it with model.save(...), "
+                 f"not model.save_weights(...). {received(path)}")
 
 
 def _legacy_weights_only(folder, fmt):
@@ -143,9 +151,10 @@ def _legacy_weights_only(folder, fmt):
     path = folder / "legacy_weights.h5"
     with h5py.File(path, "w") as f:
         f.attrs["layer_names"] = [b"d1"]
-        f.create_group("d1").attrs["weight_names"] = [b"d1/kernel:0"]
-        f["d1"].create_dataset("d1/kernel:0", data=np.ones((2, 2), "float32"))
-    return path, _weights_only(folder, fmt, path)[1].replace("weights_only.h5", "legacy_weights.h5")
+        group = f.create_group("d1")
+        group.attrs["weight_names"] = [b"d1/kernel:0"]
+        group["d1/kernel:0"] = np.ones((2, 2), "float32")
+    return path, weights_only_error(path)
 
 
 def _plain_hdf5(folder, fmt):
@@ -154,7 +163,7 @@ def _plain_hdf5(folder, fmt):
     path = folder / "data.h5"
     with h5py.File(path, "w") as f:
         f["x"] = np.arange(4)
-    return path, f"Error: HDF5 file is not a saved Keras model (no model_config). {received(path)}"
+    return path, exact(f"Error: HDF5 file is not a saved Keras model (no model_config). {received(path)}")
 
 
 def _zip_without_weights(folder, fmt):
@@ -163,21 +172,13 @@ def _zip_without_weights(folder, fmt):
         for name in src.namelist():
             if name != "model.weights.h5":
                 dst.writestr(name, src.read(name))
-    return path, f"Error: .keras archive lacks model.weights.h5. {received(path)}"
+    return path, exact(f"Error: .keras archive lacks model.weights.h5. {received(path)}")
 
 
 def _unsupported_suffix(folder, fmt):
     path = folder / "model.txt"
     shutil.copy(folder / "sequential.h5", path)
-    return path, f"Error: unsupported model file type; expected .h5, .hdf5 or .keras. {received(path)}"
-
-
-def _savedmodel_dir(folder, fmt):
-    """A TF SavedModel folder (what Keras 2's ``model.save('name')`` wrote): no suffix."""
-    path = folder / "saved_model"
-    path.mkdir()
-    (path / "saved_model.pb").write_bytes(b"\0")
-    return path, f"Error: model path is a directory, not a file. {received(path)}"
+    return path, exact(f"Error: unsupported model file type; expected .h5, .hdf5 or .keras. {received(path)}")
 
 
 BAD_MODELS = [
@@ -185,18 +186,19 @@ BAD_MODELS = [
     pytest.param(_missing, ".keras", id="missing-keras"),
     pytest.param(_directory, ".h5", id="directory-h5"),
     pytest.param(_directory, ".keras", id="directory-keras"),
-    pytest.param(_savedmodel_dir, "", id="directory-no-suffix", marks=xfail_bug(
-        "a directory without a model suffix is reported as 'unsupported model file type' "
-        "instead of 'model path is a directory': model_format() runs before _check_path()")),
+    # A TF SavedModel folder, what Keras 2's model.save("name") wrote.
+    pytest.param(_directory, "", id="directory-no-suffix", marks=xfail_bug(
+        "a directory without a model suffix is reported as 'unsupported model file type; expected .h5, "
+        ".hdf5 or .keras' instead of 'model path is a directory, not a file': model_format() runs before "
+        "_check_path() in open_model_file()")),
     pytest.param(_truncated, ".h5", id="truncated-h5"),
     pytest.param(_truncated, ".keras", id="truncated-keras"),
     pytest.param(_random_bytes, ".h5", id="random-bytes-h5"),
     pytest.param(_random_bytes, ".keras", id="random-bytes-keras"),
-    pytest.param(_not_a_zip, ".keras", id="keras-not-a-zip"),
+    pytest.param(_h5_renamed_keras, ".keras", id="keras-not-a-zip"),
     pytest.param(_legacy_weights_only, ".h5", id="legacy-weights-only-h5"),
     pytest.param(_plain_hdf5, ".h5", id="hdf5-not-a-model"),
     pytest.param(_zip_without_weights, ".keras", id="keras-zip-without-weights"),
-    pytest.param(_unsupported_suffix, ".txt", id="unsupported-suffix"),
 ]
 COMMANDS = [
     pytest.param(lambda path: ("prune", path, *THRESHOLD), id="prune"),
@@ -205,15 +207,23 @@ COMMANDS = [
 ]
 
 
-def _expect(expected: str) -> dict:
-    return {"line": expected} if expected.startswith("Error: ") and "\\" not in expected else {"pattern": expected}
-
-
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize("make, fmt", BAD_MODELS)
 def test_bad_model_file(models, make, fmt, command):
     path, expected = make(models, fmt)
-    fails(models, *command(path), code=1, **_expect(expected))
+    fails(models, *command(path), code=1, **expected)
+
+
+UNSUPPORTED_INPUT = ("input named by the output: `prunectl prune model.txt --threshold 0.1` says \"output must end "
+                     "in .h5, .hdf5 or .keras. Received: '.../model.pruned.txt'\", about an output the user never "
+                     "gave (run_prune checks the default output's suffix before opening the input)")
+
+
+@pytest.mark.parametrize("command", [
+    pytest.param(COMMANDS[0].values[0], id="prune", marks=xfail_bug(UNSUPPORTED_INPUT)), *COMMANDS[1:]])
+def test_unsupported_model_suffix(models, command):
+    path, expected = _unsupported_suffix(models, ".txt")
+    fails(models, *command(path), code=1, **expected)
 
 
 @pytest.fixture(scope="module")
@@ -229,13 +239,14 @@ def weights_file(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_weights_only_h5(models, weights_file, command):
-    path, expected = _weights_only(models, ".h5", weights_file)
-    fails(models, *command(path), code=1, line=expected)
+    path = models / "weights_only.h5"
+    shutil.copy(weights_file, path)
+    fails(models, *command(path), code=1, **weights_only_error(path))
 
 
 def test_report_baseline_is_checked_too(models):
     path, expected = _random_bytes(models, ".h5")
-    fails(models, "report", models / "sequential.h5", "--baseline", path, code=1, pattern=expected)
+    fails(models, "report", models / "sequential.h5", "--baseline", path, code=1, **expected)
 
 
 # --- option values: usage errors, exit 2 -----------------------------------------------------
@@ -280,7 +291,7 @@ BAD_OPTIONS = [
     pytest.param([*THRESHOLD, "--compression", "max"],
                  _invalid("--compression", "'max' is not one of 'none', 'fast', 'default', 'strong'."),
                  id="bad-compression"),
-    pytest.param([*THRESHOLD, "--bogus"], "Error: No such option: --bogus", id="unknown-option"),
+    pytest.param([*THRESHOLD, "--bogus"], "Error: No such option '--bogus'.", id="unknown-option"),
 ]
 
 
@@ -476,11 +487,11 @@ def test_help_has_summary_and_examples(path):
     command = cli
     for name in path:
         command = command.commands[name]
-    result = CliRunner().invoke(cli, [*path, "--help"], catch_exceptions=False)
+    result = CliRunner().invoke(cli, [*path, "--help"], prog_name="prunectl", catch_exceptions=False)
     assert result.exit_code == 0, result.output
     summary = (command.help or "").strip().split("\n\n")[0]
     assert summary and "\n" not in summary, f"help must open with a one-line summary: {command.help!r}"
-    assert summary in result.stdout
+    assert summary in " ".join(result.stdout.split()), result.stdout
     examples = result.stdout.split("Examples:", 1)
     assert len(examples) == 2, result.stdout
     first = examples[1].strip().splitlines()[0]
@@ -488,7 +499,7 @@ def test_help_has_summary_and_examples(path):
 
 
 def test_help_lists_exit_codes():
-    result = CliRunner().invoke(cli, ["--help"], catch_exceptions=False)
+    result = CliRunner().invoke(cli, ["--help"], prog_name="prunectl", catch_exceptions=False)
     assert result.exit_code == 0, result.output
     block = result.stdout.split("Exit codes:", 1)[1]
     for code, meaning in (("0", "success"), ("1", "error"), ("2", "usage error")):
@@ -496,6 +507,6 @@ def test_help_lists_exit_codes():
 
 
 def test_help_is_listed_for_every_command():
-    result = CliRunner().invoke(cli, ["--help"], catch_exceptions=False)
+    result = CliRunner().invoke(cli, ["--help"], prog_name="prunectl", catch_exceptions=False)
     for name in cli.commands:
         assert re.search(rf"^\s+{name}\s+\S", result.stdout, re.MULTILINE), result.stdout
