@@ -3,7 +3,7 @@
 Exit codes (also in ``prunectl --help`` and the README):
   0  success
   1  error: a bad model file, a bad report, an output that cannot be written
-  2  usage error: a bad option or option value
+  2  usage error: a bad option, option value or combination of options
 
 Every error is one line, ``Error: ...``, on stderr; a traceback is shown only
 with ``-v`` and only for a fault in prunectl itself.
@@ -17,13 +17,13 @@ import sys
 import click
 
 from prunectl import __version__
-from prunectl.core.errors import PrunectlError
+from prunectl.core.errors import OptionError, PrunectlError
 
 EXIT_CODES = """\b
 Exit codes:
   0  success
   1  error (bad model file, bad report, output not writable)
-  2  usage error (bad option or value)"""
+  2  usage error (bad option, value or combination)"""
 
 
 class PrunectlGroup(click.Group):
@@ -32,6 +32,8 @@ class PrunectlGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except OptionError as exc:
+            raise click.UsageError(str(exc), ctx) from None
         except PrunectlError as exc:
             raise click.ClickException(str(exc)) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):

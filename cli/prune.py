@@ -8,7 +8,7 @@ import click
 
 from prunectl.cli import render
 from prunectl.core.errors import OptionError
-from prunectl.core.options import (COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES, SCOPES,
+from prunectl.core.options import (COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES, SCOPES, compile_patterns,
                                    validate_sparsity, validate_threshold)
 
 
@@ -24,6 +24,14 @@ def _checked(validate):
     return callback
 
 
+def _patterns(ctx, param, value):
+    try:
+        compile_patterns(value, f"--{param.name}")
+    except OptionError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+    return value
+
+
 @click.command(epilog="""\b
 Examples:
   prunectl prune model.h5 --threshold 0.01
@@ -37,8 +45,10 @@ Examples:
               help="Zero the fraction S in [0, 1) of smallest-magnitude weights.")
 @click.option("--scope", type=click.Choice(SCOPES), default="layer", show_default=True,
               help="With --sparsity: each weight tensor reaches S (layer), or one cut over all (global).")
-@click.option("--include", multiple=True, metavar="REGEX", help="Prune only layers whose name matches (repeatable).")
-@click.option("--exclude", multiple=True, metavar="REGEX", help="Leave layers whose name matches (repeatable).")
+@click.option("--include", multiple=True, metavar="REGEX", callback=_patterns,
+              help="Prune only layers whose name matches (repeatable).")
+@click.option("--exclude", multiple=True, metavar="REGEX", callback=_patterns,
+              help="Leave layers whose name matches (repeatable).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Output model (default: <stem>.pruned<suffix> beside the input; the suffix picks the format).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,

@@ -360,8 +360,8 @@ def open_model_file(path: str | os.PathLike) -> ModelFile:
             corrupt file.
     """
     path = Path(path)
-    fmt = model_format(path)
     _check_path(path)
+    fmt = model_format(path)
     return _open_h5(path) if fmt == "h5" else _open_keras(path)
 
 

@@ -20,10 +20,12 @@ import numpy as np
 
 from prunectl.core.atomic import atomic_path
 from prunectl.core.compress import ChunkWriter
+from prunectl.core.errors import ModelFileError
 from prunectl.core.masks import count_zeros
 from prunectl.core.modelfile import OPTIMIZER_GROUPS, WEIGHTS_MEMBER, ModelFile, WeightEntry
 
 Transform = Callable[[str, np.ndarray], np.ndarray]
+Reader = Callable[[h5py.Dataset], np.ndarray]
 EntryTransform = Callable[[WeightEntry, np.ndarray], np.ndarray]
 Progress = Callable[[str, int, int], None]
 
@@ -42,8 +44,12 @@ def _copy_attrs(src: h5py.HLObject, dst: h5py.HLObject) -> None:
         dst.attrs.create(name, src.attrs[name], shape=attr.shape, dtype=attr.dtype)
 
 
+def _read(dataset: h5py.Dataset) -> np.ndarray:
+    return dataset[()]
+
+
 def _copy_tree(src: h5py.Group, dst: h5py.Group, writer: ChunkWriter, transform: Transform | None,
-               skip: frozenset[str] = frozenset()) -> None:
+               skip: frozenset[str] = frozenset(), read: Reader = _read) -> None:
     _copy_attrs(src, dst)
     for name in src:
         if f"{src.name.rstrip('/')}/{name}" in skip:
@@ -54,9 +60,9 @@ def _copy_tree(src: h5py.Group, dst: h5py.Group, writer: ChunkWriter, transform:
             continue
         obj = src[name]
         if isinstance(obj, h5py.Group):
-            _copy_tree(obj, dst.create_group(name), writer, transform)
+            _copy_tree(obj, dst.create_group(name), writer, transform, skip, read)
         elif obj.dtype.kind in "fiub" and obj.shape is not None:
-            data = obj[()]
+            data = read(obj)
             if transform is not None:
                 data = transform(obj.name, data)
             _copy_attrs(obj, writer.write(dst, name, data))
@@ -65,10 +71,13 @@ def _copy_tree(src: h5py.Group, dst: h5py.Group, writer: ChunkWriter, transform:
 
 
 def write_h5(source: h5py.File, target: Path, level: int, transform: Transform | None = None,
-             skip: frozenset[str] = frozenset()) -> None:
-    """Write ``source``'s HDF5 tree, less the ``skip`` paths, to ``target`` (not atomic)."""
+             skip: frozenset[str] = frozenset(), read: Reader = _read) -> None:
+    """Write ``source``'s HDF5 tree, less the ``skip`` paths, to ``target`` (not atomic).
+
+    ``read`` reads each dataset (so callers can report failures in their terms).
+    """
     with h5py.File(target, "w") as out, ChunkWriter(level) as writer:
-        _copy_tree(source, out, writer, transform, skip)
+        _copy_tree(source, out, writer, transform, skip, read)
 
 
 def write_model(model: ModelFile, target: Path, level: int, transform: EntryTransform | None = None,
@@ -97,6 +106,17 @@ def write_model(model: ModelFile, target: Path, level: int, transform: EntryTran
     by_path = {e.dataset: e for e in model.entries}
     counts = WeightCounts(model.entries)
 
+    def read(dataset: h5py.Dataset) -> np.ndarray:
+        entry = by_path.get(dataset.name)
+        if entry is not None:
+            return model.read(entry)
+        try:
+            return dataset[()]
+        except (OSError, ValueError) as exc:
+            raise ModelFileError(
+                f"cannot read {dataset.name} ({exc}). Received: {str(model.path)!r}"
+            ) from None
+
     def on_dataset(path: str, data: np.ndarray) -> np.ndarray:
         entry = by_path.get(path)
         if entry is None:
@@ -110,11 +130,11 @@ def write_model(model: ModelFile, target: Path, level: int, transform: EntryTran
 
     with atomic_path(target) as tmp:
         if fmt == "h5":
-            write_h5(model.h5, tmp, level, on_dataset, skip)
+            write_h5(model.h5, tmp, level, on_dataset, skip, read)
             return counts
         weights_tmp = tmp.with_name(tmp.name + ".weights")
         try:
-            write_h5(model.h5, weights_tmp, level, on_dataset, skip)
+            write_h5(model.h5, weights_tmp, level, on_dataset, skip, read)
             _write_keras_zip(tmp, model.zip_members, weights_tmp, level)
         finally:
             weights_tmp.unlink(missing_ok=True)

@@ -7,6 +7,8 @@ build its choices and checks from it while ``prunectl --help`` stays instant.
 from __future__ import annotations
 
 import math
+import re
+from typing import Sequence
 
 from prunectl.core.errors import OptionError
 
@@ -39,3 +41,18 @@ def validate_sparsity(sparsity: float) -> float:
     if not (0.0 <= value < 1.0):  # also rejects NaN
         raise OptionError(f"sparsity must be in [0, 1). Received: sparsity={sparsity}")
     return value
+
+
+def compile_patterns(patterns: Sequence[str], option: str) -> list[re.Pattern]:
+    """Compile layer-name patterns.
+
+    Raises:
+        OptionError: a pattern is not a valid regular expression.
+    """
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise OptionError(f"{option} is not a valid regular expression ({exc}). Received: {pattern!r}") from None
+    return compiled

@@ -143,11 +143,11 @@ def run_prune(request: PruneRequest, progress: Progress | None = None) -> dict:
             f"compression must be one of {', '.join(COMPRESSION_LEVELS)}. "
             f"Received: compression={request.compression!r}"
         )
-    output = request.output or default_output(request.model)
-    if output.suffix.lower() not in H5_SUFFIXES + (KERAS_SUFFIX,):
-        raise OutputError(f"output must end in .h5, .hdf5 or .keras. Received: {str(output)!r}")
-    report_path = request.report or default_report(output)
     with open_model_file(request.model) as model:
+        output = request.output or default_output(request.model)
+        if output.suffix.lower() not in H5_SUFFIXES + (KERAS_SUFFIX,):
+            raise OutputError(f"output must end in .h5, .hdf5 or .keras. Received: {str(output)!r}")
+        report_path = request.report or default_report(output)
         check_output(output, request.force, inputs=(request.model,))
         check_output(report_path, request.force, inputs=(request.model,))
         if report_path.resolve() == output.resolve():

@@ -138,13 +138,17 @@ def load_report(text: str, source: str) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ReportError(f"report is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}). "
                           f"Received: {source!r}") from None
-    if not isinstance(report, dict) or "schema_version" not in report or "layers" not in report:
+    if not isinstance(report, dict) or "schema_version" not in report:
         raise ReportError(f"JSON file is not a prunectl report (no schema_version). Received: {source!r}")
     if report["schema_version"] != SCHEMA_VERSION:
         raise ReportError(
             f"unsupported report schema_version (this prunectl reads {SCHEMA_VERSION}). "
             f"Received: schema_version={report['schema_version']!r}"
         )
+    missing = [key for key in ("layers", "totals") if not isinstance(report.get(key), (list, dict))]
+    missing += [f"totals.{k}" for k in ("prunable", "all") if "totals" not in missing and k not in report["totals"]]
+    if missing:
+        raise ReportError(f"JSON file is not a prunectl report (missing {', '.join(missing)}). Received: {source!r}")
     return report
 
 

@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Sequence
 
-from prunectl.core.errors import OptionError, SelectionError
+from prunectl.core.errors import SelectionError
 from prunectl.core.modelfile import WeightEntry
-
-
-def compile_patterns(patterns: Sequence[str], option: str) -> list[re.Pattern]:
-    """Compile layer-name patterns.
-
-    Raises:
-        OptionError: a pattern is not a valid regular expression.
-    """
-    compiled = []
-    for pattern in patterns:
-        try:
-            compiled.append(re.compile(pattern))
-        except re.error as exc:
-            raise OptionError(f"{option} is not a valid regular expression ({exc}). Received: {pattern!r}") from None
-    return compiled
+from prunectl.core.options import compile_patterns
 
 
 def select_weights(
