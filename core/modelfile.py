@@ -172,16 +172,34 @@ class ModelFile:
     attrs_source: h5py.File | None = None
     zip_members: dict[str, bytes] = field(default_factory=dict)
     _closers: list = field(default_factory=list)
+    _scratch: np.ndarray | None = None
 
-    def read(self, entry: WeightEntry) -> np.ndarray:
+    def read(self, entry: WeightEntry, reuse: bool = False) -> np.ndarray:
         """Read one weight tensor into memory.
+
+        Args:
+            entry: the weight to read.
+            reuse: read into one scratch buffer kept by this object, sized for
+                the largest tensor read so far, instead of a new array. The
+                result is then only valid until the next ``reuse`` read; in
+                exchange a pass over every weight touches fresh memory once,
+                not once per tensor (page faults cost more than the copy).
 
         Raises:
             ModelFileError: when the data cannot be read (a truncated file).
         """
         try:
-            return self.h5[entry.dataset][()]
-        except (OSError, KeyError, ValueError) as exc:
+            dataset = self.h5[entry.dataset]
+            if not reuse or dataset.size == 0 or dataset.ndim == 0:
+                return dataset[()]
+            nbytes = dataset.size * dataset.dtype.itemsize
+            if self._scratch is None or self._scratch.size < nbytes:
+                self._scratch = None
+                self._scratch = np.empty(nbytes, dtype=np.uint8)
+            out = self._scratch[:nbytes].view(dataset.dtype).reshape(dataset.shape)
+            dataset.read_direct(out)
+            return out
+        except (OSError, KeyError, ValueError, TypeError) as exc:
             raise ModelFileError(
                 f"cannot read weight {entry.key} ({exc}). Received: {str(self.path)!r}"
             ) from None

@@ -109,7 +109,7 @@ def write_model(model: ModelFile, target: Path, level: int, transform: EntryTran
     def read(dataset: h5py.Dataset) -> np.ndarray:
         entry = by_path.get(dataset.name)
         if entry is not None:
-            return model.read(entry)
+            return model.read(entry, reuse=True)
         try:
             return dataset[()]
         except (OSError, ValueError) as exc:

@@ -166,7 +166,7 @@ def prune_file(model: ModelFile, target: Path, step: WeightPruning, level: int, 
         SelectionError, OptionError, ModelFileError.
     """
     selected = select_weights(model.entries, step.include, step.exclude)
-    pruner = WeightPruner(step, selected, model.read)
+    pruner = WeightPruner(step, selected, lambda entry: model.read(entry, reuse=True))
     counts = write_model(model, target, level, pruner.prune, keep_optimizer, progress)
     return pruner.results, counts
 

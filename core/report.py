@@ -94,7 +94,7 @@ def model_report(model: ModelFile, all_weights: bool = False) -> dict:
         model: the open model file.
         all_weights: include rows for biases, normalization and other weights.
     """
-    zeros = {e.key: masks.count_zeros(model.read(e)) for e in model.entries}
+    zeros = {e.key: masks.count_zeros(model.read(e, reuse=True)) for e in model.entries}
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "model",
