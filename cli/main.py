@@ -4,6 +4,7 @@ Exit codes (also in ``prunectl --help`` and the README):
   0  success
   1  error: a bad model file, a bad report, an output that cannot be written
   2  usage error: a bad option, option value or combination of options
+  3  a quality gate failed (the outputs are written; the report lists every gate)
 
 Every error is one line, ``Error: ...``, on stderr; a traceback is shown only
 with ``-v`` and only for a fault in prunectl itself.
@@ -23,7 +24,12 @@ EXIT_CODES = """\b
 Exit codes:
   0  success
   1  error (bad model file, bad report, output not writable)
-  2  usage error (bad option, value or combination)"""
+  2  usage error (bad option, value or combination)
+  3  a quality gate failed (--min-sparsity, --max-params, --max-size)
+
+\b
+Every option can also come from the environment: PRUNECTL_<COMMAND>_<OPTION>,
+e.g. PRUNECTL_PRUNE_SPARSITY=0.8 or PRUNECTL_REPORT_MIN_SPARSITY=0.8."""
 
 
 class PrunectlGroup(click.Group):
@@ -66,7 +72,7 @@ class PrunectlGroup(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-@click.group(cls=PrunectlGroup, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=PrunectlGroup, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "PRUNECTL"})
 @click.version_option(__version__, "--version", prog_name="prunectl")
 @click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's logs and tracebacks of internal errors.")
 @click.pass_context

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from prunectl.cli import render
+from prunectl.cli.common import finish_with_gates, gate_limits, gate_options, markdown_option
 from prunectl.core.errors import OptionError
 from prunectl.core.options import (COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES, SCOPES, compile_patterns,
                                    validate_sparsity, validate_threshold)
@@ -37,6 +38,7 @@ Examples:
   prunectl prune model.h5 --threshold 0.01
   prunectl prune model.keras --sparsity 0.9 --scope global --exclude '^head$'
   prunectl prune model.h5 --sparsity 0.8 -o small.keras --json | jq .totals
+  prunectl prune model.h5 --sparsity 0.8 --min-sparsity 0.8 --max-size 200000 --markdown - >> summary.md
 """)
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
 @click.option("--threshold", type=float, callback=_checked(validate_threshold),
@@ -63,13 +65,19 @@ Examples:
 @click.option("--force", is_flag=True, help="Overwrite an existing output model and report.")
 @click.option("--unsafe", is_flag=True, help="Allow loading Lambda-layer code stored in the model (trusted files only).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr but errors.")
+@gate_options
+@markdown_option
 def prune(model, threshold, sparsity, scope, include, exclude, output, report_path, compression, engine,
-          keep_optimizer, as_json, force, unsafe, quiet):
+          keep_optimizer, as_json, force, unsafe, quiet, markdown, **gates):
     """Zero small weights of a saved Keras model and write it compressed, with a report."""
     from prunectl.core.pipeline import PruneRequest
     from prunectl.core.prune import WeightPruning
+    from prunectl.core.markdown import report_markdown
     from prunectl.core.report import to_json
 
+    if as_json and markdown is not None and str(markdown) == "-":
+        raise click.UsageError("--json and --markdown - both write to stdout; give --markdown a file. "
+                               "Received: --json --markdown -")
     if threshold is not None and sparsity is not None:
         raise click.UsageError(
             f"give only one of --threshold and --sparsity. Received: --threshold {threshold} --sparsity {sparsity}"
@@ -81,14 +89,18 @@ def prune(model, threshold, sparsity, scope, include, exclude, output, report_pa
         weights=WeightPruning(threshold=threshold, sparsity=sparsity, scope=scope,
                               include=tuple(include), exclude=tuple(exclude)),
         output=output, report=report_path, compression=compression, engine=engine, force=force, unsafe=unsafe,
-        keep_optimizer=keep_optimizer,
+        keep_optimizer=keep_optimizer, gates=gate_limits(gates),
+        markdown=None if markdown is None or str(markdown) == "-" else markdown,
     )
     console = None if quiet else render.stderr_console()
     result = _run_with_progress(request, console)
     if as_json:
         render.emit_json(to_json(result))
+    elif markdown is not None and str(markdown) == "-":
+        render.emit_json(report_markdown(result))
     if console is not None:
         _summarize(console, result)
+    finish_with_gates(result, quiet)
 
 
 def _run_with_progress(request, console) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from prunectl.cli import render
+from prunectl.cli.common import finish_with_gates, gate_limits, gate_options, markdown_option
 
 
 def _read(target: str, all_weights: bool) -> dict:
@@ -32,24 +33,42 @@ Examples:
   prunectl report model.h5
   prunectl report model.pruned.report.json
   prunectl report model.pruned.keras --baseline model.keras
-  prunectl prune model.h5 --sparsity 0.8 --json | prunectl report -
+  prunectl prune model.h5 --sparsity 0.8 --json | prunectl report - --min-sparsity 0.8
 """)
 @click.argument("target", metavar="MODEL_OR_REPORT")
 @click.option("--baseline", metavar="MODEL_OR_REPORT", default=None,
               help="Show sparsity before (baseline) and after (target) side by side.")
 @click.option("--all-weights", is_flag=True, help="Also list biases, normalization and other unprunable weights.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report to stdout (and nothing else there).")
-def report(target, baseline, all_weights, as_json):
+@gate_options
+@markdown_option
+def report(target, baseline, all_weights, as_json, markdown, **gates):
     """Show the per-layer sparsity of a .h5/.keras model or of a saved JSON report."""
+    from prunectl.core.atomic import write_text_atomic
+    from prunectl.core.gates import check_gates
+    from prunectl.core.markdown import report_markdown
     from prunectl.core.report import compare_rows, to_json
 
+    to_stdout = markdown is not None and str(markdown) == "-"
+    if as_json and to_stdout:
+        raise click.UsageError("--json and --markdown - both write to stdout; give --markdown a file. "
+                               "Received: --json --markdown -")
+    if markdown is not None and not to_stdout and not markdown.parent.is_dir():
+        raise click.BadParameter(f"directory does not exist. Received: {str(markdown)!r}", param_hint="--markdown")
     current = _read(target, all_weights)
     before = _read(baseline, all_weights) if baseline else None
     if before is not None:
         current = {**current, "baseline": {"source": baseline, "layers": compare_rows(before, current),
                                            "totals": before["totals"]}}
+    limits = dict(gate_limits(gates))
+    if limits:
+        current = {**current, "gates": [g.to_dict() for g in check_gates(current, limits)]}
+    if markdown is not None:
+        text = report_markdown(current)
+        render.emit_json(text) if to_stdout else write_text_atomic(markdown, text)
     if as_json:
         render.emit_json(to_json(current))
+        finish_with_gates(current, quiet=True)
         return
     console = render.stderr_console()
     if before is not None:
@@ -58,3 +77,4 @@ def report(target, baseline, all_weights, as_json):
         console.print(f"prunable sparsity {100 * b['sparsity']:.1f}% -> {100 * a['sparsity']:.1f}%")
     else:
         console.print(render.sparsity_table(current, target))
+    finish_with_gates(current)

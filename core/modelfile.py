@@ -204,6 +204,41 @@ class ModelFile:
                 f"cannot read weight {entry.key} ({exc}). Received: {str(self.path)!r}"
             ) from None
 
+    def count_zeros(self, entry: WeightEntry, slab_bytes: int = 4 << 20) -> int:
+        """Count the exact zeros of one weight, reading it in cache-sized slabs.
+
+        Reading a slab into a small reused buffer and counting while it is still
+        in the CPU cache makes a pass over a model cost about what reading it
+        costs; reading whole tensors would touch every byte twice in memory.
+
+        Raises:
+            ModelFileError: when the data cannot be read.
+        """
+        try:
+            dataset = self.h5[entry.dataset]
+            if dataset.ndim == 0 or dataset.size == 0:
+                data = dataset[()]
+                return int(np.size(data) - np.count_nonzero(data))
+            row_bytes = dataset.dtype.itemsize * (dataset.size // dataset.shape[0])
+            rows = max(1, slab_bytes // row_bytes)
+            if dataset.chunks:  # whole chunks per read: each is decompressed once
+                rows = max(dataset.chunks[0], rows - rows % dataset.chunks[0])
+            nbytes = min(rows, dataset.shape[0]) * row_bytes
+            if self._scratch is None or self._scratch.size < nbytes:
+                self._scratch = None
+                self._scratch = np.empty(nbytes, dtype=np.uint8)
+            nonzero = 0
+            for start in range(0, dataset.shape[0], rows):
+                n = min(rows, dataset.shape[0] - start)
+                out = self._scratch[: n * row_bytes].view(dataset.dtype).reshape((n,) + dataset.shape[1:])
+                dataset.read_direct(out, np.s_[start:start + n])
+                nonzero += int(np.count_nonzero(out))
+            return dataset.size - nonzero
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise ModelFileError(
+                f"cannot read weight {entry.key} ({exc}). Received: {str(self.path)!r}"
+            ) from None
+
     @property
     def prunable(self) -> list[WeightEntry]:
         return [e for e in self.entries if e.prunable]

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from prunectl.core.atomic import check_output, write_text_atomic
 from prunectl.core.errors import OptionError, OutputError
+from prunectl.core.gates import GATES
+from prunectl.core.markdown import report_markdown
 from prunectl.core.modelfile import H5_SUFFIXES, KERAS_SUFFIX, ModelFile, model_format, open_model_file
 from prunectl.core.modelwriter import Progress, WeightCounts
 from prunectl.core.options import COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES
@@ -40,6 +42,8 @@ class PruneRequest:
         force: replace existing outputs.
         unsafe: allow Lambda-layer code to be deserialized by the Keras engine.
         keep_optimizer: keep the optimizer's saved state in the output (file engine).
+        gates: ``(gate name, limit)`` pairs checked against the report (see ``core.gates``).
+        markdown: also write the report as Markdown here.
     """
 
     model: Path
@@ -51,6 +55,8 @@ class PruneRequest:
     force: bool = False
     unsafe: bool = False
     keep_optimizer: bool = False
+    gates: tuple[tuple[str, float], ...] = ()
+    markdown: Path | None = None
 
     def options(self) -> dict:
         """The options as recorded in the report."""
@@ -61,6 +67,7 @@ class PruneRequest:
             "force": self.force,
             "unsafe": self.unsafe,
             "keep_optimizer": self.keep_optimizer,
+            "gates": dict(self.gates),
         }
 
     def needs_keras(self) -> bool:
@@ -152,10 +159,18 @@ def run_prune(request: PruneRequest, progress: Progress | None = None) -> dict:
         check_output(report_path, request.force, inputs=(request.model,))
         if report_path.resolve() == output.resolve():
             raise OutputError(f"report path is the output model's path. Received: {str(report_path)!r}")
+        if request.markdown is not None:
+            check_output(request.markdown, request.force, inputs=(request.model, output, report_path))
+            if request.markdown.resolve() in (output.resolve(), report_path.resolve()):
+                raise OutputError(f"markdown path is another output's path. Received: {str(request.markdown)!r}")
+        gates = [GATES.get(name)(limit) for name, limit in request.gates]
         engine = choose_engine(request, output)
         run = _run_file if engine == "file" else _run_keras
         outcome = run(request, model, output, progress)
         report = prune_report(outcome, model, output, request.options())
     report["report_path"] = str(report_path)
+    report["gates"] = [gate.check(report).to_dict() for gate in gates]
     write_text_atomic(report_path, to_json(report))
+    if request.markdown is not None:
+        write_text_atomic(request.markdown, report_markdown(report))
     return report

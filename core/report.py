@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Iterable
 
 from prunectl import __version__
-from prunectl.core import masks
 from prunectl.core.errors import ReportError
 from prunectl.core.modelfile import ModelFile, WeightEntry
 
@@ -94,7 +93,7 @@ def model_report(model: ModelFile, all_weights: bool = False) -> dict:
         model: the open model file.
         all_weights: include rows for biases, normalization and other weights.
     """
-    zeros = {e.key: masks.count_zeros(model.read(e, reuse=True)) for e in model.entries}
+    zeros = {e.key: model.count_zeros(e) for e in model.entries}
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "model",

@@ -1,0 +1,43 @@
+"""Options shared by several commands: quality gates and Markdown output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from prunectl.cli import render
+from prunectl.core.gates import GATE_EXIT_CODE, GATES
+
+def gate_options(command):
+    """Add one ``--<gate>`` option per registered gate (help text from the gate's docstring)."""
+    for name in reversed(GATES.names()):
+        gate = GATES.get(name)
+        summary = gate.__doc__.strip().splitlines()[0].rstrip(".")
+        command = click.option(f"--{name}", type=gate.value_type, default=None, metavar=gate.metavar,
+                               help=f"Gate: {summary[0].lower()}{summary[1:]} (else exit 3).")(command)
+    return command
+
+
+def markdown_option(command):
+    return click.option("--markdown", type=click.Path(path_type=Path), default=None,
+                        help="Also write the report as a Markdown table here (for CI job summaries).")(command)
+
+
+def gate_limits(params: dict) -> tuple[tuple[str, float], ...]:
+    """The ``(gate, limit)`` pairs given on the command line, in registry order."""
+    return tuple((name, params[name.replace("-", "_")]) for name in GATES.names()
+                 if params.get(name.replace("-", "_")) is not None)
+
+
+def finish_with_gates(report: dict, quiet: bool = False) -> None:
+    """Print failed gates, one ``Error:`` line each, and exit 3 if any failed."""
+    failed = [g for g in report.get("gates", []) if not g["passed"]]
+    if not quiet:
+        for gate in report.get("gates", []):
+            if gate["passed"]:
+                render.stderr_console().print(f"Gate {gate['message']}")
+    for gate in failed:
+        click.echo(f"Error: gate {gate['message']}", err=True)
+    if failed:
+        raise click.exceptions.Exit(GATE_EXIT_CODE)
