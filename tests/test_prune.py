@@ -304,3 +304,21 @@ def test_pruned_keras_file_loads_compiled_in_stock_keras(samples):
     data = np.load(samples / "digits_test.npz")
     loss, accuracy = model.evaluate(data["x"], data["y"], verbose=0)
     assert accuracy > 0.9, accuracy
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_output_loads_in_a_fresh_keras_process_without_prunectl(models, fmt):
+    import subprocess
+    import sys
+
+    run("prune", models / f"functional{fmt}", "--sparsity", "0.5")
+    script = (
+        "import sys, keras, numpy as np\n"
+        f"m = keras.models.load_model(sys.argv[1], compile=False)\n"
+        "m.predict(np.zeros((1, 6, 6, 2), 'float32'), verbose=0)\n"
+        "assert not any(n.startswith('prunectl') for n in sys.modules), 'prunectl was imported'\n"
+        "print('loaded', m.count_params())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(models / f"functional.pruned{fmt}")],
+                         capture_output=True, text=True, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""})
+    assert out.returncode == 0 and out.stdout.startswith("loaded"), out.stderr[-2000:]
