@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prunectl.core.atomic import check_output, write_text_atomic
 from prunectl.core.errors import OptionError, OutputError
@@ -24,6 +25,9 @@ from prunectl.core.modelwriter import Progress, WeightCounts
 from prunectl.core.options import COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES
 from prunectl.core.prune import WeightPruning, WeightResult, prune_file, prune_keras_model
 from prunectl.core.report import prune_report, to_json
+
+if TYPE_CHECKING:
+    from prunectl.core.finetune import FinetuneOptions, TrainingProgress
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class PruneRequest:
         force: replace existing outputs.
         unsafe: allow Lambda-layer code to be deserialized by the Keras engine.
         keep_optimizer: keep the optimizer's saved state in the output (file engine).
+        finetune: fine-tune after pruning (Keras engine), or None.
     """
 
     model: Path
@@ -51,6 +56,7 @@ class PruneRequest:
     force: bool = False
     unsafe: bool = False
     keep_optimizer: bool = False
+    finetune: FinetuneOptions | None = None
 
     def options(self) -> dict:
         """The options as recorded in the report."""
@@ -61,11 +67,12 @@ class PruneRequest:
             "force": self.force,
             "unsafe": self.unsafe,
             "keep_optimizer": self.keep_optimizer,
+            **({"finetune": self.finetune.get_config()} if self.finetune else {}),
         }
 
     def needs_keras(self) -> bool:
         """Whether a step must run on a live Keras model."""
-        return False
+        return self.finetune is not None
 
 
 @dataclass
@@ -77,6 +84,7 @@ class PruneOutcome:
     counts: WeightCounts
     seconds: float
     notes: list[str] = field(default_factory=list)
+    finetune: dict | None = None
 
 
 def default_output(model: Path) -> Path:
@@ -117,22 +125,41 @@ def _run_file(request: PruneRequest, model: ModelFile, target: Path, progress: P
     return PruneOutcome("file", results, counts, time.perf_counter() - start)
 
 
-def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: Progress | None) -> PruneOutcome:
+def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: Progress | None,
+               training: TrainingProgress | None = None) -> PruneOutcome:
     from prunectl.core import keras_io
+    from prunectl.core.distribute import strategy_scope
 
     start = time.perf_counter()
-    loaded = keras_io.load_model(model, unsafe=request.unsafe)
-    notes = list(loaded.notes)
-    if request.keep_optimizer:
-        notes.append("optimizer state is not carried by the keras engine")
-    results = prune_keras_model(loaded.model, request.weights) if request.weights else {}
-    counts = keras_io.save_compressed(loaded.model, target, COMPRESSION_LEVELS[request.compression],
-                                      progress=progress)
-    return PruneOutcome("keras", results, counts, time.perf_counter() - start, notes)
+    finetuned = None
+    # The model, the masks and the optimizer must all be created in the strategy's scope.
+    with strategy_scope(request.finetune.strategy if request.finetune else "default"):
+        loaded = keras_io.load_model(model, unsafe=request.unsafe)
+        notes = list(loaded.notes)
+        if request.keep_optimizer:
+            notes.append("optimizer state is not carried by the keras engine")
+        if request.finetune:
+            from prunectl.core.finetune import finetune_model
+
+            finetuned = finetune_model(loaded, request.weights, request.finetune, training)
+            results = finetuned.results
+            notes += finetuned.notes
+        else:
+            results = prune_keras_model(loaded.model, request.weights) if request.weights else {}
+        counts = keras_io.save_compressed(loaded.model, target, COMPRESSION_LEVELS[request.compression],
+                                          progress=progress)
+    return PruneOutcome("keras", results, counts, time.perf_counter() - start, notes,
+                        finetuned.report if finetuned else None)
 
 
-def run_prune(request: PruneRequest, progress: Progress | None = None) -> dict:
+def run_prune(request: PruneRequest, progress: Progress | None = None,
+              training: TrainingProgress | None = None) -> dict:
     """Run one prune job and return its report (also written to disk).
+
+    Args:
+        request: what to do.
+        progress: called as each weight tensor is written.
+        training: called at the end of every fine-tuning step and epoch.
 
     Raises:
         PrunectlError: any problem with the input, the options or the outputs;
@@ -153,8 +180,8 @@ def run_prune(request: PruneRequest, progress: Progress | None = None) -> dict:
         if report_path.resolve() == output.resolve():
             raise OutputError(f"report path is the output model's path. Received: {str(report_path)!r}")
         engine = choose_engine(request, output)
-        run = _run_file if engine == "file" else _run_keras
-        outcome = run(request, model, output, progress)
+        outcome = (_run_file(request, model, output, progress) if engine == "file"
+                   else _run_keras(request, model, output, progress, training))
         report = prune_report(outcome, model, output, request.options())
     report["report_path"] = str(report_path)
     write_text_atomic(report_path, to_json(report))
