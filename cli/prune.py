@@ -76,7 +76,7 @@ def prune(model, threshold, sparsity, scope, include, exclude, output, report_pa
         weights=WeightPruning(threshold=threshold, sparsity=sparsity, scope=scope,
                               include=tuple(include), exclude=tuple(exclude)),
         output=output, report=report_path, compression=compression, engine=engine, force=force, unsafe=unsafe,
-        keep_optimizer=keep_optimizer, finetune=finetune_options_from(finetune),
+        keep_optimizer=keep_optimizer, finetune=finetune_options_from(finetune, sparsity is not None),
     )
     console = None if quiet else render.stderr_console()
     result = _run_with_progress(request, console)

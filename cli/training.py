@@ -61,11 +61,16 @@ def finetune_options(command):
     return command
 
 
-def finetune_options_from(values: dict):
+def finetune_options_from(values: dict, by_sparsity: bool):
     """Fold the fine-tuning option values into a ``FinetuneOptions``, or None without ``--finetune-epochs``.
 
+    Args:
+        values: the command's fine-tuning option values (consumed).
+        by_sparsity: the pruning step is ``--sparsity`` (a gradual schedule needs one).
+
     Raises:
-        click.UsageError: an option that needs ``--finetune-epochs`` or ``--data`` is given without it.
+        click.UsageError: an option that needs ``--finetune-epochs``, ``--data`` or
+            ``--sparsity`` is given without it.
     """
     from prunectl.core.finetune import FinetuneOptions
 
@@ -78,6 +83,9 @@ def finetune_options_from(values: dict):
         return None
     if values["data"] is None:
         raise click.UsageError(f"--finetune-epochs needs --data. Received: --finetune-epochs {epochs} without --data")
+    if values["schedule"] != "oneshot" and not by_sparsity:
+        raise click.UsageError(f"--schedule {values['schedule']} prunes to a sparsity; give --sparsity. "
+                               f"Received: --schedule {values['schedule']} with --threshold")
     reader = {"x_key": values.pop("x_key"), "y_key": values.pop("y_key"), "label_col": values.pop("label_col")}
     if values["data"].suffix.lower() == ".csv" and (reader["x_key"] or reader["y_key"]):
         raise click.UsageError("--x-key and --y-key apply to .npz and .h5 data; a .csv takes --label-col. "
