@@ -83,6 +83,9 @@ def finetune_options_from(values: dict, by_sparsity: bool):
         return None
     if values["data"] is None:
         raise click.UsageError(f"--finetune-epochs needs --data. Received: --finetune-epochs {epochs} without --data")
+    if values["val_data"] is not None and values["val_split"] is not None:
+        raise click.UsageError(f"give only one of --val-data and --val-split. "
+                               f"Received: --val-data {values['val_data']} --val-split {values['val_split']}")
     if values["schedule"] != "oneshot" and not by_sparsity:
         raise click.UsageError(f"--schedule {values['schedule']} prunes to a sparsity; give --sparsity. "
                                f"Received: --schedule {values['schedule']} with --threshold")

@@ -131,8 +131,8 @@ class CsvReader:
             table = np.array(rows, dtype=np.float64)
         except ValueError as exc:
             raise _fail(f"data file has a non-numeric or missing value ({exc})", path) from None
-        if table.ndim != 2 or len(table) == 0:
-            raise _fail("data file has rows of different lengths or no data rows", path)
+        if table.ndim != 2:
+            raise _fail("data file has no data rows", path)
         if self.label_col is None:
             return Dataset(table.astype(np.float32))
         column = self._column(header, table.shape[1], path)

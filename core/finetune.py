@@ -222,8 +222,17 @@ def resolve_compile(model, saved: CompileSpec | None, options: FinetuneOptions, 
         The compile settings and where the loss came from (``option``, ``saved`` or ``default``).
 
     Raises:
-        OptionError: no loss given, none saved, and none can be inferred.
+        OptionError: an unknown loss, metric or optimizer name, or no loss given,
+            none saved, and none can be inferred.
     """
+    keras = import_keras()
+    for module, kind, names in ((keras.losses, "loss", [options.loss]), (keras.metrics, "metrics", options.metrics),
+                                (keras.optimizers, "optimizer", [options.optimizer])):
+        for name in filter(None, names):
+            try:
+                module.get(name)
+            except (ValueError, TypeError):
+                raise OptionError(f"unknown Keras {kind} name. Received: --{kind} {name}") from None
     saved = saved or CompileSpec()
     if options.loss:
         loss, source = options.loss, "option"
