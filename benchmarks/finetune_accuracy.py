@@ -4,7 +4,7 @@ Each model is pruned (layer scope, every prunable kernel) and fine-tuned with th
 same budget, then its accuracy on ``digits_test.npz`` is printed next to the dense
 model's. Not a test: it takes a few minutes on a laptop CPU.
 
-    python benchmarks/finetune_accuracy.py [--epochs 8] [--schedules polynomial,oneshot]
+    python benchmarks/finetune_accuracy.py [--epochs 8] [--schedules polynomial,oneshot] [--learning-rate 3e-3]
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ def main() -> None:
     parser.add_argument("--models", default="digits_mlp,digits_cnn")
     parser.add_argument("--schedules", default="polynomial,oneshot")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scope", default="layer")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--prune-end", type=float, default=0.5)
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -36,11 +40,12 @@ def main() -> None:
                 for sparsity in SPARSITIES:
                     start = time.perf_counter()
                     report = run_prune(PruneRequest(
-                        model=SAMPLES / f"{name}.keras", weights=WeightPruning(sparsity=sparsity),
+                        model=SAMPLES / f"{name}.keras", weights=WeightPruning(sparsity=sparsity, scope=args.scope),
                         output=Path(folder) / f"{name}.{schedule}.{sparsity}.keras",
                         finetune=FinetuneOptions(data=SAMPLES / "digits_train.npz",
                                                  val_data=SAMPLES / "digits_test.npz", epochs=args.epochs,
-                                                 schedule=schedule, seed=args.seed)))
+                                                 schedule=schedule, seed=args.seed, batch_size=args.batch_size,
+                                                 learning_rate=args.learning_rate, prune_end=args.prune_end)))
                     evaluation = report["finetune"]["evaluation"]
                     dense = evaluation["before_pruning"]["accuracy"]
                     pruned = evaluation["after_pruning"]["accuracy"]

@@ -18,7 +18,7 @@ _PATH = click.Path(path_type=Path, dir_okay=False)
 # Options that mean nothing without --finetune-epochs, with their defaults.
 _DEPENDENT = {"data": None, "val_data": None, "val_split": None, "x_key": None, "y_key": None, "label_col": None,
               "batch_size": 32, "learning_rate": None, "optimizer": None, "loss": None, "metrics": (),
-              "schedule": "oneshot", "initial_sparsity": 0.0, "prune_begin": 0.0, "prune_end": 0.75, "l1": 0.0,
+              "schedule": "oneshot", "initial_sparsity": 0.0, "prune_begin": 0.0, "prune_end": 0.5, "l1": 0.0,
               "seed": None, "strategy": "default", "plots": None}
 
 OPTIONS = [
@@ -42,7 +42,7 @@ OPTIONS = [
                  help="polynomial: sparsity at the start of the pruning window."),
     click.option("--prune-begin", type=click.FloatRange(0, 1), default=0.0, show_default=True,
                  help="polynomial: window start, as a fraction of the training steps."),
-    click.option("--prune-end", type=click.FloatRange(0, 1), default=0.75, show_default=True,
+    click.option("--prune-end", type=click.FloatRange(0, 1), default=0.5, show_default=True,
                  help="polynomial: step (fraction) where the final sparsity is reached."),
     click.option("--l1", type=click.FloatRange(0), default=0.0, show_default=True,
                  help="L1 penalty on the pruned layers' kernels while fine-tuning."),

@@ -73,7 +73,7 @@ class FinetuneOptions:
     schedule: str = "oneshot"
     initial_sparsity: float = 0.0
     prune_begin: float = 0.0
-    prune_end: float = 0.75
+    prune_end: float = 0.5
     l1: float = 0.0
     seed: int | None = None
     strategy: str = "default"

@@ -92,7 +92,7 @@ class PolynomialDecay:
 
     @classmethod
     def for_run(cls, final_sparsity: float, total_steps: int, initial_sparsity: float = 0.0,
-                begin: float = 0.0, end: float = 0.75, updates: int = DEFAULT_UPDATES) -> "PolynomialDecay":
+                begin: float = 0.0, end: float = 0.5, updates: int = DEFAULT_UPDATES) -> "PolynomialDecay":
         """The schedule for a run of ``total_steps`` steps, its window given as fractions of the run.
 
         Args:

@@ -97,3 +97,11 @@ def test_multiworker_needs_tf_config(folder, monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     fails(folder, *tune(folder, "--strategy", "multiworker"), code=1,
           contains=["the multiworker strategy needs TF_CONFIG", "Received: TF_CONFIG=''"])
+
+
+def test_multiworker_with_several_workers_is_refused_up_front(folder, monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["localhost:1", "localhost:2"]}, '
+                                    '"task": {"type": "worker", "index": 0}}')
+    fails(folder, *tune(folder, "--strategy", "multiworker"), code=1,
+          line="Error: Keras 3 cannot fit under MultiWorkerMirroredStrategy with more than one worker "
+               "(keras-team/keras#20585). Received: 2 workers in TF_CONFIG")
