@@ -25,9 +25,12 @@ def markdown_option(command):
 
 
 def gate_limits(params: dict) -> tuple[tuple[str, float], ...]:
-    """The ``(gate, limit)`` pairs given on the command line, in registry order."""
-    return tuple((name, params[name.replace("-", "_")]) for name in GATES.names()
-                 if params.get(name.replace("-", "_")) is not None)
+    """The ``(gate, limit)`` pairs given on the command line, in registry order.
+
+    The gate options are taken out of ``params`` (a command's ``**extra``).
+    """
+    limits = ((name, params.pop(name.replace("-", "_"), None)) for name in GATES.names())
+    return tuple((name, limit) for name, limit in limits if limit is not None)
 
 
 def finish_with_gates(report: dict, quiet: bool = False) -> None:

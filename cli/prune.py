@@ -8,6 +8,7 @@ import click
 
 from prunectl.cli import render
 from prunectl.cli.common import finish_with_gates, gate_limits, gate_options, markdown_option
+from prunectl.cli.training import epoch_lines, evaluation_table, finetune_options, finetune_options_from, training_bars
 from prunectl.core.errors import OptionError
 from prunectl.core.options import (COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES, SCOPES, compile_patterns,
                                    validate_sparsity, validate_threshold)
@@ -39,6 +40,8 @@ Examples:
   prunectl prune model.keras --sparsity 0.9 --scope global --exclude '^head$'
   prunectl prune model.h5 --sparsity 0.8 -o small.keras --json | jq .totals
   prunectl prune model.h5 --sparsity 0.8 --min-sparsity 0.8 --max-size 200000 --markdown - >> summary.md
+  prunectl prune model.keras --sparsity 0.9 --finetune-epochs 8 --data train.npz --val-data test.npz
+  prunectl prune model.keras --sparsity 0.95 --schedule polynomial --finetune-epochs 8 --data train.h5 --val-split 0.1
 """)
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
 @click.option("--threshold", type=float, callback=_checked(validate_threshold),
@@ -64,11 +67,13 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report to stdout (and nothing else there).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output model and report.")
 @click.option("--unsafe", is_flag=True, help="Allow loading Lambda-layer code stored in the model (trusted files only).")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr but errors.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print nothing on stderr but errors (and, when fine-tuning, one plain line per epoch).")
+@finetune_options
 @gate_options
 @markdown_option
 def prune(model, threshold, sparsity, scope, include, exclude, output, report_path, compression, engine,
-          keep_optimizer, as_json, force, unsafe, quiet, markdown, **gates):
+          keep_optimizer, as_json, force, unsafe, quiet, markdown, **extra):
     """Zero small weights of a saved Keras model and write it compressed, with a report."""
     from prunectl.core.pipeline import PruneRequest
     from prunectl.core.prune import WeightPruning
@@ -89,8 +94,9 @@ def prune(model, threshold, sparsity, scope, include, exclude, output, report_pa
         weights=WeightPruning(threshold=threshold, sparsity=sparsity, scope=scope,
                               include=tuple(include), exclude=tuple(exclude)),
         output=output, report=report_path, compression=compression, engine=engine, force=force, unsafe=unsafe,
-        keep_optimizer=keep_optimizer, gates=gate_limits(gates),
+        keep_optimizer=keep_optimizer, gates=gate_limits(extra),
         markdown=None if markdown is None or str(markdown) == "-" else markdown,
+        finetune=finetune_options_from(extra, sparsity is not None),
     )
     console = None if quiet else render.stderr_console()
     result = _run_with_progress(request, console)
@@ -107,7 +113,7 @@ def _run_with_progress(request, console) -> dict:
     from prunectl.core.pipeline import run_prune
 
     if console is None or not console.is_terminal:
-        return run_prune(request)
+        return run_prune(request, training=epoch_lines(console) if request.finetune else None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -117,7 +123,7 @@ def _run_with_progress(request, console) -> dict:
         def progress(key: str, done: int, total: int) -> None:
             bar.update(task, completed=done, total=total, description=f"writing {key}")
 
-        return run_prune(request, progress)
+        return run_prune(request, progress, training_bars(bar) if request.finetune else None)
 
 
 def _summarize(console, report: dict) -> None:
@@ -129,6 +135,8 @@ def _summarize(console, report: dict) -> None:
         f"({report['size_ratio']:.2f}x), prunable sparsity {100 * prunable['sparsity']:.1f}%, "
         f"engine {report['engine']}, {report['seconds']:.2f} s"
     )
+    if report.get("finetune", {}).get("evaluation"):
+        console.print(evaluation_table(report))
     for note in report.get("notes", []):
         console.print(f"Note: {note}")
     console.print(f"Report: {report['report_path']}")

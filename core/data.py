@@ -1,11 +1,19 @@
 """Data readers for steps that run the model (calibration, fine-tuning, evaluation).
 
-Readers are small classes registered by name in :data:`READERS`; each reads a
-file into a :class:`Dataset` of numpy arrays.
+Readers are small classes registered by name (the file suffix) in
+:data:`READERS`; each reads a file into a :class:`Dataset`. An ``.npz`` or
+``.csv`` file is read into numpy arrays; an ``.h5`` file can be read lazily
+(``lazy=True``), keeping its datasets on disk so that :func:`batches` streams
+them batch by batch instead of copying them into memory.
+
+:func:`check_fits` compares a dataset with a model's input and output before
+anything runs, so a mismatch is one clear error instead of a TensorFlow trace.
 """
 
 from __future__ import annotations
 
+import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +27,11 @@ READERS = Registry("data reader")
 
 @dataclass(frozen=True)
 class Dataset:
-    """Inputs ``x`` and, where the file has them, targets ``y``."""
+    """Inputs ``x`` and, where the file has them, targets ``y``.
+
+    ``x`` and ``y`` are numpy arrays, or h5py datasets when read lazily; both
+    support ``shape``, ``dtype``, ``len()`` and slicing.
+    """
 
     x: np.ndarray
     y: np.ndarray | None = None
@@ -28,11 +40,15 @@ class Dataset:
         return len(self.x)
 
 
+def _fail(reason: str, path: Path) -> DataError:
+    return DataError(f"{reason}. Received: {str(path)!r}")
+
+
 @READERS.register(".npz")
 class NpzReader:
     """Arrays from a numpy ``.npz`` archive, by key (default ``x`` and ``y``)."""
 
-    def __init__(self, x_key: str = "x", y_key: str = "y"):
+    def __init__(self, x_key: str = "x", y_key: str = "y", lazy: bool = False):
         self.x_key, self.y_key = x_key, y_key
 
     def get_config(self) -> dict:
@@ -42,18 +58,109 @@ class NpzReader:
         try:
             with np.load(path, allow_pickle=False) as archive:
                 if self.x_key not in archive:
-                    raise DataError(
-                        f"data file has no array {self.x_key!r} (arrays: {', '.join(archive.files)}). "
-                        f"Received: {str(path)!r}"
-                    )
+                    raise _fail(f"data file has no array {self.x_key!r} (arrays: {', '.join(archive.files)})", path)
                 y = archive[self.y_key] if self.y_key in archive else None
                 return Dataset(archive[self.x_key], y)
         except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read data file ({exc}). Received: {str(path)!r}") from None
+            raise _fail(f"cannot read data file ({exc})", path) from None
 
 
-def read_dataset(path: str | Path, **options) -> Dataset:
+@READERS.register(".h5")
+class H5Reader:
+    """Datasets of an HDF5 file, by key (default ``x`` and ``y``); lazily with ``lazy=True``.
+
+    A lazy read keeps the file open for as long as the returned arrays live.
+    """
+
+    def __init__(self, x_key: str = "x", y_key: str = "y", lazy: bool = False):
+        self.x_key, self.y_key, self.lazy = x_key, y_key, lazy
+
+    def get_config(self) -> dict:
+        return {"x_key": self.x_key, "y_key": self.y_key, "lazy": self.lazy}
+
+    def read(self, path: Path) -> Dataset:
+        import h5py
+
+        try:
+            handle = h5py.File(path, "r")
+        except OSError as exc:
+            raise _fail(f"cannot read data file ({exc})", path) from None
+        arrays = []
+        for key, required in ((self.x_key, True), (self.y_key, False)):
+            item = handle.get(key)
+            if item is None and not required:
+                arrays.append(None)
+                continue
+            if not isinstance(item, h5py.Dataset):
+                names = ", ".join(k for k in handle if isinstance(handle[k], h5py.Dataset)) or "none"
+                handle.close()
+                raise _fail(f"data file has no dataset {key!r} (datasets: {names})", path)
+            arrays.append(item if self.lazy else item[()])
+        if not self.lazy:
+            handle.close()
+        return Dataset(*arrays)
+
+
+@READERS.register(".csv")
+class CsvReader:
+    """Numeric columns of a CSV file; ``label_col`` (a header name or 0-based index) becomes ``y``.
+
+    A first row that is not numeric is taken as the header.
+    """
+
+    def __init__(self, label_col: str | int | None = None, lazy: bool = False):
+        self.label_col = label_col
+
+    def get_config(self) -> dict:
+        return {"label_col": self.label_col}
+
+    def read(self, path: Path) -> Dataset:
+        try:
+            with open(path, newline="", encoding="utf-8") as handle:
+                rows = [row for row in csv.reader(handle) if row]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _fail(f"cannot read data file ({exc})", path) from None
+        if not rows:
+            raise _fail("data file is empty", path)
+        header = None
+        try:
+            [float(cell) for cell in rows[0]]
+        except ValueError:
+            header, rows = [cell.strip() for cell in rows[0]], rows[1:]
+        try:
+            table = np.array(rows, dtype=np.float64)
+        except ValueError as exc:
+            raise _fail(f"data file has a non-numeric or missing value ({exc})", path) from None
+        if table.ndim != 2:
+            raise _fail("data file has no data rows", path)
+        if self.label_col is None:
+            return Dataset(table.astype(np.float32))
+        column = self._column(header, table.shape[1], path)
+        y = table[:, column]
+        y = y.astype(np.int64) if np.all(y == np.round(y)) else y.astype(np.float32)
+        return Dataset(np.delete(table, column, axis=1).astype(np.float32), y)
+
+    def _column(self, header, width: int, path: Path) -> int:
+        label = str(self.label_col)
+        if header and label in header:
+            return header.index(label)
+        if label.lstrip("-").isdigit() and -width <= int(label) < width:
+            return int(label) % width
+        known = f"columns: {', '.join(header)}" if header else f"{width} columns, no header"
+        raise _fail(f"label column {label!r} not in data file ({known})", path)
+
+
+def read_dataset(path: str | Path, lazy: bool = False, **options) -> Dataset:
     """Read a data file with the reader its suffix names.
+
+    Args:
+        path: an ``.npz``, ``.h5`` or ``.csv`` file.
+        lazy: keep ``.h5`` datasets on disk (other formats are always read into memory).
+        **options: the reader's options: ``x_key``/``y_key`` (``.npz``, ``.h5``),
+            ``label_col`` (``.csv``).
+
+    Returns:
+        The :class:`Dataset`.
 
     Raises:
         DataError: missing file, unknown suffix, or unreadable content.
@@ -64,4 +171,125 @@ def read_dataset(path: str | Path, **options) -> Dataset:
     suffix = path.suffix.lower()
     if suffix not in READERS.names():
         raise DataError(f"unsupported data file type (known: {', '.join(READERS.names())}). Received: {str(path)!r}")
-    return READERS.get(suffix)(**options).read(path)
+    return READERS.get(suffix)(lazy=lazy, **options).read(path)
+
+
+def _fits(shape: tuple, expected: tuple) -> bool:
+    return len(shape) == len(expected) and all(e is None or s == e for s, e in zip(shape, expected))
+
+
+def check_fits(data: Dataset, input_shape: tuple, output_shape: tuple, name: str = "data") -> None:
+    """Check that ``data`` can feed a model with these input and output shapes.
+
+    Shapes are per sample (without the batch axis), ``None`` where any size goes.
+    Integer targets of shape ``(N,)`` or ``(N, 1)`` fit a multi-class output as
+    class labels, which must lie in ``[0, classes)``.
+
+    Raises:
+        DataError: no targets, a non-numeric array, a sample count that differs
+            between x and y, or a shape that does not fit; the message names both shapes.
+    """
+    input_shape, output_shape = tuple(input_shape), tuple(output_shape)
+    if data.y is None:
+        raise DataError(f"{name} has no targets (y) to train or evaluate on. Received: x shape {tuple(data.x.shape)}")
+    for label, array in (("x", data.x), ("y", data.y)):
+        if np.dtype(array.dtype).kind not in "biuf":
+            raise DataError(f"{name} {label} must be numeric. Received: dtype {np.dtype(array.dtype)}")
+    if len(data.y) != len(data.x):
+        raise DataError(f"{name} x and y hold different sample counts. Received: {len(data.x)} and {len(data.y)}")
+    if not _fits(tuple(data.x.shape[1:]), input_shape):
+        raise DataError(f"{name} x shape {tuple(data.x.shape)} does not fit the model input {(None, *input_shape)}. "
+                        f"Received: x shape {tuple(data.x.shape)}")
+    y_sample = tuple(data.y.shape[1:])
+    labels = np.dtype(data.y.dtype).kind in "biu" and y_sample in ((), (1,)) and (output_shape[-1:] or (1,))[0] != 1
+    if labels:
+        classes = output_shape[-1]
+        low, high = int(np.min(data.y[()])), int(np.max(data.y[()]))
+        if classes is not None and (low < 0 or high >= classes):
+            raise DataError(f"{name} y holds class labels outside [0, {classes}) for the model output "
+                            f"{(None, *output_shape)}. Received: labels {low}..{high}")
+    elif not (_fits(y_sample, output_shape) or (y_sample == () and output_shape == (1,))):
+        raise DataError(f"{name} y shape {tuple(data.y.shape)} does not fit the model output "
+                        f"{(None, *output_shape)}. Received: y shape {tuple(data.y.shape)}")
+
+
+def split(data: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
+    """Split off the last ``fraction`` of the samples as validation data (like Keras' ``validation_split``).
+
+    Both parts are views: nothing is copied or read.
+
+    Raises:
+        DataError: either part would be empty.
+    """
+    n = len(data)
+    cut = n - math.floor(fraction * n)
+    if cut in (0, n):
+        raise DataError(f"validation split leaves no training or no validation samples. "
+                        f"Received: val_split={fraction} of {n} samples")
+    head = Dataset(_rows(data.x, 0, cut), _rows(data.y, 0, cut))
+    tail = Dataset(_rows(data.x, cut, n), _rows(data.y, cut, n))
+    return head, tail
+
+
+def _rows(array, start: int, stop: int):
+    if array is None or isinstance(array, np.ndarray):
+        return None if array is None else array[start:stop]  # a numpy slice is a view
+    return Rows(array, start, stop)
+
+
+class Rows:
+    """Rows ``[start, stop)`` of an array or h5py dataset, read only when sliced."""
+
+    def __init__(self, array, start: int, stop: int):
+        self.array, self.start, self.stop = array, start, stop
+        self.shape = (stop - start, *array.shape[1:])
+        self.dtype = array.dtype
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            first, last, _ = index.indices(len(self))
+            return self.array[self.start + first:self.start + last]
+        return self.array[self.start:self.stop][index]
+
+
+def batches(data: Dataset, batch_size: int, dtypes: tuple, shuffle: bool = False, seed: int | None = None):
+    """A ``tf.data.Dataset`` of ``(x, y)`` batches read from ``data`` one batch at a time.
+
+    In-memory arrays are shuffled sample by sample each epoch; lazy (on-disk)
+    arrays are read in contiguous batches whose order is shuffled, so each read
+    is one slice. The epoch's order depends only on ``seed`` and the epoch number.
+
+    Args:
+        data: a :class:`Dataset` with targets.
+        batch_size: samples per batch (the last batch may be smaller).
+        dtypes: the numpy dtypes to feed as x and y.
+        shuffle: shuffle each epoch.
+        seed: seed of the shuffle.
+
+    Returns:
+        A dataset of known cardinality ``ceil(len(data) / batch_size)``.
+    """
+    import tensorflow as tf
+
+    n, epoch = len(data), [0]
+    in_memory = isinstance(data.x, np.ndarray)
+
+    def generate():
+        rng = np.random.default_rng(None if seed is None else [seed, epoch[0]])
+        epoch[0] += 1
+        starts = np.arange(0, n, batch_size)
+        order = rng.permutation(n) if shuffle and in_memory else None
+        if shuffle and not in_memory:
+            starts = rng.permutation(starts)
+        for start in starts:
+            index = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
+            yield np.asarray(data.x[index], dtypes[0]), np.asarray(data.y[index], dtypes[1])
+
+    signature = tuple(tf.TensorSpec((None, *array.shape[1:]), dtype)
+                      for array, dtype in zip((data.x, data.y), dtypes))
+    steps = math.ceil(n / batch_size)
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    return dataset.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2)

@@ -35,3 +35,7 @@ class ReportError(PrunectlError):
 
 class DataError(PrunectlError):
     """A data file is missing, unreadable, or does not fit the model."""
+
+
+class SetupError(PrunectlError):
+    """This installation or environment lacks what a requested feature needs."""

@@ -47,6 +47,8 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     warnings.filterwarnings("ignore", module=r"tensorflow(\..*)?")
     try:
         sys.stderr.flush()
+        if sys.stderr.fileno() != 2:  # e.g. click's CliRunner capture: its output must stay captured
+            raise ValueError("sys.stderr is not file descriptor 2")
         original = os.dup(2)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prunectl.core.atomic import check_output, write_text_atomic
 from prunectl.core.errors import OptionError, OutputError
@@ -26,6 +27,9 @@ from prunectl.core.modelwriter import Progress, WeightCounts
 from prunectl.core.options import COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES
 from prunectl.core.prune import WeightPruning, WeightResult, prune_file, prune_keras_model
 from prunectl.core.report import prune_report, to_json
+
+if TYPE_CHECKING:
+    from prunectl.core.finetune import FinetuneOptions, TrainingProgress
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class PruneRequest:
         keep_optimizer: keep the optimizer's saved state in the output (file engine).
         gates: ``(gate name, limit)`` pairs checked against the report (see ``core.gates``).
         markdown: also write the report as Markdown here.
+        finetune: fine-tune after pruning (Keras engine), or None.
     """
 
     model: Path
@@ -57,6 +62,7 @@ class PruneRequest:
     keep_optimizer: bool = False
     gates: tuple[tuple[str, float], ...] = ()
     markdown: Path | None = None
+    finetune: FinetuneOptions | None = None
 
     def options(self) -> dict:
         """The options as recorded in the report."""
@@ -68,11 +74,12 @@ class PruneRequest:
             "unsafe": self.unsafe,
             "keep_optimizer": self.keep_optimizer,
             "gates": dict(self.gates),
+            **({"finetune": self.finetune.get_config()} if self.finetune else {}),
         }
 
     def needs_keras(self) -> bool:
         """Whether a step must run on a live Keras model."""
-        return False
+        return self.finetune is not None
 
 
 @dataclass
@@ -84,6 +91,7 @@ class PruneOutcome:
     counts: WeightCounts
     seconds: float
     notes: list[str] = field(default_factory=list)
+    finetune: dict | None = None
 
 
 def default_output(model: Path) -> Path:
@@ -124,22 +132,41 @@ def _run_file(request: PruneRequest, model: ModelFile, target: Path, progress: P
     return PruneOutcome("file", results, counts, time.perf_counter() - start)
 
 
-def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: Progress | None) -> PruneOutcome:
+def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: Progress | None,
+               training: TrainingProgress | None = None) -> PruneOutcome:
     from prunectl.core import keras_io
+    from prunectl.core.distribute import strategy_scope
 
     start = time.perf_counter()
-    loaded = keras_io.load_model(model, unsafe=request.unsafe)
-    notes = list(loaded.notes)
-    if request.keep_optimizer:
-        notes.append("optimizer state is not carried by the keras engine")
-    results = prune_keras_model(loaded.model, request.weights) if request.weights else {}
-    counts = keras_io.save_compressed(loaded.model, target, COMPRESSION_LEVELS[request.compression],
-                                      progress=progress)
-    return PruneOutcome("keras", results, counts, time.perf_counter() - start, notes)
+    finetuned = None
+    # The model, the masks and the optimizer must all be created in the strategy's scope.
+    with strategy_scope(request.finetune.strategy if request.finetune else "default"):
+        loaded = keras_io.load_model(model, unsafe=request.unsafe)
+        notes = list(loaded.notes)
+        if request.keep_optimizer:
+            notes.append("optimizer state is not carried by the keras engine")
+        if request.finetune:
+            from prunectl.core.finetune import finetune_model
+
+            finetuned = finetune_model(loaded, request.weights, request.finetune, training)
+            results = finetuned.results
+            notes += finetuned.notes
+        else:
+            results = prune_keras_model(loaded.model, request.weights) if request.weights else {}
+        counts = keras_io.save_compressed(loaded.model, target, COMPRESSION_LEVELS[request.compression],
+                                          progress=progress)
+    return PruneOutcome("keras", results, counts, time.perf_counter() - start, notes,
+                        finetuned.report if finetuned else None)
 
 
-def run_prune(request: PruneRequest, progress: Progress | None = None) -> dict:
+def run_prune(request: PruneRequest, progress: Progress | None = None,
+              training: TrainingProgress | None = None) -> dict:
     """Run one prune job and return its report (also written to disk).
+
+    Args:
+        request: what to do.
+        progress: called as each weight tensor is written.
+        training: called at the end of every fine-tuning step and epoch.
 
     Raises:
         PrunectlError: any problem with the input, the options or the outputs;
@@ -165,8 +192,8 @@ def run_prune(request: PruneRequest, progress: Progress | None = None) -> dict:
                 raise OutputError(f"markdown path is another output's path. Received: {str(request.markdown)!r}")
         gates = [GATES.get(name)(limit) for name, limit in request.gates]
         engine = choose_engine(request, output)
-        run = _run_file if engine == "file" else _run_keras
-        outcome = run(request, model, output, progress)
+        outcome = (_run_file(request, model, output, progress) if engine == "file"
+                   else _run_keras(request, model, output, progress, training))
         report = prune_report(outcome, model, output, request.options())
     report["report_path"] = str(report_path)
     report["gates"] = [gate.check(report).to_dict() for gate in gates]

@@ -123,6 +123,8 @@ def prune_report(outcome, source: ModelFile, target: Path, options: dict) -> dic
         "notes": list(outcome.notes),
     }
     report["size_ratio"] = report["output"]["size_bytes"] / max(1, report["input"]["size_bytes"])
+    if outcome.finetune is not None:
+        report["finetune"] = outcome.finetune
     return report
 
 

@@ -333,7 +333,7 @@ BAD_OPTIONS = [
     pytest.param([*THRESHOLD, "--compression", "max"],
                  _invalid("--compression", "'max' is not one of 'none', 'fast', 'default', 'strong'."),
                  id="bad-compression"),
-    pytest.param([*THRESHOLD, "--bogus"], "Error: No such option '--bogus'.", id="unknown-option"),
+    pytest.param([*THRESHOLD, "--xyzzy"], "Error: No such option '--xyzzy'.", id="unknown-option"),
 ]
 
 

@@ -1,0 +1,383 @@
+"""Fine-tune a pruned Keras model while every pruned weight stays exactly zero.
+
+The masks are held by a constraint set on each pruned kernel *variable* (not on
+the layer): Keras' optimizers apply a variable's constraint right after every
+update, inside the compiled training step and on every replica, so a weight
+that momentum pushes off zero is put back before the step ends. The masks are
+non-trainable variables created in the strategy's scope, so a schedule can
+change them between steps without retracing. After training, the constraints
+(and the L1 penalty, also set on the variables) are removed: the saved model is
+a plain Keras model whose config never mentions them.
+
+Order of a run: read data -> check it against the model -> compile ->
+evaluate -> prune -> evaluate -> fit (masks recomputed as the schedule says)
+-> evaluate -> plots.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from prunectl.core import data as datamod
+from prunectl.core.masks import count_zeros
+from prunectl.core.errors import OptionError
+from prunectl.core.keras_io import CompileSpec, LoadedModel, compile_model, import_keras
+from prunectl.core.prune import WeightPruning, WeightResult, keras_weight_entries, prune_keras_model
+from prunectl.core.schedules import SCHEDULES
+from prunectl.core.selection import select_weights
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """How to fine-tune after pruning (and on what to evaluate).
+
+    Attributes:
+        data: training data file (``.npz``, ``.h5`` or ``.csv``).
+        epochs: training epochs; 0 only evaluates before and after pruning.
+        val_data: validation data file, or None.
+        val_split: fraction of ``data`` (its last samples) held out for validation, or None.
+        reader: reader options (``x_key``, ``y_key``, ``label_col``) for both files.
+        batch_size: samples per (global) batch.
+        learning_rate: overrides the optimizer's learning rate.
+        optimizer: a Keras optimizer name; default: the model's saved one, else adam.
+        loss: a Keras loss name; default: the model's saved loss, else inferred.
+        metrics: Keras metric names; default: the saved ones, else inferred.
+        schedule: a name in ``schedules.SCHEDULES``.
+        initial_sparsity, prune_begin, prune_end: the polynomial schedule's start
+            sparsity and window (fractions of the run's steps).
+        l1: L1 penalty on the pruned kernels during training (0: none).
+        seed: makes the run reproducible.
+        strategy: a name in ``distribute.STRATEGIES`` (applied by the pipeline).
+        plots: folder for PNG figures, or None.
+
+    Raises:
+        OptionError: on an out-of-range or conflicting value, or ``plots``
+            without matplotlib installed.
+    """
+
+    data: Path
+    epochs: int = 1
+    val_data: Path | None = None
+    val_split: float | None = None
+    reader: tuple[tuple[str, str], ...] = ()
+    batch_size: int = 32
+    learning_rate: float | None = None
+    optimizer: str | None = None
+    loss: str | None = None
+    metrics: tuple[str, ...] = ()
+    schedule: str = "oneshot"
+    initial_sparsity: float = 0.0
+    prune_begin: float = 0.0
+    prune_end: float = 0.5
+    l1: float = 0.0
+    seed: int | None = None
+    strategy: str = "default"
+    plots: Path | None = None
+
+    def __post_init__(self):
+        SCHEDULES.get(self.schedule)
+        checks = [
+            (self.epochs >= 0, f"epochs must be >= 0. Received: epochs={self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1. Received: batch_size={self.batch_size}"),
+            (self.l1 >= 0 and math.isfinite(self.l1), f"l1 must be a finite number >= 0. Received: l1={self.l1}"),
+            (self.learning_rate is None or (self.learning_rate > 0 and math.isfinite(self.learning_rate)),
+             f"learning_rate must be a finite number > 0. Received: learning_rate={self.learning_rate}"),
+            (self.val_split is None or 0 < self.val_split < 1,
+             f"val_split must be in (0, 1). Received: val_split={self.val_split}"),
+            (self.val_split is None or self.val_data is None,
+             f"give only one of val_data and val_split. Received: val_data={str(self.val_data)!r}, "
+             f"val_split={self.val_split}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise OptionError(message)
+        if self.plots is not None:
+            from prunectl.core.plots import require_matplotlib
+
+            require_matplotlib()
+
+    def get_config(self) -> dict:
+        config = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        for key in ("data", "val_data", "plots"):
+            config[key] = None if config[key] is None else str(config[key])
+        config["reader"], config["metrics"] = dict(self.reader), list(self.metrics)
+        return config
+
+
+@dataclass(frozen=True)
+class TrainingEvent:
+    """One progress report: the end of a step (``kind="step"``) or of an epoch (``"epoch"``)."""
+
+    kind: str
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    logs: dict
+
+
+TrainingProgress = Callable[[TrainingEvent], None]
+
+
+@dataclass
+class FinetuneOutcome:
+    """What a fine-tuning run produced: the pruning results, the report section and notes."""
+
+    results: dict[str, WeightResult]
+    report: dict
+    notes: list[str] = field(default_factory=list)
+
+
+class _MaskConstraint:
+    """``w -> inner(w) * mask``: keeps pruned weights at zero after every optimizer update."""
+
+    def __init__(self, mask, inner=None):
+        self.mask, self.inner = mask, inner
+
+    def __call__(self, w):
+        return (self.inner(w) if self.inner is not None else w) * self.mask
+
+
+class HeldMasks:
+    """Masks (1 = kept, 0 = pruned) held on the selected variables of a live Keras model.
+
+    Args:
+        variables: the pruned kernel variables.
+        l1: L1 penalty to set on them while the masks are held (0: none).
+    """
+
+    def __init__(self, variables: list, l1: float = 0.0):
+        keras = import_keras()
+        self.variables = variables
+        self._saved = [(v.constraint, v.regularizer) for v in variables]
+        self.masks = [keras.Variable(np.ones(v.shape, v.dtype), trainable=False, dtype=v.dtype,
+                                     name=f"mask_{i}") for i, v in enumerate(variables)]
+        for variable, mask, (constraint, _) in zip(variables, self.masks, self._saved):
+            variable.constraint = _MaskConstraint(mask, constraint)
+            if l1:
+                variable.regularizer = keras.regularizers.L1(l1)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Make the masks match the variables' current zeros."""
+        for variable, mask in zip(self.variables, self.masks):
+            mask.assign((variable.numpy() != 0).astype(mask.dtype))
+
+    def release(self) -> None:
+        """Restore each variable's own constraint and regularizer."""
+        for variable, (constraint, regularizer) in zip(self.variables, self._saved):
+            variable.constraint, variable.regularizer = constraint, regularizer
+
+
+def _callbacks(keras, masks: HeldMasks, prune_at: Callable[[int], dict | None], epochs: int, steps: int,
+               progress: TrainingProgress | None) -> list:
+    """Keras callbacks: prune and recompute the masks where the schedule says; report progress.
+
+    ``prune_at(step)`` prunes the live model if the schedule updates at ``step``.
+    """
+
+    class Schedule(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.first_step = epoch * steps
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if prune_at(self.first_step + batch) is not None:
+                masks.refresh()
+
+    class Report(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch + 1
+
+        def on_train_batch_end(self, batch, logs=None):
+            progress(TrainingEvent("step", self.epoch, epochs, batch + 1, steps, _floats(logs)))
+
+        def on_epoch_end(self, epoch, logs=None):
+            progress(TrainingEvent("epoch", self.epoch, epochs, steps, steps, _floats(logs)))
+
+    return [Schedule()] + ([Report()] if progress else [])
+
+
+def _floats(logs) -> dict:
+    return {k: float(v) for k, v in (logs or {}).items()}
+
+
+def _output_is_softmax(model) -> bool:
+    last = model.layers[-1]
+    activation = getattr(last, "activation", None)
+    return last.__class__.__name__ == "Softmax" or getattr(activation, "__name__", "") == "softmax"
+
+
+def resolve_compile(model, saved: CompileSpec | None, options: FinetuneOptions, y) -> tuple[CompileSpec, str]:
+    """Choose loss, metrics and optimizer: the options, else the saved settings, else a default.
+
+    The default for integer labels and a softmax output is sparse categorical
+    cross-entropy with accuracy.
+
+    Returns:
+        The compile settings and where the loss came from (``option``, ``saved`` or ``default``).
+
+    Raises:
+        OptionError: an unknown loss, metric or optimizer name, or no loss given,
+            none saved, and none can be inferred.
+    """
+    keras = import_keras()
+    for module, kind, names in ((keras.losses, "loss", [options.loss]), (keras.metrics, "metrics", options.metrics),
+                                (keras.optimizers, "optimizer", [options.optimizer])):
+        for name in filter(None, names):
+            try:
+                module.get(name)
+            except (ValueError, TypeError):
+                raise OptionError(f"unknown Keras {kind} name. Received: --{kind} {name}") from None
+    saved = saved or CompileSpec()
+    if options.loss:
+        loss, source = options.loss, "option"
+    elif saved.loss is not None:
+        loss, source = saved.loss, "saved"
+    elif np.dtype(y.dtype).kind in "iu" and _output_is_softmax(model):
+        loss, source = "sparse_categorical_crossentropy", "default"
+    else:
+        raise OptionError("cannot tell which loss to fine-tune with: the model has no saved compile config and "
+                          "its output or labels do not imply one; pass --loss (and --metrics). "
+                          f"Received: labels of dtype {np.dtype(y.dtype)}, output layer {model.layers[-1].name!r}")
+    metrics = options.metrics or saved.metrics or (("accuracy",) if source == "default" else ())
+    return CompileSpec(loss, tuple(metrics), options.optimizer or saved.optimizer or "adam"), source
+
+
+def _read(options: FinetuneOptions, model):
+    reader = dict(options.reader)
+    train = datamod.read_dataset(options.data, lazy=True, **reader)
+    val = datamod.read_dataset(options.val_data, lazy=True, **reader) if options.val_data else None
+    if options.val_split:
+        train, val = datamod.split(train, options.val_split)
+    shapes = (tuple(model.inputs[0].shape[1:]), tuple(model.outputs[0].shape[1:]))
+    datamod.check_fits(train, *shapes, name="training data")
+    if val is not None:
+        datamod.check_fits(val, *shapes, name="validation data")
+    return train, val
+
+
+def finetune_model(loaded: LoadedModel, weights: WeightPruning | None, options: FinetuneOptions,
+                   progress: TrainingProgress | None = None) -> FinetuneOutcome:
+    """Prune a live Keras model as ``options.schedule`` says and fine-tune it with the masks held.
+
+    Runs inside whatever ``tf.distribute`` scope is active (the pipeline enters it
+    before loading the model).
+
+    Args:
+        loaded: the model as loaded by :func:`keras_io.load_model`.
+        weights: the pruning step (its sparsity is the schedule's final sparsity).
+        options: the fine-tuning options.
+        progress: called at the end of every step and epoch.
+
+    Returns:
+        The per-weight pruning results, the report section and notes.
+
+    Raises:
+        DataError: unreadable data, or data that does not fit the model.
+        OptionError: an undeterminable loss, or a schedule the step cannot follow.
+        SelectionError: the step selects no weights.
+    """
+    keras = import_keras()
+    if weights is None:
+        raise OptionError("fine-tuning needs a pruning step; give --threshold or --sparsity. Received: neither")
+    if options.schedule != "oneshot" and weights.sparsity is None:
+        raise OptionError(f"the {options.schedule} schedule prunes to a sparsity; give --sparsity, "
+                          f"not --threshold. Received: threshold={weights.threshold}")
+    if options.seed is not None:
+        keras.utils.set_random_seed(options.seed)
+    model = loaded.model
+    train, val = _read(options, model)
+    spec, loss_source = resolve_compile(model, loaded.compile_spec, options, train.y)
+    notes = compile_model(model, spec)
+    if options.learning_rate is not None:
+        model.optimizer.learning_rate = options.learning_rate
+    dtypes = (np.dtype(model.inputs[0].dtype), np.dtype(train.y.dtype) if train.y.dtype.kind in "biu" else np.float32)
+    batches = lambda d, shuffle=False: datamod.batches(d, options.batch_size, dtypes, shuffle, options.seed)  # noqa: E731
+    val_batches = batches(val) if val is not None else None
+
+    evaluation = {}
+
+    def evaluate(when: str) -> None:
+        if val_batches is not None:
+            evaluation[when] = _floats(model.evaluate(val_batches, verbose=0, return_dict=True))
+
+    pairs = keras_weight_entries(model)
+    selected = select_weights([e for e, _ in pairs], weights.include, weights.exclude)
+    variables = {e.key: v for e, v in pairs}
+    zeros_before = {e.key: count_zeros(variables[e.key].numpy()) for e in selected}
+    before = {e.key: variables[e.key].numpy() for e in selected} if options.plots else {}
+
+    steps = math.ceil(len(train) / options.batch_size)
+    total = steps * options.epochs
+    schedule = (SCHEDULES.get(options.schedule).for_run(
+        weights.sparsity, max(1, total), initial_sparsity=options.initial_sparsity,
+        begin=options.prune_begin, end=options.prune_end) if weights.sparsity is not None else None)
+    results, updates = {}, []
+
+    def prune_at(step: int) -> dict | None:
+        """Prune to the schedule's sparsity at ``step`` (a threshold step prunes once, at step 0)."""
+        if schedule is None:
+            pruning = weights if step == 0 else None
+        else:
+            sparsity = schedule(step)
+            pruning = None if sparsity is None else replace(weights, sparsity=sparsity)
+            if pruning is not None:
+                updates.append([step, sparsity])
+        if pruning is not None:
+            results.update(prune_keras_model(model, pruning))
+        return pruning
+
+    evaluate("before_pruning")
+    prune_at(0)
+    evaluate("after_pruning")
+    held = HeldMasks([variables[e.key] for e in selected], options.l1)
+    history = {}
+    try:
+        if options.epochs:
+            callbacks = _callbacks(keras, held, lambda step: prune_at(step) if step else None,
+                                   options.epochs, steps, progress)
+            fitted = model.fit(batches(train, shuffle=True), validation_data=val_batches, epochs=options.epochs,
+                               callbacks=callbacks, verbose=0)
+            history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
+    finally:
+        held.release()
+    results = {k: replace(r, zeros_before=zeros_before[k]) for k, r in results.items()}
+    if options.epochs:
+        evaluate("after_finetuning")
+    if val is None:
+        notes.append("no validation data (--val-data or --val-split): nothing was evaluated")
+    report = {
+        "data": {"train": str(options.data), "train_samples": len(train),
+                 "validation": str(options.val_data) if options.val_data else
+                 (f"last {options.val_split:g} of the training file" if options.val_split else None),
+                 "validation_samples": len(val) if val is not None else 0},
+        "compile": {"loss": _name(spec.loss), "loss_source": loss_source,
+                    "metrics": [_name(m) for m in spec.metrics],
+                    "optimizer": model.optimizer.__class__.__name__,
+                    "learning_rate": float(np.asarray(model.optimizer.learning_rate))},
+        "steps_per_epoch": steps,
+        "steps": total,
+        "schedule": schedule.get_config() if schedule else {"name": "oneshot", "threshold": weights.threshold},
+        "mask_updates": updates,
+        "replicas": int(model.distribute_strategy.num_replicas_in_sync),
+        "evaluation": evaluation,
+        "history": history,
+        "plots": [],
+    }
+    if options.plots:
+        from prunectl.core.plots import write_plots
+
+        after = {key: variables[key].numpy() for key in before}
+        report["plots"] = write_plots(options.plots, history, before, after)
+    return FinetuneOutcome(results, report, notes)
+
+
+def _name(identifier) -> str:
+    if isinstance(identifier, dict):
+        return identifier.get("class_name") or identifier.get("config", {}).get("name", "?")
+    return str(identifier)

@@ -1,0 +1,134 @@
+"""Pruning schedules: which sparsity the masks are recomputed to at which training step.
+
+A schedule is a small class registered by name in :data:`SCHEDULES`. Called
+with a step (0-based, counted over the whole fine-tuning run), it returns the
+sparsity to prune to before that step, or ``None`` when the masks stay as they
+are. Schedules are built for a known number of steps (:meth:`for_run`), so the
+last update always falls inside the run: a short run ends exactly at the final
+sparsity instead of skipping its last update.
+"""
+
+from __future__ import annotations
+
+import math
+
+from prunectl.core.errors import OptionError
+from prunectl.core.options import validate_sparsity
+from prunectl.core.registry import Registry
+
+SCHEDULES = Registry("schedule")
+# Mask updates a polynomial schedule makes over its pruning window (fewer when the window is shorter).
+DEFAULT_UPDATES = 20
+
+
+def _check_fraction(name: str, value: float) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise OptionError(f"{name} must be in [0, 1]. Received: {name}={value}")
+    return value
+
+
+@SCHEDULES.register("oneshot")
+class OneShot:
+    """Prune to the final sparsity before the first step; the masks never change after.
+
+    Args:
+        final_sparsity: the target sparsity.
+    """
+
+    def __init__(self, final_sparsity: float):
+        self.final_sparsity = validate_sparsity(final_sparsity)
+
+    @classmethod
+    def for_run(cls, final_sparsity: float, total_steps: int, **window) -> "OneShot":
+        """The schedule for any run: one shot has no window, so ``total_steps`` and ``window`` are unused."""
+        return cls(final_sparsity)
+
+    def __call__(self, step: int) -> float | None:
+        return self.final_sparsity if step == 0 else None
+
+    def get_config(self) -> dict:
+        return {"name": self.registered_name, "final_sparsity": self.final_sparsity}
+
+
+@SCHEDULES.register("polynomial")
+class PolynomialDecay:
+    """Gradual magnitude pruning (Zhu & Gupta 2017) along a polynomial (cubic) curve.
+
+    ``s(t) = s_f + (s_i - s_f) * (1 - (t - begin) / (end - begin)) ** power`` for
+    ``begin <= t <= end``; the masks are recomputed every ``frequency`` steps from
+    ``begin`` and always at ``end``, where ``s(end) = s_f`` exactly.
+
+    Args:
+        final_sparsity: ``s_f``, reached at ``end_step``.
+        initial_sparsity: ``s_i``, applied at ``begin_step``.
+        begin_step: first step that prunes.
+        end_step: last step that prunes.
+        frequency: steps between mask updates.
+        power: the curve's exponent (3 in the paper).
+
+    Raises:
+        OptionError: a sparsity outside [0, 1), ``initial > final``, steps out of order
+            or a frequency below 1.
+
+    Example:
+        >>> schedule = PolynomialDecay(0.8, begin_step=0, end_step=10, frequency=5)
+        >>> [None if s is None else round(s, 6) for s in map(schedule, (0, 5, 7, 10, 11))]
+        [0.0, 0.7, None, 0.8, None]
+    """
+
+    def __init__(self, final_sparsity: float, initial_sparsity: float = 0.0, begin_step: int = 0,
+                 end_step: int = 0, frequency: int = 1, power: float = 3.0):
+        self.final_sparsity = validate_sparsity(final_sparsity)
+        self.initial_sparsity = validate_sparsity(initial_sparsity)
+        if self.initial_sparsity > self.final_sparsity:
+            raise OptionError("initial sparsity must not exceed the final sparsity. "
+                              f"Received: initial_sparsity={initial_sparsity}, sparsity={final_sparsity}")
+        if not 0 <= begin_step <= end_step or frequency < 1:
+            raise OptionError("schedule steps need 0 <= begin_step <= end_step and frequency >= 1. "
+                              f"Received: begin_step={begin_step}, end_step={end_step}, frequency={frequency}")
+        self.begin_step, self.end_step, self.frequency = int(begin_step), int(end_step), int(frequency)
+        self.power = float(power)
+
+    @classmethod
+    def for_run(cls, final_sparsity: float, total_steps: int, initial_sparsity: float = 0.0,
+                begin: float = 0.0, end: float = 0.5, updates: int = DEFAULT_UPDATES) -> "PolynomialDecay":
+        """The schedule for a run of ``total_steps`` steps, its window given as fractions of the run.
+
+        Args:
+            final_sparsity: the target sparsity.
+            total_steps: the real number of training steps of the run (at least 1).
+            initial_sparsity: the sparsity at the window's start.
+            begin: where pruning starts, as a fraction of the run.
+            end: where it reaches ``final_sparsity``; the rest of the run recovers accuracy.
+            updates: how many mask updates to spread over the window.
+
+        Raises:
+            OptionError: ``begin``/``end`` outside [0, 1] or ``begin > end``.
+        """
+        begin, end = _check_fraction("prune_begin", begin), _check_fraction("prune_end", end)
+        if begin > end:
+            raise OptionError(f"prune_begin must not exceed prune_end. Received: prune_begin={begin}, prune_end={end}")
+        last = max(0, int(total_steps) - 1)
+        begin_step, end_step = round(begin * last), round(end * last)
+        frequency = max(1, math.ceil((end_step - begin_step) / max(1, updates)))
+        return cls(final_sparsity, initial_sparsity, begin_step, end_step, frequency)
+
+    def sparsity(self, step: int) -> float:
+        """The curve's value at ``step`` (``s_i`` before the window, ``s_f`` after it)."""
+        span = self.end_step - self.begin_step
+        progress = 1.0 if span == 0 else min(1.0, max(0.0, (step - self.begin_step) / span))
+        value = self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * (1.0 - progress) ** self.power
+        return self.final_sparsity if progress == 1.0 else value
+
+    def __call__(self, step: int) -> float | None:
+        if not self.begin_step <= step <= self.end_step:
+            return None
+        if step == self.end_step or (step - self.begin_step) % self.frequency == 0:
+            return self.sparsity(step)
+        return None
+
+    def get_config(self) -> dict:
+        return {"name": self.registered_name, "final_sparsity": self.final_sparsity,
+                "initial_sparsity": self.initial_sparsity, "begin_step": self.begin_step,
+                "end_step": self.end_step, "frequency": self.frequency, "power": self.power}
