@@ -7,21 +7,10 @@ from pathlib import Path
 import click
 
 from prunectl.cli import render
-from prunectl.core.errors import OptionError
+from prunectl.cli.checks import checked as _checked
+from prunectl.cli.structural import neuron_step, structural_options
 from prunectl.core.options import (COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES, SCOPES,
                                    validate_sparsity, validate_threshold)
-
-
-def _checked(validate):
-    def callback(ctx, param, value):
-        if value is None:
-            return None
-        try:
-            return validate(value)
-        except OptionError as exc:
-            raise click.BadParameter(str(exc), ctx, param) from None
-
-    return callback
 
 
 @click.command(epilog="""\b
@@ -29,6 +18,8 @@ Examples:
   prunectl prune model.h5 --threshold 0.01
   prunectl prune model.keras --sparsity 0.9 --scope global --exclude '^head$'
   prunectl prune model.h5 --sparsity 0.8 -o small.keras --json | jq .totals
+  prunectl prune model.keras --neuron-ratio 0.5 --round-to 8 --dry-run
+  prunectl prune model.h5 --neuron-criterion activation --neuron-threshold 0.01 --data train.npz --benchmark
 """)
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
 @click.option("--threshold", type=float, callback=_checked(validate_threshold),
@@ -53,9 +44,11 @@ Examples:
 @click.option("--force", is_flag=True, help="Overwrite an existing output model and report.")
 @click.option("--unsafe", is_flag=True, help="Allow loading Lambda-layer code stored in the model (trusted files only).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr but errors.")
+@structural_options
 def prune(model, threshold, sparsity, scope, include, exclude, output, report_path, compression, engine,
-          keep_optimizer, as_json, force, unsafe, quiet):
-    """Zero small weights of a saved Keras model and write it compressed, with a report."""
+          keep_optimizer, as_json, force, unsafe, quiet,
+          neuron_criterion, neuron_threshold, neuron_ratio, round_to, data, dry_run, benchmark):
+    """Remove units and zero small weights of a saved Keras model, write it compressed, with a report."""
     from prunectl.core.pipeline import PruneRequest
     from prunectl.core.prune import WeightPruning
     from prunectl.core.report import to_json
@@ -64,14 +57,17 @@ def prune(model, threshold, sparsity, scope, include, exclude, output, report_pa
         raise click.UsageError(
             f"give only one of --threshold and --sparsity. Received: --threshold {threshold} --sparsity {sparsity}"
         )
-    if threshold is None and sparsity is None:
-        raise click.UsageError("give --threshold T or --sparsity S. Received: neither")
+    neurons = neuron_step(neuron_criterion, neuron_threshold, neuron_ratio, round_to, data, dry_run,
+                          scope, include, exclude)
+    if threshold is None and sparsity is None and neurons is None:
+        raise click.UsageError("give a pruning step: --threshold, --sparsity, --neuron-threshold or "
+                               "--neuron-ratio. Received: none")
+    weights = None if threshold is None and sparsity is None else WeightPruning(
+        threshold=threshold, sparsity=sparsity, scope=scope, include=tuple(include), exclude=tuple(exclude))
     request = PruneRequest(
-        model=model,
-        weights=WeightPruning(threshold=threshold, sparsity=sparsity, scope=scope,
-                              include=tuple(include), exclude=tuple(exclude)),
+        model=model, weights=weights,
         output=output, report=report_path, compression=compression, engine=engine, force=force, unsafe=unsafe,
-        keep_optimizer=keep_optimizer,
+        keep_optimizer=keep_optimizer, neurons=neurons, data=data, dry_run=dry_run, benchmark=benchmark,
     )
     console = None if quiet else render.stderr_console()
     result = _run_with_progress(request, console)
@@ -99,7 +95,11 @@ def _run_with_progress(request, console) -> dict:
 
 
 def _summarize(console, report: dict) -> None:
-    console.print(render.sparsity_table(report, f"Pruned {report['input']['path']}"))
+    render.structural_summary(console, report)
+    if report["kind"] == "plan":
+        return
+    if any(row["pruned"] for row in report["layers"]):
+        console.print(render.sparsity_table(report, f"Pruned {report['input']['path']}"))
     size_in, size_out = report["input"]["size_bytes"], report["output"]["size_bytes"]
     prunable = report["totals"]["prunable"]
     console.print(

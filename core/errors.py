@@ -35,3 +35,7 @@ class ReportError(PrunectlError):
 
 class DataError(PrunectlError):
     """A data file is missing, unreadable, or does not fit the model."""
+
+
+class StructureError(PrunectlError):
+    """A model's layer graph cannot be pruned structurally."""

@@ -23,7 +23,8 @@ from prunectl.core.modelfile import H5_SUFFIXES, KERAS_SUFFIX, ModelFile, model_
 from prunectl.core.modelwriter import Progress, WeightCounts
 from prunectl.core.options import COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES
 from prunectl.core.prune import WeightPruning, WeightResult, prune_file, prune_keras_model
-from prunectl.core.report import prune_report, to_json
+from prunectl.core.report import plan_report, prune_report, to_json
+from prunectl.core.structural import NeuronPruning
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,10 @@ class PruneRequest:
         force: replace existing outputs.
         unsafe: allow Lambda-layer code to be deserialized by the Keras engine.
         keep_optimizer: keep the optimizer's saved state in the output (file engine).
+        neurons: the structural step (removes units before weights are pruned), or None.
+        data: a data file whose inputs calibrate activation criteria and feed ``benchmark``.
+        dry_run: plan the structural step and return its report; write nothing.
+        benchmark: time the original and the pruned model on the same batch.
     """
 
     model: Path
@@ -51,6 +56,10 @@ class PruneRequest:
     force: bool = False
     unsafe: bool = False
     keep_optimizer: bool = False
+    neurons: NeuronPruning | None = None
+    data: Path | None = None
+    dry_run: bool = False
+    benchmark: bool = False
 
     def options(self) -> dict:
         """The options as recorded in the report."""
@@ -61,11 +70,14 @@ class PruneRequest:
             "force": self.force,
             "unsafe": self.unsafe,
             "keep_optimizer": self.keep_optimizer,
+            **(self.neurons.get_config() if self.neurons else {}),
+            "data": str(self.data) if self.data else None,
+            "benchmark": self.benchmark,
         }
 
     def needs_keras(self) -> bool:
         """Whether a step must run on a live Keras model."""
-        return False
+        return self.neurons is not None or self.benchmark
 
 
 @dataclass
@@ -77,6 +89,8 @@ class PruneOutcome:
     counts: WeightCounts
     seconds: float
     notes: list[str] = field(default_factory=list)
+    structural: dict | None = None
+    benchmark: dict | None = None
 
 
 def default_output(model: Path) -> Path:
@@ -118,17 +132,35 @@ def _run_file(request: PruneRequest, model: ModelFile, target: Path, progress: P
 
 
 def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: Progress | None) -> PruneOutcome:
-    from prunectl.core import keras_io
+    from prunectl.core import keras_io, structural
+    from prunectl.core.cost import benchmark
 
     start = time.perf_counter()
     loaded = keras_io.load_model(model, unsafe=request.unsafe)
     notes = list(loaded.notes)
     if request.keep_optimizer:
         notes.append("optimizer state is not carried by the keras engine")
-    results = prune_keras_model(loaded.model, request.weights) if request.weights else {}
-    counts = keras_io.save_compressed(loaded.model, target, COMPRESSION_LEVELS[request.compression],
-                                      progress=progress)
-    return PruneOutcome("keras", results, counts, time.perf_counter() - start, notes)
+    model, plan, x = loaded.model, None, None
+    if request.data:
+        x = structural.calibration_inputs(request.data, model)
+    if request.neurons:
+        plan = structural.plan_structure(model, request.neurons, x)
+        model = structural.apply_plan(model, plan)
+        if loaded.compile_spec and loaded.compile_spec.loss is not None:
+            notes += keras_io.compile_model(model, loaded.compile_spec)
+    results = prune_keras_model(model, request.weights) if request.weights else {}
+    counts = keras_io.save_compressed(model, target, COMPRESSION_LEVELS[request.compression], progress=progress)
+    timing = benchmark(loaded.model, model, x) if request.benchmark else None
+    return PruneOutcome("keras", results, counts, time.perf_counter() - start, notes,
+                        plan.to_dict() if plan else None, timing)
+
+
+def _plan_only(request: PruneRequest, model: ModelFile) -> dict:
+    from prunectl.core import keras_io, structural
+
+    loaded = keras_io.load_model(model, unsafe=request.unsafe)
+    x = structural.calibration_inputs(request.data, loaded.model) if request.data else None
+    return plan_report(model, request.options(), structural.plan_structure(loaded.model, request.neurons, x))
 
 
 def run_prune(request: PruneRequest, progress: Progress | None = None) -> dict:
@@ -137,7 +169,11 @@ def run_prune(request: PruneRequest, progress: Progress | None = None) -> dict:
     Raises:
         PrunectlError: any problem with the input, the options or the outputs;
             nothing has been written when it is raised.
+        OptionError: ``dry_run`` without a structural step.
     """
+    if request.dry_run and request.neurons is None:
+        raise OptionError("a dry run plans structural pruning; give neuron_threshold or neuron_ratio. "
+                          "Received: dry_run=True")
     if request.compression not in COMPRESSION_LEVELS:
         raise OptionError(
             f"compression must be one of {', '.join(COMPRESSION_LEVELS)}. "
@@ -148,6 +184,8 @@ def run_prune(request: PruneRequest, progress: Progress | None = None) -> dict:
         raise OutputError(f"output must end in .h5, .hdf5 or .keras. Received: {str(output)!r}")
     report_path = request.report or default_report(output)
     with open_model_file(request.model) as model:
+        if request.dry_run:
+            return _plan_only(request, model)
         check_output(output, request.force, inputs=(request.model,))
         check_output(report_path, request.force, inputs=(request.model,))
         if report_path.resolve() == output.resolve():
