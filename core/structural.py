@@ -24,7 +24,7 @@ import numpy as np
 from prunectl.core.cost import layer_macs
 from prunectl.core.criteria import CRITERIA, calibrate
 from prunectl.core.errors import DataError, OptionError, SelectionError
-from prunectl.core.graph import ChannelGraph, LayerInfo, build_graph, kept_features, layout_width
+from prunectl.core.graph import LayerInfo, build_graph, kept_features, layout_width
 from prunectl.core.options import SCOPES, validate_neuron_ratio, validate_neuron_threshold, validate_round_to
 
 
