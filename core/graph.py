@@ -332,10 +332,7 @@ def _trace(layer, node, ins: list[Layout], outs: list, ncalls: int, groups: _Gro
         frozen = _activation_check(layer.get_config(), 0)
         info.out_group = groups.new(out_width, frozen and f"{layer.name}: {frozen}", producer=layer.name)
         return [(Block(1, ((info.out_group, out_width),)),)]
-    if rule.kind == "passthrough":
-        info.in_layout = ins[0]
-        return [ins[0]]
-    if rule.kind == "reshape":
+    if rule.kind in ("passthrough", "reshape"):
         info.in_layout = ins[0]
         return [ins[0]]
     if rule.kind == "flatten":
