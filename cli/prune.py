@@ -7,23 +7,14 @@ from pathlib import Path
 import click
 
 from prunectl.cli import render
+from prunectl.cli.checks import checked as _checked
 from prunectl.cli.common import finish_with_gates, gate_limits, gate_options, markdown_option
+from prunectl.cli.structural import neuron_step, structural_options
 from prunectl.cli.training import epoch_lines, evaluation_table, finetune_options, finetune_options_from, training_bars
+from prunectl.core.criteria import CRITERIA
 from prunectl.core.errors import OptionError
 from prunectl.core.options import (COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES, SCOPES, compile_patterns,
                                    validate_sparsity, validate_threshold)
-
-
-def _checked(validate):
-    def callback(ctx, param, value):
-        if value is None:
-            return None
-        try:
-            return validate(value)
-        except OptionError as exc:
-            raise click.BadParameter(str(exc), ctx, param) from None
-
-    return callback
 
 
 def _patterns(ctx, param, value):
@@ -42,6 +33,8 @@ Examples:
   prunectl prune model.h5 --sparsity 0.8 --min-sparsity 0.8 --max-size 200000 --markdown - >> summary.md
   prunectl prune model.keras --sparsity 0.9 --finetune-epochs 8 --data train.npz --val-data test.npz
   prunectl prune model.keras --sparsity 0.95 --schedule polynomial --finetune-epochs 8 --data train.h5 --val-split 0.1
+  prunectl prune model.keras --neuron-ratio 0.5 --round-to 8 --dry-run
+  prunectl prune model.h5 --neuron-criterion activation --neuron-threshold 0.01 --data train.npz --benchmark
 """)
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
 @click.option("--threshold", type=float, callback=_checked(validate_threshold),
@@ -69,12 +62,14 @@ Examples:
 @click.option("--unsafe", is_flag=True, help="Allow loading Lambda-layer code stored in the model (trusted files only).")
 @click.option("-q", "--quiet", is_flag=True,
               help="Print nothing on stderr but errors (and, when fine-tuning, one plain line per epoch).")
+@structural_options
 @finetune_options
 @gate_options
 @markdown_option
 def prune(model, threshold, sparsity, scope, include, exclude, output, report_path, compression, engine,
-          keep_optimizer, as_json, force, unsafe, quiet, markdown, **extra):
-    """Zero small weights of a saved Keras model and write it compressed, with a report."""
+          keep_optimizer, as_json, force, unsafe, quiet, markdown,
+          neuron_criterion, neuron_threshold, neuron_ratio, round_to, dry_run, benchmark, **extra):
+    """Remove units and zero small weights of a saved Keras model, write it compressed, with a report."""
     from prunectl.core.pipeline import PruneRequest
     from prunectl.core.prune import WeightPruning
     from prunectl.core.markdown import report_markdown
@@ -87,15 +82,22 @@ def prune(model, threshold, sparsity, scope, include, exclude, output, report_pa
         raise click.UsageError(
             f"give only one of --threshold and --sparsity. Received: --threshold {threshold} --sparsity {sparsity}"
         )
-    if threshold is None and sparsity is None:
-        raise click.UsageError("give --threshold T or --sparsity S. Received: neither")
+    data = extra["data"]  # shared: fine-tuning trains on it, structural criteria and --benchmark read its inputs
+    neurons = neuron_step(neuron_criterion, neuron_threshold, neuron_ratio, round_to, data, dry_run,
+                          scope, include, exclude)
+    if data is not None and extra["finetune_epochs"] is None and not (neurons and CRITERIA.get(neurons.criterion).needs_data) and not benchmark:
+        raise click.UsageError("--data is read by --finetune-epochs, an activation criterion or --benchmark. "
+                               f"Received: --data {data} without any of them")
+    if threshold is None and sparsity is None and neurons is None:
+        raise click.UsageError("give a pruning step: --threshold, --sparsity, --neuron-threshold or "
+                               "--neuron-ratio. Received: none")
+    weights = None if threshold is None and sparsity is None else WeightPruning(
+        threshold=threshold, sparsity=sparsity, scope=scope, include=tuple(include), exclude=tuple(exclude))
     request = PruneRequest(
-        model=model,
-        weights=WeightPruning(threshold=threshold, sparsity=sparsity, scope=scope,
-                              include=tuple(include), exclude=tuple(exclude)),
+        model=model, weights=weights,
         output=output, report=report_path, compression=compression, engine=engine, force=force, unsafe=unsafe,
-        keep_optimizer=keep_optimizer, gates=gate_limits(extra),
-        markdown=None if markdown is None or str(markdown) == "-" else markdown,
+        keep_optimizer=keep_optimizer, neurons=neurons, data=data, dry_run=dry_run, benchmark=benchmark,
+        gates=gate_limits(extra), markdown=None if markdown is None or str(markdown) == "-" else markdown,
         finetune=finetune_options_from(extra, sparsity is not None),
     )
     console = None if quiet else render.stderr_console()
@@ -127,7 +129,11 @@ def _run_with_progress(request, console) -> dict:
 
 
 def _summarize(console, report: dict) -> None:
-    console.print(render.sparsity_table(report, f"Pruned {report['input']['path']}"))
+    render.structural_summary(console, report)
+    if report["kind"] == "plan":
+        return
+    if any(row["pruned"] for row in report["layers"]):
+        console.print(render.sparsity_table(report, f"Pruned {report['input']['path']}"))
     size_in, size_out = report["input"]["size_bytes"], report["output"]["size_bytes"]
     prunable = report["totals"]["prunable"]
     console.print(

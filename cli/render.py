@@ -81,3 +81,49 @@ def comparison_table(rows: list[dict], title: str):
 
 def is_terminal() -> bool:
     return sys.stderr.isatty()
+
+
+def _change(before, after, fmt="{:,}") -> str:
+    if before is None:
+        return "-"
+    return fmt.format(before) if before == after else f"{fmt.format(before)} -> {fmt.format(after)}"
+
+
+def plan_table(plan: dict, title: str):
+    """A rich table of a structural plan: units, params and multiply-adds before -> after per layer."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for name, justify in (("Layer", "left"), ("Class", "left"), ("Group", "right"), ("Units", "right"),
+                          ("Params", "right"), ("FLOPs", "right")):
+        table.add_column(name, justify=justify, no_wrap=name == "Layer")
+    frozen = {g["id"]: g["frozen"] for g in plan["groups"]}
+    for row in plan["layers"]:
+        group = "-" if row["group"] is None else str(row["group"]) + (" (kept)" if frozen.get(row["group"]) else "")
+        table.add_row(row["layer"], row["class_name"], group, _change(row["units_before"], row["units_after"]),
+                      _change(row["params_before"], row["params_after"]),
+                      _change(row["flops_before"], row["flops_after"]))
+    totals = plan["totals"]
+    table.add_row("[bold]total[/bold]", "", "", _change(totals["units"]["before"], totals["units"]["after"]),
+                  _change(totals["params"]["before"], totals["params"]["after"]),
+                  _change(totals["flops"]["before"], totals["flops"]["after"]), end_section=True)
+    return table
+
+
+def structural_summary(console, report: dict) -> None:
+    """Print a report's structural plan, its boundaries and its benchmark, where it has them."""
+    plan = report.get("structural")
+    if plan is not None:
+        criterion = plan["criterion"]["name"]
+        console.print(plan_table(plan, f"Structural plan for {report['input']['path']} ({criterion})"))
+        flops = plan["totals"]["flops"]
+        if flops["ratio"]:
+            console.print(f"FLOPs (multiply-adds) {flops['before']:,} -> {flops['after']:,} ({flops['ratio']:.2f}x fewer)")
+        for boundary in plan["boundaries"]:
+            console.print(f"Boundary (left whole): {boundary['layer']} ({boundary['class']}): {boundary['reason']}")
+        if report["kind"] == "plan":
+            console.print("Dry run: no model or report written.")
+    timing = report.get("benchmark")
+    if timing is not None:
+        console.print(f"Latency at batch {timing['batch_size']} (median of {timing['repeats']}): "
+                      f"{timing['original_ms']:.2f} ms -> {timing['pruned_ms']:.2f} ms ({timing['speedup']:.2f}x)")

@@ -16,7 +16,7 @@ from prunectl.core.schedules import SCHEDULES
 
 _PATH = click.Path(path_type=Path, dir_okay=False)
 # Options that mean nothing without --finetune-epochs, with their defaults.
-_DEPENDENT = {"data": None, "val_data": None, "val_split": None, "x_key": None, "y_key": None, "label_col": None,
+_DEPENDENT = {"val_data": None, "val_split": None, "x_key": None, "y_key": None, "label_col": None,
               "batch_size": 32, "learning_rate": None, "optimizer": None, "loss": None, "metrics": (),
               "schedule": "oneshot", "initial_sparsity": 0.0, "prune_begin": 0.0, "prune_end": 0.5, "l1": 0.0,
               "seed": None, "strategy": "default", "plots": None}
@@ -24,7 +24,9 @@ _DEPENDENT = {"data": None, "val_data": None, "val_split": None, "x_key": None, 
 OPTIONS = [
     click.option("--finetune-epochs", type=click.IntRange(min=0), default=None,
                  help="After pruning, fine-tune N epochs with pruned weights held at 0 (0: only evaluate)."),
-    click.option("--data", type=_PATH, help="Training data: .npz or .h5 (arrays x, y) or .csv (see --label-col)."),
+    click.option("--data", type=_PATH,
+                 help="Data: .npz or .h5 (arrays x, y) or .csv (see --label-col). Fine-tuning trains on it; "
+                      "activation criteria and --benchmark read its inputs."),
     click.option("--val-data", type=_PATH, help="Validation data (same format options as --data)."),
     click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True),
                  help="Hold out the last fraction F of --data for validation instead."),

@@ -262,7 +262,7 @@ def _read(options: FinetuneOptions, model):
 
 
 def finetune_model(loaded: LoadedModel, weights: WeightPruning | None, options: FinetuneOptions,
-                   progress: TrainingProgress | None = None) -> FinetuneOutcome:
+                   progress: TrainingProgress | None = None, original=None) -> FinetuneOutcome:
     """Prune a live Keras model as ``options.schedule`` says and fine-tune it with the masks held.
 
     Runs inside whatever ``tf.distribute`` scope is active (the pipeline enters it
@@ -273,6 +273,8 @@ def finetune_model(loaded: LoadedModel, weights: WeightPruning | None, options: 
         weights: the pruning step (its sparsity is the schedule's final sparsity).
         options: the fine-tuning options.
         progress: called at the end of every step and epoch.
+        original: the model before an earlier structural step, evaluated as
+            "before pruning" (default: ``loaded.model``).
 
     Returns:
         The per-weight pruning results, the report section and notes.
@@ -283,11 +285,9 @@ def finetune_model(loaded: LoadedModel, weights: WeightPruning | None, options: 
         SelectionError: the step selects no weights.
     """
     keras = import_keras()
-    if weights is None:
-        raise OptionError("fine-tuning needs a pruning step; give --threshold or --sparsity. Received: neither")
-    if options.schedule != "oneshot" and weights.sparsity is None:
+    if options.schedule != "oneshot" and (weights is None or weights.sparsity is None):
         raise OptionError(f"the {options.schedule} schedule prunes to a sparsity; give --sparsity, "
-                          f"not --threshold. Received: threshold={weights.threshold}")
+                          f"not --threshold. Received: threshold={weights.threshold if weights else None}")
     if options.seed is not None:
         keras.utils.set_random_seed(options.seed)
     model = loaded.model
@@ -302,12 +302,15 @@ def finetune_model(loaded: LoadedModel, weights: WeightPruning | None, options: 
 
     evaluation = {}
 
-    def evaluate(when: str) -> None:
+    def evaluate(when: str, on=None) -> None:
         if val_batches is not None:
-            evaluation[when] = _floats(model.evaluate(val_batches, verbose=0, return_dict=True))
+            evaluation[when] = _floats((on or model).evaluate(val_batches, verbose=0, return_dict=True))
 
+    if original is not None:
+        compile_model(original, spec)
     pairs = keras_weight_entries(model)
-    selected = select_weights([e for e, _ in pairs], weights.include, weights.exclude)
+    # Without a weight step (a structural step alone) there are no masks: plain fine-tuning.
+    selected = select_weights([e for e, _ in pairs], weights.include, weights.exclude) if weights else []
     variables = {e.key: v for e, v in pairs}
     zeros_before = {e.key: count_zeros(variables[e.key].numpy()) for e in selected}
     before = {e.key: variables[e.key].numpy() for e in selected} if options.plots else {}
@@ -316,13 +319,13 @@ def finetune_model(loaded: LoadedModel, weights: WeightPruning | None, options: 
     total = steps * options.epochs
     schedule = (SCHEDULES.get(options.schedule).for_run(
         weights.sparsity, max(1, total), initial_sparsity=options.initial_sparsity,
-        begin=options.prune_begin, end=options.prune_end) if weights.sparsity is not None else None)
+        begin=options.prune_begin, end=options.prune_end) if weights and weights.sparsity is not None else None)
     results, updates = {}, []
 
     def prune_at(step: int) -> dict | None:
         """Prune to the schedule's sparsity at ``step`` (a threshold step prunes once, at step 0)."""
         if schedule is None:
-            pruning = weights if step == 0 else None
+            pruning = weights if step == 0 and weights is not None else None
         else:
             sparsity = schedule(step)
             pruning = None if sparsity is None else replace(weights, sparsity=sparsity)
@@ -332,7 +335,7 @@ def finetune_model(loaded: LoadedModel, weights: WeightPruning | None, options: 
             results.update(prune_keras_model(model, pruning))
         return pruning
 
-    evaluate("before_pruning")
+    evaluate("before_pruning", original)
     prune_at(0)
     evaluate("after_pruning")
     held = HeldMasks([variables[e.key] for e in selected], options.l1)
@@ -362,7 +365,8 @@ def finetune_model(loaded: LoadedModel, weights: WeightPruning | None, options: 
                     "learning_rate": float(np.asarray(model.optimizer.learning_rate))},
         "steps_per_epoch": steps,
         "steps": total,
-        "schedule": schedule.get_config() if schedule else {"name": "oneshot", "threshold": weights.threshold},
+        "schedule": schedule.get_config() if schedule else
+        {"name": "oneshot", "threshold": weights.threshold if weights else None},
         "mask_updates": updates,
         "replicas": int(model.distribute_strategy.num_replicas_in_sync),
         "evaluation": evaluation,

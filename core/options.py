@@ -56,3 +56,37 @@ def compile_patterns(patterns: Sequence[str], option: str) -> list[re.Pattern]:
         except re.error as exc:
             raise OptionError(f"{option} is not a valid regular expression ({exc}). Received: {pattern!r}") from None
     return compiled
+
+def validate_neuron_ratio(ratio: float) -> float:
+    """Return ``ratio`` as float if it lies in (0, 1).
+
+    Raises:
+        OptionError: for NaN or a value outside (0, 1).
+    """
+    value = float(ratio)
+    if not (0.0 < value < 1.0):  # also rejects NaN
+        raise OptionError(f"neuron_ratio must be in (0, 1). Received: neuron_ratio={ratio}")
+    return value
+
+
+def validate_neuron_threshold(threshold: float) -> float:
+    """Return ``threshold`` as float if it is a finite, non-negative number.
+
+    Raises:
+        OptionError: for NaN, infinity or a negative value.
+    """
+    value = float(threshold)
+    if not math.isfinite(value) or value < 0:
+        raise OptionError(f"neuron_threshold must be a finite number >= 0. Received: neuron_threshold={threshold}")
+    return value
+
+
+def validate_round_to(round_to: int) -> int:
+    """Return ``round_to`` if it is an integer >= 1.
+
+    Raises:
+        OptionError: for a value below 1.
+    """
+    if int(round_to) != round_to or round_to < 1:
+        raise OptionError(f"round_to must be an integer >= 1. Received: round_to={round_to}")
+    return int(round_to)

@@ -14,7 +14,7 @@ steps that change the model's structure or train it run there.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +26,8 @@ from prunectl.core.modelfile import H5_SUFFIXES, KERAS_SUFFIX, ModelFile, model_
 from prunectl.core.modelwriter import Progress, WeightCounts
 from prunectl.core.options import COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES
 from prunectl.core.prune import WeightPruning, WeightResult, prune_file, prune_keras_model
-from prunectl.core.report import prune_report, to_json
+from prunectl.core.report import plan_report, prune_report, to_json
+from prunectl.core.structural import NeuronPruning
 
 if TYPE_CHECKING:
     from prunectl.core.finetune import FinetuneOptions, TrainingProgress
@@ -49,6 +50,11 @@ class PruneRequest:
         gates: ``(gate name, limit)`` pairs checked against the report (see ``core.gates``).
         markdown: also write the report as Markdown here.
         finetune: fine-tune after pruning (Keras engine), or None.
+        neurons: the structural step (removes units before weights are pruned), or None.
+        data: a data file whose inputs calibrate activation criteria and feed ``benchmark``
+            (fine-tuning reads its own copy of the path from ``finetune``).
+        dry_run: plan the structural step and return its report; write nothing.
+        benchmark: time the original and the pruned model on the same batch.
     """
 
     model: Path
@@ -63,6 +69,10 @@ class PruneRequest:
     gates: tuple[tuple[str, float], ...] = ()
     markdown: Path | None = None
     finetune: FinetuneOptions | None = None
+    neurons: NeuronPruning | None = None
+    data: Path | None = None
+    dry_run: bool = False
+    benchmark: bool = False
 
     def options(self) -> dict:
         """The options as recorded in the report."""
@@ -75,11 +85,14 @@ class PruneRequest:
             "keep_optimizer": self.keep_optimizer,
             "gates": dict(self.gates),
             **({"finetune": self.finetune.get_config()} if self.finetune else {}),
+            **(self.neurons.get_config() if self.neurons else {}),
+            "data": str(self.data) if self.data else None,
+            "benchmark": self.benchmark,
         }
 
     def needs_keras(self) -> bool:
         """Whether a step must run on a live Keras model."""
-        return self.finetune is not None
+        return self.finetune is not None or self.neurons is not None or self.benchmark
 
 
 @dataclass
@@ -92,6 +105,8 @@ class PruneOutcome:
     seconds: float
     notes: list[str] = field(default_factory=list)
     finetune: dict | None = None
+    structural: dict | None = None
+    benchmark: dict | None = None
 
 
 def default_output(model: Path) -> Path:
@@ -134,29 +149,49 @@ def _run_file(request: PruneRequest, model: ModelFile, target: Path, progress: P
 
 def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: Progress | None,
                training: TrainingProgress | None = None) -> PruneOutcome:
-    from prunectl.core import keras_io
+    from prunectl.core import keras_io, structural
+    from prunectl.core.cost import benchmark
     from prunectl.core.distribute import strategy_scope
 
     start = time.perf_counter()
-    finetuned = None
+    finetuned, plan, timing, x = None, None, None, None
     # The model, the masks and the optimizer must all be created in the strategy's scope.
     with strategy_scope(request.finetune.strategy if request.finetune else "default"):
         loaded = keras_io.load_model(model, unsafe=request.unsafe)
+        original = loaded.model
         notes = list(loaded.notes)
         if request.keep_optimizer:
             notes.append("optimizer state is not carried by the keras engine")
+        if request.data and (request.neurons or request.benchmark):
+            x = structural.calibration_inputs(request.data, original)
+        if request.neurons:  # neurons first, then weights, then fine-tuning
+            plan = structural.plan_structure(original, request.neurons, x)
+            loaded = replace(loaded, model=structural.apply_plan(original, plan))
+            if loaded.compile_spec and loaded.compile_spec.loss is not None:
+                notes += keras_io.compile_model(loaded.model, loaded.compile_spec)
         if request.finetune:
             from prunectl.core.finetune import finetune_model
 
-            finetuned = finetune_model(loaded, request.weights, request.finetune, training)
+            finetuned = finetune_model(loaded, request.weights, request.finetune, training,
+                                       original=original if request.neurons else None)
             results = finetuned.results
             notes += finetuned.notes
         else:
             results = prune_keras_model(loaded.model, request.weights) if request.weights else {}
         counts = keras_io.save_compressed(loaded.model, target, COMPRESSION_LEVELS[request.compression],
                                           progress=progress)
+        if request.benchmark:
+            timing = benchmark(original, loaded.model, x)
     return PruneOutcome("keras", results, counts, time.perf_counter() - start, notes,
-                        finetuned.report if finetuned else None)
+                        finetuned.report if finetuned else None, plan.to_dict() if plan else None, timing)
+
+
+def _plan_only(request: PruneRequest, model: ModelFile) -> dict:
+    from prunectl.core import keras_io, structural
+
+    loaded = keras_io.load_model(model, unsafe=request.unsafe)
+    x = structural.calibration_inputs(request.data, loaded.model) if request.data else None
+    return plan_report(model, request.options(), structural.plan_structure(loaded.model, request.neurons, x))
 
 
 def run_prune(request: PruneRequest, progress: Progress | None = None,
@@ -171,13 +206,19 @@ def run_prune(request: PruneRequest, progress: Progress | None = None,
     Raises:
         PrunectlError: any problem with the input, the options or the outputs;
             nothing has been written when it is raised.
+        OptionError: ``dry_run`` without a structural step.
     """
+    if request.dry_run and request.neurons is None:
+        raise OptionError("a dry run plans structural pruning; give neuron_threshold or neuron_ratio. "
+                          "Received: dry_run=True")
     if request.compression not in COMPRESSION_LEVELS:
         raise OptionError(
             f"compression must be one of {', '.join(COMPRESSION_LEVELS)}. "
             f"Received: compression={request.compression!r}"
         )
     with open_model_file(request.model) as model:
+        if request.dry_run:
+            return _plan_only(request, model)
         output = request.output or default_output(request.model)
         if output.suffix.lower() not in H5_SUFFIXES + (KERAS_SUFFIX,):
             raise OutputError(f"output must end in .h5, .hdf5 or .keras. Received: {str(output)!r}")

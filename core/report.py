@@ -121,11 +121,26 @@ def prune_report(outcome, source: ModelFile, target: Path, options: dict) -> dic
         "layers": layer_rows(counts.entries, counts.zeros, outcome.results),
         "totals": totals(counts.entries, counts.zeros),
         "notes": list(outcome.notes),
+        **({"structural": outcome.structural} if outcome.structural else {}),
+        **({"benchmark": outcome.benchmark} if outcome.benchmark else {}),
     }
     report["size_ratio"] = report["output"]["size_bytes"] / max(1, report["input"]["size_bytes"])
     if outcome.finetune is not None:
         report["finetune"] = outcome.finetune
     return report
+
+
+def plan_report(source: ModelFile, options: dict, plan) -> dict:
+    """Build the report of a dry run: the structural plan, nothing written."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "plan",
+        "created": _now(),
+        "tool": tool_versions(),
+        "input": file_info(source.path, source.format),
+        "options": options,
+        "structural": plan.to_dict(),
+    }
 
 
 def load_report(text: str, source: str) -> dict:

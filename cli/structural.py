@@ -1,0 +1,60 @@
+"""The structural-pruning options of ``prunectl prune`` and their checks."""
+
+from __future__ import annotations
+
+import click
+
+from prunectl.cli.checks import checked as _checked
+from prunectl.core.criteria import CRITERIA
+from prunectl.core.options import validate_neuron_ratio, validate_neuron_threshold, validate_round_to
+
+
+_OPTIONS = (
+    click.option("--neuron-criterion", type=click.Choice(CRITERIA.names()), default=None,
+                 help="How units are scored: l1/l2 weight norms (no data), activation (mean |activation|) or "
+                      "apoz (1 - fraction of zero activations), both on --data.  [default: l1]"),
+    click.option("--neuron-threshold", type=float, callback=_checked(validate_neuron_threshold),
+                 help="Remove whole units and filters scoring below T."),
+    click.option("--neuron-ratio", type=float, callback=_checked(validate_neuron_ratio),
+                 help="Remove the fraction R in (0, 1) of units, per layer or (--scope global) over the model."),
+    click.option("--round-to", type=int, default=None, callback=_checked(validate_round_to),
+                 help="Keep unit counts multiples of N (fast kernels); at least one unit is always kept."),
+    click.option("--dry-run", is_flag=True, help="Print the structural plan; write no model and no report."),
+    click.option("--benchmark", is_flag=True,
+                 help="Time the original and the pruned model on one batch of 256 (CPU), into the report."),
+)
+
+
+def structural_options(command):
+    """Add the structural-pruning options to a click command."""
+    for option in reversed(_OPTIONS):
+        command = option(command)
+    return command
+
+
+def neuron_step(neuron_criterion, neuron_threshold, neuron_ratio, round_to, data, dry_run, scope, include, exclude):
+    """Fold the structural options into a ``NeuronPruning`` step, or None when none was asked for.
+
+    Raises:
+        click.UsageError: conflicting or incomplete options.
+    """
+    from prunectl.core.structural import NeuronPruning
+
+    if neuron_threshold is not None and neuron_ratio is not None:
+        raise click.UsageError(
+            "give only one of --neuron-threshold and --neuron-ratio. "
+            f"Received: --neuron-threshold {neuron_threshold} --neuron-ratio {neuron_ratio}"
+        )
+    if neuron_threshold is None and neuron_ratio is None:
+        given = [f"--{n} {v}" for n, v in (("neuron-criterion", neuron_criterion), ("round-to", round_to))
+                 if v is not None] + (["--dry-run"] if dry_run else [])
+        if given:
+            raise click.UsageError(f"{given[0].split()[0]} needs --neuron-threshold or --neuron-ratio. "
+                                   f"Received: {' '.join(given)}")
+        return None
+    criterion = neuron_criterion or "l1"
+    if CRITERIA.get(criterion).needs_data and data is None:
+        raise click.UsageError(f"the {criterion} criterion needs calibration data; give --data FILE. "
+                               f"Received: --neuron-criterion {criterion}")
+    return NeuronPruning(criterion=criterion, threshold=neuron_threshold, ratio=neuron_ratio, scope=scope,
+                         round_to=round_to or 1, include=tuple(include), exclude=tuple(exclude))

@@ -1,0 +1,172 @@
+"""Neuron criteria: how important each unit of a group is (low scores are removed first).
+
+Criteria are small classes registered by name in :data:`CRITERIA`. Weight criteria
+(``l1``, ``l2``) score a unit by the norm of its weights in each producer of its
+group. Activation criteria (``activation``, ``apoz``) score it by what the layers
+after it receive on calibration data: :func:`calibrate` measures every producer's
+input once, and a unit's score averages over those inputs, their positions and
+their samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prunectl.core.registry import Registry
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from prunectl.core.graph import ChannelGraph
+
+# numpy and the graph are imported inside the functions: the CLI builds its
+# --neuron-criterion choices from this registry, and --help must stay instant.
+
+CRITERIA = Registry("neuron criterion")
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Per-feature statistics of one layer's input over the calibration data.
+
+    Attributes:
+        mean: mean value, over samples and positions.
+        mean_abs: mean absolute value.
+        positive: fraction of values above zero (non-zero after a ReLU).
+    """
+
+    mean: np.ndarray
+    mean_abs: np.ndarray
+    positive: np.ndarray
+
+
+def calibrate(graph: ChannelGraph, x: np.ndarray, batch_size: int = 256) -> dict[str, Stats]:
+    """Run ``x`` through the model and measure every producer's input.
+
+    Args:
+        graph: the model's channel graph.
+        x: calibration inputs.
+        batch_size: rows per inference call.
+
+    Returns:
+        :class:`Stats` by producer layer name.
+    """
+    import numpy as np
+
+    from prunectl.core.keras_io import import_keras
+
+    keras = import_keras()
+    consumers = [info for info in graph.layers if info.observed is not None]
+    probe = keras.Model(graph.inputs, [info.observed for info in consumers])
+    sums = [np.zeros((3, int(info.observed.shape[-1])), dtype=np.float64) for info in consumers]
+    for start in range(0, len(x), batch_size):
+        outputs = probe.predict_on_batch(x[start:start + batch_size])
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        for total, out in zip(sums, outputs):
+            flat = np.asarray(out, dtype=np.float64).reshape(-1, out.shape[-1])
+            total += (flat.sum(0), np.abs(flat).sum(0), (flat > 0).sum(0))
+    stats = {}
+    for info, total in zip(consumers, sums):
+        # Inputs of different layers have different positions per sample.
+        rows = len(x) * int(np.prod(info.observed.shape[1:-1]))
+        stats[info.name] = Stats(*(total / max(rows, 1)))
+    return stats
+
+
+class WeightNorm:
+    """Norm of each unit's weights, averaged over the producers of its group; no data needed."""
+
+    needs_data = False
+    order = 1
+
+    def get_config(self) -> dict:
+        return {}
+
+    def scores(self, graph: ChannelGraph, stats: dict[str, Stats] | None = None) -> dict[int, np.ndarray]:
+        """Score every unfrozen group's units.
+
+        Returns:
+            One score per unit, by group id.
+        """
+        import numpy as np
+
+        sums: dict[int, np.ndarray] = {}
+        counts: dict[int, int] = {}
+        for info in graph.layers:
+            if info.out_group is None or graph.groups[info.out_group].frozen:
+                continue
+            weight, axis = info.rule.out_axes[0]
+            kernel = next(v.numpy() for v in info.layer.weights if v.name == weight)
+            kernel = np.moveaxis(np.abs(kernel), axis, 0).reshape(kernel.shape[axis], -1)
+            norm = (kernel ** self.order).sum(1) ** (1 / self.order)
+            sums[info.out_group] = sums.get(info.out_group, 0) + norm
+            counts[info.out_group] = counts.get(info.out_group, 0) + 1
+        return {gid: sums[gid] / counts[gid] for gid in sums}
+
+
+@CRITERIA.register("l1")
+class L1Norm(WeightNorm):
+    """Sum of absolute weights of each unit."""
+
+    order = 1
+
+
+@CRITERIA.register("l2")
+class L2Norm(WeightNorm):
+    """Euclidean norm of each unit's weights."""
+
+    order = 2
+
+
+class ActivationCriterion:
+    """A statistic of each unit's activation where the next layers receive it; needs data."""
+
+    needs_data = True
+    statistic = "mean_abs"
+
+    def __init__(self, batch_size: int = 256):
+        self.batch_size = int(batch_size)
+
+    def get_config(self) -> dict:
+        return {"batch_size": self.batch_size}
+
+    def scores(self, graph: ChannelGraph, stats: dict[str, Stats]) -> dict[int, np.ndarray]:
+        """Score every unfrozen group's units from the statistics of :func:`calibrate`.
+
+        Returns:
+            One score per unit, by group id; a group no layer reads scores zero.
+        """
+        import numpy as np
+
+        from prunectl.core.graph import segment_features
+
+        sums: dict[int, np.ndarray] = {}
+        counts: dict[int, int] = {}
+        for info in graph.layers:
+            if info.name not in stats:
+                continue
+            values = getattr(stats[info.name], self.statistic)
+            for gid, features in segment_features(info.in_layout):
+                if graph.groups[gid].frozen:
+                    continue
+                sums[gid] = sums.get(gid, 0) + values[features].mean(0)
+                counts[gid] = counts.get(gid, 0) + 1
+        return {
+            group.id: sums[group.id] / counts[group.id] if group.id in sums else np.zeros(group.size)
+            for group in graph.groups if not group.frozen
+        }
+
+
+@CRITERIA.register("activation")
+class MeanActivation(ActivationCriterion):
+    """Mean absolute activation; a unit that stays near zero is dead."""
+
+    statistic = "mean_abs"
+
+
+@CRITERIA.register("apoz")
+class NonZeroActivation(ActivationCriterion):
+    """1 - APoZ (Hu et al. 2016): the fraction of activations above zero, so the units most often zero go first."""
+
+    statistic = "positive"

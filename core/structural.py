@@ -1,0 +1,350 @@
+"""Structural pruning: remove whole units and filters, planned first, then executed.
+
+:func:`plan_structure` traces the model's channel graph (``core/graph.py``),
+scores each group's units with a criterion (``core/criteria.py``), chooses the
+units to keep, and returns a :class:`StructuralPlan`: the groups, the indices
+dropped, and units, params and multiply-adds before and after per layer. No
+weight is touched. :func:`apply_plan` then rebuilds a plain Keras model from the
+layers' configs, with fewer units, and copies the sliced weights into it.
+
+Example:
+    >>> plan = plan_structure(model, NeuronPruning(ratio=0.5))
+    >>> print(plan.totals())
+    >>> smaller = apply_plan(model, plan)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from prunectl.core.cost import layer_macs
+from prunectl.core.criteria import CRITERIA, calibrate
+from prunectl.core.errors import DataError, OptionError, SelectionError
+from prunectl.core.graph import LayerInfo, build_graph, kept_features, layout_width
+from prunectl.core.options import SCOPES, validate_neuron_ratio, validate_neuron_threshold, validate_round_to
+
+
+@dataclass(frozen=True)
+class NeuronPruning:
+    """One structural step: exactly one of ``threshold`` and ``ratio``.
+
+    Attributes:
+        criterion: a key of :data:`~prunectl.core.criteria.CRITERIA`.
+        threshold: remove units scoring below it.
+        ratio: remove this fraction of units, per group (``scope="layer"``) or over all (``"global"``).
+        scope: ``"layer"`` or ``"global"``.
+        round_to: keep unit counts multiples of it (where a layer has that many).
+        include: producer-name patterns that may be pruned (default: all).
+        exclude: producer-name patterns left whole.
+
+    Raises:
+        OptionError: on a missing, conflicting or out-of-range value.
+    """
+
+    criterion: str = "l1"
+    threshold: float | None = None
+    ratio: float | None = None
+    scope: str = "layer"
+    round_to: int = 1
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if (self.threshold is None) == (self.ratio is None):
+            raise OptionError(
+                "give exactly one of neuron_threshold and neuron_ratio. "
+                f"Received: neuron_threshold={self.threshold}, neuron_ratio={self.ratio}"
+            )
+        if self.threshold is not None:
+            validate_neuron_threshold(self.threshold)
+        if self.ratio is not None:
+            validate_neuron_ratio(self.ratio)
+        validate_round_to(self.round_to)
+        CRITERIA.get(self.criterion)
+        if self.scope not in SCOPES:
+            raise OptionError(f"scope must be one of {', '.join(SCOPES)}. Received: scope={self.scope!r}")
+
+    def get_config(self) -> dict:
+        config = {f"neuron_{k}" if k in ("criterion", "threshold", "ratio") else k: v
+                  for k, v in asdict(self).items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """What happens to one group of coupled units."""
+
+    id: int
+    producers: tuple[str, ...]
+    units_before: int
+    units_after: int
+    dropped: tuple[int, ...]
+    frozen: str | None
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One layer's size before and after (units only for producers)."""
+
+    layer: str
+    class_name: str
+    group: int | None
+    units_before: int | None
+    units_after: int | None
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+
+
+@dataclass(frozen=True)
+class LayerEdit:
+    """How one layer is rebuilt: config updates, weight slices ``(weight, axis, block, kept)``, a bias shift."""
+
+    config: dict
+    slices: tuple = ()
+    bias_delta: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class StructuralPlan:
+    """The full plan: a value to print, test and record before any weight is touched."""
+
+    criterion: dict
+    groups: tuple[GroupPlan, ...]
+    layers: tuple[LayerPlan, ...]
+    boundaries: tuple[tuple[str, str, str], ...]
+    edits: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def totals(self) -> dict:
+        """Units, params and multiply-adds summed over the model, with the ratios before/after."""
+        out = {}
+        for key in ("units", "params", "flops"):
+            before = sum(getattr(r, f"{key}_before") or 0 for r in self.layers)
+            after = sum(getattr(r, f"{key}_after") or 0 for r in self.layers)
+            out[key] = {"before": before, "after": after, "ratio": before / after if after else None}
+        return out
+
+    def to_dict(self) -> dict:
+        """The plan as plain JSON-ready values (edits left out: they are arrays)."""
+        return {
+            "criterion": self.criterion,
+            "groups": [{**asdict(g), "producers": list(g.producers), "dropped": list(g.dropped)}
+                       for g in self.groups],
+            "layers": [asdict(r) for r in self.layers],
+            "boundaries": [{"layer": n, "class": c, "reason": r} for n, c, r in self.boundaries],
+            "totals": self.totals(),
+        }
+
+
+def calibration_inputs(path: Path, model) -> np.ndarray:
+    """Read a data file's inputs and check they fit ``model``.
+
+    Raises:
+        DataError: unreadable file, or inputs of the wrong shape.
+    """
+    from prunectl.core.data import read_dataset
+
+    x = read_dataset(path).x
+    if len(model.inputs) != 1:
+        raise DataError(f"data files hold one input array; the model has {len(model.inputs)}. Received: {str(path)!r}")
+    expected = tuple(model.inputs[0].shape[1:])
+    if x.ndim != len(expected) + 1 or any(e is not None and e != d for e, d in zip(expected, x.shape[1:])):
+        raise DataError(f"data inputs do not fit the model's input {(None, *expected)}. "
+                        f"Received: x of shape {x.shape} in {str(path)!r}")
+    return x.astype(model.inputs[0].dtype, copy=False)
+
+
+def choose_units(scores: dict[int, np.ndarray], step: NeuronPruning) -> dict[int, np.ndarray]:
+    """The sorted indices each group keeps: the best-scoring units, at least one, rounded up to ``round_to``.
+
+    Ties keep the lower index. With ``scope="global"`` and a ratio, one cut runs over all groups' scores.
+    """
+    ids = sorted(scores)
+    counts = {}
+    if step.ratio is not None and step.scope == "global" and ids:
+        flat = np.concatenate([scores[g] for g in ids])
+        owner = np.concatenate([np.full(len(scores[g]), i) for i, g in enumerate(ids)])
+        dropped = np.argsort(flat, kind="stable")[:math.floor(step.ratio * len(flat) + 1e-9)]
+        removed = np.bincount(owner[dropped], minlength=len(ids))
+        counts = {g: len(scores[g]) - int(removed[i]) for i, g in enumerate(ids)}
+    for gid in ids:
+        size = len(scores[gid])
+        if gid not in counts:
+            counts[gid] = (size - math.floor(step.ratio * size + 1e-9) if step.ratio is not None
+                           else int(np.count_nonzero(scores[gid] >= step.threshold)))
+        kept = min(size, math.ceil(max(1, counts[gid]) / step.round_to) * step.round_to)
+        counts[gid] = kept
+    return {g: np.sort(np.argsort(-scores[g], kind="stable")[:counts[g]]) for g in ids}
+
+
+def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> StructuralPlan:
+    """Plan which units of ``model`` to remove; touches no weight.
+
+    Args:
+        model: a built Sequential or Functional Keras model.
+        step: the structural step.
+        x: calibration inputs (required by activation criteria).
+
+    Returns:
+        The :class:`StructuralPlan`.
+
+    Raises:
+        OptionError: the criterion needs data and ``x`` is None.
+        SelectionError: no unit can be removed, or a pattern matches no prunable layer.
+        StructureError: the model has no layer graph.
+    """
+    criterion = CRITERIA.get(step.criterion)()
+    if criterion.needs_data and x is None:
+        raise OptionError(f"the {step.criterion} criterion needs calibration data; give --data FILE. "
+                          f"Received: neuron_criterion={step.criterion!r}")
+    graph = build_graph(model, step.include, step.exclude)
+    if all(group.frozen for group in graph.groups):
+        shown = "; ".join(f"{i.name} ({i.class_name}): {i.reason}" for i in graph.boundaries[:4]) or "none"
+        raise SelectionError(
+            "no prunable units: every layer's units reach a model output, a boundary, or are not selected "
+            f"(boundaries: {shown}). Received: include={list(step.include)}, exclude={list(step.exclude)}"
+        )
+    stats = calibrate(graph, x, criterion.batch_size) if criterion.needs_data else None
+    keep = choose_units(criterion.scores(graph, stats), step)
+    edits, rows = {}, []
+    for info in graph.layers:
+        edit = _edit(info, keep, stats)
+        if edit is not None:
+            edits[info.name] = edit
+        if info.layer.weights:
+            rows.append(_row(info, edit))
+    groups = tuple(
+        GroupPlan(g.id, tuple(g.producers), g.size, len(keep.get(g.id, range(g.size))),
+                  tuple(int(i) for i in np.setdiff1d(np.arange(g.size), keep[g.id])) if g.id in keep else (),
+                  g.frozen)
+        for g in graph.groups if g.producers
+    )
+    boundaries = tuple((i.name, i.class_name, i.reason) for i in graph.boundaries)
+    config = {"name": step.criterion, **criterion.get_config()}
+    return StructuralPlan(config, groups, tuple(rows), boundaries, edits)
+
+
+def _edit(info: LayerInfo, keep: dict[int, np.ndarray], stats) -> LayerEdit | None:
+    if info.rule is None:
+        return None
+    config, slices, delta = {}, [], None
+    layer_config = info.layer.get_config()
+    if info.in_layout is not None:
+        kept = kept_features(info.in_layout, keep)
+        width = layout_width(info.in_layout)
+        if len(kept) < width:
+            for weight, axis, block_key in info.rule.in_axes:
+                slices.append((weight, axis, layer_config[block_key] if block_key else 1, kept))
+            if info.rule.kind == "reshape" and layer_config["target_shape"][-1] != -1:
+                config["target_shape"] = [*layer_config["target_shape"][:-1], len(kept)]
+            if stats is not None and info.name in stats and info.rule.fold:
+                dropped = np.setdiff1d(np.arange(width), kept)
+                delta = stats[info.name].mean[dropped] @ input_map(info)[dropped]
+                if not layer_config.get("use_bias", True):
+                    config["use_bias"] = True
+    if info.out_group in keep and len(keep[info.out_group]) < info.layer.get_config()[info.rule.units]:
+        config[info.rule.units] = len(keep[info.out_group])
+        slices += [(weight, axis, 1, keep[info.out_group]) for weight, axis in info.rule.out_axes]
+        delta = None if delta is None else delta[keep[info.out_group]]
+    if not (config or slices):
+        return None
+    return LayerEdit(config, tuple(slices), delta)
+
+
+def input_map(info: LayerInfo) -> np.ndarray:
+    """A producer's weights as an ``(input features, units)`` matrix: what a constant input adds to each unit.
+
+    Exact for Dense and for unpadded convolutions; near the border of a padded
+    convolution fewer kernel taps see the input, so folding there is approximate.
+    """
+    weights = {v.name: np.asarray(v.numpy(), dtype=np.float64) for v in info.layer.weights}
+    fold = info.rule.fold
+    if fold == "dense":
+        return weights["kernel"]
+    kernel = weights["kernel" if fold != "separable" else "depthwise_kernel"]
+    summed = kernel.reshape(-1, *kernel.shape[-2:]).sum(0)
+    if fold == "conv":
+        return summed
+    if fold == "transpose":
+        return summed.T
+    pointwise = weights["pointwise_kernel"].reshape(summed.shape[0], summed.shape[1], -1)
+    return np.einsum("cm,cmf->cf", summed, pointwise)
+
+
+def _take(value: np.ndarray, axis: int, block: int, kept: np.ndarray) -> np.ndarray:
+    if block > 1:
+        kept = (kept[:, None] * block + np.arange(block)[None, :]).ravel()
+    return np.take(value, kept, axis=axis)
+
+
+def _new_shapes(info: LayerInfo, edit: LayerEdit | None) -> dict[str, tuple]:
+    shapes = {v.name: list(v.shape) for v in info.layer.weights}
+    if edit is None:
+        return {k: tuple(v) for k, v in shapes.items()}
+    for weight, axis, block, kept in edit.slices:
+        if weight in shapes:
+            shapes[weight][axis] = len(kept) * block
+    if edit.config.get("use_bias") and "bias" not in shapes:
+        shapes["bias"] = [edit.config.get(info.rule.units, info.layer.get_config()[info.rule.units])]
+    return {k: tuple(v) for k, v in shapes.items()}
+
+
+def _row(info: LayerInfo, edit: LayerEdit | None) -> LayerPlan:
+    before, after = _new_shapes(info, None), _new_shapes(info, edit)
+    in_shape, out_shape = info.shapes
+    units = info.layer.get_config().get(info.rule.units) if info.rule and info.rule.units else None
+    return LayerPlan(
+        info.name, info.class_name, info.out_group, units,
+        edit.config.get(info.rule.units, units) if edit and units is not None else units,
+        sum(math.prod(s) for s in before.values()), sum(math.prod(s) for s in after.values()),
+        layer_macs(info.class_name, before, in_shape, out_shape),
+        layer_macs(info.class_name, after, in_shape, out_shape),
+    )
+
+
+def apply_plan(model, plan: StructuralPlan):
+    """Rebuild ``model`` as a plain Keras model with the plan's units removed.
+
+    Every layer is rebuilt from its config (updated where the plan says) by
+    ``keras.models.clone_model``; weights are copied, sliced where units were
+    removed, and shifted by folded biases. ``model`` is left unchanged.
+
+    Returns:
+        The new, smaller ``keras.Model`` (uncompiled).
+    """
+    from prunectl.core.keras_io import import_keras
+
+    keras = import_keras()
+
+    def rebuild(layer):
+        config = layer.get_config()
+        config.update(plan.edits[layer.name].config if layer.name in plan.edits else {})
+        return layer.__class__.from_config(config)
+
+    pruned = keras.models.clone_model(model, clone_function=rebuild)
+    for new in pruned.layers:
+        if new.__class__.__name__ == "InputLayer":  # clone_model renames inputs; they hold no weights
+            continue
+        old = model.get_layer(new.name)
+        edit = plan.edits.get(new.name)
+        if edit is None:
+            new.set_weights(old.get_weights())
+            continue
+        values = {v.name: v.numpy() for v in old.weights}
+        arrays = []
+        for variable in new.weights:
+            value = values.get(variable.name)
+            value = np.zeros(variable.shape, variable.dtype) if value is None else value
+            for weight, axis, block, kept in edit.slices:
+                if weight == variable.name:
+                    value = _take(value, axis, block, kept)
+            if variable.name == "bias" and edit.bias_delta is not None:
+                value = value + edit.bias_delta.astype(value.dtype)
+            arrays.append(value)
+        new.set_weights(arrays)
+    return pruned
