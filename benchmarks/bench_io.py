@@ -34,8 +34,11 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 BARE_READ = """
 import io, sys, zipfile, h5py
 path = sys.argv[1]
+def read(name, obj):
+    if isinstance(obj, h5py.Dataset):
+        obj[()]  # returns None: visititems stops at the first non-None return
 def read_all(f):
-    f.visititems(lambda n, o: o[()] if isinstance(o, h5py.Dataset) else None)
+    f.visititems(read)
 if path.endswith('.keras'):
     with zipfile.ZipFile(path) as z, z.open('model.weights.h5') as member:
         with h5py.File(io.BytesIO(member.read()), 'r') as f:
