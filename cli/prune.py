@@ -10,7 +10,8 @@ from prunectl.cli import render
 from prunectl.cli.checks import checked as _checked
 from prunectl.cli.common import finish_with_gates, gate_limits, gate_options, markdown_option
 from prunectl.cli.structural import neuron_step, structural_options
-from prunectl.cli.training import epoch_lines, evaluation_table, finetune_options, finetune_options_from, training_bars
+from prunectl.cli.training import (FINETUNE_NAMES, epoch_lines, evaluation_table, finetune_options,
+                                   finetune_options_from, training_bars)
 from prunectl.core.criteria import CRITERIA
 from prunectl.core.errors import OptionError
 from prunectl.core.options import (COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES, SCOPES, compile_patterns,
@@ -62,53 +63,89 @@ Examples:
 @click.option("--unsafe", is_flag=True, help="Allow loading Lambda-layer code stored in the model (trusted files only).")
 @click.option("-q", "--quiet", is_flag=True,
               help="Print nothing on stderr but errors (and, when fine-tuning, one plain line per epoch).")
+@click.option("--recipe", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Read the pipeline (steps, per-layer overrides, [finetune], options) from a TOML recipe; "
+                   "options given here override it.")
+@click.option("--recipe-out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write the fully resolved pipeline of this run as a recipe, to repeat it exactly.")
 @structural_options
 @finetune_options
 @gate_options
 @markdown_option
-def prune(model, threshold, sparsity, scope, include, exclude, output, report_path, compression, engine,
-          keep_optimizer, as_json, force, unsafe, quiet, markdown,
-          neuron_criterion, neuron_threshold, neuron_ratio, round_to, dry_run, benchmark, **extra):
+@click.pass_context
+def prune(ctx, **params):
     """Remove units and zero small weights of a saved Keras model, write it compressed, with a report."""
-    from prunectl.core.pipeline import PruneRequest
-    from prunectl.core.prune import WeightPruning
     from prunectl.core.markdown import report_markdown
     from prunectl.core.report import to_json
 
-    if as_json and markdown is not None and str(markdown) == "-":
-        raise click.UsageError("--json and --markdown - both write to stdout; give --markdown a file. "
-                               "Received: --json --markdown -")
-    if threshold is not None and sparsity is not None:
-        raise click.UsageError(
-            f"give only one of --threshold and --sparsity. Received: --threshold {threshold} --sparsity {sparsity}"
-        )
-    data = extra["data"]  # shared: fine-tuning trains on it, structural criteria and --benchmark read its inputs
-    neurons = neuron_step(neuron_criterion, neuron_threshold, neuron_ratio, round_to, data, dry_run,
-                          scope, include, exclude)
-    if data is not None and extra["finetune_epochs"] is None and not (neurons and CRITERIA.get(neurons.criterion).needs_data) and not benchmark:
-        raise click.UsageError("--data is read by --finetune-epochs, an activation criterion or --benchmark. "
-                               f"Received: --data {data} without any of them")
-    if threshold is None and sparsity is None and neurons is None:
-        raise click.UsageError("give a pruning step: --threshold, --sparsity, --neuron-threshold or "
-                               "--neuron-ratio. Received: none")
-    weights = None if threshold is None and sparsity is None else WeightPruning(
-        threshold=threshold, sparsity=sparsity, scope=scope, include=tuple(include), exclude=tuple(exclude))
-    request = PruneRequest(
-        model=model, weights=weights,
-        output=output, report=report_path, compression=compression, engine=engine, force=force, unsafe=unsafe,
-        keep_optimizer=keep_optimizer, neurons=neurons, data=data, dry_run=dry_run, benchmark=benchmark,
-        gates=gate_limits(extra), markdown=None if markdown is None or str(markdown) == "-" else markdown,
-        finetune=finetune_options_from(extra, sparsity is not None),
-    )
+    request = _request(ctx, params)
+    markdown, quiet = params["markdown"], params["quiet"]
     console = None if quiet else render.stderr_console()
     result = _run_with_progress(request, console)
-    if as_json:
+    if params["recipe_out"] is not None and not request.dry_run:
+        _write_recipe(params["recipe_out"], result, params["force"], request)
+    if params["as_json"]:
         render.emit_json(to_json(result))
     elif markdown is not None and str(markdown) == "-":
         render.emit_json(report_markdown(result))
     if console is not None:
         _summarize(console, result)
     finish_with_gates(result, quiet)
+
+
+def _request(ctx, params: dict):
+    """Fold the options (and a recipe's values) into one ``PruneRequest``."""
+    from prunectl.core.pipeline import PruneRequest
+    from prunectl.core.prune import WeightPruning
+
+    structural = weights = params
+    if params["recipe"] is not None:
+        from prunectl.cli.recipe import merge_recipe
+
+        _, structural, weights, params = merge_recipe(ctx, params["recipe"], FINETUNE_NAMES)
+    markdown = params["markdown"]
+    if params["as_json"] and markdown is not None and str(markdown) == "-":
+        raise click.UsageError("--json and --markdown - both write to stdout; give --markdown a file. "
+                               "Received: --json --markdown -")
+    threshold, sparsity = weights["threshold"], weights["sparsity"]
+    if threshold is not None and sparsity is not None:
+        raise click.UsageError(
+            f"give only one of --threshold and --sparsity. Received: --threshold {threshold} --sparsity {sparsity}"
+        )
+    data = params["data"]  # shared: fine-tuning trains on it, structural criteria and --benchmark read its inputs
+    neurons = neuron_step(structural["neuron_criterion"], structural["neuron_threshold"], structural["neuron_ratio"],
+                          structural["round_to"], data, params["dry_run"], structural["scope"],
+                          structural["include"], structural["exclude"])
+    needs_data = (params["finetune_epochs"] is not None or params["benchmark"]
+                  or (neurons is not None and CRITERIA.get(neurons.criterion).needs_data))
+    if data is not None and not needs_data:
+        raise click.UsageError("--data is read by --finetune-epochs, an activation criterion or --benchmark. "
+                               f"Received: --data {data} without any of them")
+    if threshold is None and sparsity is None and neurons is None:
+        raise click.UsageError("give a pruning step: --threshold, --sparsity, --neuron-threshold or "
+                               "--neuron-ratio (or a --recipe). Received: none")
+    weight_step = None if threshold is None and sparsity is None else WeightPruning(
+        threshold=threshold, sparsity=sparsity, scope=weights["scope"], include=tuple(weights["include"]),
+        exclude=tuple(weights["exclude"]), layers=tuple(weights.get("layers", ())))
+    extra = {k: v for k, v in params.items() if k in FINETUNE_NAMES}
+    return PruneRequest(
+        model=params["model"], weights=weight_step, output=params["output"], report=params["report_path"],
+        compression=params["compression"], engine=params["engine"], force=params["force"],
+        unsafe=params["unsafe"], keep_optimizer=params["keep_optimizer"], neurons=neurons, data=data,
+        dry_run=params["dry_run"], benchmark=params["benchmark"], gates=gate_limits(dict(params)),
+        markdown=None if markdown is None or str(markdown) == "-" else markdown,
+        finetune=finetune_options_from(extra, sparsity is not None), recipe=params["recipe"],
+    )
+
+
+def _write_recipe(path: Path, report: dict, force: bool, request) -> None:
+    from prunectl.core.atomic import check_output, write_text_atomic
+    from prunectl.core.recipe import recipe_toml
+
+    check_output(path, force, inputs=(request.model,))
+    header = (f"Written by prunectl {report['tool']['prunectl']} from the run that wrote {report['output']['path']}.\n"
+              f"Repeat it with: prunectl prune {report['input']['path']} --recipe {path.name}")
+    write_text_atomic(path, recipe_toml(report["pipeline"], header, relative_to=path.parent))
 
 
 def _run_with_progress(request, console) -> dict:

@@ -21,6 +21,9 @@ _DEPENDENT = {"val_data": None, "val_split": None, "x_key": None, "y_key": None,
               "schedule": "oneshot", "initial_sparsity": 0.0, "prune_begin": 0.0, "prune_end": 0.5, "l1": 0.0,
               "seed": None, "strategy": "default", "plots": None}
 
+# Every fine-tuning option's parameter name.
+FINETUNE_NAMES = frozenset(_DEPENDENT) | {"finetune_epochs", "data"}
+
 OPTIONS = [
     click.option("--finetune-epochs", type=click.IntRange(min=0), default=None,
                  help="After pruning, fine-tune N epochs with pruned weights held at 0 (0: only evaluate)."),

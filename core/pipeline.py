@@ -47,6 +47,7 @@ class PruneRequest:
         force: replace existing outputs.
         unsafe: allow Lambda-layer code to be deserialized by the Keras engine.
         keep_optimizer: keep the optimizer's saved state in the output (file engine).
+        recipe: the recipe file the request was read from, if any (recorded in the report).
         gates: ``(gate name, limit)`` pairs checked against the report (see ``core.gates``).
         markdown: also write the report as Markdown here.
         finetune: fine-tune after pruning (Keras engine), or None.
@@ -73,6 +74,30 @@ class PruneRequest:
     data: Path | None = None
     dry_run: bool = False
     benchmark: bool = False
+
+    recipe: Path | None = None
+
+    def pipeline(self) -> dict:
+        """The fully resolved pipeline, keyed by option names: what ``--recipe-out`` writes back."""
+        def kebab(config: dict) -> dict:
+            return {k.replace("_", "-"): v for k, v in config.items()}
+
+        steps = []
+        if self.neurons:
+            steps.append(kebab(self.neurons.get_config()))
+        if self.weights:
+            config = self.weights.get_config()
+            steps.append({**kebab({k: v for k, v in config.items() if k != "layers"}), "layers": config["layers"]})
+        finetune = None
+        if self.finetune:
+            config = self.finetune.get_config()
+            config.update(config.pop("reader"))
+            finetune = kebab({"finetune_epochs": config.pop("epochs"), **config})
+        options = {"compression": self.compression, "engine": self.engine, "keep-optimizer": self.keep_optimizer,
+                   "unsafe": self.unsafe, "benchmark": self.benchmark, **dict(self.gates)}
+        if self.data is not None and finetune is None:
+            options["data"] = str(self.data)
+        return {"options": options, "steps": steps, "finetune": finetune}
 
     def options(self) -> dict:
         """The options as recorded in the report."""
@@ -237,6 +262,7 @@ def run_prune(request: PruneRequest, progress: Progress | None = None,
                    else _run_keras(request, model, output, progress, training))
         report = prune_report(outcome, model, output, request.options())
     report["report_path"] = str(report_path)
+    report["pipeline"] = {"recipe": str(request.recipe) if request.recipe else None, **request.pipeline()}
     report["gates"] = [gate.check(report).to_dict() for gate in gates]
     write_text_atomic(report_path, to_json(report))
     if request.markdown is not None:

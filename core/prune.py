@@ -9,6 +9,7 @@ model. Both use the same :class:`WeightPruner`, so they produce the same weights
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,7 +21,8 @@ from prunectl.core.errors import OptionError
 from prunectl.core.modelfile import ModelFile, WeightEntry
 from prunectl.core.modelwriter import Progress, WeightCounts, write_model
 from prunectl.core.registry import prunable_spec_by_name
-from prunectl.core.options import SCOPES, validate_sparsity, validate_threshold
+from prunectl.core.errors import SelectionError
+from prunectl.core.options import SCOPES, compile_patterns, validate_sparsity, validate_threshold
 from prunectl.core.selection import select_weights
 
 
@@ -36,6 +38,10 @@ class WeightPruning:
             ``"global"`` (one magnitude cut over all selected tensors).
         include: layer-name patterns to prune (default: all prunable layers).
         exclude: layer-name patterns to leave alone.
+        layers: per-layer overrides, ``(regex, threshold, sparsity)`` with one of
+            the two set: the first pattern found in a layer's name gives that
+            layer its own threshold or (layer-scope) sparsity; with global scope
+            the shared cut runs over the other layers only.
 
     Raises:
         OptionError: on a missing, conflicting or out-of-range value.
@@ -46,6 +52,7 @@ class WeightPruning:
     scope: str = "layer"
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    layers: tuple[tuple[str, float | None, float | None], ...] = ()
 
     def __post_init__(self):
         if (self.threshold is None) == (self.sparsity is None):
@@ -59,9 +66,24 @@ class WeightPruning:
             validate_sparsity(self.sparsity)
         if self.scope not in SCOPES:
             raise OptionError(f"scope must be one of {', '.join(SCOPES)}. Received: scope={self.scope!r}")
+        for pattern, threshold, sparsity in self.layers:
+            compile_patterns([pattern], "a layer override")
+            if (threshold is None) == (sparsity is None):
+                raise OptionError(f"a layer override gives exactly one of threshold and sparsity. "
+                                  f"Received: {pattern!r}: threshold={threshold}, sparsity={sparsity}")
+            validate_threshold(threshold) if threshold is not None else validate_sparsity(sparsity)
+
+    def override_for(self, layer: str) -> tuple[float | None, float | None] | None:
+        """The ``(threshold, sparsity)`` override for ``layer``, or None."""
+        for pattern, threshold, sparsity in self.layers:
+            if re.search(pattern, layer):
+                return threshold, sparsity
+        return None
 
     def get_config(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        config = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k != "layers"}
+        config["layers"] = {p: ({"threshold": t} if t is not None else {"sparsity": s}) for p, t, s in self.layers}
+        return config
 
 
 @dataclass(frozen=True)
@@ -94,7 +116,13 @@ class WeightPruner:
         self.results: dict[str, WeightResult] = {}
         self._cut: masks.Cut | None = None
         self._ties: dict[str, int] = {}
-        if step.sparsity is not None and step.scope == "global":
+        self._overrides = {e.key: step.override_for(e.layer) for e in entries}
+        for pattern, _, _ in step.layers:
+            if not any(re.search(pattern, e.layer) for e in entries):
+                raise SelectionError(f"layer override pattern matches no selected prunable layer. "
+                                     f"Received: {pattern!r}")
+        entries = [e for e in entries if self._overrides[e.key] is None]
+        if step.sparsity is not None and step.scope == "global" and entries:
             dtypes = {np.dtype(e.dtype) for e in entries}
             if len(dtypes) > 1:
                 raise OptionError(
@@ -114,17 +142,18 @@ class WeightPruner:
             return tensor
         tensor = np.asarray(tensor)
         before = masks.count_zeros(tensor)
-        step = self.step
-        if step.threshold is not None:
-            masks.apply_threshold(tensor, step.threshold)
-            used = step.threshold
-        elif step.scope == "global":
+        step, override = self.step, self._overrides[entry.key]
+        threshold, sparsity = override or (step.threshold, step.sparsity)
+        if threshold is not None:
+            masks.apply_threshold(tensor, threshold)
+            used = threshold
+        elif step.scope == "global" and override is None:
             used = 0.0
             if self._cut is not None:
                 masks.apply_cut(tensor, self._cut, self._ties[entry.key])
                 used = self._cut.magnitude
         else:
-            cut = masks.prune_to_sparsity([tensor], step.sparsity)
+            cut = masks.prune_to_sparsity([tensor], sparsity)
             used = cut.magnitude if cut else 0.0
         self.results[entry.key] = WeightResult(entry.key, before, masks.count_zeros(tensor), used)
         return tensor

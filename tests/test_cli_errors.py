@@ -325,8 +325,8 @@ BAD_OPTIONS = [
     pytest.param(["--threshold", "0.1", "--sparsity", "0.5"],
                  "Error: give only one of --threshold and --sparsity. Received: --threshold 0.1 --sparsity 0.5",
                  id="threshold-and-sparsity"),
-    pytest.param([], "Error: give a pruning step: --threshold, --sparsity, --neuron-threshold or --neuron-ratio. "
-                     "Received: none", id="neither"),
+    pytest.param([], "Error: give a pruning step: --threshold, --sparsity, --neuron-threshold or --neuron-ratio "
+                     "(or a --recipe). Received: none", id="neither"),
     pytest.param([*THRESHOLD, "--scope", "row"],
                  _invalid("--scope", "'row' is not one of 'layer', 'global'."), id="bad-scope"),
     pytest.param([*THRESHOLD, "--engine", "torch"],

@@ -1,0 +1,84 @@
+"""``--recipe``: fold a recipe file into the ``prune`` command's option values.
+
+A recipe value goes through the same click parameter (type and check) as the
+option on the command line, so both are checked by one piece of code. An option
+given on the command line (or in the environment) wins over the recipe.
+"""
+
+from __future__ import annotations
+
+import click
+from click.core import ParameterSource
+
+from prunectl.core.recipe import STRUCTURAL_KEYS, WEIGHT_KEYS, Recipe, Value, load_recipe
+
+# Options that describe the run itself, not a pipeline: never read from a recipe.
+_NOT_IN_RECIPES = {"model", "recipe", "recipe_out", "as_json", "force", "quiet", "dry_run"}
+
+
+def recipe_options(command: click.Command) -> dict[str, click.Option]:
+    """The options a recipe may set, by long name without dashes (``"report"`` for ``--report``)."""
+    return {max(p.opts, key=len).lstrip("-"): p for p in command.params
+            if isinstance(p, click.Option) and p.name not in _NOT_IN_RECIPES}
+
+
+def recipe_vocabulary(options: dict[str, click.Option], finetune_names: set[str]) -> tuple[set[str], set[str]]:
+    """The keys a recipe may use in ``[finetune]`` and at its top level."""
+    finetune = {key for key, p in options.items() if p.name in finetune_names}
+    return finetune, set(options) - set(STRUCTURAL_KEYS + WEIGHT_KEYS) - finetune | {"data"}
+
+
+def explicit(ctx: click.Context, name: str) -> bool:
+    """Whether parameter ``name`` was given on the command line or in the environment."""
+    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def merge_recipe(ctx: click.Context, path, finetune_names: set[str]) -> tuple[Recipe, dict, dict, dict]:
+    """Load ``path`` and merge it with the command's values.
+
+    Returns:
+        The recipe, and three dicts of parameter values: the structural step's,
+        the weight step's (with ``layers`` overrides), and every other option
+        (fine-tuning ones included). An option given on the command line
+        replaces the recipe's value in every step that has it.
+
+    Raises:
+        click.UsageError: a recipe problem, naming the file, line, step and key.
+    """
+    options = recipe_options(ctx.command)
+    recipe = load_recipe(path, *recipe_vocabulary(options, finetune_names))
+    params = dict(ctx.params)
+
+    def convert(where: str, key: str, value: Value):
+        param = options[key]
+        raw = value.value if not param.multiple or isinstance(value.value, list) else [value.value]
+        try:
+            return param.process_value(ctx, raw)
+        except click.BadParameter as exc:
+            raise click.UsageError(f"recipe {recipe.path} line {value.line}, {where}: {exc.message}") from None
+
+    def step_values(kind: str, keys) -> dict:
+        values = {options[k].name: params[options[k].name] for k in keys}
+        step = recipe.step(kind)
+        if step is None:
+            return values
+        where = f"step {recipe.steps.index(step) + 1}"
+        for key, value in step.values.items():
+            if not explicit(ctx, options[key].name):
+                values[options[key].name] = convert(where, key, value)
+        if kind == "weights":
+            if explicit(ctx, "threshold") or explicit(ctx, "sparsity"):
+                values["threshold"], values["sparsity"] = params["threshold"], params["sparsity"]
+            values["layers"] = tuple(
+                (pattern, *(convert(f"{where}, layers {pattern!r}", k, override[k]) if k in override else None
+                            for k in ("threshold", "sparsity")))
+                for pattern, override, _ in step.layers)
+        return values
+
+    structural = step_values("structural", STRUCTURAL_KEYS)
+    weights = step_values("weights", WEIGHT_KEYS)
+    for table, where in ((recipe.options, "top level"), (recipe.finetune, "[finetune]")):
+        for key, value in table.items():
+            if not explicit(ctx, options[key].name):
+                params[options[key].name] = convert(where, key, value)
+    return recipe, structural, weights, params

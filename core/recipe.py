@@ -1,0 +1,242 @@
+"""Recipe files: a pruning pipeline kept in a TOML file, and written back from a run.
+
+A recipe is an ordered list of ``[[step]]`` tables — a structural step (its keys
+start with ``neuron-`` or are ``round-to``) or a weight step (``threshold`` or
+``sparsity``), each with its own ``scope``/``include``/``exclude`` — optional
+per-layer overrides of a weight step (``[step.layers."<regex>"]``), an optional
+``[finetune]`` table, and other ``prune`` options at the top level. Keys are the
+command-line option names. Relative paths resolve against the recipe's folder.
+
+This module parses and checks the structure and the keys, with line numbers.
+Turning values into typed options is the CLI's job (it owns the option types),
+so a recipe value is checked by exactly the code that checks the same option on
+the command line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prunectl.core.errors import OptionError
+
+STRUCTURAL_KEYS = ("neuron-criterion", "neuron-threshold", "neuron-ratio", "round-to", "scope", "include", "exclude")
+WEIGHT_KEYS = ("threshold", "sparsity", "scope", "include", "exclude")
+LAYER_KEYS = ("threshold", "sparsity")
+PATH_KEYS = ("data", "val-data", "plots", "output", "report", "markdown")
+_STRUCTURAL_ONLY = {"neuron-criterion", "neuron-threshold", "neuron-ratio", "round-to"}
+
+
+@dataclass(frozen=True)
+class Value:
+    """A recipe value and the line it came from."""
+
+    value: object
+    line: int
+
+
+@dataclass
+class Step:
+    """One ``[[step]]``: its kind (``"structural"`` or ``"weights"``), values and overrides."""
+
+    kind: str
+    line: int
+    values: dict[str, Value] = field(default_factory=dict)
+    layers: list[tuple[str, dict[str, Value], int]] = field(default_factory=list)
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe."""
+
+    path: Path
+    steps: list[Step]
+    finetune: dict[str, Value]
+    options: dict[str, Value]
+
+    def step(self, kind: str) -> Step | None:
+        return next((s for s in self.steps if s.kind == kind), None)
+
+
+def _error(path: Path, line: int | None, where: str, message: str) -> OptionError:
+    at = f" line {line}" if line else ""
+    return OptionError(f"recipe {path}{at}{', ' + where if where else ''}: {message}")
+
+
+def _key_lines(text: str) -> dict[tuple, int]:
+    """Map (context, key) to the line a key is set on; context is the table the key is in."""
+    lines: dict[tuple, int] = {}
+    context: tuple = ("top",)
+    steps = 0
+    header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    assignment = re.compile(r'^\s*("(?:[^"\\]|\\.)*"|[A-Za-z0-9_-]+)\s*=')
+    for number, raw in enumerate(text.splitlines(), start=1):
+        match = header.match(raw)
+        if match:
+            name = match.group(1)
+            if raw.lstrip().startswith("[[") and name == "step":
+                steps += 1
+                context = ("step", steps)
+            elif name.startswith("step.layers."):
+                pattern = tomllib.loads(f"k = {name[len('step.layers.'):]}")["k"] if name[12:13] in "\"'" \
+                    else name[len("step.layers."):]
+                context = ("layer", steps, pattern)
+            else:
+                context = (name,)
+            lines.setdefault(context + ("",), number)
+            continue
+        match = assignment.match(raw)
+        if match:
+            key = match.group(1).strip('"')
+            lines.setdefault(context + (key,), number)
+    return lines
+
+
+def _resolve_paths(values: dict[str, Value], folder: Path) -> dict[str, Value]:
+    return {k: Value(str(folder / v.value) if k in PATH_KEYS and isinstance(v.value, str)
+                     and v.value != "-" and not os.path.isabs(v.value) else v.value, v.line)
+            for k, v in values.items()}
+
+
+def load_recipe(path: str | os.PathLike, finetune_keys: set[str], option_keys: set[str]) -> Recipe:
+    """Parse and check a recipe file.
+
+    Args:
+        path: the TOML file.
+        finetune_keys: option names allowed in ``[finetune]`` (``finetune-`` prefix optional).
+        option_keys: option names allowed at the top level.
+
+    Returns:
+        The :class:`Recipe`, with relative paths resolved against its folder.
+
+    Raises:
+        OptionError: unreadable TOML, an unknown key, a misplaced table, or a
+            step that is neither structural nor a weight step; the message names
+            the line, the step and the key.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise OptionError(f"recipe file not found. Received: {str(path)!r}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OptionError(f"cannot read recipe ({exc}). Received: {str(path)!r}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise OptionError(f"recipe {path} is not valid TOML ({exc}). Received: {str(path)!r}") from None
+    lines = _key_lines(text)
+    folder = path.parent
+
+    def values_of(table: dict, context: tuple, allowed, where: str) -> dict[str, Value]:
+        out = {}
+        for key, value in table.items():
+            line = lines.get(context + (key,))
+            if key not in allowed:
+                known = ", ".join(sorted(allowed))
+                raise _error(path, line, where, f"unknown key {key!r} (known: {known}). Received: {key} = {value!r}")
+            if isinstance(value, float) and math.isnan(value):
+                raise _error(path, line, where, f"{key} must be a number. Received: {key} = nan")
+            out[key] = Value(value, line or 0)
+        return out
+
+    raw_steps = data.pop("step", [])
+    if not isinstance(raw_steps, list):
+        raise _error(path, lines.get(("step", "")), "", "use [[step]] (an array of tables) for steps. Received: [step]")
+    steps = []
+    for index, table in enumerate(raw_steps, start=1):
+        where = f"step {index}"
+        line = lines.get(("step", index, ""), 0)
+        layers = table.pop("layers", {})
+        kind = "structural" if _STRUCTURAL_ONLY & set(table) else "weights"
+        if kind == "structural" and ({"threshold", "sparsity"} & set(table)):
+            raise _error(path, line, where, "a step is structural (neuron-*) or a weight step "
+                         "(threshold/sparsity), not both; split it in two. Received: "
+                         f"{', '.join(sorted(table))}")
+        step = Step(kind, line, values_of(table, ("step", index), STRUCTURAL_KEYS if kind == "structural"
+                                           else WEIGHT_KEYS, where))
+        if kind == "weights" and not ({"threshold", "sparsity"} & set(table)):
+            raise _error(path, line, where, "a step needs neuron-threshold/neuron-ratio or threshold/sparsity. "
+                         f"Received: {', '.join(sorted(table)) or 'an empty step'}")
+        if layers:
+            if kind == "structural":
+                raise _error(path, line, where, "per-layer overrides apply to weight steps only. "
+                             f"Received: [step.layers] in a structural step")
+            for pattern, override in layers.items():
+                context = ("layer", index, pattern)
+                layer_line = lines.get(context + ("",), line)
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise _error(path, layer_line, where, f"layer pattern is not a valid regular expression "
+                                 f"({exc}). Received: {pattern!r}") from None
+                step.layers.append((pattern, values_of(override, context, LAYER_KEYS,
+                                                       f"{where}, layers {pattern!r}"), layer_line))
+        steps.append(step)
+    kinds = [s.kind for s in steps]
+    for kind in ("structural", "weights"):
+        if kinds.count(kind) > 1:
+            second = [s for s in steps if s.kind == kind][1]
+            raise _error(path, second.line, f"step {steps.index(second) + 1}",
+                         f"one {kind} step per recipe (use per-layer overrides for layer-specific values). "
+                         f"Received: {kinds.count(kind)} {kind} steps")
+    if kinds == ["weights", "structural"]:
+        raise _error(path, steps[1].line, "step 2", "the structural step runs first; list it before the weight "
+                     "step. Received: a weight step, then a structural step")
+    finetune_table = data.pop("finetune", {})
+    allowed_finetune = finetune_keys | {k[len("finetune-"):] for k in finetune_keys if k.startswith("finetune-")}
+    finetune = values_of(finetune_table, ("finetune",), allowed_finetune, "[finetune]")
+    finetune = {("finetune-" + k if "finetune-" + k in finetune_keys else k): v for k, v in finetune.items()}
+    for table in [k for k, v in data.items() if isinstance(v, dict)]:
+        raise _error(path, lines.get((table, "")), "", f"unknown table [{table}] (known: [[step]], "
+                     f"[step.layers.\"<regex>\"], [finetune]). Received: [{table}]")
+    options = values_of(data, ("top",), option_keys, "top level")
+    return Recipe(path, steps, _resolve_paths(finetune, folder), _resolve_paths(options, folder))
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def recipe_toml(pipeline: dict, header: str = "", relative_to: Path | None = None) -> str:
+    """Write a resolved pipeline (as in a report's ``pipeline``) as recipe TOML.
+
+    Args:
+        pipeline: ``{"options": {...}, "steps": [{..., "layers": {regex: {...}}}], "finetune": {...}}``
+            with option names as keys; None values and empty lists are left out.
+        header: comment lines for the top of the file.
+        relative_to: write paths relative to this folder (the recipe's own), as
+            :func:`load_recipe` resolves them.
+    """
+    out = [f"# {line}" for line in header.splitlines()]
+
+    def table(values: dict) -> None:
+        for key, value in values.items():
+            if value is None or value == () or value == [] or key == "recipe":
+                continue
+            if key in PATH_KEYS and relative_to is not None and value != "-":
+                value = os.path.relpath(Path(value).resolve(), Path(relative_to).resolve())
+            out.append(f"{key} = {_toml_value(value)}")
+
+    table(pipeline.get("options", {}))
+    for step in pipeline.get("steps", []):
+        out += ["", "[[step]]"]
+        table({k: v for k, v in step.items() if k != "layers"})
+        for pattern, values in step.get("layers", {}).items():
+            out.append(f"[step.layers.{_toml_value(pattern)}]")
+            table(values)
+    if pipeline.get("finetune"):
+        out += ["", "[finetune]"]
+        table(pipeline["finetune"])
+    return "\n".join(out).lstrip("\n") + "\n"
