@@ -23,6 +23,7 @@ import shutil
 import struct
 import tempfile
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,6 +128,11 @@ class _StoredZipMember(io.RawIOBase):
         self._size = info.file_size
         self._pos = 0
 
+    @property
+    def raw(self) -> tuple[int, int]:
+        """(file descriptor, offset of the member's first byte) for direct reads."""
+        return self._fd, self._start
+
     def readable(self) -> bool:
         return True
 
@@ -173,6 +179,10 @@ class ModelFile:
     zip_members: dict[str, bytes] = field(default_factory=dict)
     _closers: list = field(default_factory=list)
     _scratch: np.ndarray | None = None
+    #: (file descriptor, offset of the weights file in it), for raw reads of plain datasets.
+    raw: tuple[int, int] | None = None
+    _slabs: list | None = None
+    _reader: ThreadPoolExecutor | None = None
 
     def read(self, entry: WeightEntry, reuse: bool = False) -> np.ndarray:
         """Read one weight tensor into memory.
@@ -219,6 +229,10 @@ class ModelFile:
             if dataset.ndim == 0 or dataset.size == 0:
                 data = dataset[()]
                 return int(np.size(data) - np.count_nonzero(data))
+            offset = dataset.id.get_offset() if self.raw and dataset.dtype.isnative else None
+            if offset is not None:  # contiguous, unfiltered: read the bytes straight from the file
+                return dataset.size - self._count_nonzero_raw(offset, dataset.size * dataset.dtype.itemsize,
+                                                              dataset.dtype, slab_bytes)
             row_bytes = dataset.dtype.itemsize * (dataset.size // dataset.shape[0])
             rows = max(1, slab_bytes // row_bytes)
             if dataset.chunks:  # whole chunks per read: each is decompressed once
@@ -239,6 +253,37 @@ class ModelFile:
                 f"cannot read weight {entry.key} ({exc}). Received: {str(self.path)!r}"
             ) from None
 
+    def _count_nonzero_raw(self, offset: int, nbytes: int, dtype: np.dtype, slab_bytes: int) -> int:
+        """Count nonzero values of a plain dataset, reading the next slab while counting this one.
+
+        ``os.preadv`` releases the GIL, so on two cores the read of slab i+1
+        overlaps the count of slab i, and both run on cache-sized buffers.
+        """
+        fd, base = self.raw
+        step = slab_bytes - slab_bytes % dtype.itemsize
+        if self._slabs is None:
+            self._slabs = [np.empty(slab_bytes, dtype=np.uint8) for _ in range(2)]
+            self._reader = ThreadPoolExecutor(max_workers=1)
+
+        def read(slab: int, position: int, size: int) -> None:
+            if os.preadv(fd, [memoryview(self._slabs[slab])[:size]], base + offset + position) != size:
+                raise OSError("file is truncated")
+
+        nonzero, position, slab = 0, 0, 0
+        pending = self._reader.submit(read, 0, 0, min(step, nbytes))
+        try:
+            while position < nbytes:
+                size = min(step, nbytes - position)
+                pending.result()
+                following = position + size
+                if following < nbytes:
+                    pending = self._reader.submit(read, 1 - slab, following, min(step, nbytes - following))
+                nonzero += int(np.count_nonzero(self._slabs[slab][:size].view(dtype)))
+                slab, position = 1 - slab, following
+        finally:
+            pending.cancel() or pending.exception()  # never leave a read running into a reused buffer
+        return nonzero
+
     @property
     def prunable(self) -> list[WeightEntry]:
         return [e for e in self.entries if e.prunable]
@@ -248,6 +293,8 @@ class ModelFile:
         return layer_classes(self.config)
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.shutdown()
         try:
             self.h5.close()
         finally:
@@ -301,7 +348,9 @@ def _open_h5(path: Path) -> ModelFile:
     except (OSError, KeyError, ValueError, TypeError) as exc:
         h5.close()
         raise ModelFileError(f"corrupt Keras HDF5 model ({_short(exc)}). Received: {str(path)!r}") from None
-    return ModelFile(path, "h5", config, h5, entries, training_config=training, attrs_source=h5)
+    fd = os.open(path, os.O_RDONLY)
+    return ModelFile(path, "h5", config, h5, entries, training_config=training, attrs_source=h5,
+                     _closers=[lambda: os.close(fd)], raw=(fd, 0))
 
 
 def _h5_entries(h5: h5py.File, classes: dict[str, tuple[str, int]]) -> list[WeightEntry]:
@@ -381,10 +430,12 @@ def _open_keras(path: Path) -> ModelFile:
             source = _StoredZipMember(path, info)
             closers.append(source.close)
             h5 = h5py.File(source, "r")
+            raw = source.raw
         else:
             tmpdir = tempfile.mkdtemp(prefix=".prunectl-", dir=path.parent)
             closers.append(lambda: shutil.rmtree(tmpdir, ignore_errors=True))
             h5 = h5py.File(archive.extract(WEIGHTS_MEMBER, tmpdir), "r")
+            raw = None
         entries = _keras_entries(h5, layer_classes(config))
     except ModelFileError:
         for closer in reversed(closers):
@@ -396,7 +447,7 @@ def _open_keras(path: Path) -> ModelFile:
         raise ModelFileError(f"corrupt .keras archive ({_short(exc)}). Received: {str(path)!r}") from None
     training = config.get("compile_config")
     return ModelFile(path, "keras", config, h5, entries, training_config=training,
-                     zip_members=members, _closers=closers)
+                     zip_members=members, _closers=closers, raw=raw)
 
 
 def open_model_file(path: str | os.PathLike) -> ModelFile:
