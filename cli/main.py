@@ -52,8 +52,10 @@ class PrunectlGroup(click.Group):
         except Exception as exc:
             if ctx.obj and ctx.obj.get("verbose"):
                 raise
+            first = (str(exc).strip().splitlines() or [""])[0]
+            first = first if len(first) <= 300 else first[:300] + "..."
             raise click.ClickException(
-                f"unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)"
+                f"unexpected {type(exc).__name__}: {first} (run with -v for the traceback)"
             ) from None
 
     def main(self, args=None, prog_name=None, **extra):
