@@ -388,21 +388,12 @@ def _rule_for(layer, class_name: str, node, ncalls: int) -> tuple[Rule | None, s
 
 
 def _select(infos: dict[str, LayerInfo], groups: _Groups, include: Sequence[str], exclude: Sequence[str]) -> None:
-    from prunectl.core.selection import compile_patterns
+    from prunectl.core.selection import select_names
 
     producers = [i.name for i in infos.values() if i.out_group is not None]
-    shown = ", ".join(producers[:8]) + (", ..." if len(producers) > 8 else "")
-    includes = compile_patterns(include, "--include")
-    excludes = compile_patterns(exclude, "--exclude")
-    for option, raw, compiled in (("--include", include, includes), ("--exclude", exclude, excludes)):
-        for text, pattern in zip(raw, compiled):
-            if not any(pattern.search(n) for n in producers):
-                raise SelectionError(
-                    f"{option} pattern matches no prunable layer (prunable layers: {shown or 'none'}). "
-                    f"Received: {text!r}"
-                )
+    chosen = set(select_names(producers, include, exclude))
     for name in producers:
-        if (includes and not any(p.search(name) for p in includes)) or any(p.search(name) for p in excludes):
+        if name not in chosen:
             groups.freeze(((Block(1, ((infos[name].out_group, 1),))),), f"{name} is not selected")
 
 

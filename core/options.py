@@ -19,16 +19,20 @@ COMPRESSION_LEVELS = {"none": 0, "fast": 1, "default": 4, "strong": 9}
 DEFAULT_COMPRESSION = "fast"
 
 
+def _finite_non_negative(value: float, name: str) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise OptionError(f"{name} must be a finite number >= 0. Received: {name}={value}")
+    return number
+
+
 def validate_threshold(threshold: float) -> float:
     """Return ``threshold`` as float if it is a finite, non-negative number.
 
     Raises:
         OptionError: for NaN, infinity or a negative value.
     """
-    value = float(threshold)
-    if not math.isfinite(value) or value < 0:
-        raise OptionError(f"threshold must be a finite number >= 0. Received: threshold={threshold}")
-    return value
+    return _finite_non_negative(threshold, "threshold")
 
 
 def validate_sparsity(sparsity: float) -> float:
@@ -75,10 +79,7 @@ def validate_neuron_threshold(threshold: float) -> float:
     Raises:
         OptionError: for NaN, infinity or a negative value.
     """
-    value = float(threshold)
-    if not math.isfinite(value) or value < 0:
-        raise OptionError(f"neuron_threshold must be a finite number >= 0. Received: neuron_threshold={threshold}")
-    return value
+    return _finite_non_negative(threshold, "neuron_threshold")
 
 
 def validate_round_to(round_to: int) -> int:

@@ -1,4 +1,4 @@
-"""Choose which layers' weights a step touches, by regular expressions on layer names."""
+"""Choose which layers a step touches, by regular expressions on layer names."""
 
 from __future__ import annotations
 
@@ -9,20 +9,16 @@ from prunectl.core.modelfile import WeightEntry
 from prunectl.core.options import compile_patterns
 
 
-def select_weights(
-    entries: Sequence[WeightEntry], include: Sequence[str] = (), exclude: Sequence[str] = ()
-) -> list[WeightEntry]:
-    """Return the prunable entries whose layer matches an include and no exclude pattern.
+def select_names(names: Sequence[str], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
+    """Return the ``names`` that match an include pattern (or all, with none) and no exclude pattern.
 
-    Patterns are searched (``re.search``) in layer names. With no include pattern
-    every prunable layer is included.
+    Patterns are searched (``re.search``) in the names, which are the candidate
+    layers of a step (the prunable ones); each pattern must match one of them.
 
     Raises:
         OptionError: a pattern is not a valid regular expression.
-        SelectionError: a pattern matches no prunable layer, or nothing is left.
+        SelectionError: a pattern matches no candidate layer.
     """
-    prunable = [e for e in entries if e.prunable]
-    names = list(dict.fromkeys(e.layer for e in prunable))
     shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
     includes = compile_patterns(include, "--include")
     excludes = compile_patterns(exclude, "--exclude")
@@ -33,12 +29,25 @@ def select_weights(
                     f"{option} pattern matches no prunable layer (prunable layers: {shown or 'none'}). "
                     f"Received: {text!r}"
                 )
-    chosen = [
-        e for e in prunable
-        if (not includes or any(p.search(e.layer) for p in includes))
-        and not any(p.search(e.layer) for p in excludes)
-    ]
+    return [n for n in names if (not includes or any(p.search(n) for p in includes))
+            and not any(p.search(n) for p in excludes)]
+
+
+def select_weights(
+    entries: Sequence[WeightEntry], include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> list[WeightEntry]:
+    """Return the prunable entries whose layer :func:`select_names` chooses.
+
+    Raises:
+        OptionError: a pattern is not a valid regular expression.
+        SelectionError: a pattern matches no prunable layer, or nothing is left.
+    """
+    prunable = [e for e in entries if e.prunable]
+    names = list(dict.fromkeys(e.layer for e in prunable))
+    chosen_names = set(select_names(names, include, exclude))
+    chosen = [e for e in prunable if e.layer in chosen_names]
     if not chosen:
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         raise SelectionError(
             f"no prunable weights selected (prunable layers: {shown or 'none'}). "
             f"Received: include={list(include)}, exclude={list(exclude)}"
