@@ -95,9 +95,11 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 def _register() -> None:
     from prunectl.cli.prune import prune
     from prunectl.cli.report import report
+    from prunectl.cli.sensitivity import sensitivity
 
     cli.add_command(prune)
     cli.add_command(report)
+    cli.add_command(sensitivity)
 
 
 _register()
