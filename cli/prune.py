@@ -8,7 +8,8 @@ import click
 
 from prunectl.cli import render
 from prunectl.cli.checks import checked as _checked
-from prunectl.cli.common import finish_with_gates, gate_limits, gate_options, markdown_option
+from prunectl.cli.common import (data_gates, evaluation_options, finish_with_gates, gate_limits, gate_options,
+                                 markdown_option)
 from prunectl.cli.structural import neuron_step, structural_options
 from prunectl.cli.training import epoch_lines, evaluation_table, finetune_options, finetune_options_from, training_bars
 from prunectl.core.criteria import CRITERIA
@@ -85,9 +86,11 @@ def prune(model, threshold, sparsity, scope, include, exclude, output, report_pa
     data = extra["data"]  # shared: fine-tuning trains on it, structural criteria and --benchmark read its inputs
     neurons = neuron_step(neuron_criterion, neuron_threshold, neuron_ratio, round_to, data, dry_run,
                           scope, include, exclude)
-    if data is not None and extra["finetune_epochs"] is None and not (neurons and CRITERIA.get(neurons.criterion).needs_data) and not benchmark:
-        raise click.UsageError("--data is read by --finetune-epochs, an activation criterion or --benchmark. "
-                               f"Received: --data {data} without any of them")
+    gates = gate_limits(extra)
+    evaluation = evaluation_options(gates, data, extra)
+    if data is not None and extra["finetune_epochs"] is None and not (neurons and CRITERIA.get(neurons.criterion).needs_data) and not benchmark and not data_gates(gates):
+        raise click.UsageError("--data is read by --finetune-epochs, an activation criterion, --benchmark or "
+                               f"--max-accuracy-drop. Received: --data {data} without any of them")
     if threshold is None and sparsity is None and neurons is None:
         raise click.UsageError("give a pruning step: --threshold, --sparsity, --neuron-threshold or "
                                "--neuron-ratio. Received: none")
@@ -97,7 +100,7 @@ def prune(model, threshold, sparsity, scope, include, exclude, output, report_pa
         model=model, weights=weights,
         output=output, report=report_path, compression=compression, engine=engine, force=force, unsafe=unsafe,
         keep_optimizer=keep_optimizer, neurons=neurons, data=data, dry_run=dry_run, benchmark=benchmark,
-        gates=gate_limits(extra), markdown=None if markdown is None or str(markdown) == "-" else markdown,
+        evaluation=evaluation, gates=gates, markdown=None if markdown is None or str(markdown) == "-" else markdown,
         finetune=finetune_options_from(extra, sparsity is not None),
     )
     console = None if quiet else render.stderr_console()
@@ -143,6 +146,8 @@ def _summarize(console, report: dict) -> None:
     )
     if report.get("finetune", {}).get("evaluation"):
         console.print(evaluation_table(report))
+    elif report.get("evaluation"):
+        console.print(render.evaluation_line(report["evaluation"]))
     for note in report.get("notes", []):
         console.print(f"Note: {note}")
     console.print(f"Report: {report['report_path']}")

@@ -179,14 +179,64 @@ class Evaluator:
                 "metrics": [identifier_name(m) for m in self.spec.metrics]}
 
 
-def evaluation_block(settings: dict, reference: tuple[str, dict], result: tuple[str, dict]) -> dict:
+def evaluation_block(settings: dict, reference: tuple[str, dict] | None, result: tuple[str, dict]) -> dict:
     """The report's ``evaluation`` block, read by the ``max-accuracy-drop`` gate.
 
     Args:
         settings: the data and compile settings (:meth:`Evaluator.describe`).
-        reference: ``(label, values)`` of the reference model ("before pruning", "baseline").
+        reference: ``(label, values)`` of the reference model ("before pruning",
+            "baseline"), or None when there is none.
         result: ``(label, values)`` of the model being judged.
     """
     return {**settings,
-            "reference": {"label": reference[0], "values": reference[1]},
+            "reference": None if reference is None else {"label": reference[0], "values": reference[1]},
             "result": {"label": result[0], "values": result[1]}}
+
+
+def finetune_evaluation(section: dict) -> dict | None:
+    """The ``evaluation`` block of a fine-tuning report section: before pruning -> its last evaluation.
+
+    Returns:
+        None when fine-tuning had no validation data (it evaluated nothing).
+    """
+    evaluation = section["evaluation"]
+    if "before_pruning" not in evaluation:
+        return None
+    last = "after_finetuning" if "after_finetuning" in evaluation else "after_pruning"
+    settings = {"data": section["data"]["validation"], "samples": section["data"]["validation_samples"],
+                "loss": section["compile"]["loss"], "loss_source": section["compile"]["loss_source"],
+                "metrics": section["compile"]["metrics"]}
+    label = "after fine-tuning" if last == "after_finetuning" else "after pruning"
+    return evaluation_block(settings, ("before pruning", evaluation["before_pruning"]), (label, evaluation[last]))
+
+
+def evaluate_files(model: Path, baseline: Path | None, options: EvalOptions) -> dict:
+    """Evaluate a saved model, and a baseline model if given, on ``options.data``.
+
+    Both are evaluated with the compile settings resolved from the baseline
+    (the reference), else from the model.
+
+    Args:
+        model: the model file to judge.
+        baseline: the model file it is compared with, or None.
+        options: the data and the evaluation settings.
+
+    Returns:
+        The report's ``evaluation`` block (see :func:`evaluation_block`).
+
+    Raises:
+        ModelFileError, UnsafeModelError: a model that cannot be loaded.
+        DataError, OptionError: as :class:`Evaluator`.
+    """
+    from prunectl.core.keras_io import load_model
+    from prunectl.core.modelfile import open_model_file
+
+    def load(path: Path) -> LoadedModel:
+        with open_model_file(path) as source:
+            return load_model(source)
+
+    judged = load(model)
+    reference = load(baseline) if baseline is not None else None
+    evaluate = Evaluator(reference or judged, options)
+    before = (f"baseline {baseline}", evaluate(reference.model)) if reference is not None else None
+    return evaluation_block(evaluate.describe(), before, (str(model), evaluate(judged.model)))
