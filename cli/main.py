@@ -25,7 +25,7 @@ Exit codes:
   0  success
   1  error (bad model file, bad report, output not writable)
   2  usage error (bad option, value or combination)
-  3  a quality gate failed (--min-sparsity, --max-params, --max-size)
+  3  a quality gate failed (--min-sparsity, --max-params, --max-size, --max-accuracy-drop)
 
 \b
 Every option can also come from the environment: PRUNECTL_<COMMAND>_<OPTION>,

@@ -9,7 +9,7 @@ import click
 
 from prunectl.cli import render
 from prunectl.cli.checks import checked
-from prunectl.core.sensitivity import DEFAULT_SPARSITIES, parse_sparsities, validate_budget
+from prunectl.core.options import DEFAULT_SPARSITIES, parse_sparsities, validate_budget
 
 _PATH = click.Path(path_type=Path, dir_okay=False)
 
@@ -107,9 +107,9 @@ def _summarize(console, result: dict) -> None:
     budget = result.get("budget")
     limit = budget["limit"] if budget else None
     what = f"{metric['name']} drop" if metric["higher_is_better"] else "loss increase"
-    table = Table(title=f"Sensitivity of {result['model']['path']}: {what} vs the dense model "
-                        f"({metric['name']} {metric['dense']:.4f}) on {result['evaluation']['data']}, "
-                        "each layer pruned alone", title_justify="left")
+    table = Table(title=f"{what.capitalize()} when one layer alone is pruned (dense {metric['name']} "
+                        f"{metric['dense']:.4f})", title_justify="left",
+                  caption=f"{result['model']['path']} on {result['evaluation']['data']}", caption_justify="left")
     table.add_column("Layer", no_wrap=True)
     table.add_column("Class")
     table.add_column("Params", justify="right")

@@ -17,7 +17,6 @@ largest tested sparsity whose drop stays within a budget, and
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -31,52 +30,16 @@ from prunectl.core.atomic import check_output, write_text_atomic
 from prunectl.core.errors import OptionError
 from prunectl.core.evaluate import EvalOptions, Evaluator, accuracy_key
 from prunectl.core.modelfile import open_model_file
-from prunectl.core.options import validate_sparsity
+from prunectl.core.options import DEFAULT_SPARSITIES, validate_budget, validate_sparsity
 from prunectl.core.prune import WeightPruning, keras_weight_entries, prune_keras_model
 from prunectl.core.report import file_info, tool_versions
 from prunectl.core.selection import select_weights
 from prunectl.core.tomlwriter import dumps
 
 SCHEMA_VERSION = 1
-DEFAULT_SPARSITIES = (0.5, 0.7, 0.9, 0.95)
 
 #: Called after every trial as ``progress(done, total, layer, sparsity)``.
 Progress = Callable[[int, int, str, float], None]
-
-
-def parse_sparsities(text: str) -> tuple[float, ...]:
-    """Parse a comma-separated list of sparsities, each in [0, 1), into a sorted tuple without duplicates.
-
-    Example:
-        >>> parse_sparsities("0.9, 0.5,0.9")
-        (0.5, 0.9)
-
-    Raises:
-        OptionError: an empty list, an item that is not a number, or one outside [0, 1).
-    """
-    items = [item.strip() for item in str(text).split(",")]
-    if not any(items):
-        raise OptionError(f"sparsities must be a comma-separated list of numbers in [0, 1). Received: {text!r}")
-    values = []
-    for item in items:
-        try:
-            values.append(float(item))
-        except ValueError:
-            raise OptionError(f"sparsities must be a comma-separated list of numbers in [0, 1). "
-                              f"Received: {item!r} in {text!r}") from None
-    return tuple(sorted({validate_sparsity(v) for v in values}))
-
-
-def validate_budget(budget: float) -> float:
-    """Return ``budget`` as float if it is a finite number >= 0.
-
-    Raises:
-        OptionError: for NaN, infinity or a negative value.
-    """
-    value = float(budget)
-    if not math.isfinite(value) or value < 0:
-        raise OptionError(f"budget must be a finite number >= 0. Received: budget={budget}")
-    return value
 
 
 @dataclass(frozen=True)
