@@ -158,7 +158,7 @@ def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: 
     from prunectl.core import keras_io, structural
     from prunectl.core.cost import benchmark
     from prunectl.core.distribute import strategy_scope
-    from prunectl.core.evaluate import evaluation_block, finetune_evaluation
+    from prunectl.core.evaluate import Evaluator, evaluation_block, finetune_evaluation
 
     start = time.perf_counter()
     finetuned, plan, timing, x, evaluate, evaluation = None, None, None, None, None, None
@@ -172,8 +172,6 @@ def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: 
         if request.data and (request.neurons or request.benchmark):
             x = structural.calibration_inputs(request.data, original)
         if request.evaluation is not None:
-            from prunectl.core.evaluate import Evaluator
-
             evaluate = Evaluator(loaded, request.evaluation)
             before = evaluate(original)
         if request.neurons:  # neurons first, then weights, then fine-tuning
