@@ -25,7 +25,7 @@ Exit codes:
   0  success
   1  error (bad model file, bad report, output not writable)
   2  usage error (bad option, value or combination)
-  3  a quality gate failed (--min-sparsity, --max-params, --max-size)
+  3  a quality gate failed (--min-sparsity, --max-params, --max-size, --max-accuracy-drop)
 
 \b
 Every option can also come from the environment: PRUNECTL_<COMMAND>_<OPTION>,
@@ -97,9 +97,11 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 def _register() -> None:
     from prunectl.cli.prune import prune
     from prunectl.cli.report import report
+    from prunectl.cli.sensitivity import sensitivity
 
     cli.add_command(prune)
     cli.add_command(report)
+    cli.add_command(sensitivity)
 
 
 _register()

@@ -8,7 +8,8 @@ import click
 
 from prunectl.cli import render
 from prunectl.cli.checks import checked as _checked
-from prunectl.cli.common import finish_with_gates, gate_limits, gate_options, markdown_option
+from prunectl.cli.common import (data_gates, evaluation_options, finish_with_gates, gate_limits, gate_options,
+                                 markdown_option)
 from prunectl.cli.structural import neuron_step, structural_options
 from prunectl.cli.training import (FINETUNE_NAMES, epoch_lines, evaluation_table, finetune_options,
                                    finetune_options_from, training_bars)
@@ -112,15 +113,18 @@ def _request(ctx, params: dict):
         raise click.UsageError(
             f"give only one of --threshold and --sparsity. Received: --threshold {threshold} --sparsity {sparsity}"
         )
-    data = params["data"]  # shared: fine-tuning trains on it, structural criteria and --benchmark read its inputs
+    # Shared: fine-tuning trains on it; structural criteria, --benchmark and data gates read it.
+    data = params["data"]
     neurons = neuron_step(structural["neuron_criterion"], structural["neuron_threshold"], structural["neuron_ratio"],
                           structural["round_to"], data, params["dry_run"], structural["scope"],
                           structural["include"], structural["exclude"])
-    needs_data = (params["finetune_epochs"] is not None or params["benchmark"]
+    gates = gate_limits(dict(params))
+    evaluation = evaluation_options(gates, data, params)
+    needs_data = (params["finetune_epochs"] is not None or params["benchmark"] or data_gates(gates)
                   or (neurons is not None and CRITERIA.get(neurons.criterion).needs_data))
     if data is not None and not needs_data:
-        raise click.UsageError("--data is read by --finetune-epochs, an activation criterion or --benchmark. "
-                               f"Received: --data {data} without any of them")
+        raise click.UsageError("--data is read by --finetune-epochs, an activation criterion, --benchmark or "
+                               f"--max-accuracy-drop. Received: --data {data} without any of them")
     if threshold is None and sparsity is None and neurons is None:
         raise click.UsageError("give a pruning step: --threshold, --sparsity, --neuron-threshold or "
                                "--neuron-ratio (or a --recipe). Received: none")
@@ -132,7 +136,7 @@ def _request(ctx, params: dict):
         model=params["model"], weights=weight_step, output=params["output"], report=params["report_path"],
         compression=params["compression"], engine=params["engine"], force=params["force"],
         unsafe=params["unsafe"], keep_optimizer=params["keep_optimizer"], neurons=neurons, data=data,
-        dry_run=params["dry_run"], benchmark=params["benchmark"], gates=gate_limits(dict(params)),
+        dry_run=params["dry_run"], benchmark=params["benchmark"], gates=gates, evaluation=evaluation,
         markdown=None if markdown is None or str(markdown) == "-" else markdown,
         finetune=finetune_options_from(extra, sparsity is not None), recipe=params["recipe"],
     )
@@ -180,6 +184,8 @@ def _summarize(console, report: dict) -> None:
     )
     if report.get("finetune", {}).get("evaluation"):
         console.print(evaluation_table(report))
+    elif report.get("evaluation"):
+        console.print(render.evaluation_line(report["evaluation"]))
     for note in report.get("notes", []):
         console.print(f"Note: {note}")
     console.print(f"Report: {report['report_path']}")

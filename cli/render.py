@@ -127,3 +127,14 @@ def structural_summary(console, report: dict) -> None:
     if timing is not None:
         console.print(f"Latency at batch {timing['batch_size']} (median of {timing['repeats']}): "
                       f"{timing['original_ms']:.2f} ms -> {timing['pruned_ms']:.2f} ms ({timing['speedup']:.2f}x)")
+
+
+def evaluation_line(evaluation: dict) -> str:
+    """One line of a report's ``evaluation`` block: each value, reference -> result."""
+    reference, result = evaluation.get("reference"), evaluation["result"]
+    parts = []
+    for name, value in result["values"].items():
+        before = (reference or {}).get("values", {}).get(name)
+        parts.append(f"{name} {value:.4f}" if before is None else f"{name} {before:.4f} -> {value:.4f}")
+    labels = result["label"] if reference is None else f"{reference['label']} -> {result['label']}"
+    return f"Evaluation on {evaluation['data']} ({evaluation['samples']} samples, {labels}): {', '.join(parts)}"

@@ -26,7 +26,8 @@ import numpy as np
 from prunectl.core import data as datamod
 from prunectl.core.masks import count_zeros
 from prunectl.core.errors import OptionError
-from prunectl.core.keras_io import CompileSpec, LoadedModel, compile_model, import_keras
+from prunectl.core.evaluate import identifier_name, resolve_compile
+from prunectl.core.keras_io import LoadedModel, compile_model, import_keras
 from prunectl.core.prune import WeightPruning, WeightResult, keras_weight_entries, prune_keras_model
 from prunectl.core.schedules import SCHEDULES
 from prunectl.core.selection import select_weights
@@ -206,48 +207,6 @@ def _floats(logs) -> dict:
     return {k: float(v) for k, v in (logs or {}).items()}
 
 
-def _output_is_softmax(model) -> bool:
-    last = model.layers[-1]
-    activation = getattr(last, "activation", None)
-    return last.__class__.__name__ == "Softmax" or getattr(activation, "__name__", "") == "softmax"
-
-
-def resolve_compile(model, saved: CompileSpec | None, options: FinetuneOptions, y) -> tuple[CompileSpec, str]:
-    """Choose loss, metrics and optimizer: the options, else the saved settings, else a default.
-
-    The default for integer labels and a softmax output is sparse categorical
-    cross-entropy with accuracy.
-
-    Returns:
-        The compile settings and where the loss came from (``option``, ``saved`` or ``default``).
-
-    Raises:
-        OptionError: an unknown loss, metric or optimizer name, or no loss given,
-            none saved, and none can be inferred.
-    """
-    keras = import_keras()
-    for module, kind, names in ((keras.losses, "loss", [options.loss]), (keras.metrics, "metrics", options.metrics),
-                                (keras.optimizers, "optimizer", [options.optimizer])):
-        for name in filter(None, names):
-            try:
-                module.get(name)
-            except (ValueError, TypeError):
-                raise OptionError(f"unknown Keras {kind} name. Received: --{kind} {name}") from None
-    saved = saved or CompileSpec()
-    if options.loss:
-        loss, source = options.loss, "option"
-    elif saved.loss is not None:
-        loss, source = saved.loss, "saved"
-    elif np.dtype(y.dtype).kind in "iu" and _output_is_softmax(model):
-        loss, source = "sparse_categorical_crossentropy", "default"
-    else:
-        raise OptionError("cannot tell which loss to fine-tune with: the model has no saved compile config and "
-                          "its output or labels do not imply one; pass --loss (and --metrics). "
-                          f"Received: labels of dtype {np.dtype(y.dtype)}, output layer {model.layers[-1].name!r}")
-    metrics = options.metrics or saved.metrics or (("accuracy",) if source == "default" else ())
-    return CompileSpec(loss, tuple(metrics), options.optimizer or saved.optimizer or "adam"), source
-
-
 def _read(options: FinetuneOptions, model):
     reader = dict(options.reader)
     train = datamod.read_dataset(options.data, lazy=True, **reader)
@@ -292,7 +251,8 @@ def finetune_model(loaded: LoadedModel, weights: WeightPruning | None, options: 
         keras.utils.set_random_seed(options.seed)
     model = loaded.model
     train, val = _read(options, model)
-    spec, loss_source = resolve_compile(model, loaded.compile_spec, options, train.y)
+    spec, loss_source = resolve_compile(model, loaded.compile_spec, train.y, options.loss, options.metrics,
+                                        options.optimizer)
     notes = compile_model(model, spec)
     if options.learning_rate is not None:
         model.optimizer.learning_rate = options.learning_rate
@@ -359,8 +319,8 @@ def finetune_model(loaded: LoadedModel, weights: WeightPruning | None, options: 
                  "validation": str(options.val_data) if options.val_data else
                  (f"last {options.val_split:g} of the training file" if options.val_split else None),
                  "validation_samples": len(val) if val is not None else 0},
-        "compile": {"loss": _name(spec.loss), "loss_source": loss_source,
-                    "metrics": [_name(m) for m in spec.metrics],
+        "compile": {"loss": identifier_name(spec.loss), "loss_source": loss_source,
+                    "metrics": [identifier_name(m) for m in spec.metrics],
                     "optimizer": model.optimizer.__class__.__name__,
                     "learning_rate": float(np.asarray(model.optimizer.learning_rate))},
         "steps_per_epoch": steps,
@@ -380,8 +340,3 @@ def finetune_model(loaded: LoadedModel, weights: WeightPruning | None, options: 
         report["plots"] = write_plots(options.plots, history, before, after)
     return FinetuneOutcome(results, report, notes)
 
-
-def _name(identifier) -> str:
-    if isinstance(identifier, dict):
-        return identifier.get("class_name") or identifier.get("config", {}).get("name", "?")
-    return str(identifier)

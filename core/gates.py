@@ -42,6 +42,8 @@ class Gate:
     #: How the CLI parses and shows the limit.
     value_type: type = float
     metavar = "X"
+    #: Measured from an evaluation on data, which the command must be given.
+    needs_data = False
 
     def __init__(self, limit: float):
         self.limit = self.validate(limit)
@@ -114,6 +116,34 @@ class MaxSize(Gate):
     def measure(self, report: dict) -> float | None:
         block = report.get("output") or report.get("model") or {}
         return block.get("size_bytes")
+
+
+@GATES.register("max-accuracy-drop")
+class MaxAccuracyDrop(Gate):
+    """Accuracy on --data may drop by at most D in [0, 1] (vs --baseline, or before pruning)."""
+
+    direction = "<="
+    metavar = "D"
+    needs_data = True
+    missing = "the report has no accuracy evaluated before and after; evaluate on --data with an accuracy metric"
+
+    def validate(self, limit: float) -> float:
+        if not (0.0 <= limit <= 1.0):
+            raise OptionError(f"max-accuracy-drop must be in [0, 1]. Received: max-accuracy-drop={limit}")
+        return limit
+
+    def measure(self, report: dict) -> float | None:
+        from prunectl.core.evaluate import accuracy_key
+
+        evaluation = report.get("evaluation") or {}
+        accuracies = []
+        for side in ("reference", "result"):
+            values = (evaluation.get(side) or {}).get("values") or {}
+            key = accuracy_key(values)
+            if key is None:
+                return None
+            accuracies.append(values[key])
+        return accuracies[0] - accuracies[1]
 
 
 def check_gates(report: dict, limits: dict[str, float]) -> list[GateResult]:

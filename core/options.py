@@ -91,3 +91,42 @@ def validate_round_to(round_to: int) -> int:
     if int(round_to) != round_to or round_to < 1:
         raise OptionError(f"round_to must be an integer >= 1. Received: round_to={round_to}")
     return int(round_to)
+
+
+# Sensitivity analysis (``prunectl sensitivity``).
+DEFAULT_SPARSITIES = (0.5, 0.7, 0.9, 0.95)
+
+
+def parse_sparsities(text: str) -> tuple[float, ...]:
+    """Parse a comma-separated list of sparsities, each in [0, 1), into a sorted tuple without duplicates.
+
+    Example:
+        >>> parse_sparsities("0.9, 0.5,0.9")
+        (0.5, 0.9)
+
+    Raises:
+        OptionError: an empty list, an item that is not a number, or one outside [0, 1).
+    """
+    items = [item.strip() for item in str(text).split(",")]
+    if not any(items):
+        raise OptionError(f"sparsities must be a comma-separated list of numbers in [0, 1). Received: {text!r}")
+    values = []
+    for item in items:
+        try:
+            values.append(float(item))
+        except ValueError:
+            raise OptionError(f"sparsities must be a comma-separated list of numbers in [0, 1). "
+                              f"Received: {item!r} in {text!r}") from None
+    return tuple(sorted({validate_sparsity(v) for v in values}))
+
+
+def validate_budget(budget: float) -> float:
+    """Return ``budget`` as float if it is a finite number >= 0.
+
+    Raises:
+        OptionError: for NaN, infinity or a negative value.
+    """
+    value = float(budget)
+    if not math.isfinite(value) or value < 0:
+        raise OptionError(f"budget must be a finite number >= 0. Received: budget={budget}")
+    return value

@@ -30,6 +30,7 @@ from prunectl.core.report import plan_report, prune_report, to_json
 from prunectl.core.structural import NeuronPruning
 
 if TYPE_CHECKING:
+    from prunectl.core.evaluate import EvalOptions
     from prunectl.core.finetune import FinetuneOptions, TrainingProgress
 
 
@@ -56,6 +57,8 @@ class PruneRequest:
             (fine-tuning reads its own copy of the path from ``finetune``).
         dry_run: plan the structural step and return its report; write nothing.
         benchmark: time the original and the pruned model on the same batch.
+        evaluation: evaluate the model before and after the steps on this data (for
+            gates that need accuracy); fine-tuning evaluates on its own validation data.
     """
 
     model: Path
@@ -74,6 +77,7 @@ class PruneRequest:
     data: Path | None = None
     dry_run: bool = False
     benchmark: bool = False
+    evaluation: EvalOptions | None = None
 
     recipe: Path | None = None
 
@@ -113,11 +117,12 @@ class PruneRequest:
             **(self.neurons.get_config() if self.neurons else {}),
             "data": str(self.data) if self.data else None,
             "benchmark": self.benchmark,
+            "evaluation_data": str(self.evaluation.data) if self.evaluation else None,
         }
 
     def needs_keras(self) -> bool:
         """Whether a step must run on a live Keras model."""
-        return self.finetune is not None or self.neurons is not None or self.benchmark
+        return self.finetune is not None or self.neurons is not None or self.benchmark or self.evaluation is not None
 
 
 @dataclass
@@ -132,6 +137,7 @@ class PruneOutcome:
     finetune: dict | None = None
     structural: dict | None = None
     benchmark: dict | None = None
+    evaluation: dict | None = None
 
 
 def default_output(model: Path) -> Path:
@@ -177,9 +183,10 @@ def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: 
     from prunectl.core import keras_io, structural
     from prunectl.core.cost import benchmark
     from prunectl.core.distribute import strategy_scope
+    from prunectl.core.evaluate import Evaluator, evaluation_block, finetune_evaluation
 
     start = time.perf_counter()
-    finetuned, plan, timing, x = None, None, None, None
+    finetuned, plan, timing, x, evaluate, evaluation = None, None, None, None, None, None
     # The model, the masks and the optimizer must all be created in the strategy's scope.
     with strategy_scope(request.finetune.strategy if request.finetune else "default"):
         loaded = keras_io.load_model(model, unsafe=request.unsafe)
@@ -189,6 +196,9 @@ def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: 
             notes.append("optimizer state is not carried by the keras engine")
         if request.data and (request.neurons or request.benchmark):
             x = structural.calibration_inputs(request.data, original)
+        if request.evaluation is not None:
+            evaluate = Evaluator(loaded, request.evaluation)
+            before = evaluate(original)
         if request.neurons:  # neurons first, then weights, then fine-tuning
             plan = structural.plan_structure(original, request.neurons, x)
             loaded = replace(loaded, model=structural.apply_plan(original, plan))
@@ -203,12 +213,18 @@ def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: 
             notes += finetuned.notes
         else:
             results = prune_keras_model(loaded.model, request.weights) if request.weights else {}
+        if evaluate is not None:
+            evaluation = evaluation_block(evaluate.describe(), ("before pruning", before),
+                                          ("after pruning", evaluate(loaded.model)))
+        elif finetuned is not None:
+            evaluation = finetune_evaluation(finetuned.report)
         counts = keras_io.save_compressed(loaded.model, target, COMPRESSION_LEVELS[request.compression],
                                           progress=progress)
         if request.benchmark:
             timing = benchmark(original, loaded.model, x)
     return PruneOutcome("keras", results, counts, time.perf_counter() - start, notes,
-                        finetuned.report if finetuned else None, plan.to_dict() if plan else None, timing)
+                        finetuned.report if finetuned else None, plan.to_dict() if plan else None, timing,
+                        evaluation)
 
 
 def _plan_only(request: PruneRequest, model: ModelFile) -> dict:

@@ -18,11 +18,15 @@ from __future__ import annotations
 import math
 import os
 import re
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prunectl.core.errors import OptionError
+from prunectl.core.tomlwriter import dumps
 
 STRUCTURAL_KEYS = ("neuron-criterion", "neuron-threshold", "neuron-ratio", "round-to", "scope", "include", "exclude")
 WEIGHT_KEYS = ("threshold", "sparsity", "scope", "include", "exclude")
@@ -198,17 +202,6 @@ def load_recipe(path: str | os.PathLike, finetune_keys: set[str], option_keys: s
     return Recipe(path, steps, _resolve_paths(finetune, folder), _resolve_paths(options, folder))
 
 
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
-
-
 def recipe_toml(pipeline: dict, header: str = "", relative_to: Path | None = None) -> str:
     """Write a resolved pipeline (as in a report's ``pipeline``) as recipe TOML.
 
@@ -219,24 +212,22 @@ def recipe_toml(pipeline: dict, header: str = "", relative_to: Path | None = Non
         relative_to: write paths relative to this folder (the recipe's own), as
             :func:`load_recipe` resolves them.
     """
-    out = [f"# {line}" for line in header.splitlines()]
-
-    def table(values: dict) -> None:
+    def table(values: dict) -> dict:
+        out = {}
         for key, value in values.items():
-            if value is None or value == () or value == [] or key == "recipe":
+            if value is None or value == () or value == [] or value == {} or key == "recipe":
                 continue
             if key in PATH_KEYS and relative_to is not None and value != "-":
                 value = os.path.relpath(Path(value).resolve(), Path(relative_to).resolve())
-            out.append(f"{key} = {_toml_value(value)}")
+            out[key] = value
+        return out
 
-    table(pipeline.get("options", {}))
-    for step in pipeline.get("steps", []):
-        out += ["", "[[step]]"]
-        table({k: v for k, v in step.items() if k != "layers"})
-        for pattern, values in step.get("layers", {}).items():
-            out.append(f"[step.layers.{_toml_value(pattern)}]")
-            table(values)
+    document = table(pipeline.get("options", {}))
+    steps = [{**table({k: v for k, v in step.items() if k != "layers"}),
+              **({"layers": {p: table(v) for p, v in step["layers"].items()}} if step.get("layers") else {})}
+             for step in pipeline.get("steps", [])]
+    if steps:
+        document["step"] = steps
     if pipeline.get("finetune"):
-        out += ["", "[finetune]"]
-        table(pipeline["finetune"])
-    return "\n".join(out).lstrip("\n") + "\n"
+        document["finetune"] = table(pipeline["finetune"])
+    return dumps(document, tuple(header.splitlines()))

@@ -123,6 +123,7 @@ def prune_report(outcome, source: ModelFile, target: Path, options: dict) -> dic
         "notes": list(outcome.notes),
         **({"structural": outcome.structural} if outcome.structural else {}),
         **({"benchmark": outcome.benchmark} if outcome.benchmark else {}),
+        **({"evaluation": outcome.evaluation} if outcome.evaluation else {}),
     }
     report["size_ratio"] = report["output"]["size_bytes"] / max(1, report["input"]["size_bytes"])
     if outcome.finetune is not None:

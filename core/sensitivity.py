@@ -1,0 +1,249 @@
+"""Per-layer sensitivity: how much the model loses when one layer alone is pruned one-shot.
+
+For each selected layer and each tested sparsity, the layer's prunable weights
+are pruned by magnitude (each tensor to that sparsity, as ``prune --sparsity``
+does), the model is evaluated on validation data, and the layer's weights are
+put back from a copy. The model is loaded once and only the layer under test is
+ever changed, so a run costs one load plus one evaluation per trial.
+
+The measured metric is accuracy where the model has an accuracy metric, else
+the loss; a trial's *drop* is how much worse it is than the dense model
+(accuracy lost, or loss gained), so a larger drop always means a more fragile
+layer. From the drops, :func:`choose_sparsities` picks for each layer the
+largest tested sparsity whose drop stays within a budget, and
+:func:`recipe_toml` writes them as a recipe that ``prune --recipe`` reads.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from prunectl.core import keras_io, masks
+from prunectl.core.atomic import check_output, write_text_atomic
+from prunectl.core.errors import OptionError
+from prunectl.core.evaluate import EvalOptions, Evaluator, accuracy_key
+from prunectl.core.modelfile import open_model_file
+from prunectl.core.options import DEFAULT_SPARSITIES, validate_budget, validate_sparsity
+from prunectl.core.prune import WeightPruning, keras_weight_entries, prune_keras_model
+from prunectl.core.report import file_info, tool_versions
+from prunectl.core.selection import select_weights
+from prunectl.core.tomlwriter import dumps
+
+SCHEMA_VERSION = 1
+
+#: Called after every trial as ``progress(done, total, layer, sparsity)``.
+Progress = Callable[[int, int, str, float], None]
+
+
+@dataclass(frozen=True)
+class SensitivityOptions:
+    """What a sensitivity run tests.
+
+    Attributes:
+        evaluation: the validation data and how to evaluate on it.
+        sparsities: the sparsities each layer is pruned to, in [0, 1).
+        include: layer-name patterns to test (default: every prunable layer).
+        exclude: layer-name patterns to leave out.
+        budget: the largest drop a layer's chosen sparsity may cost, or None to choose none.
+
+    Raises:
+        OptionError: no sparsity, a sparsity outside [0, 1), or a negative budget.
+    """
+
+    evaluation: EvalOptions
+    sparsities: tuple[float, ...] = DEFAULT_SPARSITIES
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    budget: float | None = None
+
+    def __post_init__(self):
+        if not self.sparsities:
+            raise OptionError("give at least one sparsity to test. Received: sparsities=()")
+        object.__setattr__(self, "sparsities", tuple(sorted({validate_sparsity(s) for s in self.sparsities})))
+        if self.budget is not None:
+            validate_budget(self.budget)
+
+
+@dataclass
+class _Layer:
+    name: str
+    class_name: str
+    entries: list = field(default_factory=list)
+
+
+def _drop(metric: str, dense: float, value: float) -> float:
+    return dense - value if metric != "loss" else value - dense
+
+
+def analyze(loaded: keras_io.LoadedModel, options: SensitivityOptions, progress: Progress | None = None) -> dict:
+    """Prune each selected layer of a live model alone to each sparsity, evaluate, and restore it.
+
+    The model's weights are the same afterwards as before, also when an error
+    interrupts a trial.
+
+    Args:
+        loaded: the model as loaded by :func:`keras_io.load_model`.
+        options: what to test.
+        progress: called after every trial.
+
+    Returns:
+        The results as a JSON-ready dict (``schema_version``, ``metric``, ``dense``,
+        one ``layers`` row per layer with its ``trials``, and ``budget`` when asked).
+
+    Raises:
+        DataError: unreadable data, or data that does not fit the model.
+        OptionError: an unknown loss or metric, or one that cannot be inferred.
+        SelectionError: a pattern that selects no prunable layer.
+    """
+    start = time.perf_counter()
+    model = loaded.model
+    evaluate = Evaluator(loaded, options.evaluation)
+    pairs = keras_weight_entries(model)
+    entries = [e for e, _ in pairs]
+    variables = {e.key: v for e, v in pairs}
+    layers: dict[str, _Layer] = {}
+    for entry in select_weights(entries, options.include, options.exclude):
+        layers.setdefault(entry.layer, _Layer(entry.layer, entry.class_name)).entries.append(entry)
+
+    dense = evaluate(model)
+    metric = accuracy_key(dense) or "loss"
+    total, done = len(layers) * len(options.sparsities), 0
+    rows = []
+    for layer in layers.values():
+        trials = []
+        step = {"include": (f"^{re.escape(layer.name)}$",)}
+        kept = {e.key: np.array(variables[e.key].numpy(), copy=True) for e in layer.entries}
+        for sparsity in options.sparsities:
+            try:
+                prune_keras_model(model, WeightPruning(sparsity=sparsity, **step))
+                values = evaluate(model)
+            finally:
+                for key, array in kept.items():
+                    variables[key].assign(array)
+            trials.append({"sparsity": sparsity, "metric": values[metric],
+                           "drop": _drop(metric, dense[metric], values[metric]), "values": values})
+            done += 1
+            if progress is not None:
+                progress(done, total, layer.name, sparsity)
+        rows.append({"layer": layer.name, "class": layer.class_name, "weights": [e.weight for e in layer.entries],
+                     "count": sum(e.size for e in layer.entries), "trials": trials})
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "sensitivity",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "tool": tool_versions(),
+        "evaluation": evaluate.describe(),
+        "metric": {"name": metric, "higher_is_better": metric != "loss", "dense": dense[metric]},
+        "dense": dense,
+        "sparsities": list(options.sparsities),
+        "prunable_count": sum(e.size for e in entries if e.prunable),
+        "layers": rows,
+    }
+    if options.budget is not None:
+        result["budget"] = choose_sparsities(result, options.budget)
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    return result
+
+
+def choose_sparsities(result: dict, budget: float) -> dict:
+    """For each layer, the largest tested sparsity whose one-shot drop is at most ``budget``.
+
+    Layers whose drops all exceed the budget are left dense. Each layer's drop is
+    measured with every other layer dense; pruning several layers at once can
+    cost more than any one of them.
+
+    Args:
+        result: what :func:`analyze` returned.
+        budget: the largest drop allowed per layer (accuracy, or loss, as ``result["metric"]`` says).
+
+    Returns:
+        ``{"limit", "layers": {layer: sparsity}, "left_dense": [layer, ...], "sparsity"}``, where
+        ``sparsity`` is the fraction of the model's prunable weights the choice zeroes.
+
+    Raises:
+        OptionError: a negative or non-finite budget.
+    """
+    validate_budget(budget)
+    chosen, left = {}, []
+    for row in result["layers"]:
+        fitting = [t["sparsity"] for t in row["trials"] if t["drop"] <= budget]
+        if fitting and max(fitting) > 0:
+            chosen[row["layer"]] = max(fitting)
+        else:
+            left.append(row["layer"])
+    # Weights per tensor are zeroed as prune does: ceil(s * n) of each tensor.
+    counts = {row["layer"]: row["count"] for row in result["layers"]}
+    zeros = sum(masks.zeros_for(s, counts[layer]) for layer, s in chosen.items())
+    return {"limit": budget, "layers": chosen, "left_dense": left,
+            "sparsity": zeros / result["prunable_count"] if result["prunable_count"] else 0.0}
+
+
+def recipe_document(choice: dict) -> dict:
+    """The recipe of a budget choice: one weight step, dense by default, with one override per chosen layer."""
+    overrides = {f"^{re.escape(layer)}$": {"sparsity": sparsity} for layer, sparsity in choice["layers"].items()}
+    return {"step": [{"sparsity": 0.0, **({"layers": overrides} if overrides else {})}]}
+
+
+def recipe_toml(result: dict) -> str:
+    """The TOML recipe of ``result["budget"]``, with comments saying how it was made.
+
+    Raises:
+        OptionError: the result holds no budget choice.
+    """
+    choice = result.get("budget")
+    if choice is None:
+        raise OptionError("a recipe needs a budget choice; run with a budget. Received: budget=None")
+    metric = result["metric"]["name"]
+    sparsities = ",".join(f"{s:g}" for s in result["sparsities"])
+    comments = [
+        f"written by prunectl sensitivity {result['model']['path']} --data {result['evaluation']['data']} "
+        f"--sparsities {sparsities} --budget {choice['limit']:g}",
+        f"each listed layer, pruned alone one-shot, loses at most {choice['limit']:g} {metric} "
+        "(drops of several layers can add up; fine-tune or check with --max-accuracy-drop)",
+        f"zeroes {100 * choice['sparsity']:.1f}% of the prunable weights",
+    ]
+    if choice["left_dense"]:
+        comments.append(f"left dense (no tested sparsity within the budget): {', '.join(choice['left_dense'])}")
+    return dumps(recipe_document(choice), tuple(comments))
+
+
+def run_sensitivity(model: Path, options: SensitivityOptions, recipe_out: Path | None = None, force: bool = False,
+                    unsafe: bool = False, progress: Progress | None = None) -> dict:
+    """Load a saved model once, run :func:`analyze` on it, and write the budget's recipe.
+
+    Args:
+        model: the model file (never modified).
+        options: what to test.
+        recipe_out: where to write the recipe (needs ``options.budget``), or None.
+        force: replace an existing ``recipe_out``.
+        unsafe: allow Lambda-layer code stored in the model to be deserialized.
+        progress: called after every trial.
+
+    Returns:
+        The results of :func:`analyze`, with the ``model`` file and the ``recipe_path``.
+
+    Raises:
+        OptionError: ``recipe_out`` without a budget.
+        OutputError: ``recipe_out`` cannot be written (checked before any work).
+        PrunectlError: any problem with the model, the data or the options.
+    """
+    if recipe_out is not None and options.budget is None:
+        raise OptionError(f"a recipe needs a budget to choose sparsities; give budget. "
+                          f"Received: recipe_out={str(recipe_out)!r} without budget")
+    if recipe_out is not None:
+        check_output(recipe_out, force, inputs=(model, options.evaluation.data))
+    with open_model_file(model) as source:
+        info = file_info(source.path, source.format)
+        loaded = keras_io.load_model(source, unsafe=unsafe)
+    result = {**analyze(loaded, options, progress), "model": info}
+    if recipe_out is not None:
+        write_text_atomic(recipe_out, recipe_toml(result))
+        result["recipe_path"] = str(recipe_out)
+    return result
