@@ -1,7 +1,7 @@
 """Structural pruning benchmarks: FLOPs, accuracy after a short fine-tune, and CPU latency side by side.
 
     python benchmarks/structural.py digits [--criterion l1] [--ratio 0.5] [--round-to 8] [--epochs 10]
-        [--cnn-ratio R] [--cnn-exclude conv1] [--mlp-ratio R] [--mlp-exclude fc1]
+        [--cnn-ratio R] [--cnn-exclude conv1] [--mlp-ratio R] [--mlp-exclude fc1] [--fold-batchnorm]
     python benchmarks/structural.py applications [--size 32] [--ratio 0.5]
 
 ``digits`` prunes the shipped digits CNN and MLP, fine-tunes the pruned model
@@ -9,6 +9,9 @@ with a plain Keras ``fit`` (removed units need no masks), and times original and
 pruned model on the same batch of 256: each model's traced inference graph
 (``core.cost.forward_function``), the two interleaved with an empty call
 (``core.cost.time_calls``), the fastest and the median round reported.
+``--fold-batchnorm`` folds BatchNormalization into the layer before it
+(``core.fold``) in both the original and the fine-tuned pruned model before
+they are timed, so the speedup is still the pruning's alone.
 TensorFlow runs with one inter-op thread unless ``TF_NUM_INTEROP_THREADS`` is
 set (see ``core/cost.py``). ``applications`` builds ResNet50, MobileNetV2, VGG16 and
 DenseNet121 with ``weights=None``, prunes them, and checks the pruned models run
@@ -31,6 +34,7 @@ os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 from prunectl.core.cost import (as_tensors, empty_function, forward_function, make_batch,  # noqa: E402
                                 measure_latency, time_calls)
+from prunectl.core.fold import fold_batchnorm  # noqa: E402
 from prunectl.core.keras_io import import_keras  # noqa: E402
 from prunectl.core.structural import NeuronPruning, apply_plan, plan_structure  # noqa: E402
 
@@ -54,7 +58,8 @@ def digits(args) -> None:
 
     train, test = np.load(SAMPLES / "digits_train.npz"), np.load(SAMPLES / "digits_test.npz")
     batch = make_batch(None, test["x"], 256)
-    print(f"criterion={args.criterion} round_to={args.round_to} epochs={args.epochs}; batch 256, "
+    print(f"criterion={args.criterion} round_to={args.round_to} epochs={args.epochs} "
+          f"fold_batchnorm={args.fold_batchnorm}; batch 256, "
           f"{args.repeats} interleaved rounds; TensorFlow threads: "
           f"intra-op {tf.config.threading.get_intra_op_parallelism_threads() or 'default'}, "
           f"inter-op {os.environ.get('TF_NUM_INTEROP_THREADS', 'default')}")
@@ -62,6 +67,7 @@ def digits(args) -> None:
           "acc before | acc pruned | acc fine-tuned | latency before (ms) | latency after (ms) | empty call (ms) | speedup | "
           "speedup / FLOPs ratio | median: before / after (ms), speedup |")
     print("|" + " --- |" * 17)
+    notes = []
     for name in args.models:
         keras.utils.set_random_seed(0)
         model = keras.models.load_model(SAMPLES / f"{name}.keras", compile=False)
@@ -74,6 +80,11 @@ def digits(args) -> None:
         pruned.compile(optimizer=keras.optimizers.Adam(args.lr), loss="sparse_categorical_crossentropy")
         pruned.fit(train["x"], train["y"], epochs=args.epochs, batch_size=32, verbose=0)
         tuned = _accuracy(pruned, test["x"], test["y"])
+        if args.fold_batchnorm:
+            (model, folded), (pruned, _) = fold_batchnorm(model), fold_batchnorm(pruned)
+            if _accuracy(pruned, test["x"], test["y"]) != tuned or _accuracy(model, test["x"], test["y"]) != before:
+                raise SystemExit(f"{name}: folding BatchNormalization changed the test accuracy")
+            notes.append(f"{name}: BatchNormalization folded {folded or 'nowhere'}")
         timing = _latency(model, pruned, batch, args.repeats)
         (slow, fast, floor), (slow_med, fast_med, _) = timing["min"], timing["median"]
         totals = plan.totals()
@@ -84,6 +95,8 @@ def digits(args) -> None:
               f"{totals['params']['before']:,} -> {totals['params']['after']:,} | {before:.4f} | {pruned_acc:.4f} | "
               f"{tuned:.4f} | {slow:.3f} | {fast:.3f} | {floor:.3f} | {slow / fast:.2f}x | "
               f"{slow / fast / flops_ratio:.2f} | {slow_med:.3f} / {fast_med:.3f}, {slow_med / fast_med:.2f}x |")
+    for note in notes:
+        print(note)
 
 
 def applications(args) -> None:
@@ -128,6 +141,7 @@ def main() -> None:
     d.add_argument("--round-to", type=int, default=8)
     d.add_argument("--epochs", type=int, default=10)
     d.add_argument("--lr", type=float, default=1e-3)
+    d.add_argument("--fold-batchnorm", action="store_true", help="fold BatchNormalization in both models first")
     d.add_argument("--models", nargs="+", default=["digits_cnn", "digits_mlp"], choices=["digits_cnn", "digits_mlp"])
     for kind in ("cnn", "mlp"):
         d.add_argument(f"--{kind}-ratio", type=float, help=f"the {kind.upper()}'s ratio (default: --ratio)")
