@@ -125,8 +125,10 @@ def structural_summary(console, report: dict) -> None:
             console.print("Dry run: no model or report written.")
     timing = report.get("benchmark")
     if timing is not None:
-        console.print(f"Latency at batch {timing['batch_size']} (median of {timing['repeats']}): "
-                      f"{timing['original_ms']:.2f} ms -> {timing['pruned_ms']:.2f} ms ({timing['speedup']:.2f}x)")
+        console.print(f"Latency at batch {timing['batch_size']} ({timing['statistic']} of {timing['repeats']} "
+                      f"interleaved rounds): {timing['original_ms']:.2f} ms -> {timing['pruned_ms']:.2f} ms "
+                      f"({timing['speedup']:.2f}x; an empty call takes {timing['floor_ms']:.2f} ms)")
+
 
 
 def evaluation_line(evaluation: dict) -> str:

@@ -56,7 +56,8 @@ def test_report_records_plan_units_flops_and_benchmark(samples):
     assert len(fc1["dropped"]) == 128 and fc1["frozen"] is None
     assert plan["criterion"] == {"name": "activation", "batch_size": 256}
     assert report["options"]["neuron_ratio"] == 0.5 and report["options"]["neuron_criterion"] == "activation"
-    assert set(report["benchmark"]) == {"batch_size", "repeats", "original_ms", "pruned_ms", "speedup"}
+    assert set(report["benchmark"]) == {"batch_size", "repeats", "statistic", "original_ms", "pruned_ms",
+                                        "floor_ms", "speedup"}
     assert report["benchmark"]["batch_size"] == 256
     weights = read_weights(samples / "digits_mlp.pruned.keras")
     assert sum(v.size for v in weights.values()) == plan["totals"]["params"]["after"]
