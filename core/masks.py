@@ -152,9 +152,36 @@ def prune_to_sparsity(tensors: Sequence[np.ndarray], sparsity: float) -> Cut | N
     return cut
 
 
+def count_nonzero(block: np.ndarray, scratch: np.ndarray | None = None) -> int:
+    """Number of nonzero values in ``block`` (``-0.0`` counts as zero).
+
+    A float block is tested as integers with the sign bit cleared, about three
+    times faster than numpy's float path. ``scratch`` (unsigned ints of the same
+    width, at least ``block.size`` long) saves an allocation per call.
+    """
+    itemsize = block.dtype.itemsize
+    if block.dtype.kind != "f" or itemsize not in _UINT or not block.flags.c_contiguous:
+        return int(np.count_nonzero(block))
+    bits = block.reshape(-1).view(_UINT[itemsize])
+    if scratch is None or scratch.dtype != bits.dtype or scratch.size < bits.size:
+        scratch = np.empty_like(bits)
+    out = scratch[: bits.size]
+    np.bitwise_and(bits, _UINT[itemsize]((1 << (8 * itemsize - 1)) - 1), out=out)
+    return int(np.count_nonzero(out))
+
+
 def count_zeros(tensor: np.ndarray) -> int:
-    """Number of exact zeros in ``tensor`` (``-0.0`` counts as zero)."""
-    return int(tensor.size - np.count_nonzero(tensor))
+    """Number of exact zeros in ``tensor`` (``-0.0`` counts as zero), block by block."""
+    tensor = np.ascontiguousarray(tensor)
+    if tensor.ndim == 0:
+        return int(tensor == 0)
+    scratch = None
+    nonzero = 0
+    for block in _blocks(tensor):
+        if scratch is None and block.dtype.kind == "f" and block.dtype.itemsize in _UINT:
+            scratch = np.empty(min(BLOCK, tensor.size), dtype=_UINT[block.dtype.itemsize])
+        nonzero += count_nonzero(block, scratch)
+    return tensor.size - nonzero
 
 
 def allocate_ties(read_tensors: Callable[[], Iterable[np.ndarray]], cut: Cut) -> list[int]:

@@ -30,6 +30,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from prunectl.core import masks
 from prunectl.core.errors import ModelFileError
 from prunectl.core.registry import prunable_spec_by_index, prunable_spec_by_name
 
@@ -227,8 +228,7 @@ class ModelFile:
         try:
             dataset = self.h5[entry.dataset]
             if dataset.ndim == 0 or dataset.size == 0:
-                data = dataset[()]
-                return int(np.size(data) - np.count_nonzero(data))
+                return masks.count_zeros(np.asarray(dataset[()]))
             offset = dataset.id.get_offset() if self.raw and dataset.dtype.isnative else None
             if offset is not None:  # contiguous, unfiltered: read the bytes straight from the file
                 return dataset.size - self._count_nonzero_raw(offset, dataset.size * dataset.dtype.itemsize,
@@ -246,7 +246,7 @@ class ModelFile:
                 n = min(rows, dataset.shape[0] - start)
                 out = self._scratch[: n * row_bytes].view(dataset.dtype).reshape((n,) + dataset.shape[1:])
                 dataset.read_direct(out, np.s_[start:start + n])
-                nonzero += int(np.count_nonzero(out))
+                nonzero += masks.count_nonzero(out)
             return dataset.size - nonzero
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise ModelFileError(
@@ -262,7 +262,8 @@ class ModelFile:
         fd, base = self.raw
         step = slab_bytes - slab_bytes % dtype.itemsize
         if self._slabs is None:
-            self._slabs = [np.empty(slab_bytes, dtype=np.uint8) for _ in range(2)]
+            # Two slabs to read into alternately, and one for the zero test's integer bits.
+            self._slabs = [np.empty(slab_bytes, dtype=np.uint8) for _ in range(3)]
             self._reader = ThreadPoolExecutor(max_workers=1)
 
         def read(slab: int, position: int, size: int) -> None:
@@ -278,7 +279,10 @@ class ModelFile:
                 following = position + size
                 if following < nbytes:
                     pending = self._reader.submit(read, 1 - slab, following, min(step, nbytes - following))
-                nonzero += int(np.count_nonzero(self._slabs[slab][:size].view(dtype)))
+                scratch = self._slabs[2].view(np.uint8)  # reinterpreted to the dtype's width below
+                nonzero += masks.count_nonzero(self._slabs[slab][:size].view(dtype),
+                                               scratch[:size].view(f"u{dtype.itemsize}") if dtype.itemsize in (2, 4, 8)
+                                               else None)
                 slab, position = 1 - slab, following
         finally:
             pending.cancel() or pending.exception()  # never leave a read running into a reused buffer

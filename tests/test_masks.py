@@ -71,3 +71,34 @@ def test_cut_magnitude_is_largest_zeroed():
     cut = masks.prune_to_sparsity([w], 0.5)
     assert cut.magnitude == pytest.approx(0.2)
     assert masks.count_zeros(w) == 2
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_negative_zero_counts_as_zero(dtype, monkeypatch):
+    monkeypatch.setattr(masks, "BLOCK", 5)  # several blocks, one reused scratch buffer
+    w = np.array([-0.0, 0.0, 1.0, -2.0, -0.0, 3.0, 0.0, -0.0, 5.0, 6.0, -0.0], dtype=dtype)
+    assert masks.count_zeros(w) == 6
+    assert masks.count_nonzero(w) == 5
+    assert masks.count_zeros(w.reshape(1, 11)[:, ::2]) == int(np.sum(w[::2] == 0))  # non-contiguous view
+
+
+def test_report_counts_negative_zeros_in_files(tmp_path):
+    import h5py
+
+    from prunectl.core.modelfile import ModelFile, WeightEntry
+
+    w = np.where(np.arange(3000) % 3 == 0, -0.0, 1.5).astype(np.float32)
+    with h5py.File(tmp_path / "w.h5", "w") as f:
+        f["w"] = w
+    with h5py.File(tmp_path / "w.h5", "r") as f:
+        import os
+        fd = os.open(tmp_path / "w.h5", os.O_RDONLY)
+        model = ModelFile(tmp_path / "w.h5", "h5", {}, f, [], raw=(fd, 0))
+        entry = WeightEntry("l", "Dense", "kernel", "/w", (3000,), "<f4", True)
+        try:
+            assert model.count_zeros(entry, slab_bytes=1024) == 1000  # raw slabs
+            model.raw = None
+            assert model.count_zeros(entry, slab_bytes=1024) == 1000  # h5py slabs
+        finally:
+            model.close()
+            os.close(fd)
