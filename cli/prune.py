@@ -54,7 +54,7 @@ Examples:
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
               help="Where to write the JSON report (default: <output stem>.report.json).")
 @click.option("--compression", type=click.Choice(list(COMPRESSION_LEVELS)), default=DEFAULT_COMPRESSION, show_default=True,
-              help="gzip level of the output's weights: none=0, fast=1, default=4, strong=9.")
+              help="gzip level of the output's weights: none=0, fast=1, balanced=4, strong=9 (see the README).")
 @click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
               help="file: h5py only, no TensorFlow; keras: load and save with Keras; auto: file unless converting.")
 @click.option("--keep-optimizer", is_flag=True,
