@@ -332,7 +332,7 @@ BAD_OPTIONS = [
     pytest.param([*THRESHOLD, "--engine", "torch"],
                  _invalid("--engine", "'torch' is not one of 'auto', 'file', 'keras'."), id="bad-engine"),
     pytest.param([*THRESHOLD, "--compression", "max"],
-                 _invalid("--compression", "'max' is not one of 'none', 'fast', 'default', 'strong'."),
+                 _invalid("--compression", "'max' is not one of 'none', 'fast', 'balanced', 'strong'."),
                  id="bad-compression"),
     pytest.param([*THRESHOLD, "--xyzzy"], "Error: No such option '--xyzzy'.", id="unknown-option"),
 ]
