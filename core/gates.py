@@ -48,9 +48,15 @@ class Gate:
     def __init__(self, limit: float):
         self.limit = self.validate(limit)
 
+    #: Whether the limit is a fraction in [0, 1] (else any number >= 0).
+    fraction = False
+
     def validate(self, limit: float) -> float:
+        name = self.registered_name
+        if self.fraction and not (0.0 <= limit <= 1.0):  # also rejects NaN
+            raise OptionError(f"{name} must be in [0, 1]. Received: {name}={limit}")
         if limit != limit or limit < 0:  # NaN or negative
-            raise OptionError(f"{self.registered_name} must be >= 0. Received: {self.registered_name}={limit}")
+            raise OptionError(f"{name} must be >= 0. Received: {name}={limit}")
         return limit
 
     def get_config(self) -> dict:
@@ -80,10 +86,7 @@ class Gate:
 class MinSparsity(Gate):
     """The prunable weights' sparsity (zeros / count) must reach X in [0, 1]."""
 
-    def validate(self, limit: float) -> float:
-        if not (0.0 <= limit <= 1.0):
-            raise OptionError(f"min-sparsity must be in [0, 1]. Received: min-sparsity={limit}")
-        return limit
+    fraction = True
 
     def measure(self, report: dict) -> float:
         return report["totals"]["prunable"]["sparsity"]
@@ -126,11 +129,7 @@ class MaxAccuracyDrop(Gate):
     metavar = "D"
     needs_data = True
     missing = "the report has no accuracy evaluated before and after; evaluate on --data with an accuracy metric"
-
-    def validate(self, limit: float) -> float:
-        if not (0.0 <= limit <= 1.0):
-            raise OptionError(f"max-accuracy-drop must be in [0, 1]. Received: max-accuracy-drop={limit}")
-        return limit
+    fraction = True
 
     def measure(self, report: dict) -> float | None:
         from prunectl.core.evaluate import accuracy_key
