@@ -279,10 +279,10 @@ class ModelFile:
                 following = position + size
                 if following < nbytes:
                     pending = self._reader.submit(read, 1 - slab, following, min(step, nbytes - following))
-                scratch = self._slabs[2].view(np.uint8)  # reinterpreted to the dtype's width below
-                nonzero += masks.count_nonzero(self._slabs[slab][:size].view(dtype),
-                                               scratch[:size].view(f"u{dtype.itemsize}") if dtype.itemsize in (2, 4, 8)
-                                               else None)
+                block = self._slabs[slab][:size].view(dtype)
+                scratch = (self._slabs[2][:size].view(f"u{dtype.itemsize}")
+                           if dtype.kind == "f" and dtype.itemsize in (2, 4, 8) else None)
+                nonzero += masks.count_nonzero(block, scratch)
                 slab, position = 1 - slab, following
         finally:
             pending.cancel() or pending.exception()  # never leave a read running into a reused buffer
