@@ -79,9 +79,6 @@ def comparison_table(rows: list[dict], title: str):
     return table
 
 
-def is_terminal() -> bool:
-    return sys.stderr.isatty()
-
 
 def _change(before, after, fmt="{:,}") -> str:
     if before is None:

@@ -176,7 +176,6 @@ class ModelFile:
     h5: h5py.File
     entries: list[WeightEntry]
     training_config: dict | None = None
-    attrs_source: h5py.File | None = None
     zip_members: dict[str, bytes] = field(default_factory=dict)
     _closers: list = field(default_factory=list)
     _scratch: np.ndarray | None = None
@@ -292,10 +291,6 @@ class ModelFile:
     def prunable(self) -> list[WeightEntry]:
         return [e for e in self.entries if e.prunable]
 
-    @property
-    def layer_classes(self) -> dict[str, tuple[str, int]]:
-        return layer_classes(self.config)
-
     def close(self) -> None:
         if self._reader is not None:
             self._reader.shutdown()
@@ -353,7 +348,7 @@ def _open_h5(path: Path) -> ModelFile:
         h5.close()
         raise ModelFileError(f"corrupt Keras HDF5 model ({_short(exc)}). Received: {str(path)!r}") from None
     fd = os.open(path, os.O_RDONLY)
-    return ModelFile(path, "h5", config, h5, entries, training_config=training, attrs_source=h5,
+    return ModelFile(path, "h5", config, h5, entries, training_config=training,
                      _closers=[lambda: os.close(fd)], raw=(fd, 0))
 
 
