@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from prunectl.core.errors import OptionError
+from prunectl.core.options import compile_patterns
 
 
 def checked(validate):
@@ -19,3 +20,12 @@ def checked(validate):
             raise click.BadParameter(str(exc), ctx, param) from None
 
     return callback
+
+
+def patterns(ctx, param, value):
+    """A click callback checking a (multiple) layer-pattern option's regular expressions."""
+    try:
+        compile_patterns(value, f"--{param.name}")
+    except OptionError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+    return value

@@ -7,24 +7,15 @@ from pathlib import Path
 import click
 
 from prunectl.cli import render
-from prunectl.cli.checks import checked as _checked
+from prunectl.cli.checks import checked as _checked, patterns
 from prunectl.cli.common import (data_gates, evaluation_options, finish_with_gates, gate_limits, gate_options,
                                  markdown_option)
 from prunectl.cli.structural import neuron_step, structural_options
 from prunectl.cli.training import (FINETUNE_NAMES, epoch_lines, evaluation_table, finetune_options,
                                    finetune_options_from, training_bars)
 from prunectl.core.criteria import CRITERIA
-from prunectl.core.errors import OptionError
-from prunectl.core.options import (COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES, SCOPES, compile_patterns,
+from prunectl.core.options import (COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES, SCOPES,
                                    validate_sparsity, validate_threshold)
-
-
-def _patterns(ctx, param, value):
-    try:
-        compile_patterns(value, f"--{param.name}")
-    except OptionError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
-    return value
 
 
 @click.command(epilog="""\b
@@ -45,9 +36,9 @@ Examples:
               help="Zero the fraction S in [0, 1) of smallest-magnitude weights.")
 @click.option("--scope", type=click.Choice(SCOPES), default="layer", show_default=True,
               help="With --sparsity: each weight tensor reaches S (layer), or one cut over all (global).")
-@click.option("--include", multiple=True, metavar="REGEX", callback=_patterns,
+@click.option("--include", multiple=True, metavar="REGEX", callback=patterns,
               help="Prune only layers whose name matches (repeatable).")
-@click.option("--exclude", multiple=True, metavar="REGEX", callback=_patterns,
+@click.option("--exclude", multiple=True, metavar="REGEX", callback=patterns,
               help="Leave layers whose name matches (repeatable).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Output model (default: <stem>.pruned<suffix> beside the input; the suffix picks the format).")

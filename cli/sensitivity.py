@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from prunectl.cli import render
-from prunectl.cli.checks import checked
+from prunectl.cli.checks import checked, patterns
 from prunectl.core.options import DEFAULT_SPARSITIES, parse_sparsities, validate_budget
 
 _PATH = click.Path(path_type=Path, dir_okay=False)
@@ -26,8 +26,8 @@ Examples:
 @click.option("--sparsities", default=",".join(f"{s:g}" for s in DEFAULT_SPARSITIES), show_default=True,
               callback=checked(parse_sparsities), metavar="S1,S2,...",
               help="Sparsities in [0, 1) each layer is pruned to, one at a time.")
-@click.option("--include", multiple=True, metavar="REGEX", help="Test only layers whose name matches (repeatable).")
-@click.option("--exclude", multiple=True, metavar="REGEX", help="Leave out layers whose name matches (repeatable).")
+@click.option("--include", multiple=True, metavar="REGEX", callback=patterns, help="Test only layers whose name matches (repeatable).")
+@click.option("--exclude", multiple=True, metavar="REGEX", callback=patterns, help="Leave out layers whose name matches (repeatable).")
 @click.option("--budget", type=float, callback=checked(validate_budget), metavar="D",
               help="Choose per layer the largest sparsity whose drop is at most D (accuracy, or loss).")
 @click.option("--recipe-out", type=click.Path(path_type=Path), default=None,

@@ -9,6 +9,10 @@ from prunectl.core.modelfile import WeightEntry
 from prunectl.core.options import compile_patterns
 
 
+def _shown(names: Sequence[str]) -> str:
+    return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "") or "none"
+
+
 def select_names(names: Sequence[str], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
     """Return the ``names`` that match an include pattern (or all, with none) and no exclude pattern.
 
@@ -19,14 +23,13 @@ def select_names(names: Sequence[str], include: Sequence[str] = (), exclude: Seq
         OptionError: a pattern is not a valid regular expression.
         SelectionError: a pattern matches no candidate layer.
     """
-    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
     includes = compile_patterns(include, "--include")
     excludes = compile_patterns(exclude, "--exclude")
     for option, raw, compiled in (("--include", include, includes), ("--exclude", exclude, excludes)):
         for text, pattern in zip(raw, compiled):
             if not any(pattern.search(n) for n in names):
                 raise SelectionError(
-                    f"{option} pattern matches no prunable layer (prunable layers: {shown or 'none'}). "
+                    f"{option} pattern matches no prunable layer (prunable layers: {_shown(names)}). "
                     f"Received: {text!r}"
                 )
     return [n for n in names if (not includes or any(p.search(n) for p in includes))
@@ -47,9 +50,8 @@ def select_weights(
     chosen_names = set(select_names(names, include, exclude))
     chosen = [e for e in prunable if e.layer in chosen_names]
     if not chosen:
-        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         raise SelectionError(
-            f"no prunable weights selected (prunable layers: {shown or 'none'}). "
+            f"no prunable weights selected (prunable layers: {_shown(names)}). "
             f"Received: include={list(include)}, exclude={list(exclude)}"
         )
     return chosen
