@@ -54,7 +54,7 @@ model = keras.models.load_model(sys.argv[1], compile=False)
 model.save(sys.argv[2])
 """
 
-IDLE = "import prunectl.cli.main, prunectl.core.prune, prunectl.core.report, numpy, h5py"
+IDLE = "import prunectl.cli.main, prunectl.core.weights.prune, prunectl.core.run.report, numpy, h5py"
 
 
 # Runs a command and prints its wall time and peak RSS. Started fresh and small,
@@ -102,7 +102,7 @@ def build(workdir: Path) -> dict[str, Path]:
 
 def threshold_for(path: Path, fraction: float) -> tuple[float, int]:
     """The magnitude below which ``fraction`` of the prunable weights lie, and the weights' bytes."""
-    from prunectl.core.modelfile import open_model_file
+    from prunectl.core.io.modelfile import open_model_file
 
     with open_model_file(path) as model:
         kernels = [np.abs(model.read(e)).ravel() for e in model.prunable]
@@ -115,9 +115,9 @@ def compression_table(path: Path, threshold: float) -> list[dict]:
     """Write the pruned weights at each gzip level; time and size per level."""
     import h5py
 
-    from prunectl.core.compress import ChunkWriter
-    from prunectl.core.masks import apply_threshold
-    from prunectl.core.modelfile import open_model_file
+    from prunectl.core.io.compress import ChunkWriter
+    from prunectl.core.weights.masks import apply_threshold
+    from prunectl.core.io.modelfile import open_model_file
 
     with open_model_file(path) as model:
         arrays = []

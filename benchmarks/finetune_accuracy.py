@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from prunectl.core.finetune import FinetuneOptions
-from prunectl.core.pipeline import PruneRequest, run_prune
-from prunectl.core.prune import WeightPruning
+from prunectl.core.training.finetune import FinetuneOptions
+from prunectl.core.run.job import PruneRequest, run_prune
+from prunectl.core.weights.prune import WeightPruning
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 SPARSITIES = (0.5, 0.8, 0.9, 0.95)

@@ -32,11 +32,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Set before TensorFlow starts: a chain of layers then runs on the calling thread (less fixed cost per call).
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
-from prunectl.core.cost import (as_tensors, empty_function, forward_function, make_batch,  # noqa: E402
+from prunectl.core.structure.cost import (as_tensors, empty_function, forward_function, make_batch,  # noqa: E402
                                 measure_latency, time_calls)
-from prunectl.core.fold import fold_batchnorm  # noqa: E402
-from prunectl.core.keras_io import import_keras  # noqa: E402
-from prunectl.core.structural import NeuronPruning, apply_plan, plan_structure  # noqa: E402
+from prunectl.core.structure.fold import fold_batchnorm  # noqa: E402
+from prunectl.core.io.keras_io import import_keras  # noqa: E402
+from prunectl.core.structure.plan import NeuronPruning, apply_plan, plan_structure  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from prunectl.cli import render
-from prunectl.core.gates import GATE_EXIT_CODE, GATES
+from prunectl.core.run.gates import GATE_EXIT_CODE, GATES
 
 def gate_options(command):
     """Add one ``--<gate>`` option per registered gate (help text from the gate's docstring)."""
@@ -51,7 +51,7 @@ def evaluation_options(limits, data: Path | None, params: dict):
     Raises:
         click.UsageError: a data gate without the data it is measured on.
     """
-    from prunectl.core.evaluate import EvalOptions
+    from prunectl.core.training.evaluate import EvalOptions
 
     needing = data_gates(limits)
     if not needing:

@@ -13,7 +13,7 @@ from prunectl.cli.common import (data_gates, evaluation_options, finish_with_gat
 from prunectl.cli.structural import neuron_step, structural_options
 from prunectl.cli.training import (FINETUNE_NAMES, epoch_lines, evaluation_table, finetune_options,
                                    finetune_options_from, training_bars)
-from prunectl.core.criteria import CRITERIA
+from prunectl.core.structure.criteria import CRITERIA
 from prunectl.core.options import (COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES, SCOPES,
                                    validate_sparsity, validate_threshold)
 
@@ -67,8 +67,8 @@ Examples:
 @click.pass_context
 def prune(ctx, **params):
     """Remove units and zero small weights of a saved Keras model, write it compressed, with a report."""
-    from prunectl.core.markdown import report_markdown
-    from prunectl.core.report import to_json
+    from prunectl.core.run.markdown import report_markdown
+    from prunectl.core.run.report import to_json
 
     request = _request(ctx, params)
     markdown, quiet = params["markdown"], params["quiet"]
@@ -87,8 +87,8 @@ def prune(ctx, **params):
 
 def _request(ctx, params: dict):
     """Fold the options (and a recipe's values) into one ``PruneRequest``."""
-    from prunectl.core.pipeline import PruneRequest
-    from prunectl.core.prune import WeightPruning
+    from prunectl.core.run.job import PruneRequest
+    from prunectl.core.weights.prune import WeightPruning
 
     structural = weights = params
     if params["recipe"] is not None:
@@ -134,8 +134,8 @@ def _request(ctx, params: dict):
 
 
 def _write_recipe(path: Path, report: dict, force: bool, request) -> None:
-    from prunectl.core.atomic import check_output, write_text_atomic
-    from prunectl.core.recipe import recipe_toml
+    from prunectl.core.io.atomic import check_output, write_text_atomic
+    from prunectl.core.run.recipe import recipe_toml
 
     check_output(path, force, inputs=(request.model,))
     header = (f"Written by prunectl {report['tool']['prunectl']} from the run that wrote {report['output']['path']}.\n"
@@ -144,7 +144,7 @@ def _write_recipe(path: Path, report: dict, force: bool, request) -> None:
 
 
 def _run_with_progress(request, console) -> dict:
-    from prunectl.core.pipeline import run_prune
+    from prunectl.core.run.job import run_prune
 
     if console is None or not console.is_terminal:
         return run_prune(request, training=epoch_lines(console) if request.finetune else None)

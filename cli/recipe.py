@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
-from prunectl.core.recipe import STRUCTURAL_KEYS, WEIGHT_KEYS, Recipe, Value, load_recipe
+from prunectl.core.run.recipe import STRUCTURAL_KEYS, WEIGHT_KEYS, Recipe, Value, load_recipe
 
 # Options that describe the run itself, not a pipeline: never read from a recipe.
 _NOT_IN_RECIPES = {"model", "recipe", "recipe_out", "as_json", "force", "quiet", "dry_run"}

@@ -14,8 +14,8 @@ from prunectl.cli.common import data_gates, finish_with_gates, gate_limits, gate
 def _read(target: str, all_weights: bool) -> dict:
     """A report for ``target``: a model file, a JSON report, or ``-`` (a report on stdin)."""
     from prunectl.core.errors import ReportError
-    from prunectl.core.modelfile import open_model_file
-    from prunectl.core.report import load_report, model_report
+    from prunectl.core.io.modelfile import open_model_file
+    from prunectl.core.run.report import load_report, model_report
 
     if target == "-":
         return load_report(sys.stdin.read(), "<stdin>")
@@ -70,10 +70,10 @@ Examples:
 @markdown_option
 def report(target, baseline, data, all_weights, as_json, markdown, **gates):
     """Show the per-layer sparsity of a .h5/.keras model or of a saved JSON report."""
-    from prunectl.core.atomic import write_text_atomic
-    from prunectl.core.gates import check_gates
-    from prunectl.core.markdown import report_markdown
-    from prunectl.core.report import compare_rows, to_json
+    from prunectl.core.io.atomic import write_text_atomic
+    from prunectl.core.run.gates import check_gates
+    from prunectl.core.run.markdown import report_markdown
+    from prunectl.core.run.report import compare_rows, to_json
 
     to_stdout = markdown is not None and str(markdown) == "-"
     if as_json and to_stdout:
@@ -89,7 +89,7 @@ def report(target, baseline, data, all_weights, as_json, markdown, **gates):
         current = {**current, "baseline": {"source": baseline, "layers": compare_rows(before, current),
                                            "totals": before["totals"]}}
     if data is not None:
-        from prunectl.core.evaluate import EvalOptions, evaluate_files
+        from prunectl.core.training.evaluate import EvalOptions, evaluate_files
 
         evaluation = evaluate_files(Path(target), Path(baseline) if baseline else None,
                                     EvalOptions(data, need_accuracy=True))

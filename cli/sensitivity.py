@@ -45,8 +45,8 @@ Examples:
 def sensitivity(model, data, sparsities, include, exclude, budget, recipe_out, x_key, y_key, label_col, batch_size,
                 loss, metrics, as_json, force, unsafe, quiet):
     """Prune each layer alone to each sparsity and show how much the validation metric drops."""
-    from prunectl.core.evaluate import EvalOptions
-    from prunectl.core.sensitivity import SensitivityOptions
+    from prunectl.core.training.evaluate import EvalOptions
+    from prunectl.core.run.sensitivity import SensitivityOptions
 
     if data is None:
         raise click.UsageError("sensitivity measures each trial on validation data; add --data FILE. "
@@ -70,7 +70,7 @@ def sensitivity(model, data, sparsities, include, exclude, budget, recipe_out, x
 
 
 def _run_with_progress(model, options, recipe_out, force, unsafe, console) -> dict:
-    from prunectl.core.sensitivity import run_sensitivity
+    from prunectl.core.run.sensitivity import run_sensitivity
 
     run = lambda progress=None: run_sensitivity(model, options, recipe_out, force, unsafe, progress)  # noqa: E731
     if console is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from prunectl.cli.checks import checked as _checked
-from prunectl.core.criteria import CRITERIA
+from prunectl.core.structure.criteria import CRITERIA
 from prunectl.core.options import validate_neuron_ratio, validate_neuron_threshold, validate_round_to
 
 
@@ -38,7 +38,7 @@ def neuron_step(neuron_criterion, neuron_threshold, neuron_ratio, round_to, data
     Raises:
         click.UsageError: conflicting or incomplete options.
     """
-    from prunectl.core.structural import NeuronPruning
+    from prunectl.core.structure.plan import NeuronPruning
 
     if neuron_threshold is not None and neuron_ratio is not None:
         raise click.UsageError(

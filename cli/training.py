@@ -1,7 +1,7 @@
 """The ``prune`` command's fine-tuning options and its training progress on stderr.
 
 The options are added by one decorator and folded into one frozen
-:class:`~prunectl.core.finetune.FinetuneOptions` by :func:`finetune_options_from`,
+:class:`~prunectl.core.training.finetune.FinetuneOptions` by :func:`finetune_options_from`,
 so ``cli/prune.py`` only passes them through.
 """
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from prunectl.core.distribute import STRATEGIES
-from prunectl.core.schedules import SCHEDULES
+from prunectl.core.training.distribute import STRATEGIES
+from prunectl.core.weights.schedules import SCHEDULES
 
 _PATH = click.Path(path_type=Path, dir_okay=False)
 # Options that mean nothing without --finetune-epochs, with their defaults.
@@ -77,7 +77,7 @@ def finetune_options_from(values: dict, by_sparsity: bool):
         click.UsageError: an option that needs ``--finetune-epochs``, ``--data`` or
             ``--sparsity`` is given without it.
     """
-    from prunectl.core.finetune import FinetuneOptions
+    from prunectl.core.training.finetune import FinetuneOptions
 
     epochs = values.pop("finetune_epochs")
     if epochs is None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import build_functional, build_sequential, build_zoo, sample_inputs
-from prunectl.core.cost import as_tensors, benchmark, forward_function, make_batch, measure_latency, time_calls
+from prunectl.core.structure.cost import as_tensors, benchmark, forward_function, make_batch, measure_latency, time_calls
 from prunectl.core.errors import OptionError
 
 

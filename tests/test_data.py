@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from prunectl.core.data import READERS, Dataset, batches, check_fits, read_dataset, split
+from prunectl.core.training.data import READERS, Dataset, batches, check_fits, read_dataset, split
 from prunectl.core.errors import DataError
 
 X = np.arange(40, dtype="float32").reshape(10, 2, 2)

@@ -19,8 +19,8 @@ from click.testing import CliRunner
 
 from independent import kernel, keras_config
 from prunectl.cli.main import cli
-from prunectl.core import masks
-from prunectl.core.schedules import SCHEDULES, OneShot, PolynomialDecay
+from prunectl.core.weights import masks
+from prunectl.core.weights.schedules import SCHEDULES, OneShot, PolynomialDecay
 
 KERNELS = ("fc1", "fc2", "head")
 
@@ -64,7 +64,7 @@ def test_masks_hold_after_every_step(optimizer):
     """Momentum pushes pruned weights off zero at each update; the constraint must put them back in that step."""
     import keras
 
-    from prunectl.core.finetune import HeldMasks
+    from prunectl.core.training.finetune import HeldMasks
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8), keras.layers.Dense(1)])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import build_functional, build_sequential, sample_inputs
-from prunectl.core.fold import fold_batchnorm, foldable_pairs
+from prunectl.core.structure.fold import fold_batchnorm, foldable_pairs
 
 
 def _with_statistics(model, seed=0):

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from prunectl.cli.main import cli
-from prunectl.core.gates import GATES
+from prunectl.core.run.gates import GATES
 
 
 def invoke(*args, env=None, input=None):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from prunectl.core import masks
+from prunectl.core.weights import masks
 
 
 def reference_prune(arrays, sparsity):
@@ -85,7 +85,7 @@ def test_negative_zero_counts_as_zero(dtype, monkeypatch):
 def test_report_counts_negative_zeros_in_files(tmp_path):
     import h5py
 
-    from prunectl.core.modelfile import ModelFile, WeightEntry
+    from prunectl.core.io.modelfile import ModelFile, WeightEntry
 
     w = np.where(np.arange(3000) % 3 == 0, -0.0, 1.5).astype(np.float32)
     with h5py.File(tmp_path / "w.h5", "w") as f:

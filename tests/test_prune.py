@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from conftest import sample_inputs
 from independent import dataset_filters, read_weights
 from prunectl.cli.main import cli
-from prunectl.core import masks
+from prunectl.core.weights import masks
 
 FORMATS = [".h5", ".keras"]
 MODELS = ["sequential", "functional", "zoo"]
@@ -235,8 +235,8 @@ def test_legacy_h5_with_string_loss_goes_through_keras_engine(samples):
 
 
 def test_keras_engine_recovers_compile_settings(samples):
-    from prunectl.core import keras_io
-    from prunectl.core.modelfile import open_model_file
+    from prunectl.core.io import keras_io
+    from prunectl.core.io.modelfile import open_model_file
 
     with open_model_file(samples / "regressor.h5") as model_file:
         loaded = keras_io.load_model(model_file)

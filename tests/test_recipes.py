@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from conftest import REPO
 from independent import read_weights
 from prunectl.cli.main import cli
-from prunectl.core import masks
+from prunectl.core.weights import masks
 
 EXAMPLES = REPO / "examples" / "recipes"
 
@@ -192,7 +192,7 @@ def test_shipped_example_recipes_run(samples, tmp_path, name):
 
 def test_recipe_step_keys_are_prune_option_names():
     from prunectl.cli.recipe import recipe_options
-    from prunectl.core.recipe import LAYER_KEYS, STRUCTURAL_KEYS, WEIGHT_KEYS
+    from prunectl.core.run.recipe import LAYER_KEYS, STRUCTURAL_KEYS, WEIGHT_KEYS
 
     options = recipe_options(cli.commands["prune"])
     assert set(STRUCTURAL_KEYS + WEIGHT_KEYS + LAYER_KEYS) <= set(options)

@@ -21,12 +21,12 @@ from click.testing import CliRunner
 
 from independent import kernel
 from prunectl.cli.main import cli
-from prunectl.core import keras_io
+from prunectl.core.io import keras_io
 from prunectl.core.errors import OptionError
-from prunectl.core.evaluate import EvalOptions, Evaluator
-from prunectl.core.modelfile import open_model_file
+from prunectl.core.training.evaluate import EvalOptions, Evaluator
+from prunectl.core.io.modelfile import open_model_file
 from prunectl.core.options import parse_sparsities
-from prunectl.core.sensitivity import SensitivityOptions, analyze, run_sensitivity
+from prunectl.core.run.sensitivity import SensitivityOptions, analyze, run_sensitivity
 from prunectl.core.tomlwriter import dumps
 
 LAYERS = ("robust", "fragile")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import build_functional, build_sequential
-from prunectl.core.criteria import CRITERIA
+from prunectl.core.structure.criteria import CRITERIA
 from prunectl.core.errors import OptionError, SelectionError
-from prunectl.core.structural import NeuronPruning, apply_plan, choose_units, plan_structure
+from prunectl.core.structure.plan import NeuronPruning, apply_plan, choose_units, plan_structure
 
 RNG = np.random.default_rng(0)
 

@@ -18,7 +18,7 @@ from prunectl.core.registry import Registry
 if TYPE_CHECKING:
     import numpy as np
 
-    from prunectl.core.graph import ChannelGraph
+    from prunectl.core.structure.graph import ChannelGraph
 
 # numpy and the graph are imported inside the functions: the CLI builds its
 # --neuron-criterion choices from this registry, and --help must stay instant.
@@ -54,7 +54,7 @@ def calibrate(graph: ChannelGraph, x: np.ndarray, batch_size: int = 256) -> dict
     """
     import numpy as np
 
-    from prunectl.core.keras_io import import_keras
+    from prunectl.core.io.keras_io import import_keras
 
     keras = import_keras()
     consumers = [info for info in graph.layers if info.observed is not None]
@@ -139,7 +139,7 @@ class ActivationCriterion:
         """
         import numpy as np
 
-        from prunectl.core.graph import segment_features
+        from prunectl.core.structure.graph import segment_features
 
         sums: dict[int, np.ndarray] = {}
         counts: dict[int, int] = {}

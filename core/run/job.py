@@ -18,20 +18,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prunectl.core.atomic import check_output, write_text_atomic
+from prunectl.core.io.atomic import check_output, write_text_atomic
 from prunectl.core.errors import OptionError, OutputError
-from prunectl.core.gates import GATES
-from prunectl.core.markdown import report_markdown
-from prunectl.core.modelfile import H5_SUFFIXES, KERAS_SUFFIX, ModelFile, model_format, open_model_file
-from prunectl.core.modelwriter import Progress, WeightCounts
+from prunectl.core.run.gates import GATES
+from prunectl.core.run.markdown import report_markdown
+from prunectl.core.io.modelfile import H5_SUFFIXES, KERAS_SUFFIX, ModelFile, model_format, open_model_file
+from prunectl.core.io.writer import Progress, WeightCounts
 from prunectl.core.options import COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES
-from prunectl.core.prune import WeightPruning, WeightResult, prune_file, prune_keras_model
-from prunectl.core.report import plan_report, prune_report, to_json
-from prunectl.core.structural import NeuronPruning
+from prunectl.core.weights.prune import WeightPruning, WeightResult, prune_file, prune_keras_model
+from prunectl.core.run.report import plan_report, prune_report, to_json
+from prunectl.core.structure.plan import NeuronPruning
 
 if TYPE_CHECKING:
-    from prunectl.core.evaluate import EvalOptions
-    from prunectl.core.finetune import FinetuneOptions, TrainingProgress
+    from prunectl.core.training.evaluate import EvalOptions
+    from prunectl.core.training.finetune import FinetuneOptions, TrainingProgress
 
 
 @dataclass(frozen=True)
@@ -180,10 +180,11 @@ def _run_file(request: PruneRequest, model: ModelFile, target: Path, progress: P
 
 def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: Progress | None,
                training: TrainingProgress | None = None) -> PruneOutcome:
-    from prunectl.core import keras_io, structural
-    from prunectl.core.cost import benchmark
-    from prunectl.core.distribute import strategy_scope
-    from prunectl.core.evaluate import Evaluator, evaluation_block, finetune_evaluation
+    from prunectl.core.io import keras_io
+    from prunectl.core.structure import plan as structural
+    from prunectl.core.structure.cost import benchmark
+    from prunectl.core.training.distribute import strategy_scope
+    from prunectl.core.training.evaluate import Evaluator, evaluation_block, finetune_evaluation
 
     start = time.perf_counter()
     finetuned, plan, timing, x, evaluate, evaluation = None, None, None, None, None, None
@@ -205,7 +206,7 @@ def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: 
             if loaded.compile_spec and loaded.compile_spec.loss is not None:
                 notes += keras_io.compile_model(loaded.model, loaded.compile_spec)
         if request.finetune:
-            from prunectl.core.finetune import finetune_model
+            from prunectl.core.training.finetune import finetune_model
 
             finetuned = finetune_model(loaded, request.weights, request.finetune, training,
                                        original=original if request.neurons else None)
@@ -228,7 +229,8 @@ def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: 
 
 
 def _plan_only(request: PruneRequest, model: ModelFile) -> dict:
-    from prunectl.core import keras_io, structural
+    from prunectl.core.io import keras_io
+    from prunectl.core.structure import plan as structural
 
     loaded = keras_io.load_model(model, unsafe=request.unsafe)
     x = structural.calibration_inputs(request.data, loaded.model) if request.data else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from prunectl.core.errors import SelectionError
-from prunectl.core.modelfile import WeightEntry
+from prunectl.core.io.modelfile import WeightEntry
 from prunectl.core.options import compile_patterns
 
 

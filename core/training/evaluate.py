@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from prunectl.core import data as datamod
+from prunectl.core.training import data as datamod
 from prunectl.core.errors import OptionError
-from prunectl.core.keras_io import CompileSpec, LoadedModel, import_keras
+from prunectl.core.io.keras_io import CompileSpec, LoadedModel, import_keras
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ class Evaluator:
         return {key: float(value) for key, value in values.items()}
 
     def _compiled_view(self, model):
-        from prunectl.core.keras_io import compile_model
+        from prunectl.core.io.keras_io import compile_model
 
         keras = import_keras()
         view = keras.Model(model.inputs, model.outputs, name=f"{model.name}_evaluation")
@@ -228,8 +228,8 @@ def evaluate_files(model: Path, baseline: Path | None, options: EvalOptions) -> 
         ModelFileError, UnsafeModelError: a model that cannot be loaded.
         DataError, OptionError: as :class:`Evaluator`.
     """
-    from prunectl.core.keras_io import load_model
-    from prunectl.core.modelfile import open_model_file
+    from prunectl.core.io.keras_io import load_model
+    from prunectl.core.io.modelfile import open_model_file
 
     def load(path: Path) -> LoadedModel:
         with open_model_file(path) as source:

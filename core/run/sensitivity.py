@@ -25,15 +25,16 @@ from typing import Callable
 
 import numpy as np
 
-from prunectl.core import keras_io, masks
-from prunectl.core.atomic import check_output, write_text_atomic
+from prunectl.core.io import keras_io
+from prunectl.core.weights import masks
+from prunectl.core.io.atomic import check_output, write_text_atomic
 from prunectl.core.errors import OptionError
-from prunectl.core.evaluate import EvalOptions, Evaluator, accuracy_key
-from prunectl.core.modelfile import open_model_file
+from prunectl.core.training.evaluate import EvalOptions, Evaluator, accuracy_key
+from prunectl.core.io.modelfile import open_model_file
 from prunectl.core.options import DEFAULT_SPARSITIES, validate_budget, validate_sparsity
-from prunectl.core.prune import WeightPruning, keras_weight_entries, prune_keras_model
-from prunectl.core.report import file_info, tool_versions
-from prunectl.core.selection import select_weights
+from prunectl.core.weights.prune import WeightPruning, keras_weight_entries, prune_keras_model
+from prunectl.core.run.report import file_info, tool_versions
+from prunectl.core.weights.selection import select_weights
 from prunectl.core.tomlwriter import dumps
 
 SCHEMA_VERSION = 1

@@ -67,7 +67,7 @@ def fold_batchnorm(model):
     Example:
         >>> folded, pairs = fold_batchnorm(model)   # {"bn1": "conv1"}
     """
-    from prunectl.core.keras_io import import_keras
+    from prunectl.core.io.keras_io import import_keras
 
     keras = import_keras()
     pairs = foldable_pairs(model)

@@ -23,14 +23,14 @@ from typing import Callable
 
 import numpy as np
 
-from prunectl.core import data as datamod
-from prunectl.core.masks import count_zeros
+from prunectl.core.training import data as datamod
+from prunectl.core.weights.masks import count_zeros
 from prunectl.core.errors import OptionError
-from prunectl.core.evaluate import identifier_name, resolve_compile
-from prunectl.core.keras_io import LoadedModel, compile_model, import_keras
-from prunectl.core.prune import WeightPruning, WeightResult, keras_weight_entries, prune_keras_model
-from prunectl.core.schedules import SCHEDULES
-from prunectl.core.selection import select_weights
+from prunectl.core.training.evaluate import identifier_name, resolve_compile
+from prunectl.core.io.keras_io import LoadedModel, compile_model, import_keras
+from prunectl.core.weights.prune import WeightPruning, WeightResult, keras_weight_entries, prune_keras_model
+from prunectl.core.weights.schedules import SCHEDULES
+from prunectl.core.weights.selection import select_weights
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class FinetuneOptions:
             if not ok:
                 raise OptionError(message)
         if self.plots is not None:
-            from prunectl.core.plots import require_matplotlib
+            from prunectl.core.training.plots import require_matplotlib
 
             require_matplotlib()
 
@@ -334,7 +334,7 @@ def finetune_model(loaded: LoadedModel, weights: WeightPruning | None, options: 
         "plots": [],
     }
     if options.plots:
-        from prunectl.core.plots import write_plots
+        from prunectl.core.training.plots import write_plots
 
         after = {key: variables[key].numpy() for key in before}
         report["plots"] = write_plots(options.plots, history, before, after)

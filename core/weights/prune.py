@@ -16,14 +16,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from prunectl.core import masks
+from prunectl.core.weights import masks
 from prunectl.core.errors import OptionError
-from prunectl.core.modelfile import ModelFile, WeightEntry
-from prunectl.core.modelwriter import Progress, WeightCounts, write_model
+from prunectl.core.io.modelfile import ModelFile, WeightEntry
+from prunectl.core.io.writer import Progress, WeightCounts, write_model
 from prunectl.core.registry import prunable_spec_by_name
 from prunectl.core.errors import SelectionError
 from prunectl.core.options import SCOPES, compile_patterns, validate_sparsity, validate_threshold
-from prunectl.core.selection import select_weights
+from prunectl.core.weights.selection import select_weights
 
 
 

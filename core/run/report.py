@@ -17,7 +17,7 @@ from typing import Iterable
 
 from prunectl import __version__
 from prunectl.core.errors import ReportError
-from prunectl.core.modelfile import ModelFile, WeightEntry
+from prunectl.core.io.modelfile import ModelFile, WeightEntry
 
 SCHEMA_VERSION = 1
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from prunectl.core.errors import ModelFileError, UnsafeModelError
-from prunectl.core.modelfile import ModelFile
+from prunectl.core.io.modelfile import ModelFile
 
 
 _SILENCED = False
@@ -183,13 +183,13 @@ def save_compressed(model, target: Path, level: int, keep_optimizer: bool = Fals
     """Save a Keras model to ``target`` compressed, atomically, in the format its suffix names.
 
     Keras saves uncompressed; the saved file is then rewritten through
-    :func:`~prunectl.core.modelwriter.write_model` like every other output.
+    :func:`~prunectl.core.io.writer.write_model` like every other output.
 
     Returns:
-        The :class:`~prunectl.core.modelwriter.WeightCounts` of what was written.
+        The :class:`~prunectl.core.io.writer.WeightCounts` of what was written.
     """
-    from prunectl.core.modelfile import open_model_file
-    from prunectl.core.modelwriter import write_model
+    from prunectl.core.io.modelfile import open_model_file
+    from prunectl.core.io.writer import write_model
 
     fd, raw_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
     os.close(fd)

@@ -3,7 +3,7 @@
 This is how prunectl writes every model, whichever engine pruned it: the
 weights file is rebuilt dataset by dataset (so memory holds one tensor at a
 time), each tensor passed through an optional transform and written through
-:class:`~prunectl.core.compress.ChunkWriter`. For ``.keras`` the other archive
+:class:`~prunectl.core.io.compress.ChunkWriter`. For ``.keras`` the other archive
 members are copied and deflated; the weights member is stored, because its
 datasets are already compressed and Keras reads it fastest that way.
 """
@@ -18,11 +18,11 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from prunectl.core.atomic import atomic_path
-from prunectl.core.compress import ChunkWriter
+from prunectl.core.io.atomic import atomic_path
+from prunectl.core.io.compress import ChunkWriter
 from prunectl.core.errors import ModelFileError
-from prunectl.core.masks import count_zeros
-from prunectl.core.modelfile import OPTIMIZER_GROUPS, WEIGHTS_MEMBER, ModelFile, WeightEntry
+from prunectl.core.weights.masks import count_zeros
+from prunectl.core.io.modelfile import OPTIMIZER_GROUPS, WEIGHTS_MEMBER, ModelFile, WeightEntry
 
 Transform = Callable[[str, np.ndarray], np.ndarray]
 Reader = Callable[[h5py.Dataset], np.ndarray]

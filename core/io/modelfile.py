@@ -30,7 +30,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from prunectl.core import masks
+from prunectl.core.weights import masks
 from prunectl.core.errors import ModelFileError
 from prunectl.core.registry import prunable_spec_by_index, prunable_spec_by_name
 

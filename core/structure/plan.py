@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from prunectl.core.cost import layer_macs
-from prunectl.core.criteria import CRITERIA, calibrate
+from prunectl.core.structure.cost import layer_macs
+from prunectl.core.structure.criteria import CRITERIA, calibrate
 from prunectl.core.errors import DataError, OptionError, SelectionError
-from prunectl.core.graph import LayerInfo, build_graph, kept_features, layout_width
+from prunectl.core.structure.graph import LayerInfo, build_graph, kept_features, layout_width
 from prunectl.core.options import SCOPES, validate_neuron_ratio, validate_neuron_threshold, validate_round_to
 
 
@@ -33,7 +33,7 @@ class NeuronPruning:
     """One structural step: exactly one of ``threshold`` and ``ratio``.
 
     Attributes:
-        criterion: a key of :data:`~prunectl.core.criteria.CRITERIA`.
+        criterion: a key of :data:`~prunectl.core.structure.criteria.CRITERIA`.
         threshold: remove units scoring below it.
         ratio: remove this fraction of units, per group (``scope="layer"``) or over all (``"global"``).
         scope: ``"layer"`` or ``"global"``.
@@ -147,7 +147,7 @@ def calibration_inputs(path: Path, model) -> np.ndarray:
     Raises:
         DataError: unreadable file, or inputs of the wrong shape.
     """
-    from prunectl.core.data import read_dataset
+    from prunectl.core.training.data import read_dataset
 
     x = read_dataset(path).x
     if len(model.inputs) != 1:
@@ -317,7 +317,7 @@ def apply_plan(model, plan: StructuralPlan):
     Returns:
         The new, smaller ``keras.Model`` (uncompiled).
     """
-    from prunectl.core.keras_io import import_keras
+    from prunectl.core.io.keras_io import import_keras
 
     keras = import_keras()
 

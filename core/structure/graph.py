@@ -388,7 +388,7 @@ def _rule_for(layer, class_name: str, node, ncalls: int) -> tuple[Rule | None, s
 
 
 def _select(infos: dict[str, LayerInfo], groups: _Groups, include: Sequence[str], exclude: Sequence[str]) -> None:
-    from prunectl.core.selection import select_names
+    from prunectl.core.weights.selection import select_names
 
     producers = [i.name for i in infos.values() if i.out_group is not None]
     chosen = set(select_names(producers, include, exclude))

@@ -132,7 +132,7 @@ class MaxAccuracyDrop(Gate):
     fraction = True
 
     def measure(self, report: dict) -> float | None:
-        from prunectl.core.evaluate import accuracy_key
+        from prunectl.core.training.evaluate import accuracy_key
 
         evaluation = report.get("evaluation") or {}
         accuracies = []

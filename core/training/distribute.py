@@ -77,7 +77,7 @@ def strategy_scope(name: str):
         OptionError: an unknown name (from the registry).
         SetupError: ``multiworker`` without a usable ``TF_CONFIG``.
     """
-    from prunectl.core.keras_io import import_keras
+    from prunectl.core.io.keras_io import import_keras
 
     import_keras()  # silences TensorFlow before its first import
     strategy = STRATEGIES.get(name)().build()
