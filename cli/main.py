@@ -12,7 +12,6 @@ with ``-v`` and only for a fault in prunectl itself.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
@@ -88,10 +87,10 @@ def cli(ctx: click.Context, verbose: bool) -> None:
       prunectl report model.pruned.h5
     """
     ctx.ensure_object(dict)["verbose"] = verbose
-    if verbose:
-        os.environ["PRUNECTL_VERBOSE"] = "1"
-    else:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if not verbose and ctx.invoked_subcommand is not None:
+        from prunectl.cli.quiet import silence_tensorflow
+
+        silence_tensorflow()
 
 
 def _register() -> None:

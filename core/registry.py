@@ -63,11 +63,11 @@ def prunable_spec_by_name(class_name: str, weight_name: str) -> WeightSpec | Non
     return None
 
 
-def prunable_spec_by_index(class_name: str, sublayer: str, index: int) -> WeightSpec | None:
-    """Return the spec at variable position ``index`` of ``sublayer`` if prunable."""
+def variable_name(class_name: str, sublayer: str, index: int) -> str | None:
+    """The name of variable ``index`` of ``sublayer`` in ``class_name``, where the table knows it."""
     for spec in PRUNABLE_WEIGHTS.get(class_name, ()):
         if spec.sublayer == sublayer and spec.index == index:
-            return spec
+            return spec.name
     return None
 
 

@@ -86,6 +86,7 @@ def test_report_counts_negative_zeros_in_files(tmp_path):
     import h5py
 
     from prunectl.core.io.modelfile import ModelFile, WeightEntry
+    from prunectl.core.weights.catalog import file_counts
 
     w = np.where(np.arange(3000) % 3 == 0, -0.0, 1.5).astype(np.float32)
     with h5py.File(tmp_path / "w.h5", "w") as f:
@@ -93,12 +94,12 @@ def test_report_counts_negative_zeros_in_files(tmp_path):
     with h5py.File(tmp_path / "w.h5", "r") as f:
         import os
         fd = os.open(tmp_path / "w.h5", os.O_RDONLY)
-        model = ModelFile(tmp_path / "w.h5", "h5", {}, f, [], raw=(fd, 0))
-        entry = WeightEntry("l", "Dense", "kernel", "/w", (3000,), "<f4", True)
+        entry = WeightEntry("l", "Dense", "kernel", "/w", (3000,), "<f4")
+        model = ModelFile(tmp_path / "w.h5", "h5", {}, f, [entry], raw=(fd, 0))
         try:
-            assert model.count_zeros(entry, slab_bytes=1024) == 1000  # raw slabs
+            assert file_counts(model, slab_bytes=1024).zeros[entry.key] == 1000  # raw slabs
             model.raw = None
-            assert model.count_zeros(entry, slab_bytes=1024) == 1000  # h5py slabs
+            assert file_counts(model, slab_bytes=1024).zeros[entry.key] == 1000  # h5py slabs
         finally:
             model.close()
             os.close(fd)

@@ -10,11 +10,7 @@ deserialize 'keras.metrics.mse'").
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
-import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,46 +19,13 @@ from prunectl.core.errors import ModelFileError, UnsafeModelError
 from prunectl.core.io.modelfile import ModelFile
 
 
-_SILENCED = False
-
-
-def quiet_tensorflow(verbose: bool = False) -> None:
-    """Silence TensorFlow's C++ and Python logging unless ``verbose``.
-
-    ``TF_CPP_MIN_LOG_LEVEL`` does not reach the lines absl prints before its own
-    initialisation ("All log messages before absl::InitializeLog()...", the CUDA
-    stub notice), which TensorFlow writes straight to file descriptor 2 at import
-    and again at first use. So file descriptor 2 is pointed at ``/dev/null``
-    and Python's ``sys.stderr`` moved to a duplicate of the original, which keeps
-    every message of prunectl's own (and Python tracebacks) visible.
-    """
-    global _SILENCED
-    if verbose or _SILENCED:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module=r"keras(\..*)?")
-    warnings.filterwarnings("ignore", module=r"tensorflow(\..*)?")
-    try:
-        sys.stderr.flush()
-        if sys.stderr.fileno() != 2:  # e.g. click's CliRunner capture: its output must stay captured
-            raise ValueError("sys.stderr is not file descriptor 2")
-        original = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-        sys.stderr = os.fdopen(original, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
-                               errors="backslashreplace")
-    except (OSError, AttributeError, ValueError):
-        pass  # no real stderr (e.g. captured by a test runner): nothing to protect
-    _SILENCED = True
-
-
 def import_keras():
-    """Import and return ``keras`` with TensorFlow's logging silenced."""
-    quiet_tensorflow(os.environ.get("PRUNECTL_VERBOSE") == "1")
+    """Import and return ``keras`` (on the TensorFlow backend unless ``KERAS_BACKEND`` says otherwise).
+
+    How much TensorFlow logs is the caller's choice: the CLI silences it before
+    any command runs (``prunectl.cli.quiet``); the library never touches streams.
+    """
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
 
     return keras
@@ -177,26 +140,3 @@ def save_model(model, target: Path) -> None:
     """Save ``model`` with Keras to ``target`` (uncompressed; callers recompress)."""
     import_keras()
     model.save(target)
-
-
-def save_compressed(model, target: Path, level: int, keep_optimizer: bool = False, progress=None):
-    """Save a Keras model to ``target`` compressed, atomically, in the format its suffix names.
-
-    Keras saves uncompressed; the saved file is then rewritten through
-    :func:`~prunectl.core.io.writer.write_model` like every other output.
-
-    Returns:
-        The :class:`~prunectl.core.io.writer.WeightCounts` of what was written.
-    """
-    from prunectl.core.io.modelfile import open_model_file
-    from prunectl.core.io.writer import write_model
-
-    fd, raw_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    raw = Path(raw_name)
-    try:
-        save_model(model, raw)
-        with open_model_file(raw) as saved:
-            return write_model(saved, target, level, keep_optimizer=keep_optimizer, progress=progress)
-    finally:
-        raw.unlink(missing_ok=True)

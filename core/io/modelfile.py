@@ -16,23 +16,22 @@ the size of the largest tensor.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
-import struct
 import tempfile
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import h5py
 import numpy as np
 
-from prunectl.core.weights import masks
 from prunectl.core.errors import ModelFileError
-from prunectl.core.registry import prunable_spec_by_index, prunable_spec_by_name
+from prunectl.core.io.slabs import RawSlabReader
+from prunectl.core.io.zipmember import StoredZipMember
+from prunectl.core.registry import variable_name
 
 H5_SUFFIXES = (".h5", ".hdf5")
 KERAS_SUFFIX = ".keras"
@@ -55,8 +54,9 @@ class WeightEntry:
         dataset: path of the dataset inside the weights HDF5 file.
         shape: tensor shape.
         dtype: numpy dtype string.
-        prunable: whether the registry lists this weight as prunable.
         order: position of the owning layer in the model config, for display order.
+        prunable: whether this weight is pruned by weight steps. Files are read
+            without that policy (it is False here); :mod:`prunectl.core.weights.catalog` sets it.
     """
 
     layer: str
@@ -65,8 +65,8 @@ class WeightEntry:
     dataset: str
     shape: tuple[int, ...]
     dtype: str
-    prunable: bool
     order: int = 0
+    prunable: bool = False
 
     @property
     def size(self) -> int:
@@ -110,59 +110,6 @@ def layer_classes(model_config: dict) -> dict[str, tuple[str, int]]:
     return found
 
 
-class _StoredZipMember(io.RawIOBase):
-    """Read-only, seekable view of an uncompressed (stored) zip member.
-
-    Keras writes ``model.weights.h5`` stored, so h5py can read it in place
-    through this view instead of copying hundreds of megabytes out of the zip.
-    """
-
-    def __init__(self, path: Path, info: zipfile.ZipInfo):
-        super().__init__()
-        self._fd = os.open(path, os.O_RDONLY)
-        header = os.pread(self._fd, 30, info.header_offset)
-        if len(header) != 30 or header[:4] != b"PK\x03\x04":
-            os.close(self._fd)
-            raise ModelFileError(f"corrupt .keras archive (bad member header). Received: {str(path)!r}")
-        name_len, extra_len = struct.unpack("<HH", header[26:30])
-        self._start = info.header_offset + 30 + name_len + extra_len
-        self._size = info.file_size
-        self._pos = 0
-
-    @property
-    def raw(self) -> tuple[int, int]:
-        """(file descriptor, offset of the member's first byte) for direct reads."""
-        return self._fd, self._start
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer) -> int:
-        want = min(len(buffer), self._size - self._pos)
-        if want <= 0:
-            return 0
-        view = memoryview(buffer)[:want]
-        got = os.preadv(self._fd, [view], self._start + self._pos)
-        self._pos += got
-        return got
-
-    def close(self) -> None:
-        if not self.closed:
-            os.close(self._fd)
-        super().close()
-
-
 @dataclass
 class ModelFile:
     """An open saved model: its config, its weight entries, and its weights file.
@@ -178,11 +125,20 @@ class ModelFile:
     training_config: dict | None = None
     zip_members: dict[str, bytes] = field(default_factory=dict)
     _closers: list = field(default_factory=list)
-    _scratch: np.ndarray | None = None
     #: (file descriptor, offset of the weights file in it), for raw reads of plain datasets.
     raw: tuple[int, int] | None = None
-    _slabs: list | None = None
-    _reader: ThreadPoolExecutor | None = None
+    _scratch: np.ndarray | None = None
+    _raw_reader: RawSlabReader | None = None
+
+    def _buffer(self, nbytes: int) -> np.ndarray:
+        """The scratch buffer, grown to at least ``nbytes`` (the old one is freed first)."""
+        if self._scratch is None or self._scratch.size < nbytes:
+            self._scratch = None
+            self._scratch = np.empty(nbytes, dtype=np.uint8)
+        return self._scratch[:nbytes]
+
+    def _failed(self, entry: WeightEntry, exc: BaseException) -> ModelFileError:
+        return ModelFileError(f"cannot read weight {entry.key} ({exc}). Received: {str(self.path)!r}")
 
     def read(self, entry: WeightEntry, reuse: bool = False) -> np.ndarray:
         """Read one weight tensor into memory.
@@ -202,24 +158,19 @@ class ModelFile:
             dataset = self.h5[entry.dataset]
             if not reuse or dataset.size == 0 or dataset.ndim == 0:
                 return dataset[()]
-            nbytes = dataset.size * dataset.dtype.itemsize
-            if self._scratch is None or self._scratch.size < nbytes:
-                self._scratch = None
-                self._scratch = np.empty(nbytes, dtype=np.uint8)
-            out = self._scratch[:nbytes].view(dataset.dtype).reshape(dataset.shape)
+            out = self._buffer(dataset.size * dataset.dtype.itemsize).view(dataset.dtype).reshape(dataset.shape)
             dataset.read_direct(out)
             return out
         except (OSError, KeyError, ValueError, TypeError) as exc:
-            raise ModelFileError(
-                f"cannot read weight {entry.key} ({exc}). Received: {str(self.path)!r}"
-            ) from None
+            raise self._failed(entry, exc) from None
 
-    def count_zeros(self, entry: WeightEntry, slab_bytes: int = 4 << 20) -> int:
-        """Count the exact zeros of one weight, reading it in cache-sized slabs.
+    def slabs(self, entry: WeightEntry, slab_bytes: int = 4 << 20) -> Iterator[np.ndarray]:
+        """Yield one weight's values in C order, in cache-sized slabs.
 
-        Reading a slab into a small reused buffer and counting while it is still
-        in the CPU cache makes a pass over a model cost about what reading it
-        costs; reading whole tensors would touch every byte twice in memory.
+        Each slab is a view of a buffer this object reuses: it is valid only
+        until the next one is asked for. A plain dataset's bytes are read
+        straight from the file (see :mod:`~prunectl.core.io.slabs`); a chunked
+        one whole chunks at a time, so each chunk is decompressed once.
 
         Raises:
             ModelFileError: when the data cannot be read.
@@ -227,73 +178,30 @@ class ModelFile:
         try:
             dataset = self.h5[entry.dataset]
             if dataset.ndim == 0 or dataset.size == 0:
-                return masks.count_zeros(np.asarray(dataset[()]))
+                yield np.asarray(dataset[()])
+                return
             offset = dataset.id.get_offset() if self.raw and dataset.dtype.isnative else None
-            if offset is not None:  # contiguous, unfiltered: read the bytes straight from the file
-                return dataset.size - self._count_nonzero_raw(offset, dataset.size * dataset.dtype.itemsize,
-                                                              dataset.dtype, slab_bytes)
+            if offset is not None:  # contiguous, unfiltered
+                if self._raw_reader is None:
+                    self._raw_reader = RawSlabReader(*self.raw, slab_bytes=slab_bytes)
+                yield from self._raw_reader.slabs(offset, dataset.size * dataset.dtype.itemsize, dataset.dtype)
+                return
             row_bytes = dataset.dtype.itemsize * (dataset.size // dataset.shape[0])
             rows = max(1, slab_bytes // row_bytes)
-            if dataset.chunks:  # whole chunks per read: each is decompressed once
+            if dataset.chunks:
                 rows = max(dataset.chunks[0], rows - rows % dataset.chunks[0])
-            nbytes = min(rows, dataset.shape[0]) * row_bytes
-            if self._scratch is None or self._scratch.size < nbytes:
-                self._scratch = None
-                self._scratch = np.empty(nbytes, dtype=np.uint8)
-            nonzero = 0
+            buffer = self._buffer(min(rows, dataset.shape[0]) * row_bytes)
             for start in range(0, dataset.shape[0], rows):
                 n = min(rows, dataset.shape[0] - start)
-                out = self._scratch[: n * row_bytes].view(dataset.dtype).reshape((n,) + dataset.shape[1:])
+                out = buffer[: n * row_bytes].view(dataset.dtype).reshape((n,) + dataset.shape[1:])
                 dataset.read_direct(out, np.s_[start:start + n])
-                nonzero += masks.count_nonzero(out)
-            return dataset.size - nonzero
+                yield out
         except (OSError, KeyError, ValueError, TypeError) as exc:
-            raise ModelFileError(
-                f"cannot read weight {entry.key} ({exc}). Received: {str(self.path)!r}"
-            ) from None
-
-    def _count_nonzero_raw(self, offset: int, nbytes: int, dtype: np.dtype, slab_bytes: int) -> int:
-        """Count nonzero values of a plain dataset, reading the next slab while counting this one.
-
-        ``os.preadv`` releases the GIL, so on two cores the read of slab i+1
-        overlaps the count of slab i, and both run on cache-sized buffers.
-        """
-        fd, base = self.raw
-        step = slab_bytes - slab_bytes % dtype.itemsize
-        if self._slabs is None:
-            # Two slabs to read into alternately, and one for the zero test's integer bits.
-            self._slabs = [np.empty(slab_bytes, dtype=np.uint8) for _ in range(3)]
-            self._reader = ThreadPoolExecutor(max_workers=1)
-
-        def read(slab: int, position: int, size: int) -> None:
-            if os.preadv(fd, [memoryview(self._slabs[slab])[:size]], base + offset + position) != size:
-                raise OSError("file is truncated")
-
-        nonzero, position, slab = 0, 0, 0
-        pending = self._reader.submit(read, 0, 0, min(step, nbytes))
-        try:
-            while position < nbytes:
-                size = min(step, nbytes - position)
-                pending.result()
-                following = position + size
-                if following < nbytes:
-                    pending = self._reader.submit(read, 1 - slab, following, min(step, nbytes - following))
-                block = self._slabs[slab][:size].view(dtype)
-                scratch = (self._slabs[2][:size].view(f"u{dtype.itemsize}")
-                           if dtype.kind == "f" and dtype.itemsize in (2, 4, 8) else None)
-                nonzero += masks.count_nonzero(block, scratch)
-                slab, position = 1 - slab, following
-        finally:
-            pending.cancel() or pending.exception()  # never leave a read running into a reused buffer
-        return nonzero
-
-    @property
-    def prunable(self) -> list[WeightEntry]:
-        return [e for e in self.entries if e.prunable]
+            raise self._failed(entry, exc) from None
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.shutdown()
+        if self._raw_reader is not None:
+            self._raw_reader.close()
         try:
             self.h5.close()
         finally:
@@ -362,11 +270,8 @@ def _h5_entries(h5: h5py.File, classes: dict[str, tuple[str, int]]) -> list[Weig
             owner = next((p for p in reversed(parts[:-1]) if p in classes), top)
             class_name, order = classes.get(owner, ("", len(classes)))
             dataset = group[wname]
-            spec = prunable_spec_by_name(class_name, parts[-1])
-            entries.append(
-                WeightEntry(owner, class_name, parts[-1], dataset.name, tuple(dataset.shape),
-                            dataset.dtype.str, spec is not None and dataset.dtype.kind == "f", order)
-            )
+            entries.append(WeightEntry(owner, class_name, parts[-1], dataset.name, tuple(dataset.shape),
+                                       dataset.dtype.str, order))
     return entries
 
 
@@ -385,12 +290,9 @@ def _keras_entries(h5: h5py.File, classes: dict[str, tuple[str, int]]) -> list[W
                 dataset = vars_group[key]
                 if not isinstance(dataset, h5py.Dataset):
                     continue
-                spec = prunable_spec_by_index(class_name, sublayer, int(key)) if key.isdigit() else None
-                entries.append(
-                    WeightEntry(owner, class_name, spec.name if spec else f"vars/{key}", dataset.name,
-                                tuple(dataset.shape), dataset.dtype.str,
-                                spec is not None and dataset.dtype.kind == "f", order)
-                )
+                named = variable_name(class_name, sublayer, int(key)) if key.isdigit() else None
+                entries.append(WeightEntry(owner, class_name, named or f"vars/{key}", dataset.name,
+                                           tuple(dataset.shape), dataset.dtype.str, order))
         for key in group:
             if key == "vars" or not isinstance(group[key], h5py.Group):
                 continue
@@ -426,7 +328,7 @@ def _open_keras(path: Path) -> ModelFile:
         config = json.loads(members[CONFIG_MEMBER])
         info = archive.getinfo(WEIGHTS_MEMBER)
         if info.compress_type == zipfile.ZIP_STORED:
-            source = _StoredZipMember(path, info)
+            source = StoredZipMember(path, info)
             closers.append(source.close)
             h5 = h5py.File(source, "r")
             raw = source.raw

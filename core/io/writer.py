@@ -10,9 +10,10 @@ datasets are already compressed and Keras reads it fastest that way.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import zipfile
 from pathlib import Path
-from dataclasses import dataclass, field
 from typing import Callable
 
 import h5py
@@ -21,21 +22,12 @@ import numpy as np
 from prunectl.core.io.atomic import atomic_path
 from prunectl.core.io.compress import ChunkWriter
 from prunectl.core.errors import ModelFileError
-from prunectl.core.weights.masks import count_zeros
 from prunectl.core.io.modelfile import OPTIMIZER_GROUPS, WEIGHTS_MEMBER, ModelFile, WeightEntry
 
 Transform = Callable[[str, np.ndarray], np.ndarray]
 Reader = Callable[[h5py.Dataset], np.ndarray]
 EntryTransform = Callable[[WeightEntry, np.ndarray], np.ndarray]
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass
-class WeightCounts:
-    """The model weights as written, with the number of zeros in each (by entry key)."""
-
-    entries: list[WeightEntry]
-    zeros: dict[str, int] = field(default_factory=dict)
 
 
 def _copy_attrs(src: h5py.HLObject, dst: h5py.HLObject) -> None:
@@ -81,7 +73,7 @@ def write_h5(source: h5py.File, target: Path, level: int, transform: Transform |
 
 
 def write_model(model: ModelFile, target: Path, level: int, transform: EntryTransform | None = None,
-                keep_optimizer: bool = False, progress: Progress | None = None) -> WeightCounts:
+                keep_optimizer: bool = False, progress: Progress | None = None) -> None:
     """Write ``model`` to ``target`` atomically, in the same format.
 
     Args:
@@ -95,16 +87,13 @@ def write_model(model: ModelFile, target: Path, level: int, transform: EntryTran
             at about three times the weights), stale once weights are pruned,
             and the compile settings that rebuild the optimizer are kept.
         progress: called as ``progress(weight_key, done, total)`` per weight written.
-
-    Returns:
-        The zero count of every model weight as written.
     """
     fmt = "keras" if target.suffix.lower() == ".keras" else "h5"
     if fmt != model.format:
         raise ValueError(f"write_model cannot convert {model.format} to {fmt}; use the Keras engine")
     skip = frozenset() if keep_optimizer else frozenset({OPTIMIZER_GROUPS[model.format]})
     by_path = {e.dataset: e for e in model.entries}
-    counts = WeightCounts(model.entries)
+    written: list[str] = []
 
     def read(dataset: h5py.Dataset) -> np.ndarray:
         entry = by_path.get(dataset.name)
@@ -123,22 +112,21 @@ def write_model(model: ModelFile, target: Path, level: int, transform: EntryTran
             return data
         if transform is not None:
             data = transform(entry, data)
-        counts.zeros[entry.key] = count_zeros(data)
+        written.append(entry.key)
         if progress:
-            progress(entry.key, len(counts.zeros), len(by_path))
+            progress(entry.key, len(written), len(by_path))
         return data
 
     with atomic_path(target) as tmp:
         if fmt == "h5":
             write_h5(model.h5, tmp, level, on_dataset, skip, read)
-            return counts
+            return
         weights_tmp = tmp.with_name(tmp.name + ".weights")
         try:
             write_h5(model.h5, weights_tmp, level, on_dataset, skip, read)
             _write_keras_zip(tmp, model.zip_members, weights_tmp, level)
         finally:
             weights_tmp.unlink(missing_ok=True)
-    return counts
 
 
 def _write_keras_zip(target: Path, members: dict[str, bytes], weights: Path, level: int) -> None:
@@ -149,3 +137,35 @@ def _write_keras_zip(target: Path, members: dict[str, bytes], weights: Path, lev
         for name in names:
             archive.writestr(name, members[name], compress_type=deflate)
         archive.write(weights, WEIGHTS_MEMBER, compress_type=zipfile.ZIP_STORED)
+
+
+def save_keras_model(model, target: Path, level: int,
+                     transform_for: Callable[[ModelFile], EntryTransform | None] | None = None,
+                     keep_optimizer: bool = False, progress: Progress | None = None) -> None:
+    """Save a live Keras model to ``target`` compressed, atomically, in the format its suffix names.
+
+    Keras saves uncompressed, beside the target; the saved file is then rewritten
+    through :func:`write_model` like every other output, and removed.
+
+    Args:
+        model: the ``keras.Model``.
+        target: the output path (``.h5``/``.hdf5`` or ``.keras``).
+        level: gzip level for weight datasets.
+        transform_for: called with the file Keras saved (its entries list every
+            weight); returns the transform :func:`write_model` applies, or None.
+        keep_optimizer: keep the optimizer's saved state.
+        progress: as in :func:`write_model`.
+    """
+    from prunectl.core.io.keras_io import save_model
+    from prunectl.core.io.modelfile import open_model_file
+
+    fd, raw_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
+    os.close(fd)
+    raw = Path(raw_name)
+    try:
+        save_model(model, raw)
+        with open_model_file(raw) as saved:
+            transform = transform_for(saved) if transform_for is not None else None
+            write_model(saved, target, level, transform, keep_optimizer, progress)
+    finally:
+        raw.unlink(missing_ok=True)

@@ -23,7 +23,8 @@ from prunectl.core.errors import OptionError, OutputError
 from prunectl.core.run.gates import GATES
 from prunectl.core.run.markdown import report_markdown
 from prunectl.core.io.modelfile import H5_SUFFIXES, KERAS_SUFFIX, ModelFile, model_format, open_model_file
-from prunectl.core.io.writer import Progress, WeightCounts
+from prunectl.core.io.writer import Progress, save_keras_model
+from prunectl.core.weights.catalog import WeightCounts
 from prunectl.core.options import COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES
 from prunectl.core.weights.prune import WeightPruning, WeightResult, prune_file, prune_keras_model
 from prunectl.core.run.report import plan_report, prune_report, to_json
@@ -183,6 +184,7 @@ def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: 
     from prunectl.core.io import keras_io
     from prunectl.core.structure import plan as structural
     from prunectl.core.structure.cost import benchmark
+    from prunectl.core.training.data import calibration_inputs
     from prunectl.core.training.distribute import strategy_scope
     from prunectl.core.training.evaluate import Evaluator, evaluation_block, finetune_evaluation
 
@@ -196,7 +198,7 @@ def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: 
         if request.keep_optimizer:
             notes.append("optimizer state is not carried by the keras engine")
         if request.data and (request.neurons or request.benchmark):
-            x = structural.calibration_inputs(request.data, original)
+            x = calibration_inputs(request.data, original)
         if request.evaluation is not None:
             evaluate = Evaluator(loaded, request.evaluation)
             before = evaluate(original)
@@ -219,8 +221,14 @@ def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: 
                                           ("after pruning", evaluate(loaded.model)))
         elif finetuned is not None:
             evaluation = finetune_evaluation(finetuned.report)
-        counts = keras_io.save_compressed(loaded.model, target, COMPRESSION_LEVELS[request.compression],
-                                          progress=progress)
+        written: list[WeightCounts] = []
+
+        def count(saved: ModelFile):
+            written.append(WeightCounts.of(saved))
+            return written[0].counting()
+
+        save_keras_model(loaded.model, target, COMPRESSION_LEVELS[request.compression], count, progress=progress)
+        counts = written[0]
         if request.benchmark:
             timing = benchmark(original, loaded.model, x)
     return PruneOutcome("keras", results, counts, time.perf_counter() - start, notes,
@@ -231,9 +239,10 @@ def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: 
 def _plan_only(request: PruneRequest, model: ModelFile) -> dict:
     from prunectl.core.io import keras_io
     from prunectl.core.structure import plan as structural
+    from prunectl.core.training.data import calibration_inputs
 
     loaded = keras_io.load_model(model, unsafe=request.unsafe)
-    x = structural.calibration_inputs(request.data, loaded.model) if request.data else None
+    x = calibration_inputs(request.data, loaded.model) if request.data else None
     return plan_report(model, request.options(), structural.plan_structure(loaded.model, request.neurons, x))
 
 

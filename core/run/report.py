@@ -18,6 +18,7 @@ from typing import Iterable
 from prunectl import __version__
 from prunectl.core.errors import ReportError
 from prunectl.core.io.modelfile import ModelFile, WeightEntry
+from prunectl.core.weights.catalog import file_counts
 
 SCHEMA_VERSION = 1
 
@@ -93,15 +94,15 @@ def model_report(model: ModelFile, all_weights: bool = False) -> dict:
         model: the open model file.
         all_weights: include rows for biases, normalization and other weights.
     """
-    zeros = {e.key: model.count_zeros(e) for e in model.entries}
+    counts = file_counts(model)
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "model",
         "created": _now(),
         "tool": tool_versions(),
         "model": file_info(model.path, model.format),
-        "layers": layer_rows(model.entries, zeros, all_weights=all_weights),
-        "totals": totals(model.entries, zeros),
+        "layers": layer_rows(counts.entries, counts.zeros, all_weights=all_weights),
+        "totals": totals(counts.entries, counts.zeros),
     }
 
 

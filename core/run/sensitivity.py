@@ -32,7 +32,8 @@ from prunectl.core.errors import OptionError
 from prunectl.core.training.evaluate import EvalOptions, Evaluator, accuracy_key
 from prunectl.core.io.modelfile import open_model_file
 from prunectl.core.options import DEFAULT_SPARSITIES, validate_budget, validate_sparsity
-from prunectl.core.weights.prune import WeightPruning, keras_weight_entries, prune_keras_model
+from prunectl.core.weights.prune import WeightPruning, prune_keras_model
+from prunectl.core.weights.catalog import keras_weight_entries
 from prunectl.core.run.report import file_info, tool_versions
 from prunectl.core.weights.selection import select_weights
 from prunectl.core.tomlwriter import dumps

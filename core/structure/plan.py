@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from prunectl.core.structure.cost import layer_macs
 from prunectl.core.structure.criteria import CRITERIA, calibrate
-from prunectl.core.errors import DataError, OptionError, SelectionError
+from prunectl.core.errors import OptionError, SelectionError
 from prunectl.core.structure.graph import LayerInfo, build_graph, kept_features, layout_width
 from prunectl.core.options import SCOPES, validate_neuron_ratio, validate_neuron_threshold, validate_round_to
 
@@ -139,24 +138,6 @@ class StructuralPlan:
             "boundaries": [{"layer": n, "class": c, "reason": r} for n, c, r in self.boundaries],
             "totals": self.totals(),
         }
-
-
-def calibration_inputs(path: Path, model) -> np.ndarray:
-    """Read a data file's inputs and check they fit ``model``.
-
-    Raises:
-        DataError: unreadable file, or inputs of the wrong shape.
-    """
-    from prunectl.core.training.data import read_dataset
-
-    x = read_dataset(path).x
-    if len(model.inputs) != 1:
-        raise DataError(f"data files hold one input array; the model has {len(model.inputs)}. Received: {str(path)!r}")
-    expected = tuple(model.inputs[0].shape[1:])
-    if x.ndim != len(expected) + 1 or any(e is not None and e != d for e, d in zip(expected, x.shape[1:])):
-        raise DataError(f"data inputs do not fit the model's input {(None, *expected)}. "
-                        f"Received: x of shape {x.shape} in {str(path)!r}")
-    return x.astype(model.inputs[0].dtype, copy=False)
 
 
 def choose_units(scores: dict[int, np.ndarray], step: NeuronPruning) -> dict[int, np.ndarray]:

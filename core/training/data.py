@@ -174,6 +174,22 @@ def read_dataset(path: str | Path, lazy: bool = False, **options) -> Dataset:
     return READERS.get(suffix)(lazy=lazy, **options).read(path)
 
 
+def calibration_inputs(path: Path, model) -> np.ndarray:
+    """Read a data file's inputs (calibration data for activation criteria, a latency batch) and check they fit ``model``.
+
+    Raises:
+        DataError: unreadable file, or inputs of the wrong shape.
+    """
+    x = read_dataset(path).x
+    if len(model.inputs) != 1:
+        raise DataError(f"data files hold one input array; the model has {len(model.inputs)}. Received: {str(path)!r}")
+    expected = tuple(model.inputs[0].shape[1:])
+    if x.ndim != len(expected) + 1 or any(e is not None and e != d for e, d in zip(expected, x.shape[1:])):
+        raise DataError(f"data inputs do not fit the model's input {(None, *expected)}. "
+                        f"Received: x of shape {x.shape} in {str(path)!r}")
+    return x.astype(model.inputs[0].dtype, copy=False)
+
+
 def _fits(shape: tuple, expected: tuple) -> bool:
     return len(shape) == len(expected) and all(e is None or s == e for s, e in zip(shape, expected))
 

@@ -28,7 +28,8 @@ from prunectl.core.weights.masks import count_zeros
 from prunectl.core.errors import OptionError
 from prunectl.core.training.evaluate import identifier_name, resolve_compile
 from prunectl.core.io.keras_io import LoadedModel, compile_model, import_keras
-from prunectl.core.weights.prune import WeightPruning, WeightResult, keras_weight_entries, prune_keras_model
+from prunectl.core.weights.prune import WeightPruning, WeightResult, prune_keras_model
+from prunectl.core.weights.catalog import keras_weight_entries
 from prunectl.core.weights.schedules import SCHEDULES
 from prunectl.core.weights.selection import select_weights
 

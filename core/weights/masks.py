@@ -152,6 +152,12 @@ def prune_to_sparsity(tensors: Sequence[np.ndarray], sparsity: float) -> Cut | N
     return cut
 
 
+def bits_dtype(dtype) -> np.dtype | None:
+    """The unsigned integer dtype :func:`count_nonzero` tests a float ``dtype``'s values as, or None."""
+    dtype = np.dtype(dtype)
+    return np.dtype(_UINT[dtype.itemsize]) if dtype.kind == "f" and dtype.itemsize in _UINT else None
+
+
 def count_nonzero(block: np.ndarray, scratch: np.ndarray | None = None) -> int:
     """Number of nonzero values in ``block`` (``-0.0`` counts as zero).
 

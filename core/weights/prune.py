@@ -19,8 +19,8 @@ import numpy as np
 from prunectl.core.weights import masks
 from prunectl.core.errors import OptionError
 from prunectl.core.io.modelfile import ModelFile, WeightEntry
-from prunectl.core.io.writer import Progress, WeightCounts, write_model
-from prunectl.core.registry import prunable_spec_by_name
+from prunectl.core.io.writer import Progress, write_model
+from prunectl.core.weights.catalog import WeightCounts, keras_weight_entries
 from prunectl.core.errors import SelectionError
 from prunectl.core.options import SCOPES, compile_patterns, validate_sparsity, validate_threshold
 from prunectl.core.weights.selection import select_weights
@@ -159,29 +159,6 @@ class WeightPruner:
         return tensor
 
 
-def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, object]]:
-    """List a live Keras model's weights as entries paired with their variables."""
-    pairs = []
-
-    def walk(layers, order):
-        for layer in layers:
-            inner = getattr(layer, "layers", None)
-            if inner and layer.__class__.__name__ in ("Sequential", "Functional", "Model"):
-                walk(inner, order)
-                continue
-            class_name = layer.__class__.__name__
-            for variable in layer.weights:
-                spec = prunable_spec_by_name(class_name, variable.name)
-                entry = WeightEntry(layer.name, class_name, variable.name, variable.path,
-                                    tuple(variable.shape), np.dtype(variable.dtype).str,
-                                    spec is not None and np.dtype(variable.dtype).kind == "f", len(order))
-                pairs.append((entry, variable))
-            order.append(layer.name)
-
-    walk(keras_model.layers, [])
-    return pairs
-
-
 def prune_file(model: ModelFile, target: Path, step: WeightPruning, level: int, keep_optimizer: bool = False,
                progress: Progress | None = None) -> tuple[dict[str, WeightResult], WeightCounts]:
     """The file engine: prune ``model``'s weights while writing them to ``target``.
@@ -194,9 +171,10 @@ def prune_file(model: ModelFile, target: Path, step: WeightPruning, level: int, 
     Raises:
         SelectionError, OptionError, ModelFileError.
     """
-    selected = select_weights(model.entries, step.include, step.exclude)
+    counts = WeightCounts.of(model)
+    selected = select_weights(counts.entries, step.include, step.exclude)
     pruner = WeightPruner(step, selected, lambda entry: model.read(entry, reuse=True))
-    counts = write_model(model, target, level, pruner.prune, keep_optimizer, progress)
+    write_model(model, target, level, counts.counting(pruner.prune), keep_optimizer, progress)
     return pruner.results, counts
 
 
