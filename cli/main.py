@@ -31,6 +31,17 @@ Every option can also come from the environment: PRUNECTL_<COMMAND>_<OPTION>,
 e.g. PRUNECTL_PRUNE_SPARSITY=0.8 or PRUNECTL_REPORT_MIN_SPARSITY=0.8."""
 
 
+def _flag_namer(group: click.Group, ctx: click.Context):
+    """Name a library field as the running command's flag (``neuron_ratio`` -> ``--neuron-ratio``)."""
+    command = group.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+    flags = {p.name: max(p.opts, key=len) for p in (command.params if command else ()) if isinstance(p, click.Option)}
+
+    def name(field: str) -> str:
+        return flags.get(field, "--" + field.replace("_", "-"))
+
+    return name
+
+
 class PrunectlGroup(click.Group):
     """A group that translates library errors in one place and prints them as one line."""
 
@@ -38,7 +49,7 @@ class PrunectlGroup(click.Group):
         try:
             return super().invoke(ctx)
         except OptionError as exc:
-            raise click.UsageError(str(exc), ctx) from None
+            raise click.UsageError(exc.render(_flag_namer(self, ctx)), ctx) from None
         except PrunectlError as exc:
             raise click.ClickException(str(exc)) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):

@@ -8,12 +8,9 @@ import click
 
 from prunectl.cli import render
 from prunectl.cli.checks import checked as _checked, patterns
-from prunectl.cli.common import (data_gates, evaluation_options, finish_with_gates, gate_limits, gate_options,
-                                 markdown_option)
-from prunectl.cli.structural import neuron_step, structural_options
-from prunectl.cli.training import (FINETUNE_NAMES, epoch_lines, evaluation_table, finetune_options,
-                                   finetune_options_from, training_bars)
-from prunectl.core.structure.criteria import CRITERIA
+from prunectl.cli.common import finish_with_gates, gate_options, markdown_option
+from prunectl.cli.structural import structural_options
+from prunectl.cli.training import FINETUNE_NAMES, epoch_lines, evaluation_table, finetune_options, training_bars
 from prunectl.core.options import (COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES, SCOPES,
                                    validate_sparsity, validate_threshold)
 
@@ -68,82 +65,33 @@ Examples:
 def prune(ctx, **params):
     """Remove units and zero small weights of a saved Keras model, write it compressed, with a report."""
     from prunectl.core.run.markdown import report_markdown
-    from prunectl.core.run.report import to_json
 
     request = _request(ctx, params)
     markdown, quiet = params["markdown"], params["quiet"]
     console = None if quiet else render.stderr_console()
     result = _run_with_progress(request, console)
-    if params["recipe_out"] is not None and not request.dry_run:
-        _write_recipe(params["recipe_out"], result, params["force"], request)
     if params["as_json"]:
-        render.emit_json(to_json(result))
+        render.emit_json(result.to_json())
     elif markdown is not None and str(markdown) == "-":
-        render.emit_json(report_markdown(result))
+        render.emit_json(report_markdown(result.to_dict()))
     if console is not None:
-        _summarize(console, result)
+        _summarize(console, result.to_dict())
     finish_with_gates(result, quiet)
 
 
 def _request(ctx, params: dict):
-    """Fold the options (and a recipe's values) into one ``PruneRequest``."""
-    from prunectl.core.run.job import PruneRequest
-    from prunectl.core.weights.prune import WeightPruning
+    """Fold the options (and a recipe's values) into one ``PruneRequest``; core checks it."""
+    from prunectl.core.run.request import build_request
 
-    structural = weights = params
-    if params["recipe"] is not None:
-        from prunectl.cli.recipe import merge_recipe
+    if params["recipe"] is None:
+        return build_request(params)
+    from prunectl.cli.recipe import merge_recipe
 
-        _, structural, weights, params = merge_recipe(ctx, params["recipe"], FINETUNE_NAMES)
-    markdown = params["markdown"]
-    if params["as_json"] and markdown is not None and str(markdown) == "-":
-        raise click.UsageError("--json and --markdown - both write to stdout; give --markdown a file. "
-                               "Received: --json --markdown -")
-    threshold, sparsity = weights["threshold"], weights["sparsity"]
-    if threshold is not None and sparsity is not None:
-        raise click.UsageError(
-            f"give only one of --threshold and --sparsity. Received: --threshold {threshold} --sparsity {sparsity}"
-        )
-    # Shared: fine-tuning trains on it; structural criteria, --benchmark and data gates read it.
-    data = params["data"]
-    neurons = neuron_step(structural["neuron_criterion"], structural["neuron_threshold"], structural["neuron_ratio"],
-                          structural["round_to"], data, params["dry_run"], structural["scope"],
-                          structural["include"], structural["exclude"])
-    gates = gate_limits(dict(params))
-    evaluation = evaluation_options(gates, data, params)
-    needs_data = (params["finetune_epochs"] is not None or params["benchmark"] or data_gates(gates)
-                  or (neurons is not None and CRITERIA.get(neurons.criterion).needs_data))
-    if data is not None and not needs_data:
-        raise click.UsageError("--data is read by --finetune-epochs, an activation criterion, --benchmark or "
-                               f"--max-accuracy-drop. Received: --data {data} without any of them")
-    if threshold is None and sparsity is None and neurons is None:
-        raise click.UsageError("give a pruning step: --threshold, --sparsity, --neuron-threshold or "
-                               "--neuron-ratio (or a --recipe). Received: none")
-    weight_step = None if threshold is None and sparsity is None else WeightPruning(
-        threshold=threshold, sparsity=sparsity, scope=weights["scope"], include=tuple(weights["include"]),
-        exclude=tuple(weights["exclude"]), layers=tuple(weights.get("layers", ())))
-    extra = {k: v for k, v in params.items() if k in FINETUNE_NAMES}
-    return PruneRequest(
-        model=params["model"], weights=weight_step, output=params["output"], report=params["report_path"],
-        compression=params["compression"], engine=params["engine"], force=params["force"],
-        unsafe=params["unsafe"], keep_optimizer=params["keep_optimizer"], neurons=neurons, data=data,
-        dry_run=params["dry_run"], benchmark=params["benchmark"], gates=gates, evaluation=evaluation,
-        markdown=None if markdown is None or str(markdown) == "-" else markdown,
-        finetune=finetune_options_from(extra, sparsity is not None), recipe=params["recipe"],
-    )
+    _, structural, weights, merged = merge_recipe(ctx, params["recipe"], FINETUNE_NAMES)
+    return build_request(merged, weights, structural)
 
 
-def _write_recipe(path: Path, report: dict, force: bool, request) -> None:
-    from prunectl.core.io.atomic import check_output, write_text_atomic
-    from prunectl.core.run.recipe import recipe_toml
-
-    check_output(path, force, inputs=(request.model,))
-    header = (f"Written by prunectl {report['tool']['prunectl']} from the run that wrote {report['output']['path']}.\n"
-              f"Repeat it with: prunectl prune {report['input']['path']} --recipe {path.name}")
-    write_text_atomic(path, recipe_toml(report["pipeline"], header, relative_to=path.parent))
-
-
-def _run_with_progress(request, console) -> dict:
+def _run_with_progress(request, console):
     from prunectl.core.run.job import run_prune
 
     if console is None or not console.is_terminal:

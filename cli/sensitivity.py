@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -48,28 +47,20 @@ def sensitivity(model, data, sparsities, include, exclude, budget, recipe_out, x
     from prunectl.core.training.evaluate import EvalOptions
     from prunectl.core.run.sensitivity import SensitivityOptions
 
-    if data is None:
-        raise click.UsageError("sensitivity measures each trial on validation data; add --data FILE. "
-                               "Received: no --data")
-    if recipe_out is not None and budget is None:
-        raise click.UsageError(f"--recipe-out needs --budget D to choose the sparsities. "
-                               f"Received: --recipe-out {recipe_out} without --budget")
-    if data.suffix.lower() == ".csv" and (x_key or y_key):
-        raise click.UsageError("--x-key and --y-key apply to .npz and .h5 data; a .csv takes --label-col. "
-                               f"Received: {data}")
     reader = tuple((k, v) for k, v in (("x_key", x_key), ("y_key", y_key), ("label_col", label_col)) if v is not None)
     options = SensitivityOptions(
-        evaluation=EvalOptions(data, reader=reader, batch_size=batch_size, loss=loss, metrics=tuple(metrics)),
+        evaluation=None if data is None else EvalOptions(data, reader=reader, batch_size=batch_size, loss=loss,
+                                                         metrics=tuple(metrics)),
         sparsities=sparsities, include=tuple(include), exclude=tuple(exclude), budget=budget)
     console = None if quiet else render.stderr_console()
     result = _run_with_progress(model, options, recipe_out, force, unsafe, console)
     if as_json:
-        render.emit_json(json.dumps(result, indent=2) + "\n")
+        render.emit_json(result.to_json())
     if console is not None:
-        _summarize(console, result)
+        _summarize(console, result.to_dict())
 
 
-def _run_with_progress(model, options, recipe_out, force, unsafe, console) -> dict:
+def _run_with_progress(model, options, recipe_out, force, unsafe, console):
     from prunectl.core.run.sensitivity import run_sensitivity
 
     run = lambda progress=None: run_sensitivity(model, options, recipe_out, force, unsafe, progress)  # noqa: E731

@@ -30,31 +30,3 @@ def structural_options(command):
     for option in reversed(_OPTIONS):
         command = option(command)
     return command
-
-
-def neuron_step(neuron_criterion, neuron_threshold, neuron_ratio, round_to, data, dry_run, scope, include, exclude):
-    """Fold the structural options into a ``NeuronPruning`` step, or None when none was asked for.
-
-    Raises:
-        click.UsageError: conflicting or incomplete options.
-    """
-    from prunectl.core.structure.plan import NeuronPruning
-
-    if neuron_threshold is not None and neuron_ratio is not None:
-        raise click.UsageError(
-            "give only one of --neuron-threshold and --neuron-ratio. "
-            f"Received: --neuron-threshold {neuron_threshold} --neuron-ratio {neuron_ratio}"
-        )
-    if neuron_threshold is None and neuron_ratio is None:
-        given = [f"--{n} {v}" for n, v in (("neuron-criterion", neuron_criterion), ("round-to", round_to))
-                 if v is not None] + (["--dry-run"] if dry_run else [])
-        if given:
-            raise click.UsageError(f"{given[0].split()[0]} needs --neuron-threshold or --neuron-ratio. "
-                                   f"Received: {' '.join(given)}")
-        return None
-    criterion = neuron_criterion or "l1"
-    if CRITERIA.get(criterion).needs_data and data is None:
-        raise click.UsageError(f"the {criterion} criterion needs calibration data; give --data FILE. "
-                               f"Received: --neuron-criterion {criterion}")
-    return NeuronPruning(criterion=criterion, threshold=neuron_threshold, ratio=neuron_ratio, scope=scope,
-                         round_to=round_to or 1, include=tuple(include), exclude=tuple(exclude))

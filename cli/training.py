@@ -1,7 +1,7 @@
 """The ``prune`` command's fine-tuning options and its training progress on stderr.
 
-The options are added by one decorator and folded into one frozen
-:class:`~prunectl.core.training.finetune.FinetuneOptions` by :func:`finetune_options_from`,
+The options are added by one decorator; ``core.run.request.build_request`` folds
+them into one frozen :class:`~prunectl.core.training.finetune.FinetuneOptions`,
 so ``cli/prune.py`` only passes them through.
 """
 
@@ -15,14 +15,11 @@ from prunectl.core.training.distribute import STRATEGIES
 from prunectl.core.weights.schedules import SCHEDULES
 
 _PATH = click.Path(path_type=Path, dir_okay=False)
-# Options that mean nothing without --finetune-epochs, with their defaults.
-_DEPENDENT = {"val_data": None, "val_split": None, "x_key": None, "y_key": None, "label_col": None,
-              "batch_size": 32, "learning_rate": None, "optimizer": None, "loss": None, "metrics": (),
-              "schedule": "oneshot", "initial_sparsity": 0.0, "prune_begin": 0.0, "prune_end": 0.5, "l1": 0.0,
-              "seed": None, "strategy": "default", "plots": None}
-
-# Every fine-tuning option's parameter name.
-FINETUNE_NAMES = frozenset(_DEPENDENT) | {"finetune_epochs", "data"}
+# Every fine-tuning option's parameter name (core.run.request knows which refine --finetune-epochs).
+FINETUNE_NAMES = frozenset({
+    "finetune_epochs", "data", "val_data", "val_split", "x_key", "y_key", "label_col", "batch_size", "learning_rate",
+    "optimizer", "loss", "metrics", "schedule", "initial_sparsity", "prune_begin", "prune_end", "l1", "seed",
+    "strategy", "plots"})
 
 OPTIONS = [
     click.option("--finetune-epochs", type=click.IntRange(min=0), default=None,
@@ -64,42 +61,6 @@ def finetune_options(command):
     for option in reversed(OPTIONS):
         command = option(command)
     return command
-
-
-def finetune_options_from(values: dict, by_sparsity: bool):
-    """Fold the fine-tuning option values into a ``FinetuneOptions``, or None without ``--finetune-epochs``.
-
-    Args:
-        values: the command's fine-tuning option values (consumed).
-        by_sparsity: the pruning step is ``--sparsity`` (a gradual schedule needs one).
-
-    Raises:
-        click.UsageError: an option that needs ``--finetune-epochs``, ``--data`` or
-            ``--sparsity`` is given without it.
-    """
-    from prunectl.core.training.finetune import FinetuneOptions
-
-    epochs = values.pop("finetune_epochs")
-    if epochs is None:
-        given = [name for name, default in _DEPENDENT.items() if values[name] != default]
-        if given:
-            flag = "--" + given[0].replace("_", "-")
-            raise click.UsageError(f"{flag} needs --finetune-epochs. Received: {flag} without --finetune-epochs")
-        return None
-    if values["data"] is None:
-        raise click.UsageError(f"--finetune-epochs needs --data. Received: --finetune-epochs {epochs} without --data")
-    if values["val_data"] is not None and values["val_split"] is not None:
-        raise click.UsageError(f"give only one of --val-data and --val-split. "
-                               f"Received: --val-data {values['val_data']} --val-split {values['val_split']}")
-    if values["schedule"] != "oneshot" and not by_sparsity:
-        raise click.UsageError(f"--schedule {values['schedule']} prunes to a sparsity; give --sparsity. "
-                               f"Received: --schedule {values['schedule']} with --threshold")
-    reader = {"x_key": values.pop("x_key"), "y_key": values.pop("y_key"), "label_col": values.pop("label_col")}
-    if values["data"].suffix.lower() == ".csv" and (reader["x_key"] or reader["y_key"]):
-        raise click.UsageError("--x-key and --y-key apply to .npz and .h5 data; a .csv takes --label-col. "
-                               f"Received: {values['data']}")
-    return FinetuneOptions(epochs=epochs, reader=tuple((k, v) for k, v in reader.items() if v is not None),
-                           metrics=tuple(values.pop("metrics")), **values)
 
 
 def epoch_lines(console):

@@ -18,7 +18,28 @@ class UnsafeModelError(PrunectlError):
 
 
 class OptionError(PrunectlError):
-    """An option value is out of range or conflicts with another option."""
+    """An option value is out of range or conflicts with another option.
+
+    The message may name options as ``{field}`` placeholders, where each field is
+    listed in ``fields``: the library shows them as the field names
+    (``neuron_ratio``), the CLI as its flags (``--neuron-ratio``), through
+    :meth:`render`, so a rule is written once for both.
+
+    Example:
+        >>> OptionError("give only one of {val_data} and {val_split}.", "val_data", "val_split")
+    """
+
+    def __init__(self, message: str, *fields: str):
+        self.template = message
+        self.fields = fields
+        super().__init__(self.render(lambda field: field))
+
+    def render(self, name) -> str:
+        """The message with each ``{field}`` shown as ``name(field)``."""
+        out = self.template
+        for field in self.fields:
+            out = out.replace("{" + field + "}", name(field))
+        return out
 
 
 class SelectionError(PrunectlError):

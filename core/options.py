@@ -131,3 +131,30 @@ def validate_budget(budget: float) -> float:
     if not math.isfinite(value) or value < 0:
         raise OptionError(f"budget must be a finite number >= 0. Received: budget={budget}")
     return value
+
+
+def check_reader(data, reader) -> None:
+    """Check data-reader options against the data file's type.
+
+    Args:
+        data: the data file path.
+        reader: ``(name, value)`` pairs (``x_key``, ``y_key``, ``label_col``).
+
+    Raises:
+        OptionError: array keys given for a ``.csv`` file.
+    """
+    keys = dict(reader)
+    if str(data).lower().endswith(".csv") and (keys.get("x_key") or keys.get("y_key")):
+        raise OptionError("{x_key} and {y_key} apply to .npz and .h5 data; a .csv takes {label_col}. "
+                          f"Received: {data}", "x_key", "y_key", "label_col")
+
+
+def check_stdout(as_json: bool, markdown) -> None:
+    """Only one report may go to stdout.
+
+    Raises:
+        OptionError: a JSON report and a Markdown report (``markdown="-"``) both on stdout.
+    """
+    if as_json and markdown is not None and str(markdown) == "-":
+        raise OptionError("{as_json} and {markdown} - both write to stdout; give {markdown} a file. "
+                          "Received: {as_json} {markdown} -", "as_json", "markdown")

@@ -70,7 +70,7 @@ def load(path):
 @pytest.mark.parametrize("fmt", [".h5", ".keras"])
 def test_fragile_layer_shows_the_largest_drop(tiny, fmt):
     options = SensitivityOptions(EvalOptions(tiny / "val.npz"), sparsities=(0.5, 0.7, 0.9))
-    result = run_sensitivity(tiny / f"tiny{fmt}", options)
+    result = run_sensitivity(tiny / f"tiny{fmt}", options).to_dict()
     assert result["metric"] == {"name": "accuracy", "higher_is_better": True, "dense": 1.0}
     found = drops(result)
     assert [row["layer"] for row in result["layers"]] == list(LAYERS)

@@ -1,5 +1,9 @@
 """Quality gates: limits a report must meet, each measured from the report itself.
 
+A gate reads a typed report's attributes: ``totals`` (the sparsity totals),
+``size_bytes`` (the judged model file's size, or None) and ``evaluation``
+(an :class:`~prunectl.core.training.evaluation.Evaluation`, or None).
+
 Gates are small classes registered by name in :data:`GATES`; the CLI builds one
 ``--<name>`` option per gate from the registry. A run whose gates fail still
 writes its outputs (they are what failed the gate), lists every gate with its
@@ -62,10 +66,10 @@ class Gate:
     def get_config(self) -> dict:
         return {"limit": self.limit}
 
-    def measure(self, report: dict) -> float | None:
+    def measure(self, report) -> float | None:
         raise NotImplementedError
 
-    def check(self, report: dict) -> GateResult:
+    def check(self, report) -> GateResult:
         value = self.measure(report)
         if value is None:
             return GateResult(self.registered_name, None, self.limit, False,
@@ -88,8 +92,8 @@ class MinSparsity(Gate):
 
     fraction = True
 
-    def measure(self, report: dict) -> float:
-        return report["totals"]["prunable"]["sparsity"]
+    def measure(self, report) -> float:
+        return report.totals["prunable"]["sparsity"]
 
 
 @GATES.register("max-params")
@@ -101,8 +105,8 @@ class MaxParams(Gate):
     value_type = int
     metavar = "N"
 
-    def measure(self, report: dict) -> float:
-        total = report["totals"]["all"]
+    def measure(self, report) -> float:
+        total = report.totals["all"]
         return total["count"] - total["zeros"]
 
 
@@ -116,9 +120,8 @@ class MaxSize(Gate):
     metavar = "BYTES"
     missing = "the report names no model file size"
 
-    def measure(self, report: dict) -> float | None:
-        block = report.get("output") or report.get("model") or {}
-        return block.get("size_bytes")
+    def measure(self, report) -> float | None:
+        return report.size_bytes
 
 
 @GATES.register("max-accuracy-drop")
@@ -131,21 +134,11 @@ class MaxAccuracyDrop(Gate):
     missing = "the report has no accuracy evaluated before and after; evaluate on --data with an accuracy metric"
     fraction = True
 
-    def measure(self, report: dict) -> float | None:
-        from prunectl.core.training.evaluate import accuracy_key
-
-        evaluation = report.get("evaluation") or {}
-        accuracies = []
-        for side in ("reference", "result"):
-            values = (evaluation.get(side) or {}).get("values") or {}
-            key = accuracy_key(values)
-            if key is None:
-                return None
-            accuracies.append(values[key])
-        return accuracies[0] - accuracies[1]
+    def measure(self, report) -> float | None:
+        return report.evaluation.accuracy_drop() if report.evaluation is not None else None
 
 
-def check_gates(report: dict, limits: dict[str, float]) -> list[GateResult]:
+def check_gates(report, limits: dict[str, float]) -> list[GateResult]:
     """Check ``report`` against ``{gate name: limit}`` (gates with a None limit are skipped).
 
     Raises:

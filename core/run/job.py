@@ -14,7 +14,7 @@ steps that change the model's structure or train it run there.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,120 +25,14 @@ from prunectl.core.run.markdown import report_markdown
 from prunectl.core.io.modelfile import H5_SUFFIXES, KERAS_SUFFIX, ModelFile, model_format, open_model_file
 from prunectl.core.io.writer import Progress, save_keras_model
 from prunectl.core.weights.catalog import WeightCounts
-from prunectl.core.options import COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES
-from prunectl.core.weights.prune import WeightPruning, WeightResult, prune_file, prune_keras_model
-from prunectl.core.run.report import plan_report, prune_report, to_json
-from prunectl.core.structure.plan import NeuronPruning
+from prunectl.core.options import COMPRESSION_LEVELS
+from prunectl.core.weights.prune import prune_file, prune_keras_model
+from prunectl.core.run.outcome import PruneOutcome
+from prunectl.core.run.report import PlanReport, PruneReport, plan_report, prune_report
+from prunectl.core.run.request import PruneRequest  # noqa: F401 (the job's input, re-exported)
 
 if TYPE_CHECKING:
-    from prunectl.core.training.evaluate import EvalOptions
-    from prunectl.core.training.finetune import FinetuneOptions, TrainingProgress
-
-
-@dataclass(frozen=True)
-class PruneRequest:
-    """Everything one ``prune`` run needs; built by the CLI, read by :func:`run_prune`.
-
-    Attributes:
-        model: the input model path (never modified).
-        weights: the weight-pruning step, or None.
-        output: output model path (default: ``<stem>.pruned<suffix>`` beside the input).
-        report: report path (default: ``<output stem>.report.json`` beside the output).
-        compression: a key of ``options.COMPRESSION_LEVELS``.
-        engine: ``auto``, ``file`` or ``keras``.
-        force: replace existing outputs.
-        unsafe: allow Lambda-layer code to be deserialized by the Keras engine.
-        keep_optimizer: keep the optimizer's saved state in the output (file engine).
-        recipe: the recipe file the request was read from, if any (recorded in the report).
-        gates: ``(gate name, limit)`` pairs checked against the report (see ``core.gates``).
-        markdown: also write the report as Markdown here.
-        finetune: fine-tune after pruning (Keras engine), or None.
-        neurons: the structural step (removes units before weights are pruned), or None.
-        data: a data file whose inputs calibrate activation criteria and feed ``benchmark``
-            (fine-tuning reads its own copy of the path from ``finetune``).
-        dry_run: plan the structural step and return its report; write nothing.
-        benchmark: time the original and the pruned model on the same batch.
-        evaluation: evaluate the model before and after the steps on this data (for
-            gates that need accuracy); fine-tuning evaluates on its own validation data.
-    """
-
-    model: Path
-    weights: WeightPruning | None = None
-    output: Path | None = None
-    report: Path | None = None
-    compression: str = DEFAULT_COMPRESSION
-    engine: str = "auto"
-    force: bool = False
-    unsafe: bool = False
-    keep_optimizer: bool = False
-    gates: tuple[tuple[str, float], ...] = ()
-    markdown: Path | None = None
-    finetune: FinetuneOptions | None = None
-    neurons: NeuronPruning | None = None
-    data: Path | None = None
-    dry_run: bool = False
-    benchmark: bool = False
-    evaluation: EvalOptions | None = None
-
-    recipe: Path | None = None
-
-    def pipeline(self) -> dict:
-        """The fully resolved pipeline, keyed by option names: what ``--recipe-out`` writes back."""
-        def kebab(config: dict) -> dict:
-            return {k.replace("_", "-"): v for k, v in config.items()}
-
-        steps = []
-        if self.neurons:
-            steps.append(kebab(self.neurons.get_config()))
-        if self.weights:
-            config = self.weights.get_config()
-            steps.append({**kebab({k: v for k, v in config.items() if k != "layers"}), "layers": config["layers"]})
-        finetune = None
-        if self.finetune:
-            config = self.finetune.get_config()
-            config.update(config.pop("reader"))
-            finetune = kebab({"finetune_epochs": config.pop("epochs"), **config})
-        options = {"compression": self.compression, "engine": self.engine, "keep-optimizer": self.keep_optimizer,
-                   "unsafe": self.unsafe, "benchmark": self.benchmark, **dict(self.gates)}
-        if self.data is not None and finetune is None:
-            options["data"] = str(self.data)
-        return {"options": options, "steps": steps, "finetune": finetune}
-
-    def options(self) -> dict:
-        """The options as recorded in the report."""
-        return {
-            **(self.weights.get_config() if self.weights else {}),
-            "compression": self.compression,
-            "engine": self.engine,
-            "force": self.force,
-            "unsafe": self.unsafe,
-            "keep_optimizer": self.keep_optimizer,
-            "gates": dict(self.gates),
-            **({"finetune": self.finetune.get_config()} if self.finetune else {}),
-            **(self.neurons.get_config() if self.neurons else {}),
-            "data": str(self.data) if self.data else None,
-            "benchmark": self.benchmark,
-            "evaluation_data": str(self.evaluation.data) if self.evaluation else None,
-        }
-
-    def needs_keras(self) -> bool:
-        """Whether a step must run on a live Keras model."""
-        return self.finetune is not None or self.neurons is not None or self.benchmark or self.evaluation is not None
-
-
-@dataclass
-class PruneOutcome:
-    """Everything a report needs about one prune run."""
-
-    engine: str
-    results: dict[str, WeightResult]
-    counts: WeightCounts
-    seconds: float
-    notes: list[str] = field(default_factory=list)
-    finetune: dict | None = None
-    structural: dict | None = None
-    benchmark: dict | None = None
-    evaluation: dict | None = None
+    from prunectl.core.training.finetune import TrainingProgress
 
 
 def default_output(model: Path) -> Path:
@@ -157,8 +51,6 @@ def choose_engine(request: PruneRequest, target: Path) -> str:
     Raises:
         OptionError: ``file`` was asked for where it cannot run.
     """
-    if request.engine not in ENGINES:
-        raise OptionError(f"engine must be one of {', '.join(ENGINES)}. Received: engine={request.engine!r}")
     converting = model_format(request.model) != model_format(target)
     if request.engine == "file" and converting:
         raise OptionError(
@@ -236,7 +128,7 @@ def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: 
                         evaluation)
 
 
-def _plan_only(request: PruneRequest, model: ModelFile) -> dict:
+def _plan_only(request: PruneRequest, model: ModelFile) -> PlanReport:
     from prunectl.core.io import keras_io
     from prunectl.core.structure import plan as structural
     from prunectl.core.training.data import calibration_inputs
@@ -246,52 +138,73 @@ def _plan_only(request: PruneRequest, model: ModelFile) -> dict:
     return plan_report(model, request.options(), structural.plan_structure(loaded.model, request.neurons, x))
 
 
+def check_outputs(request: PruneRequest) -> tuple[Path, Path]:
+    """Check every output path of ``request`` before any work: each writable and distinct from the others.
+
+    Returns:
+        The output model's path and the report's path (defaults resolved).
+
+    Raises:
+        OutputError: a path that cannot or must not be written (a missing folder, an
+            existing file without ``force``, the input, or another output's path).
+    """
+    output = request.output or default_output(request.model)
+    if output.suffix.lower() not in H5_SUFFIXES + (KERAS_SUFFIX,):
+        raise OutputError(f"output must end in .h5, .hdf5 or .keras. Received: {str(output)!r}")
+    report_path = request.report or default_report(output)
+    check_output(output, request.force, inputs=(request.model,))
+    check_output(report_path, request.force, inputs=(request.model,))
+    if report_path.resolve() == output.resolve():
+        raise OutputError(f"report path is the output model's path. Received: {str(report_path)!r}")
+    taken = [output, report_path]
+    for path, name in ((request.markdown, "markdown"), (request.recipe_out, "recipe-out")):
+        if path is None:
+            continue
+        check_output(path, request.force, inputs=(request.model, *taken))
+        if path.resolve() in [p.resolve() for p in (request.model, *taken)]:
+            raise OutputError(f"{name} path is another output's path. Received: {str(path)!r}")
+        taken.append(path)
+    return output, report_path
+
+
+def _write_recipe(path: Path, report: PruneReport) -> None:
+    from prunectl.core.run.recipe import recipe_toml
+
+    header = (f"Written by prunectl {report.header.tool['prunectl']} from the run that wrote "
+              f"{report.output['path']}.\nRepeat it with: prunectl prune {report.input['path']} --recipe {path.name}")
+    write_text_atomic(path, recipe_toml(report.pipeline, header, relative_to=path.parent))
+
+
 def run_prune(request: PruneRequest, progress: Progress | None = None,
-              training: TrainingProgress | None = None) -> dict:
+              training: TrainingProgress | None = None) -> PruneReport | PlanReport:
     """Run one prune job and return its report (also written to disk).
 
     Args:
-        request: what to do.
+        request: what to do (checked when it was built).
         progress: called as each weight tensor is written.
         training: called at the end of every fine-tuning step and epoch.
+
+    Returns:
+        The report (a :class:`PlanReport` for a dry run); its ``return_code`` says
+        whether a gate failed.
 
     Raises:
         PrunectlError: any problem with the input, the options or the outputs;
             nothing has been written when it is raised.
-        OptionError: ``dry_run`` without a structural step.
     """
-    if request.dry_run and request.neurons is None:
-        raise OptionError("a dry run plans structural pruning; give neuron_threshold or neuron_ratio. "
-                          "Received: dry_run=True")
-    if request.compression not in COMPRESSION_LEVELS:
-        raise OptionError(
-            f"compression must be one of {', '.join(COMPRESSION_LEVELS)}. "
-            f"Received: compression={request.compression!r}"
-        )
     with open_model_file(request.model) as model:
         if request.dry_run:
             return _plan_only(request, model)
-        output = request.output or default_output(request.model)
-        if output.suffix.lower() not in H5_SUFFIXES + (KERAS_SUFFIX,):
-            raise OutputError(f"output must end in .h5, .hdf5 or .keras. Received: {str(output)!r}")
-        report_path = request.report or default_report(output)
-        check_output(output, request.force, inputs=(request.model,))
-        check_output(report_path, request.force, inputs=(request.model,))
-        if report_path.resolve() == output.resolve():
-            raise OutputError(f"report path is the output model's path. Received: {str(report_path)!r}")
-        if request.markdown is not None:
-            check_output(request.markdown, request.force, inputs=(request.model, output, report_path))
-            if request.markdown.resolve() in (output.resolve(), report_path.resolve()):
-                raise OutputError(f"markdown path is another output's path. Received: {str(request.markdown)!r}")
+        output, report_path = check_outputs(request)
         gates = [GATES.get(name)(limit) for name, limit in request.gates]
         engine = choose_engine(request, output)
         outcome = (_run_file(request, model, output, progress) if engine == "file"
                    else _run_keras(request, model, output, progress, training))
-        report = prune_report(outcome, model, output, request.options())
-    report["report_path"] = str(report_path)
-    report["pipeline"] = {"recipe": str(request.recipe) if request.recipe else None, **request.pipeline()}
-    report["gates"] = [gate.check(report).to_dict() for gate in gates]
-    write_text_atomic(report_path, to_json(report))
+        pipeline = {"recipe": str(request.recipe) if request.recipe else None, **request.pipeline()}
+        report = prune_report(outcome, model, output, request.options(), report_path, pipeline, gates)
+    write_text_atomic(report_path, report.to_json())
     if request.markdown is not None:
-        write_text_atomic(request.markdown, report_markdown(report))
+        write_text_atomic(request.markdown, report_markdown(report.to_dict()))
+    if request.recipe_out is not None:
+        _write_recipe(request.recipe_out, report)
     return report

@@ -1,8 +1,10 @@
-"""Sparsity reports: plain dicts with a ``schema_version``, written as JSON.
+"""Sparsity reports as typed values with one header, written as JSON (``schema_version`` 1).
 
 A report's ``layers`` holds one row per prunable weight tensor; ``totals``
 counts zeros over the prunable weights and over every weight of the model.
-Sparsity is always zeros divided by weight count.
+Sparsity is always zeros divided by weight count. Each report is built once,
+with its gates' verdicts, and carries the exit code its command ends with
+(``return_code``: 0, or ``GATE_EXIT_CODE`` when a gate failed).
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ import json
 import os
 import platform
 from importlib import metadata
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from prunectl import __version__
 from prunectl.core.errors import ReportError
 from prunectl.core.io.modelfile import ModelFile, WeightEntry
+from prunectl.core.run.gates import GATE_EXIT_CODE, GateResult
+from prunectl.core.run.outcome import PruneOutcome
+from prunectl.core.training.evaluation import Evaluation
 from prunectl.core.weights.catalog import file_counts
 
 SCHEMA_VERSION = 1
@@ -87,7 +93,150 @@ def totals(entries: Iterable[WeightEntry], zeros: dict[str, int]) -> dict:
     return out
 
 
-def model_report(model: ModelFile, all_weights: bool = False) -> dict:
+@dataclass(frozen=True)
+class Header:
+    """What every report starts with: its schema, kind, creation time and the tool's versions."""
+
+    kind: str
+    created: str
+    tool: dict
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def now(cls, kind: str) -> "Header":
+        """The header of a report of ``kind`` made now."""
+        return cls(kind, _now(), tool_versions())
+
+    def to_dict(self) -> dict:
+        return {"schema_version": self.schema_version, "kind": self.kind, "created": self.created, "tool": self.tool}
+
+
+class _Verdicts:
+    """Gate verdicts and the exit code they give (mixed into reports that carry gates)."""
+
+    gates: tuple[GateResult, ...]
+
+    @property
+    def return_code(self) -> int:
+        """0, or :data:`~prunectl.core.run.gates.GATE_EXIT_CODE` when a gate failed."""
+        return GATE_EXIT_CODE if any(not g.passed for g in self.gates) else 0
+
+    def to_json(self) -> str:
+        return to_json(self.to_dict())
+
+
+@dataclass(frozen=True)
+class PruneReport(_Verdicts):
+    """The report of one ``prune`` run (``kind="prune"``)."""
+
+    header: Header
+    input: dict
+    output: dict
+    options: dict
+    engine: str
+    seconds: float
+    layers: list[dict]
+    totals: dict
+    notes: list[str]
+    report_path: str
+    pipeline: dict
+    structural: dict | None = None
+    benchmark: dict | None = None
+    evaluation: Evaluation | None = None
+    finetune: dict | None = None
+    gates: tuple[GateResult, ...] = ()
+
+    @property
+    def size_bytes(self) -> int:
+        return self.output["size_bytes"]
+
+    @property
+    def size_ratio(self) -> float:
+        return self.output["size_bytes"] / max(1, self.input["size_bytes"])
+
+    def to_dict(self) -> dict:
+        return {
+            **self.header.to_dict(), "input": self.input, "output": self.output, "options": self.options,
+            "engine": self.engine, "seconds": self.seconds, "layers": self.layers, "totals": self.totals,
+            "notes": self.notes,
+            **({"structural": self.structural} if self.structural else {}),
+            **({"benchmark": self.benchmark} if self.benchmark else {}),
+            **({"evaluation": self.evaluation.to_dict()} if self.evaluation else {}),
+            "size_ratio": self.size_ratio,
+            **({"finetune": self.finetune} if self.finetune is not None else {}),
+            "report_path": self.report_path, "pipeline": self.pipeline,
+            "gates": [g.to_dict() for g in self.gates],
+        }
+
+
+@dataclass(frozen=True)
+class PlanReport(_Verdicts):
+    """The report of a dry run (``kind="plan"``): the structural plan, nothing written."""
+
+    header: Header
+    input: dict
+    options: dict
+    structural: dict
+    gates: tuple[GateResult, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {**self.header.to_dict(), "input": self.input, "options": self.options,
+                "structural": self.structural}
+
+
+@dataclass(frozen=True)
+class ModelReport(_Verdicts):
+    """What ``prunectl report`` shows: a model's sparsity (``kind="model"``), or a saved report read back.
+
+    Attributes:
+        header: the header, or None for a saved report (``saved`` holds its own).
+        model: the model file's path, format and size, or None for a saved report.
+        layers, totals: the sparsity rows and totals.
+        saved: a saved JSON report as read, or None.
+        baseline: the before/after rows and the baseline's totals, or None.
+        evaluation: the model (and baseline) evaluated on data, or None.
+        gates: the gates' verdicts.
+    """
+
+    header: Header | None
+    model: dict | None
+    layers: list[dict]
+    totals: dict
+    saved: dict | None = None
+    baseline: dict | None = None
+    evaluation: Evaluation | None = None
+    gates: tuple[GateResult, ...] = ()
+
+    @classmethod
+    def from_saved(cls, report: dict, **extra) -> "ModelReport":
+        """A report read back from JSON (see :func:`load_report`), with ``extra`` fields set."""
+        block = report.get("evaluation")
+        evaluation = Evaluation.from_dict(block) if isinstance(block, dict) else None
+        return cls(None, None, report["layers"], report["totals"], saved=report,
+                   **{"evaluation": evaluation, **extra})
+
+    @property
+    def kind(self) -> str | None:
+        return self.header.kind if self.header else self.saved.get("kind")
+
+    @property
+    def size_bytes(self) -> int | None:
+        block = self.model or (self.saved or {}).get("output") or (self.saved or {}).get("model") or {}
+        return block.get("size_bytes")
+
+    def to_dict(self) -> dict:
+        base = dict(self.saved) if self.saved is not None else {
+            **self.header.to_dict(), "model": self.model, "layers": self.layers, "totals": self.totals}
+        if self.baseline is not None:
+            base["baseline"] = self.baseline
+        if self.evaluation is not None:
+            base["evaluation"] = self.evaluation.to_dict()
+        if self.gates:
+            base["gates"] = [g.to_dict() for g in self.gates]
+        return base
+
+
+def model_report(model: ModelFile, all_weights: bool = False) -> ModelReport:
     """Report the sparsity of a saved model, reading every weight with h5py.
 
     Args:
@@ -95,54 +244,41 @@ def model_report(model: ModelFile, all_weights: bool = False) -> dict:
         all_weights: include rows for biases, normalization and other weights.
     """
     counts = file_counts(model)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "model",
-        "created": _now(),
-        "tool": tool_versions(),
-        "model": file_info(model.path, model.format),
-        "layers": layer_rows(counts.entries, counts.zeros, all_weights=all_weights),
-        "totals": totals(counts.entries, counts.zeros),
-    }
+    return ModelReport(Header.now("model"), file_info(model.path, model.format),
+                       layer_rows(counts.entries, counts.zeros, all_weights=all_weights),
+                       totals(counts.entries, counts.zeros))
 
 
-def prune_report(outcome, source: ModelFile, target: Path, options: dict) -> dict:
-    """Build the report of one ``prune`` run from its :class:`PruneOutcome`."""
+def prune_report(outcome: PruneOutcome, source: ModelFile, target: Path, options: dict, report_path: Path,
+                 pipeline: dict, gates: Iterable = ()) -> PruneReport:
+    """Build the report of one ``prune`` run from its :class:`PruneOutcome`, checking ``gates`` on it.
+
+    Args:
+        outcome: what the run produced.
+        source: the input model file.
+        target: the written model.
+        options: the options as recorded (``PruneRequest.options()``).
+        report_path: where the report is written.
+        pipeline: the resolved pipeline (``PruneRequest.pipeline()`` and the recipe).
+        gates: gate objects to check the report against.
+    """
     counts = outcome.counts
-    report = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "prune",
-        "created": _now(),
-        "tool": tool_versions(),
-        "input": file_info(source.path, source.format),
-        "output": file_info(target, "keras" if target.suffix.lower() == ".keras" else "h5"),
-        "options": options,
-        "engine": outcome.engine,
-        "seconds": round(outcome.seconds, 3),
-        "layers": layer_rows(counts.entries, counts.zeros, outcome.results),
-        "totals": totals(counts.entries, counts.zeros),
-        "notes": list(outcome.notes),
-        **({"structural": outcome.structural} if outcome.structural else {}),
-        **({"benchmark": outcome.benchmark} if outcome.benchmark else {}),
-        **({"evaluation": outcome.evaluation} if outcome.evaluation else {}),
-    }
-    report["size_ratio"] = report["output"]["size_bytes"] / max(1, report["input"]["size_bytes"])
-    if outcome.finetune is not None:
-        report["finetune"] = outcome.finetune
-    return report
+    fields = dict(
+        header=Header.now("prune"), input=file_info(source.path, source.format),
+        output=file_info(target, "keras" if target.suffix.lower() == ".keras" else "h5"), options=options,
+        engine=outcome.engine, seconds=round(outcome.seconds, 3),
+        layers=layer_rows(counts.entries, counts.zeros, outcome.results),
+        totals=totals(counts.entries, counts.zeros), notes=list(outcome.notes), report_path=str(report_path),
+        pipeline=pipeline, structural=outcome.structural or None, benchmark=outcome.benchmark or None,
+        evaluation=outcome.evaluation or None, finetune=outcome.finetune)
+    # A gate measures the report it is part of: judge the facts, then build the report once with the verdicts.
+    facts = PruneReport(**fields)
+    return PruneReport(**fields, gates=tuple(gate.check(facts) for gate in gates))
 
 
-def plan_report(source: ModelFile, options: dict, plan) -> dict:
+def plan_report(source: ModelFile, options: dict, plan) -> PlanReport:
     """Build the report of a dry run: the structural plan, nothing written."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "plan",
-        "created": _now(),
-        "tool": tool_versions(),
-        "input": file_info(source.path, source.format),
-        "options": options,
-        "structural": plan.to_dict(),
-    }
+    return PlanReport(Header.now("plan"), file_info(source.path, source.format), options, plan.to_dict())
 
 
 def load_report(text: str, source: str) -> dict:

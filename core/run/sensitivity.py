@@ -16,7 +16,7 @@ largest tested sparsity whose drop stays within a budget, and
 
 from __future__ import annotations
 
-import datetime as _dt
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -34,11 +34,10 @@ from prunectl.core.io.modelfile import open_model_file
 from prunectl.core.options import DEFAULT_SPARSITIES, validate_budget, validate_sparsity
 from prunectl.core.weights.prune import WeightPruning, prune_keras_model
 from prunectl.core.weights.catalog import keras_weight_entries
-from prunectl.core.run.report import file_info, tool_versions
+from prunectl.core.run.report import Header, file_info
 from prunectl.core.weights.selection import select_weights
 from prunectl.core.tomlwriter import dumps
 
-SCHEMA_VERSION = 1
 
 #: Called after every trial as ``progress(done, total, layer, sparsity)``.
 Progress = Callable[[int, int, str, float], None]
@@ -59,18 +58,74 @@ class SensitivityOptions:
         OptionError: no sparsity, a sparsity outside [0, 1), or a negative budget.
     """
 
-    evaluation: EvalOptions
+    evaluation: EvalOptions | None
     sparsities: tuple[float, ...] = DEFAULT_SPARSITIES
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     budget: float | None = None
 
     def __post_init__(self):
+        if self.evaluation is None:
+            raise OptionError("sensitivity measures each trial on validation data; add {data} FILE. "
+                              "Received: no {data}", "data")
         if not self.sparsities:
             raise OptionError("give at least one sparsity to test. Received: sparsities=()")
         object.__setattr__(self, "sparsities", tuple(sorted({validate_sparsity(s) for s in self.sparsities})))
         if self.budget is not None:
             validate_budget(self.budget)
+
+    def get_config(self) -> dict:
+        return {"evaluation": self.evaluation.get_config(), "sparsities": list(self.sparsities),
+                "include": list(self.include), "exclude": list(self.exclude), "budget": self.budget}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "SensitivityOptions":
+        """The options :meth:`get_config` describes."""
+        return cls(EvalOptions.from_config(config["evaluation"]), tuple(config["sparsities"]),
+                   tuple(config["include"]), tuple(config["exclude"]), config["budget"])
+
+
+@dataclass(frozen=True)
+class SensitivityReport:
+    """The results of a sensitivity run (``kind="sensitivity"``).
+
+    Attributes:
+        header: the report header.
+        evaluation: the data and compile settings.
+        metric: ``{"name", "higher_is_better", "dense"}``: what a drop is measured in.
+        dense: the dense model's values.
+        sparsities: the tested sparsities.
+        prunable_count: the model's prunable weights.
+        layers: one row per layer with its ``trials``.
+        seconds: how long the analysis took.
+        budget: the budget's choice (see :func:`choose_sparsities`), or None.
+        model: the model file's path, format and size, or None.
+        recipe_path: where the budget's recipe was written, or None.
+    """
+
+    header: Header
+    evaluation: dict
+    metric: dict
+    dense: dict
+    sparsities: list
+    prunable_count: int
+    layers: list
+    seconds: float
+    budget: dict | None = None
+    model: dict | None = None
+    recipe_path: str | None = None
+
+    return_code = 0
+
+    def to_dict(self) -> dict:
+        return {**self.header.to_dict(), "evaluation": self.evaluation, "metric": self.metric, "dense": self.dense,
+                "sparsities": self.sparsities, "prunable_count": self.prunable_count, "layers": self.layers,
+                **({"budget": self.budget} if self.budget is not None else {}), "seconds": self.seconds,
+                **({"model": self.model} if self.model is not None else {}),
+                **({"recipe_path": self.recipe_path} if self.recipe_path is not None else {})}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
 
 
 @dataclass
@@ -84,7 +139,8 @@ def _drop(metric: str, dense: float, value: float) -> float:
     return dense - value if metric != "loss" else value - dense
 
 
-def analyze(loaded: keras_io.LoadedModel, options: SensitivityOptions, progress: Progress | None = None) -> dict:
+def analyze(loaded: keras_io.LoadedModel, options: SensitivityOptions, progress: Progress | None = None,
+            model_info: dict | None = None, recipe_path: Path | None = None) -> SensitivityReport:
     """Prune each selected layer of a live model alone to each sparsity, evaluate, and restore it.
 
     The model's weights are the same afterwards as before, also when an error
@@ -94,10 +150,12 @@ def analyze(loaded: keras_io.LoadedModel, options: SensitivityOptions, progress:
         loaded: the model as loaded by :func:`keras_io.load_model`.
         options: what to test.
         progress: called after every trial.
+        model_info: the model file's path, format and size, recorded in the report.
+        recipe_path: where the budget's recipe will be written, recorded in the report.
 
     Returns:
-        The results as a JSON-ready dict (``schema_version``, ``metric``, ``dense``,
-        one ``layers`` row per layer with its ``trials``, and ``budget`` when asked).
+        The :class:`SensitivityReport` (``metric``, ``dense``, one ``layers`` row per
+        layer with its ``trials``, and ``budget`` when asked).
 
     Raises:
         DataError: unreadable data, or data that does not fit the model.
@@ -136,22 +194,13 @@ def analyze(loaded: keras_io.LoadedModel, options: SensitivityOptions, progress:
                 progress(done, total, layer.name, sparsity)
         rows.append({"layer": layer.name, "class": layer.class_name, "weights": [e.weight for e in layer.entries],
                      "count": sum(e.size for e in layer.entries), "trials": trials})
-    result = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "sensitivity",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "tool": tool_versions(),
-        "evaluation": evaluate.describe(),
-        "metric": {"name": metric, "higher_is_better": metric != "loss", "dense": dense[metric]},
-        "dense": dense,
-        "sparsities": list(options.sparsities),
-        "prunable_count": sum(e.size for e in entries if e.prunable),
-        "layers": rows,
-    }
-    if options.budget is not None:
-        result["budget"] = choose_sparsities(result, options.budget)
-    result["seconds"] = round(time.perf_counter() - start, 3)
-    return result
+    metric_block = {"name": metric, "higher_is_better": metric != "loss", "dense": dense[metric]}
+    prunable = sum(e.size for e in entries if e.prunable)
+    budget = None if options.budget is None else choose_sparsities(
+        {"layers": rows, "prunable_count": prunable}, options.budget)
+    return SensitivityReport(Header.now("sensitivity"), evaluate.describe(), metric_block, dense,
+                             list(options.sparsities), prunable, rows, round(time.perf_counter() - start, 3),
+                             budget, model_info, None if recipe_path is None else str(recipe_path))
 
 
 def choose_sparsities(result: dict, budget: float) -> dict:
@@ -194,7 +243,8 @@ def recipe_document(choice: dict) -> dict:
 
 
 def recipe_toml(result: dict) -> str:
-    """The TOML recipe of ``result["budget"]``, with comments saying how it was made.
+    """The TOML recipe of ``result["budget"]`` (a :class:`SensitivityReport` as a dict), with comments saying
+    how it was made.
 
     Raises:
         OptionError: the result holds no budget choice.
@@ -217,7 +267,7 @@ def recipe_toml(result: dict) -> str:
 
 
 def run_sensitivity(model: Path, options: SensitivityOptions, recipe_out: Path | None = None, force: bool = False,
-                    unsafe: bool = False, progress: Progress | None = None) -> dict:
+                    unsafe: bool = False, progress: Progress | None = None) -> SensitivityReport:
     """Load a saved model once, run :func:`analyze` on it, and write the budget's recipe.
 
     Args:
@@ -229,7 +279,7 @@ def run_sensitivity(model: Path, options: SensitivityOptions, recipe_out: Path |
         progress: called after every trial.
 
     Returns:
-        The results of :func:`analyze`, with the ``model`` file and the ``recipe_path``.
+        The report of :func:`analyze`, with the ``model`` file and the ``recipe_path``.
 
     Raises:
         OptionError: ``recipe_out`` without a budget.
@@ -237,15 +287,14 @@ def run_sensitivity(model: Path, options: SensitivityOptions, recipe_out: Path |
         PrunectlError: any problem with the model, the data or the options.
     """
     if recipe_out is not None and options.budget is None:
-        raise OptionError(f"a recipe needs a budget to choose sparsities; give budget. "
-                          f"Received: recipe_out={str(recipe_out)!r} without budget")
+        raise OptionError("{recipe_out} needs {budget} D to choose the sparsities. "
+                          f"Received: {{recipe_out}} {recipe_out} without {{budget}}", "recipe_out", "budget")
     if recipe_out is not None:
         check_output(recipe_out, force, inputs=(model, options.evaluation.data))
     with open_model_file(model) as source:
         info = file_info(source.path, source.format)
         loaded = keras_io.load_model(source, unsafe=unsafe)
-    result = {**analyze(loaded, options, progress), "model": info}
+    report = analyze(loaded, options, progress, info, recipe_out)
     if recipe_out is not None:
-        write_text_atomic(recipe_out, recipe_toml(result))
-        result["recipe_path"] = str(recipe_out)
-    return result
+        write_text_atomic(recipe_out, recipe_toml(report.to_dict()))
+    return report

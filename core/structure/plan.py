@@ -72,6 +72,16 @@ class NeuronPruning:
                   for k, v in asdict(self).items()}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
+    @classmethod
+    def from_config(cls, config: dict) -> "NeuronPruning":
+        """The step :meth:`get_config` describes.
+
+        Raises:
+            OptionError: as the constructor.
+        """
+        return cls(**{k[len("neuron_"):] if k.startswith("neuron_") else k: tuple(v) if isinstance(v, list) else v
+                      for k, v in config.items()})
+
 
 @dataclass(frozen=True)
 class GroupPlan:

@@ -21,7 +21,9 @@ import numpy as np
 
 from prunectl.core.training import data as datamod
 from prunectl.core.errors import OptionError
+from prunectl.core.options import check_reader
 from prunectl.core.io.keras_io import CompileSpec, LoadedModel, import_keras
+from prunectl.core.training.evaluation import Evaluation, accuracy_key  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,17 @@ class EvalOptions:
     def __post_init__(self):
         if self.batch_size < 1:
             raise OptionError(f"batch_size must be >= 1. Received: batch_size={self.batch_size}")
+        check_reader(self.data, self.reader)
+
+    def get_config(self) -> dict:
+        return {"data": str(self.data), "reader": dict(self.reader), "batch_size": self.batch_size,
+                "loss": self.loss, "metrics": list(self.metrics), "need_accuracy": self.need_accuracy}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "EvalOptions":
+        """The options :meth:`get_config` describes."""
+        return cls(**{**config, "data": Path(config["data"]), "reader": tuple(dict(config["reader"]).items()),
+                      "metrics": tuple(config["metrics"])})
 
 
 def _output_is_softmax(model) -> bool:
@@ -101,12 +114,6 @@ def resolve_compile(model, saved: CompileSpec | None, y, loss: str | None = None
                           f"Received: labels of dtype {np.dtype(y.dtype)}, output layer {model.layers[-1].name!r}")
     chosen = metrics or saved.metrics or (("accuracy",) if source == "default" else ())
     return CompileSpec(loss, tuple(chosen), optimizer or saved.optimizer or "adam"), source
-
-
-def accuracy_key(values: dict) -> str | None:
-    """The first key of an evaluation's values that names an accuracy (``accuracy``,
-    ``sparse_categorical_accuracy``...), or None."""
-    return next((key for key in values if key.endswith("accuracy")), None)
 
 
 def identifier_name(identifier) -> str:
@@ -179,7 +186,7 @@ class Evaluator:
                 "metrics": [identifier_name(m) for m in self.spec.metrics]}
 
 
-def evaluation_block(settings: dict, reference: tuple[str, dict] | None, result: tuple[str, dict]) -> dict:
+def evaluation_block(settings: dict, reference: tuple[str, dict] | None, result: tuple[str, dict]) -> Evaluation:
     """The report's ``evaluation`` block, read by the ``max-accuracy-drop`` gate.
 
     Args:
@@ -188,12 +195,10 @@ def evaluation_block(settings: dict, reference: tuple[str, dict] | None, result:
             "baseline"), or None when there is none.
         result: ``(label, values)`` of the model being judged.
     """
-    return {**settings,
-            "reference": None if reference is None else {"label": reference[0], "values": reference[1]},
-            "result": {"label": result[0], "values": result[1]}}
+    return Evaluation(settings, result, reference)
 
 
-def finetune_evaluation(section: dict) -> dict | None:
+def finetune_evaluation(section: dict) -> Evaluation | None:
     """The ``evaluation`` block of a fine-tuning report section: before pruning -> its last evaluation.
 
     Returns:
@@ -210,7 +215,7 @@ def finetune_evaluation(section: dict) -> dict | None:
     return evaluation_block(settings, ("before pruning", evaluation["before_pruning"]), (label, evaluation[last]))
 
 
-def evaluate_files(model: Path, baseline: Path | None, options: EvalOptions) -> dict:
+def evaluate_files(model: Path, baseline: Path | None, options: EvalOptions) -> Evaluation:
     """Evaluate a saved model, and a baseline model if given, on ``options.data``.
 
     Both are evaluated with the compile settings resolved from the baseline

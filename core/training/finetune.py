@@ -17,7 +17,7 @@ evaluate -> prune -> evaluate -> fit (masks recomputed as the schedule says)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +26,7 @@ import numpy as np
 from prunectl.core.training import data as datamod
 from prunectl.core.weights.masks import count_zeros
 from prunectl.core.errors import OptionError
+from prunectl.core.options import check_reader
 from prunectl.core.training.evaluate import identifier_name, resolve_compile
 from prunectl.core.io.keras_io import LoadedModel, compile_model, import_keras
 from prunectl.core.weights.prune import WeightPruning, WeightResult, prune_keras_model
@@ -91,24 +92,36 @@ class FinetuneOptions:
              f"learning_rate must be a finite number > 0. Received: learning_rate={self.learning_rate}"),
             (self.val_split is None or 0 < self.val_split < 1,
              f"val_split must be in (0, 1). Received: val_split={self.val_split}"),
-            (self.val_split is None or self.val_data is None,
-             f"give only one of val_data and val_split. Received: val_data={str(self.val_data)!r}, "
-             f"val_split={self.val_split}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise OptionError(message)
+        if self.val_split is not None and self.val_data is not None:
+            raise OptionError("give only one of {val_data} and {val_split}. "
+                              f"Received: {{val_data}} {self.val_data} {{val_split}} {self.val_split}",
+                              "val_data", "val_split")
+        check_reader(self.data, self.reader)
         if self.plots is not None:
             from prunectl.core.training.plots import require_matplotlib
 
             require_matplotlib()
 
     def get_config(self) -> dict:
-        config = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        config = {f.name: getattr(self, f.name) for f in fields(self)}
         for key in ("data", "val_data", "plots"):
             config[key] = None if config[key] is None else str(config[key])
         config["reader"], config["metrics"] = dict(self.reader), list(self.metrics)
         return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> "FinetuneOptions":
+        """The options :meth:`get_config` describes."""
+        values = dict(config)
+        for key in ("data", "val_data", "plots"):
+            values[key] = None if values.get(key) is None else Path(values[key])
+        values["reader"] = tuple(dict(values.get("reader") or {}).items())
+        values["metrics"] = tuple(values.get("metrics") or ())
+        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,17 @@ class WeightPruning:
         config["layers"] = {p: ({"threshold": t} if t is not None else {"sparsity": s}) for p, t, s in self.layers}
         return config
 
+    @classmethod
+    def from_config(cls, config: dict) -> "WeightPruning":
+        """The step :meth:`get_config` describes.
+
+        Raises:
+            OptionError: as the constructor.
+        """
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k != "layers"}
+        layers = tuple((p, o.get("threshold"), o.get("sparsity")) for p, o in (config.get("layers") or {}).items())
+        return cls(**values, layers=layers)
+
 
 @dataclass(frozen=True)
 class WeightResult:
