@@ -7,10 +7,10 @@ per-layer overrides of a weight step (``[step.layers."<regex>"]``), an optional
 ``[finetune]`` table, and other ``prune`` options at the top level. Keys are the
 command-line option names. Relative paths resolve against the recipe's folder.
 
-This module parses and checks the structure and the keys, with line numbers.
-Turning values into typed options is the CLI's job (it owns the option types),
-so a recipe value is checked by exactly the code that checks the same option on
-the command line.
+This module parses and checks the structure, the keys and the step values' types,
+with line numbers, and builds the typed steps (:meth:`Recipe.weight_step`,
+:meth:`Recipe.structural_step`). The CLI folds the values with its own, the
+command line winning, into one request that core checks.
 """
 
 from __future__ import annotations
@@ -33,6 +33,26 @@ WEIGHT_KEYS = ("threshold", "sparsity", "scope", "include", "exclude")
 LAYER_KEYS = ("threshold", "sparsity")
 PATH_KEYS = ("data", "val-data", "plots", "output", "report", "markdown")
 _STRUCTURAL_ONLY = {"neuron-criterion", "neuron-threshold", "neuron-ratio", "round-to"}
+_NUMBER, _TEXT, _TEXTS = "a number", "a string", "a list of strings"
+# The TOML type each step and layer key takes (other keys are checked by the option they set).
+KEY_TYPES = {"threshold": _NUMBER, "sparsity": _NUMBER, "neuron-threshold": _NUMBER, "neuron-ratio": _NUMBER,
+             "round-to": "an integer", "neuron-criterion": _TEXT, "scope": _TEXT, "include": _TEXTS,
+             "exclude": _TEXTS}
+
+
+def _typed(key: str, value):
+    """``value`` as the type ``key`` takes (an int is a number), or None when it has the wrong type."""
+    kind = KEY_TYPES.get(key)
+    if kind == _NUMBER:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if kind == "an integer":
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if kind == _TEXT:
+        return value if isinstance(value, str) else None
+    if kind == _TEXTS:
+        items = [value] if isinstance(value, str) else value
+        return list(items) if isinstance(items, list) and all(isinstance(v, str) for v in items) else None
+    return value
 
 
 @dataclass(frozen=True)
@@ -64,6 +84,42 @@ class Recipe:
 
     def step(self, kind: str) -> Step | None:
         return next((s for s in self.steps if s.kind == kind), None)
+
+    def weight_step(self):
+        """The weight step as a :class:`~prunectl.core.weights.prune.WeightPruning`, or None.
+
+        Raises:
+            OptionError: a bad value, naming the file, line, step and key.
+        """
+        from prunectl.core.weights.prune import WeightPruning
+
+        step = self.step("weights")
+        if step is None:
+            return None
+        config = {k: v.value for k, v in step.values.items()}
+        config["layers"] = {p: {k: v.value for k, v in o.items()} for p, o, _ in step.layers}
+        return self._build(step, WeightPruning.from_config, config)
+
+    def structural_step(self):
+        """The structural step as a :class:`~prunectl.core.structure.plan.NeuronPruning`, or None.
+
+        Raises:
+            OptionError: a bad value, naming the file, line, step and key.
+        """
+        from prunectl.core.structure.plan import NeuronPruning
+
+        step = self.step("structural")
+        if step is None:
+            return None
+        return self._build(step, NeuronPruning.from_config, {k: v.value for k, v in step.values.items()})
+
+    def _build(self, step: Step, from_config, config: dict):
+        try:
+            return from_config({k.replace("-", "_"): v for k, v in config.items()})
+        except OptionError as exc:
+            keys = [f.replace("_", "-") for f in exc.fields]
+            line = next((step.values[k].line for k in keys if k in step.values), step.line)
+            raise _error(self.path, line, f"step {self.steps.index(step) + 1}", str(exc)) from None
 
 
 def _error(path: Path, line: int | None, where: str, message: str) -> OptionError:
@@ -145,7 +201,10 @@ def load_recipe(path: str | os.PathLike, finetune_keys: set[str], option_keys: s
                 raise _error(path, line, where, f"unknown key {key!r} (known: {known}). Received: {key} = {value!r}")
             if isinstance(value, float) and math.isnan(value):
                 raise _error(path, line, where, f"{key} must be a number. Received: {key} = nan")
-            out[key] = Value(value, line or 0)
+            typed = _typed(key, value)
+            if typed is None:
+                raise _error(path, line, where, f"{key} must be {KEY_TYPES[key]}. Received: {key} = {value!r}")
+            out[key] = Value(typed, line or 0)
         return out
 
     raw_steps = data.pop("step", [])
