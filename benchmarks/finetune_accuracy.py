@@ -45,7 +45,7 @@ def main() -> None:
                         finetune=FinetuneOptions(data=SAMPLES / "digits_train.npz",
                                                  val_data=SAMPLES / "digits_test.npz", epochs=args.epochs,
                                                  schedule=schedule, seed=args.seed, batch_size=args.batch_size,
-                                                 learning_rate=args.learning_rate, prune_end=args.prune_end)))
+                                                 learning_rate=args.learning_rate, prune_end=args.prune_end))).to_dict()
                     evaluation = report["finetune"]["evaluation"]
                     dense = evaluation["before_pruning"]["accuracy"]
                     pruned = evaluation["after_pruning"]["accuracy"]
