@@ -2,15 +2,15 @@
 
 Public API: :class:`LayerSpec`, :class:`WeightSpec`, :class:`Rule`,
 :func:`register_layer`, :func:`layer_spec`, :func:`get_spec`, :func:`specs`,
-and the ``prunectl.layers`` entry-point group.
+:func:`load_entry_points`, and the ``prunectl.layers`` entry-point group.
 """
 
 from prunectl.core.layers.builtin import BUILTIN as _BUILTIN
-from prunectl.core.layers.spec import (ENTRY_POINT_GROUP, LayerSpec, Rule, WeightSpec, get_spec, is_nested_model,
-                                       layer_spec, prunable_weight, register_layer, specs, variable_name)
-from prunectl.core.layers.spec import _register_builtin
+from prunectl.core.layers.spec import (ENTRY_POINT_GROUP, LayerSpec, Rule, WeightSpec, _register_builtin, get_spec,
+                                       is_nested_model, layer_spec, load_entry_points, prunable_weight,
+                                       register_layer, specs, variable_name)
 
 _register_builtin(_BUILTIN)
 
 __all__ = ["ENTRY_POINT_GROUP", "LayerSpec", "Rule", "WeightSpec", "get_spec", "is_nested_model", "layer_spec",
-           "prunable_weight", "register_layer", "specs", "variable_name"]
+           "load_entry_points", "prunable_weight", "register_layer", "specs", "variable_name"]

@@ -145,7 +145,7 @@ def register_layer(layer: str | type, spec: LayerSpec) -> LayerSpec:
     name = layer if isinstance(layer, str) else layer.__name__
     _validate(name, spec)
     # Entry points load first, so a spec registered in code wins over a package's.
-    _load_entry_points()
+    load_entry_points()
     _TABLE[name] = spec
     return spec
 
@@ -173,13 +173,13 @@ def _register_builtin(table: Mapping[str, LayerSpec]) -> None:
 
 def get_spec(class_name: str) -> LayerSpec | None:
     """The spec of layer class ``class_name``, or None when prunectl knows nothing about it."""
-    _load_entry_points()
+    load_entry_points()
     return _TABLE.get(class_name)
 
 
 def specs() -> dict[str, LayerSpec]:
     """A copy of the whole table, by class name."""
-    _load_entry_points()
+    load_entry_points()
     return dict(_TABLE)
 
 
@@ -201,8 +201,11 @@ def is_nested_model(class_name: str) -> bool:
     return bool(spec and spec.nested_model)
 
 
-def _load_entry_points() -> None:
+def load_entry_points() -> None:
     """Register the specs that installed packages ship under :data:`ENTRY_POINT_GROUP`, once.
+
+    Called by the first lookup; also before Keras loads a model, because the
+    module an entry point names usually defines the custom layer class too.
 
     An entry point loads to a mapping ``{class name: LayerSpec}``, or to a
     callable taking no arguments that registers its specs itself or returns
