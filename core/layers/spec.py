@@ -172,9 +172,18 @@ def _register_builtin(table: Mapping[str, LayerSpec]) -> None:
 
 
 def get_spec(class_name: str) -> LayerSpec | None:
-    """The spec of layer class ``class_name``, or None when prunectl knows nothing about it."""
+    """The spec of layer class ``class_name``, or None when prunectl knows nothing about it.
+
+    A legacy ``.h5`` file names a class registered with
+    ``keras.saving.register_keras_serializable`` by its registered name,
+    ``"package>ClassName"``; such a name finds the spec of ``ClassName`` unless
+    the table holds the full name.
+    """
     load_entry_points()
-    return _TABLE.get(class_name)
+    spec = _TABLE.get(class_name)
+    if spec is None and ">" in class_name:
+        spec = _TABLE.get(class_name.rsplit(">", 1)[-1])
+    return spec
 
 
 def specs() -> dict[str, LayerSpec]:
