@@ -71,7 +71,8 @@ class ChunkWriter:
 
     def __init__(self, level: int, workers: int | None = None):
         self.level = level
-        self._pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) if level else None
+        self.workers = workers or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(max_workers=self.workers) if level else None
 
     def write(self, group: h5py.Group, name: str, array: np.ndarray) -> h5py.Dataset:
         """Create dataset ``name`` in ``group`` holding ``array``."""
@@ -82,7 +83,7 @@ class ChunkWriter:
         chunk = chunk_shape(array.shape, array.dtype.itemsize)
         dataset = group.create_dataset(name, shape=array.shape, dtype=array.dtype, chunks=chunk,
                                        compression="gzip", compression_opts=self.level, shuffle=True)
-        window = 4 * self._pool._max_workers
+        window = 4 * self.workers
         pending = []
         for offset, block in _chunks(array, chunk):
             pending.append((offset, self._pool.submit(_encode, block, chunk, self.level)))

@@ -118,8 +118,13 @@ def load_model(model_file: ModelFile, unsafe: bool = False) -> LoadedModel:
     Raises:
         UnsafeModelError: the file holds code and ``unsafe`` is False.
         ModelFileError: Keras cannot rebuild the model (e.g. an unknown custom layer).
+        SetupError: a ``prunectl.layers`` entry point cannot be loaded.
     """
+    from prunectl.core.layers import load_entry_points
+
     keras = import_keras()
+    # A package shipping layer specs usually defines its (Keras-registered) layer classes in the same module.
+    load_entry_points()
     path = model_file.path
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)

@@ -31,7 +31,7 @@ import numpy as np
 from prunectl.core.errors import ModelFileError
 from prunectl.core.io.slabs import RawSlabReader
 from prunectl.core.io.zipmember import StoredZipMember
-from prunectl.core.registry import variable_name
+from prunectl.core.layers import is_nested_model, variable_name
 
 H5_SUFFIXES = (".h5", ".hdf5")
 KERAS_SUFFIX = ".keras"
@@ -39,7 +39,6 @@ WEIGHTS_MEMBER = "model.weights.h5"
 CONFIG_MEMBER = "config.json"
 # Where each format keeps the optimizer's saved state.
 OPTIMIZER_GROUPS = {"h5": "/optimizer_weights", "keras": "/optimizer"}
-_NESTED_MODEL_CLASSES = {"Sequential", "Functional", "Model"}
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class WeightEntry:
         layer: name of the layer that owns the weight (the innermost named layer).
         class_name: that layer's Keras class, e.g. ``"Dense"``.
         weight: the variable name (``"kernel"``), or ``"vars/<i>"`` where a
-            ``.keras`` file only records a position that the registry does not name.
+            ``.keras`` file only records a position that the layer table does not name.
         dataset: path of the dataset inside the weights HDF5 file.
         shape: tensor shape.
         dtype: numpy dtype string.
@@ -103,7 +102,7 @@ def layer_classes(model_config: dict) -> dict[str, tuple[str, int]]:
             class_name = layer.get("class_name", "")
             if name is not None and name not in found:
                 found[name] = (class_name, len(found))
-            if class_name in _NESTED_MODEL_CLASSES or "layers" in layer.get("config", {}):
+            if is_nested_model(class_name) or "layers" in layer.get("config", {}):
                 walk(layer.get("config", {}))
 
     walk(model_config.get("config", model_config))

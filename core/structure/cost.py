@@ -2,7 +2,9 @@
 
 Multiply-adds (FLOPs in the report) count the Dense and convolution layers, which
 dominate inference: each kernel entry is used once per output position (once per
-input position for a transposed convolution). Other layers count as zero.
+input position for a transposed convolution). Which weights count, and where, is
+each class's ``mac_weights`` in the layer table (:mod:`prunectl.core.layers`);
+other layers count as zero.
 
 Latency is the time of one call of the model's traced inference graph on a
 fixed batch, the models interleaved, the fastest round kept (``benchmark``).
@@ -21,14 +23,7 @@ import statistics
 import time
 from typing import Mapping, Sequence
 
-# For each layer class, its kernel-like weights and the positions each entry is used at.
-MAC_WEIGHTS: dict[str, dict[str, str]] = {
-    "Dense": {"kernel": "output"},
-    **{f"Conv{d}D": {"kernel": "output"} for d in (1, 2, 3)},
-    **{f"Conv{d}DTranspose": {"kernel": "input"} for d in (1, 2, 3)},
-    **{f"DepthwiseConv{d}D": {"kernel": "output"} for d in (1, 2)},
-    **{f"SeparableConv{d}D": {"depthwise_kernel": "output", "pointwise_kernel": "output"} for d in (1, 2)},
-}
+from prunectl.core.layers import get_spec
 
 
 def positions(shape: Sequence) -> int:
@@ -46,9 +41,12 @@ def layer_macs(class_name: str, weight_shapes: Mapping[str, Sequence[int]], in_s
         in_shape: the input shape (batch first).
         out_shape: the output shape (batch first).
     """
+    spec = get_spec(class_name)
+    if spec is None:
+        return 0
     where = {"input": positions(in_shape), "output": positions(out_shape)}
     return sum(math.prod(weight_shapes[name]) * where[at]
-               for name, at in MAC_WEIGHTS.get(class_name, {}).items() if name in weight_shapes)
+               for name, at in spec.mac_weights.items() if name in weight_shapes)
 
 
 STATISTICS = {"min": min, "median": statistics.median}

@@ -139,7 +139,7 @@ class ActivationCriterion:
         """
         import numpy as np
 
-        from prunectl.core.structure.graph import segment_features
+        from prunectl.core.structure.layout import segment_features
 
         sums: dict[int, np.ndarray] = {}
         counts: dict[int, int] = {}

@@ -18,38 +18,44 @@ from __future__ import annotations
 
 import numpy as np
 
-# Layers whose kernel's last axis is the output channel, so scaling it scales that channel.
-FOLDABLE = ("Dense", "Conv1D", "Conv2D", "Conv3D")
+from prunectl.core.errors import StructureError
+from prunectl.core.layers import get_spec
+from prunectl.core.structure.keras_graph import layer_graph
 
 
 def foldable_pairs(model) -> dict[str, str]:
     """BatchNormalization layers that can be folded, mapped to the layer they fold into.
 
-    A pair qualifies when the producer is a :data:`FOLDABLE` layer without an
-    activation, called once, whose output feeds only that BatchNormalization,
-    which normalizes the last (channel) axis and is called once.
+    A pair qualifies when the producer's class is ``foldable`` in the layer table
+    (Dense and the convolutions: their kernel's last axis is the output channel),
+    it has no activation, is called once, and its output feeds only that
+    BatchNormalization, which normalizes the last (channel) axis and is called once.
 
     Returns:
-        ``{batchnorm name: producer name}``.
+        ``{batchnorm name: producer name}``; empty for a model without a layer graph.
     """
+    try:
+        graph = layer_graph(model)
+    except StructureError:
+        return {}
+    calls = graph.call_counts()
+    source_of = graph.sources()
     consumers: dict[str, int] = {}
-    producer_of: dict[str, str] = {}
-    for layer in model.layers:
-        for node in layer._inbound_nodes:
-            for tensor in node.input_tensors:
-                source = tensor._keras_history.operation.name
-                consumers[source] = consumers.get(source, 0) + 1
-                producer_of[layer.name] = source
+    for call in graph.calls:
+        for tensor in call.inputs:
+            source = source_of[id(tensor)].name
+            consumers[source] = consumers.get(source, 0) + 1
     pairs = {}
-    for layer in model.layers:
-        if layer.__class__.__name__ != "BatchNormalization" or len(layer._inbound_nodes) != 1:
+    for call in graph.calls:
+        layer = call.layer
+        if layer.__class__.__name__ != "BatchNormalization" or calls[layer.name] != 1 or len(call.inputs) != 1:
             continue
-        (tensor,) = layer._inbound_nodes[0].input_tensors
-        source = model.get_layer(producer_of[layer.name])
+        (tensor,) = call.inputs
+        source = source_of[id(tensor)]
+        spec = get_spec(source.__class__.__name__)
         rank = len(tensor.shape)
-        if (source.__class__.__name__ in FOLDABLE and source.get_config().get("activation") == "linear"
-                and len(source._inbound_nodes) == 1 and consumers[source.name] == 1
-                and layer.axis in (-1, rank - 1)):
+        if (spec is not None and spec.foldable and source.get_config().get("activation") == "linear"
+                and calls[source.name] == 1 and consumers[source.name] == 1 and layer.axis in (-1, rank - 1)):
             pairs[layer.name] = source.name
     return pairs
 

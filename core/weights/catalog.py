@@ -14,13 +14,13 @@ from typing import Callable, Iterable
 import numpy as np
 
 from prunectl.core.io.modelfile import ModelFile, WeightEntry
-from prunectl.core.registry import prunable_spec_by_name
+from prunectl.core.layers import is_nested_model, prunable_weight
 from prunectl.core.weights import masks
 
 
 def is_prunable(class_name: str, weight: str, dtype) -> bool:
     """Whether weight steps prune ``weight`` of a ``class_name`` layer holding values of ``dtype``."""
-    return prunable_spec_by_name(class_name, weight) is not None and np.dtype(dtype).kind == "f"
+    return prunable_weight(class_name, weight) is not None and np.dtype(dtype).kind == "f"
 
 
 def tag_prunable(entries: Iterable[WeightEntry]) -> list[WeightEntry]:
@@ -85,7 +85,7 @@ def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, object]]:
     def walk(layers, order):
         for layer in layers:
             inner = getattr(layer, "layers", None)
-            if inner and layer.__class__.__name__ in ("Sequential", "Functional", "Model"):
+            if inner and is_nested_model(layer.__class__.__name__):
                 walk(inner, order)
                 continue
             class_name = layer.__class__.__name__

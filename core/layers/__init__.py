@@ -1,0 +1,16 @@
+"""The layer table: everything prunectl knows about each Keras layer class (see :mod:`.spec`).
+
+Public API: :class:`LayerSpec`, :class:`WeightSpec`, :class:`Rule`,
+:func:`register_layer`, :func:`layer_spec`, :func:`get_spec`, :func:`specs`,
+:func:`load_entry_points`, and the ``prunectl.layers`` entry-point group.
+"""
+
+from prunectl.core.layers.builtin import BUILTIN as _BUILTIN
+from prunectl.core.layers.spec import (ENTRY_POINT_GROUP, LayerSpec, Rule, WeightSpec, _register_builtin, get_spec,
+                                       is_nested_model, layer_spec, load_entry_points, prunable_weight,
+                                       register_layer, specs, variable_name)
+
+_register_builtin(_BUILTIN)
+
+__all__ = ["ENTRY_POINT_GROUP", "LayerSpec", "Rule", "WeightSpec", "get_spec", "is_nested_model", "layer_spec",
+           "load_entry_points", "prunable_weight", "register_layer", "specs", "variable_name"]

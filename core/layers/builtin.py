@@ -1,0 +1,90 @@
+"""The built-in entries of the layer table: the Keras layer classes prunectl knows.
+
+Kernels are created before biases in every layer's ``build()``, so a kernel's
+position in the variable list does not depend on ``use_bias``. Recurrent layers
+keep their weights in a ``cell`` sub-layer. Every entry here is checked against
+the layer's real variables by ``tests/test_layer_table.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from prunectl.core.layers.spec import LayerSpec, Rule, WeightSpec
+
+
+def last_axis_check(key: str) -> Callable[[dict, int], str | None]:
+    """A rule check refusing a layer whose ``config[key]`` axis is not the channel (last) axis."""
+
+    def check(config: dict, rank: int) -> str | None:
+        axis = config.get(key, -1)
+        axes = axis if isinstance(axis, (list, tuple)) else [axis]
+        if [a % rank for a in axes] != [rank - 1]:
+            return f"{key}={axis} is not the channel axis"
+        return None
+
+    return check
+
+
+def conv_check(config: dict, rank: int) -> str | None:
+    """Refuses grouped convolutions, whose kernels do not see every input channel."""
+    if config.get("groups", 1) != 1:
+        return f"grouped convolution (groups={config['groups']})"
+    return None
+
+
+def depthwise_check(config: dict, rank: int) -> str | None:
+    """Refuses depthwise convolutions that multiply the channel count."""
+    if config.get("depth_multiplier", 1) != 1:
+        return f"depth_multiplier={config['depth_multiplier']}"
+    return None
+
+
+def activation_check(config: dict, rank: int = 0) -> str | None:
+    """Why an activation couples all channels (softmax normalizes over them), or None."""
+    if config.get("activation") in ("softmax", "log_softmax"):
+        return f"{config['activation']} normalizes over the channels"
+    return None
+
+
+_KERNEL = (WeightSpec("kernel", 0),)
+_RNN = (WeightSpec("kernel", 0, "cell"), WeightSpec("recurrent_kernel", 1, "cell"))
+_SEPARABLE_WEIGHTS = (WeightSpec("depthwise_kernel", 0), WeightSpec("pointwise_kernel", 1))
+
+_DENSE = Rule("producer", "units", (("kernel", 0, None),), (("kernel", -1), ("bias", 0)), "dense")
+_CONV = Rule("producer", "filters", (("kernel", -2, None),), (("kernel", -1), ("bias", 0)), "conv", conv_check)
+_TRANSPOSE = Rule("producer", "filters", (("kernel", -1, None),), (("kernel", -2), ("bias", 0)), "transpose")
+_SEPARABLE = Rule("producer", "filters",
+                  (("depthwise_kernel", -2, None), ("pointwise_kernel", -2, "depth_multiplier")),
+                  (("pointwise_kernel", -1), ("bias", 0)), "separable")
+_DEPTHWISE = Rule("passthrough", in_axes=(("kernel", -2, None), ("bias", 0, None)), check=depthwise_check)
+_NORM_PARAMS = tuple((w, 0, None) for w in ("gamma", "beta", "moving_mean", "moving_variance"))
+_PASS = LayerSpec(rule=Rule("passthrough"))
+
+BUILTIN: dict[str, LayerSpec] = {
+    "Dense": LayerSpec(_KERNEL, _DENSE, {"kernel": "output"}, foldable=True),
+    "EinsumDense": LayerSpec(_KERNEL),
+    **{f"Conv{d}D": LayerSpec(_KERNEL, _CONV, {"kernel": "output"}, foldable=True) for d in (1, 2, 3)},
+    **{f"Conv{d}DTranspose": LayerSpec(_KERNEL, _TRANSPOSE, {"kernel": "input"}) for d in (1, 2, 3)},
+    **{f"DepthwiseConv{d}D": LayerSpec(_KERNEL, _DEPTHWISE, {"kernel": "output"}) for d in (1, 2)},
+    **{f"SeparableConv{d}D": LayerSpec(_SEPARABLE_WEIGHTS, _SEPARABLE,
+                                       {"depthwise_kernel": "output", "pointwise_kernel": "output"})
+       for d in (1, 2)},
+    "Embedding": LayerSpec((WeightSpec("embeddings", 0),)),
+    **{name: LayerSpec(_RNN) for name in ("SimpleRNN", "GRU", "LSTM")},
+    "BatchNormalization": LayerSpec(rule=Rule("passthrough", in_axes=_NORM_PARAMS, check=last_axis_check("axis"))),
+    "LayerNormalization": LayerSpec(rule=Rule("passthrough", in_axes=_NORM_PARAMS[:2],
+                                              check=last_axis_check("axis"))),
+    "Activation": LayerSpec(rule=Rule("passthrough", check=activation_check)),
+    **{name: _PASS for name in (
+        "ReLU", "LeakyReLU", "ELU", "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+        "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Identity")},
+    **{f"{op}{d}D": _PASS for op in ("MaxPooling", "AveragePooling", "GlobalMaxPooling", "GlobalAveragePooling",
+                                     "ZeroPadding", "Cropping", "UpSampling") for d in (1, 2, 3)},
+    "Flatten": LayerSpec(rule=Rule("flatten")),
+    "Reshape": LayerSpec(rule=Rule("reshape")),
+    **{name: LayerSpec(rule=Rule("merge")) for name in ("Add", "Subtract", "Multiply", "Average", "Maximum",
+                                                        "Minimum")},
+    "Concatenate": LayerSpec(rule=Rule("concat")),
+    **{name: LayerSpec(nested_model=True) for name in ("Sequential", "Functional", "Model")},
+}

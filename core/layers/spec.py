@@ -1,0 +1,250 @@
+"""What prunectl knows about a Keras layer class: one :class:`LayerSpec` per class, in one table.
+
+A spec says which of the layer's weights weight pruning may zero (and where a
+``.keras`` file stores them), how the layer moves channels for structural
+pruning, which weights count towards multiply-adds, whether a BatchNormalization
+after it folds into it, and whether it is a model holding other layers.
+
+The table is keyed by class name, because a saved model names its layers' classes
+by name and is read without importing them. The built-in Keras layers are in
+:mod:`prunectl.core.layers.builtin`; a user registers their own class with
+:func:`register_layer` (or the :func:`layer_spec` class decorator), and an
+installed package can ship specs under the ``prunectl.layers`` entry-point group,
+which is read once, on the first lookup.
+
+This module imports nothing heavy: the CLI reads the table at ``--help`` time.
+
+Example:
+    >>> from prunectl.core.layers import LayerSpec, WeightSpec, register_layer
+    >>> register_layer("ScaledDense", LayerSpec(prunable=(WeightSpec("kernel", 0),),
+    ...                                          mac_weights={"kernel": "output"}))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from prunectl.core.errors import OptionError, SetupError
+
+ENTRY_POINT_GROUP = "prunectl.layers"
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One prunable weight of a layer class.
+
+    A ``.keras`` weights file stores each layer's variables by position
+    (``layers/<group>/vars/0``), a legacy ``.h5`` file by name (``.../kernel``), and
+    a live Keras layer by ``variable.name``; a spec therefore names all three.
+
+    Attributes:
+        name: the Keras variable name, e.g. ``"kernel"``.
+        index: its position in the owning (sub-)layer's variable list.
+        sublayer: path of the owning sub-layer below the layer, e.g. ``"cell"``.
+    """
+
+    name: str
+    index: int
+    sublayer: str = ""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one layer class moves channels (the last axis of its tensors).
+
+    Attributes:
+        kind: ``producer`` (new units), ``passthrough`` (keeps its input's channels),
+            ``flatten``, ``reshape``, ``merge`` (elementwise over inputs) or ``concat``.
+        units: config key of a producer's unit count.
+        in_axes: ``(weight, axis, block_key)`` sliced by the kept input channels;
+            ``block_key`` names a config value of consecutive entries per channel.
+        out_axes: ``(weight, axis)`` sliced by a producer's kept units.
+        fold: how a removed input's mean reaches the bias (``dense``, ``conv``,
+            ``transpose`` or ``separable``; see ``structure.plan``).
+        check: ``check(config, rank)`` returns why a config cannot be handled
+            (the layer is then a boundary, left whole), or None.
+    """
+
+    kind: str
+    units: str | None = None
+    in_axes: tuple = ()
+    out_axes: tuple = ()
+    fold: str | None = None
+    check: Callable[[dict, int], str | None] | None = None
+
+
+RULE_KINDS = ("producer", "passthrough", "flatten", "reshape", "merge", "concat")
+MAC_POSITIONS = ("input", "output")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Everything prunectl knows about one layer class.
+
+    Attributes:
+        prunable: the weights weight pruning zeroes (biases and normalization
+            parameters are left out on purpose: pruning them saves almost nothing).
+        rule: how the layer moves channels, or None: structural pruning then
+            leaves it whole and freezes the channels around it.
+        mac_weights: kernel-like weights by name, each mapped to where its entries
+            are used once per position: ``"output"`` (a convolution's output
+            positions) or ``"input"`` (a transposed convolution's).
+        foldable: an inference-mode BatchNormalization right after the layer can be
+            folded into it (its kernel's last axis is the output channel, and it has a bias option).
+        nested_model: the layer is a model whose own layers hold the weights.
+    """
+
+    prunable: tuple[WeightSpec, ...] = ()
+    rule: Rule | None = None
+    mac_weights: Mapping[str, str] = field(default_factory=dict)
+    foldable: bool = False
+    nested_model: bool = False
+
+    def prunable_weight(self, name: str) -> WeightSpec | None:
+        """The spec of weight ``name`` if it is prunable, else None."""
+        return next((w for w in self.prunable if w.name == name), None)
+
+    def variable_name(self, sublayer: str, index: int) -> str | None:
+        """The name of prunable variable ``index`` of ``sublayer``, where the spec knows it."""
+        return next((w.name for w in self.prunable if w.sublayer == sublayer and w.index == index), None)
+
+
+_TABLE: dict[str, LayerSpec] = {}
+_entry_points_loaded = False
+
+
+def _validate(name: str, spec: LayerSpec) -> None:
+    if not isinstance(spec, LayerSpec):
+        raise OptionError(f"a layer spec must be a LayerSpec. Received: {name}={spec!r}")
+    if spec.rule is not None and spec.rule.kind not in RULE_KINDS:
+        raise OptionError(f"rule kind must be one of {', '.join(RULE_KINDS)}. Received: {name} kind={spec.rule.kind!r}")
+    if spec.rule is not None and spec.rule.kind == "producer" and not spec.rule.units:
+        raise OptionError(f"a producer rule names the config key of its unit count. Received: {name} units=None")
+    wrong = {w: at for w, at in spec.mac_weights.items() if at not in MAC_POSITIONS}
+    if wrong:
+        raise OptionError(f"mac_weights positions must be 'input' or 'output'. Received: {name} {wrong}")
+
+
+def register_layer(layer: str | type, spec: LayerSpec) -> LayerSpec:
+    """Tell prunectl about a layer class: its spec replaces any earlier one.
+
+    Args:
+        layer: the class, or its name as a saved model records it (``class_name``).
+        spec: what prunectl should know about it.
+
+    Returns:
+        ``spec``.
+
+    Raises:
+        OptionError: ``spec`` is not a valid :class:`LayerSpec`.
+
+    Example:
+        >>> register_layer("ScaledDense", LayerSpec(prunable=(WeightSpec("kernel", 0),)))
+    """
+    name = layer if isinstance(layer, str) else layer.__name__
+    _validate(name, spec)
+    # Entry points load first, so a spec registered in code wins over a package's.
+    load_entry_points()
+    _TABLE[name] = spec
+    return spec
+
+
+def layer_spec(spec: LayerSpec) -> Callable[[type], type]:
+    """Class decorator registering ``spec`` for the decorated layer class (see :func:`register_layer`).
+
+    Example:
+        >>> @layer_spec(LayerSpec(prunable=(WeightSpec("kernel", 0),)))
+        ... class ScaledDense(keras.layers.Layer): ...
+    """
+
+    def decorate(cls: type) -> type:
+        register_layer(cls, spec)
+        return cls
+
+    return decorate
+
+
+def _register_builtin(table: Mapping[str, LayerSpec]) -> None:
+    for name, spec in table.items():
+        _validate(name, spec)
+        _TABLE[name] = spec
+
+
+def get_spec(class_name: str) -> LayerSpec | None:
+    """The spec of layer class ``class_name``, or None when prunectl knows nothing about it.
+
+    A legacy ``.h5`` file names a class registered with
+    ``keras.saving.register_keras_serializable`` by its registered name,
+    ``"package>ClassName"``; such a name finds the spec of ``ClassName`` unless
+    the table holds the full name.
+    """
+    load_entry_points()
+    spec = _TABLE.get(class_name)
+    if spec is None and ">" in class_name:
+        spec = _TABLE.get(class_name.rsplit(">", 1)[-1])
+    return spec
+
+
+def specs() -> dict[str, LayerSpec]:
+    """A copy of the whole table, by class name."""
+    load_entry_points()
+    return dict(_TABLE)
+
+
+def prunable_weight(class_name: str, weight: str) -> WeightSpec | None:
+    """The spec of ``weight`` of a ``class_name`` layer if weight pruning may zero it."""
+    spec = get_spec(class_name)
+    return spec.prunable_weight(weight) if spec else None
+
+
+def variable_name(class_name: str, sublayer: str, index: int) -> str | None:
+    """The name of variable ``index`` of ``sublayer`` in a ``class_name`` layer, where the table knows it."""
+    spec = get_spec(class_name)
+    return spec.variable_name(sublayer, index) if spec else None
+
+
+def is_nested_model(class_name: str) -> bool:
+    """Whether ``class_name`` is a model whose own layers hold the weights."""
+    spec = get_spec(class_name)
+    return bool(spec and spec.nested_model)
+
+
+def load_entry_points() -> None:
+    """Register the specs that installed packages ship under :data:`ENTRY_POINT_GROUP`, once.
+
+    Called by the first lookup; also before Keras loads a model, because the
+    module an entry point names usually defines the custom layer class too.
+
+    An entry point loads to a mapping ``{class name: LayerSpec}``, or to a
+    callable taking no arguments that registers its specs itself or returns
+    such a mapping.
+
+    Raises:
+        SetupError: an entry point cannot be loaded or gives something else.
+    """
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = point.load()
+            table = loaded() if callable(loaded) else loaded
+        except Exception as exc:  # a broken plugin must not read as a prunectl bug
+            raise SetupError(f"cannot load layer specs from entry point {point.name!r} ({exc}). "
+                             f"Received: {point.value!r}") from exc
+        if table is None:
+            continue
+        if not isinstance(table, Mapping):
+            raise SetupError(f"a {ENTRY_POINT_GROUP} entry point must give a mapping of class names to "
+                             f"LayerSpec. Received: {point.name}={type(table).__name__}")
+        for name, spec in table.items():
+            try:
+                _validate(name, spec)
+            except OptionError as exc:
+                raise SetupError(f"entry point {point.name!r}: {exc}") from None
+            _TABLE[name] = spec
+
