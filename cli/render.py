@@ -7,6 +7,7 @@ All printing goes through these helpers, so stdout carries nothing but what
 from __future__ import annotations
 
 import sys
+from typing import Literal
 
 import click
 
@@ -23,7 +24,7 @@ def emit_json(text: str) -> None:
     click.echo(text, nl=False)
 
 
-def human_size(n: int) -> str:
+def human_size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if abs(n) < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -39,14 +40,18 @@ def _threshold(x) -> str:
     return "-" if x is None else f"{x:.4g}"
 
 
+_Justify = Literal["left", "right"]
+
+
 def sparsity_table(report: dict, title: str):
     """A rich table of a report's per-layer rows and totals."""
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", show_footer=False)
     with_threshold = report.get("kind") == "prune"
-    for name, justify in (("Layer", "left"), ("Class", "left"), ("Weight", "left"), ("Shape", "left"),
-                          ("Params", "right"), ("Zeros", "right"), ("Sparsity", "right")):
+    columns: tuple[tuple[str, _Justify], ...] = (("Layer", "left"), ("Class", "left"), ("Weight", "left"), ("Shape", "left"),
+                          ("Params", "right"), ("Zeros", "right"), ("Sparsity", "right"))
+    for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=name in ("Layer", "Params", "Zeros"))
     if with_threshold:
         table.add_column("Threshold", justify="right")
@@ -69,8 +74,9 @@ def comparison_table(rows: list[dict], title: str):
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for name, justify in (("Layer", "left"), ("Weight", "left"), ("Params", "right"),
-                          ("Before", "right"), ("After", "right"), ("Change", "right")):
+    columns: tuple[tuple[str, _Justify], ...] = (("Layer", "left"), ("Weight", "left"), ("Params", "right"),
+                          ("Before", "right"), ("After", "right"), ("Change", "right"))
+    for name, justify in columns:
         table.add_column(name, justify=justify)
     for row in rows:
         before, after = row["sparsity_before"], row["sparsity_after"]
@@ -91,8 +97,9 @@ def plan_table(plan: dict, title: str):
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for name, justify in (("Layer", "left"), ("Class", "left"), ("Group", "right"), ("Units", "right"),
-                          ("Params", "right"), ("FLOPs", "right")):
+    columns: tuple[tuple[str, _Justify], ...] = (("Layer", "left"), ("Class", "left"), ("Group", "right"), ("Units", "right"),
+                          ("Params", "right"), ("FLOPs", "right"))
+    for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=name == "Layer")
     frozen = {g["id"]: g["frozen"] for g in plan["groups"]}
     for row in plan["layers"]:

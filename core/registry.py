@@ -6,8 +6,18 @@ What prunectl knows about layer classes is not here but in the layer table,
 
 from __future__ import annotations
 
+from typing import Any, Callable, ClassVar, Generic, TypeVar
 
-class Registry:
+T = TypeVar("T")
+
+
+class Registered:
+    """Base of registered extension classes: the name the registry gave the class."""
+
+    registered_name: ClassVar[str] = ""
+
+
+class Registry(Generic[T]):
     """A small name -> class registry for extension points (criteria, schedules, readers).
 
     The CLI builds its ``click.Choice`` lists from ``names()``, so a name is never
@@ -16,12 +26,12 @@ class Registry:
 
     def __init__(self, kind: str):
         self.kind = kind
-        self._items: dict[str, type] = {}
+        self._items: dict[str, type[T]] = {}
 
-    def register(self, name: str):
+    def register(self, name: str) -> Callable[[Any], Any]:
         """Class decorator registering ``cls`` under ``name``."""
 
-        def decorate(cls):
+        def decorate(cls: Any) -> Any:
             self._items[name] = cls
             cls.registered_name = name
             return cls
@@ -31,7 +41,7 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._items)
 
-    def get(self, name: str) -> type:
+    def get(self, name: str) -> type[T]:
         from prunectl.core.errors import OptionError
 
         try:

@@ -83,6 +83,7 @@ class ChunkWriter:
         chunk = chunk_shape(array.shape, array.dtype.itemsize)
         dataset = group.create_dataset(name, shape=array.shape, dtype=array.dtype, chunks=chunk,
                                        compression="gzip", compression_opts=self.level, shuffle=True)
+        assert self._pool is not None  # created whenever level > 0
         window = 4 * self.workers
         pending = []
         for offset, block in _chunks(array, chunk):

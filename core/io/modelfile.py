@@ -182,7 +182,8 @@ class ModelFile:
             offset = dataset.id.get_offset() if self.raw and dataset.dtype.isnative else None
             if offset is not None:  # contiguous, unfiltered
                 if self._raw_reader is None:
-                    self._raw_reader = RawSlabReader(*self.raw, slab_bytes=slab_bytes)
+                    fd, base = self.raw
+                    self._raw_reader = RawSlabReader(fd, base, slab_bytes=slab_bytes)
                 yield from self._raw_reader.slabs(offset, dataset.size * dataset.dtype.itemsize, dataset.dtype)
                 return
             row_bytes = dataset.dtype.itemsize * (dataset.size // dataset.shape[0])
@@ -244,6 +245,9 @@ def _open_h5(path: Path) -> ModelFile:
                 )
             raise ModelFileError(f"HDF5 file is not a saved Keras model (no model_config). Received: {str(path)!r}")
         config = _decode_attr(h5.attrs["model_config"])
+        if not isinstance(config, dict):
+            raise ModelFileError(f"corrupt Keras HDF5 model (model_config is not a JSON object). "
+                                 f"Received: {str(path)!r}")
         training = _decode_attr(h5.attrs.get("training_config"))
         if "model_weights" not in h5:
             raise ModelFileError(f"saved model has no model_weights group. Received: {str(path)!r}")

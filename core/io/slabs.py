@@ -30,7 +30,7 @@ class RawSlabReader:
         self._pool = ThreadPoolExecutor(max_workers=1)
 
     def _read(self, slab: int, position: int, size: int) -> None:
-        if os.preadv(self.fd, [memoryview(self._buffers[slab])[:size]], self.base + position) != size:
+        if os.preadv(self.fd, [memoryview(self._buffers[slab].data)[:size]], self.base + position) != size:
             raise OSError("file is truncated")
 
     def slabs(self, offset: int, nbytes: int, dtype: np.dtype) -> Iterator[np.ndarray]:

@@ -18,7 +18,7 @@ from prunectl.core.errors import OptionError
 from prunectl.core.registry import Registry
 
 GATE_EXIT_CODE = 3
-GATES = Registry("gate")
+GATES: Registry[Gate] = Registry("gate")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from prunectl.core.layers import get_spec
 
@@ -49,7 +49,7 @@ def layer_macs(class_name: str, weight_shapes: Mapping[str, Sequence[int]], in_s
                for name, at in spec.mac_weights.items() if name in weight_shapes)
 
 
-STATISTICS = {"min": min, "median": statistics.median}
+STATISTICS: dict[str, Callable[[list[float]], float]] = {"min": min, "median": statistics.median}
 
 
 def forward_function(model, batch):

@@ -11,7 +11,7 @@ their samples.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prunectl.core.registry import Registry
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 # numpy and the graph are imported inside the functions: the CLI builds its
 # --neuron-criterion choices from this registry, and --help must stay instant.
 
-CRITERIA = Registry("neuron criterion")
+CRITERIA: Registry[Any] = Registry("neuron criterion")
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class WeightNorm:
         sums: dict[int, np.ndarray] = {}
         counts: dict[int, int] = {}
         for info in graph.layers:
-            if info.out_group is None or graph.groups[info.out_group].frozen:
+            if info.out_group is None or info.rule is None or graph.groups[info.out_group].frozen:
                 continue
             weight, axis = info.rule.out_axes[0]
             kernel = next(v.numpy() for v in info.layer.weights if v.name == weight)
@@ -144,7 +144,7 @@ class ActivationCriterion:
         sums: dict[int, np.ndarray] = {}
         counts: dict[int, int] = {}
         for info in graph.layers:
-            if info.name not in stats:
+            if info.name not in stats or info.in_layout is None:
                 continue
             values = getattr(stats[info.name], self.statistic)
             for gid, features in segment_features(info.in_layout):

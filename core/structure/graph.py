@@ -215,11 +215,11 @@ def _rule_for(layer, class_name: str, call, ncalls: int) -> tuple[Rule | None, s
 def _select(infos: dict[str, LayerInfo], groups: Groups, include: Sequence[str], exclude: Sequence[str]) -> None:
     from prunectl.core.weights.selection import select_names
 
-    producers = [i.name for i in infos.values() if i.out_group is not None]
-    chosen = set(select_names(producers, include, exclude))
-    for name in producers:
+    producers = {i.name: i.out_group for i in infos.values() if i.out_group is not None}
+    chosen = set(select_names(list(producers), include, exclude))
+    for name, group in producers.items():
         if name not in chosen:
-            groups.freeze(((Block(1, ((infos[name].out_group, 1),))),), f"{name} is not selected")
+            groups.freeze((Block(1, ((group, 1),)),), f"{name} is not selected")
 
 
 def _resolve(inputs: list, infos: list[LayerInfo], groups: Groups) -> ChannelGraph:

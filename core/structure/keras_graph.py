@@ -76,7 +76,7 @@ def layer_graph(model) -> LayerGraph:
     try:
         inputs, outputs = list(model.inputs), list(model.outputs)
     except (AttributeError, TypeError):
-        inputs = outputs = None
+        inputs, outputs = [], []
     if not inputs or not outputs:
         raise StructureError(
             "structural pruning needs a Sequential or Functional model. "

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import Any
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -79,8 +80,9 @@ class NeuronPruning:
         Raises:
             OptionError: as the constructor.
         """
-        return cls(**{k[len("neuron_"):] if k.startswith("neuron_") else k: tuple(v) if isinstance(v, list) else v
-                      for k, v in config.items()})
+        values: dict[str, Any] = {k[len("neuron_"):] if k.startswith("neuron_") else k:
+                                  tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ class StructuralPlan:
     criterion: dict
     groups: tuple[GroupPlan, ...]
     layers: tuple[LayerPlan, ...]
-    boundaries: tuple[tuple[str, str, str], ...]
+    boundaries: tuple[tuple[str, str, str | None], ...]
     edits: dict = field(default_factory=dict, repr=False, compare=False)
 
     def totals(self) -> dict:
@@ -200,7 +202,7 @@ def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> S
             "no prunable units: every layer's units reach a model output, a boundary, or are not selected "
             f"(boundaries: {shown}). Received: include={list(step.include)}, exclude={list(step.exclude)}"
         )
-    stats = calibrate(graph, x, criterion.batch_size) if criterion.needs_data else None
+    stats = calibrate(graph, x, criterion.batch_size) if x is not None and criterion.needs_data else None
     keep = choose_units(criterion.scores(graph, stats), step)
     edits, rows = {}, []
     for info in graph.layers:
@@ -221,26 +223,29 @@ def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> S
 
 
 def _edit(info: LayerInfo, keep: dict[int, np.ndarray], stats) -> LayerEdit | None:
-    if info.rule is None:
+    rule = info.rule
+    if rule is None:
         return None
-    config, slices, delta = {}, [], None
+    config: dict[str, Any] = {}
+    slices: list[tuple] = []
+    delta = None
     layer_config = info.layer.get_config()
     if info.in_layout is not None:
         kept = kept_features(info.in_layout, keep)
         width = layout_width(info.in_layout)
         if len(kept) < width:
-            for weight, axis, block_key in info.rule.in_axes:
+            for weight, axis, block_key in rule.in_axes:
                 slices.append((weight, axis, layer_config[block_key] if block_key else 1, kept))
-            if info.rule.kind == "reshape" and layer_config["target_shape"][-1] != -1:
+            if rule.kind == "reshape" and layer_config["target_shape"][-1] != -1:
                 config["target_shape"] = [*layer_config["target_shape"][:-1], len(kept)]
-            if stats is not None and info.name in stats and info.rule.fold:
+            if stats is not None and info.name in stats and rule.fold:
                 dropped = np.setdiff1d(np.arange(width), kept)
                 delta = stats[info.name].mean[dropped] @ input_map(info)[dropped]
                 if not layer_config.get("use_bias", True):
                     config["use_bias"] = True
-    if info.out_group in keep and len(keep[info.out_group]) < info.layer.get_config()[info.rule.units]:
-        config[info.rule.units] = len(keep[info.out_group])
-        slices += [(weight, axis, 1, keep[info.out_group]) for weight, axis in info.rule.out_axes]
+    if info.out_group in keep and rule.units and len(keep[info.out_group]) < layer_config[rule.units]:
+        config[rule.units] = len(keep[info.out_group])
+        slices += [(weight, axis, 1, keep[info.out_group]) for weight, axis in rule.out_axes]
         delta = None if delta is None else delta[keep[info.out_group]]
     if not (config or slices):
         return None
@@ -254,7 +259,7 @@ def input_map(info: LayerInfo) -> np.ndarray:
     convolution fewer kernel taps see the input, so folding there is approximate.
     """
     weights = {v.name: np.asarray(v.numpy(), dtype=np.float64) for v in info.layer.weights}
-    fold = info.rule.fold
+    fold = info.rule.fold if info.rule else None
     if fold == "dense":
         return weights["kernel"]
     kernel = weights["kernel" if fold != "separable" else "depthwise_kernel"]
@@ -274,24 +279,26 @@ def _take(value: np.ndarray, axis: int, block: int, kept: np.ndarray) -> np.ndar
 
 
 def _new_shapes(info: LayerInfo, edit: LayerEdit | None) -> dict[str, tuple]:
-    shapes = {v.name: list(v.shape) for v in info.layer.weights}
+    shapes: dict[str, list[int]] = {v.name: list(v.shape) for v in info.layer.weights}
     if edit is None:
         return {k: tuple(v) for k, v in shapes.items()}
     for weight, axis, block, kept in edit.slices:
         if weight in shapes:
             shapes[weight][axis] = len(kept) * block
-    if edit.config.get("use_bias") and "bias" not in shapes:
-        shapes["bias"] = [edit.config.get(info.rule.units, info.layer.get_config()[info.rule.units])]
+    units = info.rule.units if info.rule else None
+    if edit.config.get("use_bias") and "bias" not in shapes and units:
+        shapes["bias"] = [edit.config.get(units, info.layer.get_config()[units])]
     return {k: tuple(v) for k, v in shapes.items()}
 
 
 def _row(info: LayerInfo, edit: LayerEdit | None) -> LayerPlan:
     before, after = _new_shapes(info, None), _new_shapes(info, edit)
     in_shape, out_shape = info.shapes
-    units = info.layer.get_config().get(info.rule.units) if info.rule and info.rule.units else None
+    key = info.rule.units if info.rule else None
+    units = info.layer.get_config().get(key) if key else None
     return LayerPlan(
         info.name, info.class_name, info.out_group, units,
-        edit.config.get(info.rule.units, units) if edit and units is not None else units,
+        edit.config.get(key, units) if edit and key and units is not None else units,
         sum(math.prod(s) for s in before.values()), sum(math.prod(s) for s in after.values()),
         layer_macs(info.class_name, before, in_shape, out_shape),
         layer_macs(info.class_name, after, in_shape, out_shape),

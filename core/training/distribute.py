@@ -11,15 +11,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from typing import Any
 
 from prunectl.core.errors import SetupError
-from prunectl.core.registry import Registry
+from prunectl.core.registry import Registered, Registry
 
-STRATEGIES = Registry("strategy")
+STRATEGIES: Registry[Any] = Registry("strategy")
 
 
 @STRATEGIES.register("default")
-class DefaultStrategy:
+class DefaultStrategy(Registered):
     """TensorFlow's default: one device (the first GPU if there is one, else the CPU)."""
 
     def build(self):
@@ -32,7 +33,7 @@ class DefaultStrategy:
 
 
 @STRATEGIES.register("mirrored")
-class Mirrored:
+class Mirrored(Registered):
     """Synchronous data parallelism over every local GPU, or every logical CPU device where there is no GPU."""
 
     def build(self):
@@ -46,7 +47,7 @@ class Mirrored:
 
 
 @STRATEGIES.register("multiworker")
-class MultiWorker:
+class MultiWorker(Registered):
     """Synchronous data parallelism over the workers that ``TF_CONFIG`` names (every worker runs the same command)."""
 
     def build(self):

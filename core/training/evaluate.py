@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -151,6 +152,7 @@ class Evaluator:
         datamod.check_fits(self.dataset, tuple(model.inputs[0].shape[1:]), tuple(model.outputs[0].shape[1:]),
                            name="evaluation data")
         y = self.dataset.y
+        assert y is not None  # check_fits refuses data without targets
         self.spec, self.loss_source = resolve_compile(model, reference.compile_spec, y, options.loss, options.metrics,
                                                       purpose="evaluate with")
         labels = np.dtype(y.dtype).kind in "biu"
@@ -158,7 +160,7 @@ class Evaluator:
             self.spec = CompileSpec(self.spec.loss, (*self.spec.metrics, "accuracy"), self.spec.optimizer)
         dtypes = (np.dtype(model.inputs[0].dtype), np.dtype(y.dtype) if labels else np.float32)
         self.batches = datamod.batches(self.dataset, options.batch_size, dtypes)
-        self._view = None
+        self._view: tuple[Any, Any] | None = None
 
     def __call__(self, model) -> dict[str, float]:
         """Evaluate ``model`` and return its loss and metrics by name.

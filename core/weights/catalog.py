@@ -9,7 +9,7 @@ class and its values are floating point. It also counts zeros, in a saved file
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -78,7 +78,7 @@ def file_counts(model: ModelFile, slab_bytes: int = 4 << 20) -> WeightCounts:
     return counts
 
 
-def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, object]]:
+def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, Any]]:
     """List a live Keras model's weights as tagged entries paired with their variables."""
     pairs = []
 

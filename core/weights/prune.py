@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -92,7 +92,7 @@ class WeightPruning:
         Raises:
             OptionError: as the constructor.
         """
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k != "layers"}
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k != "layers"}
         layers = tuple((p, o.get("threshold"), o.get("sparsity")) for p, o in (config.get("layers") or {}).items())
         return cls(**values, layers=layers)
 
@@ -164,6 +164,7 @@ class WeightPruner:
                 masks.apply_cut(tensor, self._cut, self._ties[entry.key])
                 used = self._cut.magnitude
         else:
+            assert sparsity is not None  # WeightPruning holds exactly one of threshold and sparsity
             cut = masks.prune_to_sparsity([tensor], sparsity)
             used = cut.magnitude if cut else 0.0
         self.results[entry.key] = WeightResult(entry.key, before, masks.count_zeros(tensor), used)

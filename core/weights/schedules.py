@@ -11,12 +11,13 @@ sparsity instead of skipping its last update.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from prunectl.core.errors import OptionError
 from prunectl.core.options import validate_sparsity
-from prunectl.core.registry import Registry
+from prunectl.core.registry import Registered, Registry
 
-SCHEDULES = Registry("schedule")
+SCHEDULES: Registry[Any] = Registry("schedule")
 # Mask updates a polynomial schedule makes over its pruning window (fewer when the window is shorter).
 DEFAULT_UPDATES = 20
 
@@ -29,7 +30,7 @@ def _check_fraction(name: str, value: float) -> float:
 
 
 @SCHEDULES.register("oneshot")
-class OneShot:
+class OneShot(Registered):
     """Prune to the final sparsity before the first step; the masks never change after.
 
     Args:
@@ -52,7 +53,7 @@ class OneShot:
 
 
 @SCHEDULES.register("polynomial")
-class PolynomialDecay:
+class PolynomialDecay(Registered):
     """Gradual magnitude pruning (Zhu & Gupta 2017) along a polynomial (cubic) curve.
 
     ``s(t) = s_f + (s_i - s_f) * (1 - (t - begin) / (end - begin)) ** power`` for
