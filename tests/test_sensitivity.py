@@ -27,7 +27,7 @@ from prunectl.core.training.evaluate import EvalOptions, Evaluator
 from prunectl.core.io.modelfile import open_model_file
 from prunectl.core.options import parse_sparsities
 from prunectl.core.run.sensitivity import SensitivityOptions, analyze, run_sensitivity
-from prunectl.core.tomlwriter import dumps
+from prunectl.core.run.recipe import toml_text as dumps
 
 LAYERS = ("robust", "fragile")
 

@@ -33,9 +33,9 @@ from prunectl.core.training.evaluate import EvalOptions, Evaluator, accuracy_key
 from prunectl.core.io.modelfile import open_model_file
 from prunectl.core.options import DEFAULT_SPARSITIES, validate_budget, validate_sparsity
 from prunectl.core.weights.prune import WeightPruning, keras_weight_entries, prune_keras_model
+from prunectl.core.run.recipe import toml_text
 from prunectl.core.run.report import file_info, tool_versions
 from prunectl.core.weights.selection import select_weights
-from prunectl.core.tomlwriter import dumps
 
 SCHEMA_VERSION = 1
 
@@ -212,7 +212,7 @@ def recipe_toml(result: dict) -> str:
     ]
     if choice["left_dense"]:
         comments.append(f"left dense (no tested sparsity within the budget): {', '.join(choice['left_dense'])}")
-    return dumps(recipe_document(choice), tuple(comments))
+    return toml_text(recipe_document(choice), tuple(comments))
 
 
 def run_sensitivity(model: Path, options: SensitivityOptions, recipe_out: Path | None = None, force: bool = False,
