@@ -48,6 +48,7 @@ def finetune(folder, out, *extra, sparsity="0.8"):
 # --- masks held --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", [".h5", ".keras"])
 def test_pruned_weights_stay_zero_after_finetuning(digits, fmt):
     run(digits / "digits_mlp.h5", "--sparsity", "0.8", "-o", digits / f"pruned{fmt}")
@@ -59,6 +60,7 @@ def test_pruned_weights_stay_zero_after_finetuning(digits, fmt):
         assert not np.array_equal(tuned, pruned), f"{layer} was not trained"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd_momentum", "adam"])
 def test_masks_hold_after_every_step(optimizer):
     """Momentum pushes pruned weights off zero at each update; the constraint must put them back in that step."""
@@ -90,6 +92,7 @@ def test_masks_hold_after_every_step(optimizer):
     assert variable.constraint is None and variable.regularizer is None
 
 
+@pytest.mark.slow
 def test_saved_model_is_plain_keras(digits):
     import keras
 
@@ -155,6 +158,7 @@ def test_oneshot_prunes_before_the_first_step_only():
     assert [OneShot(0.5)(t) for t in range(3)] == [0.5, None, None]
 
 
+@pytest.mark.slow
 def test_gradual_run_reaches_target_exactly_in_three_steps(digits):
     out = digits / "tuned.h5"
     result = run(digits / "digits_mlp.h5", "--sparsity", "0.9", "-o", out, "--schedule", "polynomial",
@@ -170,6 +174,7 @@ def test_gradual_run_reaches_target_exactly_in_three_steps(digits):
 # --- report, progress, plots, reproducibility --------------------------------------------------
 
 
+@pytest.mark.slow
 def test_report_has_evaluations_and_history(digits):
     report = json.loads(finetune(digits, digits / "tuned.h5", "--json").stdout)
     section = report["finetune"]
@@ -182,6 +187,7 @@ def test_report_has_evaluations_and_history(digits):
     assert report["options"]["finetune"]["epochs"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quiet", [[], ["--quiet"]])
 def test_plain_progress_is_one_line_per_epoch(digits, quiet):
     stderr = finetune(digits, digits / "tuned.h5", *quiet).stderr
@@ -192,6 +198,7 @@ def test_plain_progress_is_one_line_per_epoch(digits, quiet):
         assert stderr.splitlines() == epochs
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_weights(digits):
     finetune(digits, digits / "a.h5", "--schedule", "polynomial")
     finetune(digits, digits / "b.h5", "--schedule", "polynomial")
@@ -199,6 +206,7 @@ def test_same_seed_gives_identical_weights(digits):
         assert np.array_equal(kernel(digits / "a.h5", layer), kernel(digits / "b.h5", layer)), layer
 
 
+@pytest.mark.slow
 def test_l1_shrinks_the_kept_weights(digits):
     finetune(digits, digits / "plain.h5", "--learning-rate", "0.01")
     finetune(digits, digits / "l1.h5", "--learning-rate", "0.01", "--l1", "0.01")
@@ -206,6 +214,7 @@ def test_l1_shrinks_the_kept_weights(digits):
     assert np.abs(l1).sum() < 0.95 * np.abs(plain).sum()
 
 
+@pytest.mark.slow
 def test_plots_are_written(digits):
     report = json.loads(finetune(digits, digits / "tuned.h5", "--plots", digits / "figures", "--json").stdout)
     names = sorted(p.name for p in (digits / "figures").iterdir())
@@ -214,6 +223,7 @@ def test_plots_are_written(digits):
     assert (digits / "figures" / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_default_loss_for_integer_labels_and_softmax(tmp_path):
     import keras
 
@@ -229,6 +239,7 @@ def test_default_loss_for_integer_labels_and_softmax(tmp_path):
     assert report["finetune"]["data"]["validation_samples"] == 4
 
 
+@pytest.mark.slow
 def test_regressor_from_csv_with_label_column(samples):
     with np.load(samples / "regression_train.npz") as data:
         table = np.column_stack([data["x"][:64], data["y"][:64, 0]])
@@ -241,6 +252,7 @@ def test_regressor_from_csv_with_label_column(samples):
     assert set(report["finetune"]["evaluation"]["after_finetuning"]) == {"loss"}
 
 
+@pytest.mark.slow
 def test_streams_h5_data(digits):
     with np.load(digits / "train.npz") as data, h5py.File(digits / "train.h5", "w") as f:
         f["images"], f["labels"] = data["x"], data["y"]
@@ -262,6 +274,7 @@ MIRRORED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(digits):
     out = digits / "tuned.h5"
     args = [digits / "digits_mlp.h5", "--sparsity", "0.8", "-o", out, "--finetune-epochs", "1",

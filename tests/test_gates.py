@@ -98,6 +98,7 @@ def test_options_from_environment(models):
     assert gate.exit_code == 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs a shell")
 def test_shell_pipeline_prune_json_into_report_gate(models):
     """`prunectl prune ... --json | prunectl report - --min-sparsity X`, in a real shell."""

@@ -306,6 +306,7 @@ def test_pruned_keras_file_loads_compiled_in_stock_keras(samples):
     assert accuracy > 0.9, accuracy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_output_loads_in_a_fresh_keras_process_without_prunectl(models, fmt):
     import subprocess

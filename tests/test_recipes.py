@@ -77,6 +77,7 @@ def test_command_line_overrides_the_recipe(models):
     assert rows["head"]["zeros"] == 0
 
 
+@pytest.mark.slow
 def test_structural_weight_and_finetune_steps_as_in_the_issue(models):
     rng = np.random.default_rng(0)
     np.savez(models / "train.npz", x=rng.standard_normal((32, 6, 6, 2)).astype("float32"),
@@ -173,7 +174,8 @@ def test_missing_recipe_file(models):
     assert result.stderr.strip() == f"Error: recipe file not found. Received: '{models / 'nope.toml'}'"
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.toml")))
+@pytest.mark.parametrize("name", [pytest.param(p.name, marks=pytest.mark.slow) if "[finetune]" in p.read_text() else p.name
+                                  for p in sorted(EXAMPLES.glob("*.toml"))])  # fine-tuning recipes are slow
 def test_shipped_example_recipes_run(samples, tmp_path, name):
     # Copy the recipe so that its relative paths point at the private sample copies.
     folder = tmp_path / "examples" / "recipes"

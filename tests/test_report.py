@@ -69,6 +69,7 @@ def _no_tensorflow(code: str, cwd) -> None:
     assert out.returncode == 0 and "clean" in out.stdout, out.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", [".h5", ".keras"])
 def test_report_and_file_prune_never_import_tensorflow(models, fmt):
     _no_tensorflow(
@@ -81,6 +82,7 @@ def test_report_and_file_prune_never_import_tensorflow(models, fmt):
     )
 
 
+@pytest.mark.slow
 def test_help_and_version_never_import_tensorflow_or_numpy(tmp_path):
     _no_tensorflow(
         "from click.testing import CliRunner\nfrom prunectl.cli.main import cli\n"
@@ -92,6 +94,7 @@ def test_help_and_version_never_import_tensorflow_or_numpy(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_console_script_version():
     out = subprocess.run([sys.executable, "-m", "prunectl", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("prunectl, version ")

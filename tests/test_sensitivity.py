@@ -79,6 +79,7 @@ def test_fragile_layer_shows_the_largest_drop(tiny, fmt):
     assert found["fragile"] == sorted(found["fragile"])
 
 
+@pytest.mark.slow
 def test_weights_restored_and_model_loaded_once(tiny, monkeypatch):
     loads = []
     original = keras_io.load_model
@@ -127,6 +128,7 @@ def test_budget_writes_a_recipe(tiny):
         assert report["budget"]["layers"].get(row["layer"]) == (max(fitting) if fitting else None)
 
 
+@pytest.mark.slow
 def test_table_and_bars_on_stderr_json_only_on_stdout(tiny):
     table = invoke(tiny / "tiny.h5", "--data", tiny / "val.npz", "--sparsities", "0.5")
     assert table.exit_code == 0, table.output

@@ -277,6 +277,7 @@ def test_plan_is_a_value_recorded_as_json():
     assert data["totals"]["flops"]["before"] == sum(r["flops_before"] for r in data["layers"])
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_builds_runs_and_shrinks():
     keras = _keras()
     model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=5)

@@ -23,6 +23,7 @@ def run(*args):
     return result
 
 
+@pytest.mark.slow
 def test_pruned_files_have_fewer_units_and_load_in_plain_keras(samples):
     outputs = [samples / f"small_{fmt[1:]}{fmt}" for fmt in FORMATS]
     for fmt, output in zip(FORMATS, outputs):
