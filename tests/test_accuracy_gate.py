@@ -15,15 +15,10 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from prunectl.cli.main import cli
+from conftest import invoke
 
 GATE = "max-accuracy-drop"
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture

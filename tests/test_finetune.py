@@ -15,20 +15,13 @@ import textwrap
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
+from conftest import run
 from independent import kernel, keras_config
-from prunectl.cli.main import cli
 from prunectl.core.weights import masks
 from prunectl.core.weights.schedules import SCHEDULES, OneShot, PolynomialDecay
 
 KERNELS = ("fc1", "fc2", "head")
-
-
-def run(*args):
-    result = CliRunner().invoke(cli, ["prune", *map(str, args)], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture
@@ -41,7 +34,7 @@ def digits(samples):
 
 
 def finetune(folder, out, *extra, sparsity="0.8"):
-    return run(folder / "digits_mlp.h5", "--sparsity", sparsity, "-o", out, "--finetune-epochs", "2",
+    return run("prune", folder / "digits_mlp.h5", "--sparsity", sparsity, "-o", out, "--finetune-epochs", "2",
                "--data", folder / "train.npz", "--val-data", folder / "val.npz", "--seed", "7", *extra)
 
 
@@ -51,7 +44,7 @@ def finetune(folder, out, *extra, sparsity="0.8"):
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", [".h5", ".keras"])
 def test_pruned_weights_stay_zero_after_finetuning(digits, fmt):
-    run(digits / "digits_mlp.h5", "--sparsity", "0.8", "-o", digits / f"pruned{fmt}")
+    run("prune", digits / "digits_mlp.h5", "--sparsity", "0.8", "-o", digits / f"pruned{fmt}")
     finetune(digits, digits / f"tuned{fmt}")
     for layer in KERNELS:
         pruned, tuned = kernel(digits / f"pruned{fmt}", layer), kernel(digits / f"tuned{fmt}", layer)
@@ -161,7 +154,7 @@ def test_oneshot_prunes_before_the_first_step_only():
 @pytest.mark.slow
 def test_gradual_run_reaches_target_exactly_in_three_steps(digits):
     out = digits / "tuned.h5"
-    result = run(digits / "digits_mlp.h5", "--sparsity", "0.9", "-o", out, "--schedule", "polynomial",
+    result = run("prune", digits / "digits_mlp.h5", "--sparsity", "0.9", "-o", out, "--schedule", "polynomial",
                  "--finetune-epochs", "1", "--batch-size", "32", "--data", digits / "train.npz", "--json")
     report = json.loads(result.stdout)
     assert report["finetune"]["steps"] == 3
@@ -231,7 +224,7 @@ def test_default_loss_for_integer_labels_and_softmax(tmp_path):
     model.save(tmp_path / "uncompiled.keras")
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.normal(size=(16, 4)).astype("float32"), y=rng.integers(0, 3, 16))
-    report = json.loads(run(tmp_path / "uncompiled.keras", "--sparsity", "0.5", "--finetune-epochs", "1",
+    report = json.loads(run("prune", tmp_path / "uncompiled.keras", "--sparsity", "0.5", "--finetune-epochs", "1",
                             "--data", tmp_path / "d.npz", "--val-split", "0.25", "--json").stdout)
     compiled = report["finetune"]["compile"]
     assert (compiled["loss"], compiled["metrics"], compiled["loss_source"]) == (
@@ -245,7 +238,7 @@ def test_regressor_from_csv_with_label_column(samples):
         table = np.column_stack([data["x"][:64], data["y"][:64, 0]])
     header = ",".join([f"f{i}" for i in range(8)] + ["target"])
     np.savetxt(samples / "reg.csv", table, delimiter=",", header=header, comments="")
-    report = json.loads(run(samples / "regressor.h5", "--sparsity", "0.5", "--finetune-epochs", "1",
+    report = json.loads(run("prune", samples / "regressor.h5", "--sparsity", "0.5", "--finetune-epochs", "1",
                             "--data", samples / "reg.csv", "--label-col", "target", "--val-split", "0.25",
                             "-o", samples / "out.h5", "--json").stdout)
     assert report["finetune"]["compile"]["loss"] == "mse"
@@ -256,7 +249,7 @@ def test_regressor_from_csv_with_label_column(samples):
 def test_streams_h5_data(digits):
     with np.load(digits / "train.npz") as data, h5py.File(digits / "train.h5", "w") as f:
         f["images"], f["labels"] = data["x"], data["y"]
-    report = json.loads(run(digits / "digits_mlp.h5", "--sparsity", "0.5", "--finetune-epochs", "1",
+    report = json.loads(run("prune", digits / "digits_mlp.h5", "--sparsity", "0.5", "--finetune-epochs", "1",
                             "--data", digits / "train.h5", "--x-key", "images", "--y-key", "labels",
                             "--val-split", "0.5", "-o", digits / "out.h5", "--json").stdout)
     assert report["finetune"]["data"]["train_samples"] == 48
@@ -284,7 +277,7 @@ def test_mirrored_strategy_on_two_logical_cpus(digits):
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["finetune"]["replicas"] == 2
-    run(digits / "digits_mlp.h5", "--sparsity", "0.8", "-o", digits / "pruned.h5")
+    run("prune", digits / "digits_mlp.h5", "--sparsity", "0.8", "-o", digits / "pruned.h5")
     for layer in KERNELS:
         pruned, tuned = kernel(digits / "pruned.h5", layer), kernel(out, layer)
         assert np.all(tuned[pruned == 0] == 0) and not np.array_equal(tuned, pruned), layer

@@ -10,14 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
+from conftest import invoke
 from prunectl.cli.main import cli
 from prunectl.core.run.gates import GATES
-
-
-def invoke(*args, env=None, input=None):
-    return CliRunner().invoke(cli, [str(a) for a in args], env=env, input=input)
 
 
 def test_every_gate_is_an_option_of_both_commands():

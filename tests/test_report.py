@@ -8,16 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
+from conftest import run
 from independent import read_weights
-from prunectl.cli.main import cli
-
-
-def run(*args, input=None):
-    result = CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.mark.parametrize("fmt", [".h5", ".keras"])
