@@ -1,6 +1,8 @@
-"""Tiny Keras models built once per session and saved as both .h5 and .keras.
+"""Tiny Keras models built once per session and saved as both .h5 and .keras, and the tests' shared helpers.
 
 Tests that only read or write files use these; nothing here trains a model.
+:func:`run` and :func:`invoke` run the command line in-process; :func:`seeded_keras`
+imports Keras with a fixed random seed for building models.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
+
+from prunectl.cli.main import cli
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -18,15 +23,38 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_models"
 
 
-def _keras():
+def run(*args, input=None, env=None, check=True):
+    """Run ``prunectl *args`` in-process and return click's result.
+
+    Args:
+        *args: the command line after ``prunectl``; paths and numbers are turned into strings.
+        input: text for standard input.
+        env: environment variables to set for the run.
+        check: the run must succeed: an exception propagates (with its traceback)
+            and a non-zero exit code fails the test. With ``check=False`` the
+            result is returned whatever the outcome, for tests that check a failure.
+    """
+    result = CliRunner().invoke(cli, [str(a) for a in args], input=input, env=env, catch_exceptions=not check)
+    if check:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def invoke(*args, input=None, env=None):
+    """:func:`run` with ``check=False``: any outcome, for tests that check errors and exit codes."""
+    return run(*args, input=input, env=env, check=False)
+
+
+def seeded_keras(seed: int = 1234):
+    """The ``keras`` module, with every random seed set (weights of models built next are reproducible)."""
     import keras
 
-    keras.utils.set_random_seed(1234)
+    keras.utils.set_random_seed(seed)
     return keras
 
 
 def build_sequential():
-    keras = _keras()
+    keras = seeded_keras()
     return keras.Sequential([
         keras.Input((6,)),
         keras.layers.Dense(5, activation="relu", name="d1"),
@@ -35,7 +63,7 @@ def build_sequential():
 
 
 def build_functional():
-    keras = _keras()
+    keras = seeded_keras()
     inputs = keras.Input((6, 6, 2), name="img")
     x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
     x = keras.layers.BatchNormalization(name="bn")(x)
@@ -47,7 +75,7 @@ def build_functional():
 
 def build_zoo():
     """One layer of each registry family: Embedding, LSTM/GRU, separable and depthwise convs."""
-    keras = _keras()
+    keras = seeded_keras()
     tokens = keras.Input((5,), name="tokens")
     e = keras.layers.Embedding(20, 4, name="emb")(tokens)
     r = keras.layers.LSTM(3, return_sequences=True, name="lstm")(e)

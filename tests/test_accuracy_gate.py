@@ -15,15 +15,10 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from prunectl.cli.main import cli
+from conftest import invoke
 
 GATE = "max-accuracy-drop"
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture
@@ -46,6 +41,7 @@ def error_lines(result) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith("Error:")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sparsity,limit,passes", [("0.5", "0.1", True), ("0.9", "0.05", False)])
 def test_prune_gate_against_accuracy_before_pruning(digits, sparsity, limit, passes):
     result = invoke("prune", digits / "digits_mlp.h5", "--sparsity", sparsity, "--data", digits / "eval.npz",
@@ -69,6 +65,7 @@ def test_prune_gate_against_accuracy_before_pruning(digits, sparsity, limit, pas
     assert json.loads((digits / "digits_mlp.pruned.report.json").read_text())["gates"] == report["gates"]
 
 
+@pytest.mark.slow
 def test_report_gate_against_a_baseline(digits):
     invoke("prune", digits / "digits_mlp.h5", "--sparsity", "0.9", "-q")
     pruned, data = digits / "digits_mlp.pruned.h5", digits / "eval.npz"
@@ -133,6 +130,7 @@ def test_usage_errors(digits, args, line):
     assert not (digits / "digits_mlp.pruned.h5").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs a shell")
 def test_shell_pipelines_pass_and_fail(digits):
     """`prune --json | report - --max-accuracy-drop D` and `report --baseline --json | report -`, in a real shell."""

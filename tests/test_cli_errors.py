@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import invoke
 from prunectl.cli.main import cli
 
 FORMATS = [".h5", ".keras"]
@@ -29,10 +30,6 @@ THRESHOLD = ("--threshold", "0.1")
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def run(*args, input=None):
-    return CliRunner().invoke(cli, [str(a) for a in args], input=input)
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -72,7 +69,7 @@ def fails(folder: Path, *args, code: int = 1, line: str | None = None, contains=
           input=None) -> str:
     """Run ``prunectl *args``, assert a clean failure and that nothing under ``folder`` changed."""
     before = snapshot(folder)
-    result = run(*args, input=input)
+    result = invoke(*args, input=input)
     shown = assert_error(result, code, line, contains, pattern)
     assert snapshot(folder) == before, f"files created, changed or left behind after: {shown}"
     return shown

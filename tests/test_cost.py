@@ -13,7 +13,7 @@ from prunectl.core.structure.cost import as_tensors, benchmark, forward_function
 from prunectl.core.errors import OptionError
 
 
-@pytest.mark.parametrize("build", [build_sequential, build_functional, build_zoo])
+@pytest.mark.parametrize("build", [build_sequential, build_functional, pytest.param(build_zoo, marks=pytest.mark.slow)])
 def test_forward_function_is_the_inference_pass(build):
     # The functional model's BatchNormalization gives other outputs in training mode
     # (batch statistics), so equality shows the traced pass runs with training=False.

@@ -15,20 +15,13 @@ import textwrap
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
+from conftest import run
 from independent import kernel, keras_config
-from prunectl.cli.main import cli
 from prunectl.core.weights import masks
 from prunectl.core.weights.schedules import SCHEDULES, OneShot, PolynomialDecay
 
 KERNELS = ("fc1", "fc2", "head")
-
-
-def run(*args):
-    result = CliRunner().invoke(cli, ["prune", *map(str, args)], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture
@@ -41,16 +34,17 @@ def digits(samples):
 
 
 def finetune(folder, out, *extra, sparsity="0.8"):
-    return run(folder / "digits_mlp.h5", "--sparsity", sparsity, "-o", out, "--finetune-epochs", "2",
+    return run("prune", folder / "digits_mlp.h5", "--sparsity", sparsity, "-o", out, "--finetune-epochs", "2",
                "--data", folder / "train.npz", "--val-data", folder / "val.npz", "--seed", "7", *extra)
 
 
 # --- masks held --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", [".h5", ".keras"])
 def test_pruned_weights_stay_zero_after_finetuning(digits, fmt):
-    run(digits / "digits_mlp.h5", "--sparsity", "0.8", "-o", digits / f"pruned{fmt}")
+    run("prune", digits / "digits_mlp.h5", "--sparsity", "0.8", "-o", digits / f"pruned{fmt}")
     finetune(digits, digits / f"tuned{fmt}")
     for layer in KERNELS:
         pruned, tuned = kernel(digits / f"pruned{fmt}", layer), kernel(digits / f"tuned{fmt}", layer)
@@ -59,6 +53,7 @@ def test_pruned_weights_stay_zero_after_finetuning(digits, fmt):
         assert not np.array_equal(tuned, pruned), f"{layer} was not trained"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd_momentum", "adam"])
 def test_masks_hold_after_every_step(optimizer):
     """Momentum pushes pruned weights off zero at each update; the constraint must put them back in that step."""
@@ -90,6 +85,7 @@ def test_masks_hold_after_every_step(optimizer):
     assert variable.constraint is None and variable.regularizer is None
 
 
+@pytest.mark.slow
 def test_saved_model_is_plain_keras(digits):
     import keras
 
@@ -155,9 +151,10 @@ def test_oneshot_prunes_before_the_first_step_only():
     assert [OneShot(0.5)(t) for t in range(3)] == [0.5, None, None]
 
 
+@pytest.mark.slow
 def test_gradual_run_reaches_target_exactly_in_three_steps(digits):
     out = digits / "tuned.h5"
-    result = run(digits / "digits_mlp.h5", "--sparsity", "0.9", "-o", out, "--schedule", "polynomial",
+    result = run("prune", digits / "digits_mlp.h5", "--sparsity", "0.9", "-o", out, "--schedule", "polynomial",
                  "--finetune-epochs", "1", "--batch-size", "32", "--data", digits / "train.npz", "--json")
     report = json.loads(result.stdout)
     assert report["finetune"]["steps"] == 3
@@ -170,6 +167,7 @@ def test_gradual_run_reaches_target_exactly_in_three_steps(digits):
 # --- report, progress, plots, reproducibility --------------------------------------------------
 
 
+@pytest.mark.slow
 def test_report_has_evaluations_and_history(digits):
     report = json.loads(finetune(digits, digits / "tuned.h5", "--json").stdout)
     section = report["finetune"]
@@ -182,6 +180,7 @@ def test_report_has_evaluations_and_history(digits):
     assert report["options"]["finetune"]["epochs"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quiet", [[], ["--quiet"]])
 def test_plain_progress_is_one_line_per_epoch(digits, quiet):
     stderr = finetune(digits, digits / "tuned.h5", *quiet).stderr
@@ -192,6 +191,7 @@ def test_plain_progress_is_one_line_per_epoch(digits, quiet):
         assert stderr.splitlines() == epochs
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_weights(digits):
     finetune(digits, digits / "a.h5", "--schedule", "polynomial")
     finetune(digits, digits / "b.h5", "--schedule", "polynomial")
@@ -199,6 +199,7 @@ def test_same_seed_gives_identical_weights(digits):
         assert np.array_equal(kernel(digits / "a.h5", layer), kernel(digits / "b.h5", layer)), layer
 
 
+@pytest.mark.slow
 def test_l1_shrinks_the_kept_weights(digits):
     finetune(digits, digits / "plain.h5", "--learning-rate", "0.01")
     finetune(digits, digits / "l1.h5", "--learning-rate", "0.01", "--l1", "0.01")
@@ -206,6 +207,7 @@ def test_l1_shrinks_the_kept_weights(digits):
     assert np.abs(l1).sum() < 0.95 * np.abs(plain).sum()
 
 
+@pytest.mark.slow
 def test_plots_are_written(digits):
     report = json.loads(finetune(digits, digits / "tuned.h5", "--plots", digits / "figures", "--json").stdout)
     names = sorted(p.name for p in (digits / "figures").iterdir())
@@ -214,6 +216,7 @@ def test_plots_are_written(digits):
     assert (digits / "figures" / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_default_loss_for_integer_labels_and_softmax(tmp_path):
     import keras
 
@@ -221,7 +224,7 @@ def test_default_loss_for_integer_labels_and_softmax(tmp_path):
     model.save(tmp_path / "uncompiled.keras")
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.normal(size=(16, 4)).astype("float32"), y=rng.integers(0, 3, 16))
-    report = json.loads(run(tmp_path / "uncompiled.keras", "--sparsity", "0.5", "--finetune-epochs", "1",
+    report = json.loads(run("prune", tmp_path / "uncompiled.keras", "--sparsity", "0.5", "--finetune-epochs", "1",
                             "--data", tmp_path / "d.npz", "--val-split", "0.25", "--json").stdout)
     compiled = report["finetune"]["compile"]
     assert (compiled["loss"], compiled["metrics"], compiled["loss_source"]) == (
@@ -229,22 +232,24 @@ def test_default_loss_for_integer_labels_and_softmax(tmp_path):
     assert report["finetune"]["data"]["validation_samples"] == 4
 
 
+@pytest.mark.slow
 def test_regressor_from_csv_with_label_column(samples):
     with np.load(samples / "regression_train.npz") as data:
         table = np.column_stack([data["x"][:64], data["y"][:64, 0]])
     header = ",".join([f"f{i}" for i in range(8)] + ["target"])
     np.savetxt(samples / "reg.csv", table, delimiter=",", header=header, comments="")
-    report = json.loads(run(samples / "regressor.h5", "--sparsity", "0.5", "--finetune-epochs", "1",
+    report = json.loads(run("prune", samples / "regressor.h5", "--sparsity", "0.5", "--finetune-epochs", "1",
                             "--data", samples / "reg.csv", "--label-col", "target", "--val-split", "0.25",
                             "-o", samples / "out.h5", "--json").stdout)
     assert report["finetune"]["compile"]["loss"] == "mse"
     assert set(report["finetune"]["evaluation"]["after_finetuning"]) == {"loss"}
 
 
+@pytest.mark.slow
 def test_streams_h5_data(digits):
     with np.load(digits / "train.npz") as data, h5py.File(digits / "train.h5", "w") as f:
         f["images"], f["labels"] = data["x"], data["y"]
-    report = json.loads(run(digits / "digits_mlp.h5", "--sparsity", "0.5", "--finetune-epochs", "1",
+    report = json.loads(run("prune", digits / "digits_mlp.h5", "--sparsity", "0.5", "--finetune-epochs", "1",
                             "--data", digits / "train.h5", "--x-key", "images", "--y-key", "labels",
                             "--val-split", "0.5", "-o", digits / "out.h5", "--json").stdout)
     assert report["finetune"]["data"]["train_samples"] == 48
@@ -262,6 +267,7 @@ MIRRORED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(digits):
     out = digits / "tuned.h5"
     args = [digits / "digits_mlp.h5", "--sparsity", "0.8", "-o", out, "--finetune-epochs", "1",
@@ -271,7 +277,7 @@ def test_mirrored_strategy_on_two_logical_cpus(digits):
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["finetune"]["replicas"] == 2
-    run(digits / "digits_mlp.h5", "--sparsity", "0.8", "-o", digits / "pruned.h5")
+    run("prune", digits / "digits_mlp.h5", "--sparsity", "0.8", "-o", digits / "pruned.h5")
     for layer in KERNELS:
         pruned, tuned = kernel(digits / "pruned.h5", layer), kernel(out, layer)
         assert np.all(tuned[pruned == 0] == 0) and not np.array_equal(tuned, pruned), layer

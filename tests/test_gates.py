@@ -10,14 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
+from conftest import invoke
 from prunectl.cli.main import cli
 from prunectl.core.run.gates import GATES
-
-
-def invoke(*args, env=None, input=None):
-    return CliRunner().invoke(cli, [str(a) for a in args], env=env, input=input)
 
 
 def test_every_gate_is_an_option_of_both_commands():
@@ -98,6 +94,7 @@ def test_options_from_environment(models):
     assert gate.exit_code == 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs a shell")
 def test_shell_pipeline_prune_json_into_report_gate(models):
     """`prunectl prune ... --json | prunectl report - --min-sparsity X`, in a real shell."""

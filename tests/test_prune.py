@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import sample_inputs
+from conftest import run, sample_inputs
 from independent import dataset_filters, read_weights
 from prunectl.cli.main import cli
 from prunectl.core.weights import masks
@@ -31,12 +31,6 @@ PRUNABLE = {
 # Position of each weight in its (sub-)layer's variable list (how .keras files store them).
 INDEX = {"kernel": 0, "embeddings": 0, "depthwise_kernel": 0, "recurrent_kernel": 1, "pointwise_kernel": 1}
 CELL = {"lstm": "lstm_cell", "gru": "gru_cell"}
-
-
-def run(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def sha(path):
@@ -306,6 +300,7 @@ def test_pruned_keras_file_loads_compiled_in_stock_keras(samples):
     assert accuracy > 0.9, accuracy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_output_loads_in_a_fresh_keras_process_without_prunectl(models, fmt):
     import subprocess

@@ -12,24 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import REPO
+from conftest import REPO, invoke, run
 from independent import read_weights
 from prunectl.cli.main import cli
 from prunectl.core.weights import masks
 
 EXAMPLES = REPO / "examples" / "recipes"
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def ok(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def write(folder: Path, text: str, name: str = "r.toml") -> Path:
@@ -44,7 +33,7 @@ def kernels(path: Path) -> dict[str, np.ndarray]:
 
 def test_weight_step_with_layer_override(models):
     recipe = write(models, '[[step]]\nsparsity = 0.8\n[step.layers."^conv$"]\nsparsity = 0.25\n')
-    report = json.loads(ok("prune", models / "functional.h5", "--recipe", recipe, "--json", "-q").stdout)
+    report = json.loads(run("prune", models / "functional.h5", "--recipe", recipe, "--json", "-q").stdout)
     weights = read_weights(models / "functional.pruned.h5")
     conv = next(v for k, v in weights.items() if k.endswith("conv/kernel"))
     fc = next(v for k, v in weights.items() if k.endswith("fc/kernel"))
@@ -58,7 +47,7 @@ def test_weight_step_with_layer_override(models):
 
 def test_global_scope_override_keeps_layer_out_of_the_cut(models):
     recipe = write(models, '[[step]]\nsparsity = 0.7\nscope = "global"\n[step.layers."^head$"]\nthreshold = 0.0\n')
-    ok("prune", models / "functional.keras", "--recipe", recipe, "-q")
+    run("prune", models / "functional.keras", "--recipe", recipe, "-q")
     before, after = read_weights(models / "functional.keras"), read_weights(models / "functional.pruned.keras")
     np.testing.assert_array_equal(after["head/0"], before["head/0"])
     rest = [after[k] for k in ("conv/0", "fc/0")]
@@ -68,7 +57,7 @@ def test_global_scope_override_keeps_layer_out_of_the_cut(models):
 
 def test_command_line_overrides_the_recipe(models):
     recipe = write(models, 'compression = "none"\n[[step]]\nsparsity = 0.8\nexclude = "^head$"\n')
-    report = json.loads(ok("prune", models / "functional.h5", "--recipe", recipe, "--sparsity", "0.3",
+    report = json.loads(run("prune", models / "functional.h5", "--recipe", recipe, "--sparsity", "0.3",
                            "--compression", "strong", "--json", "-q").stdout)
     assert report["options"]["sparsity"] == 0.3 and report["options"]["compression"] == "strong"
     assert report["options"]["exclude"] == ["^head$"]  # untouched recipe values stay
@@ -77,6 +66,7 @@ def test_command_line_overrides_the_recipe(models):
     assert rows["head"]["zeros"] == 0
 
 
+@pytest.mark.slow
 def test_structural_weight_and_finetune_steps_as_in_the_issue(models):
     rng = np.random.default_rng(0)
     np.savez(models / "train.npz", x=rng.standard_normal((32, 6, 6, 2)).astype("float32"),
@@ -97,7 +87,7 @@ epochs = 1
 data = "train.npz"            # relative paths resolve against the recipe's folder
 schedule = "polynomial"
 """)
-    report = json.loads(ok("prune", models / "functional.keras", "--recipe", recipe, "--json", "-q").stdout)
+    report = json.loads(run("prune", models / "functional.keras", "--recipe", recipe, "--json", "-q").stdout)
     assert report["engine"] == "keras"
     assert report["structural"]["totals"]["units"]["after"] < report["structural"]["totals"]["units"]["before"]
     rows = {r["layer"]: r for r in report["layers"]}
@@ -109,11 +99,11 @@ schedule = "polynomial"
 
 def test_round_trip_repeats_the_run_exactly(models):
     recipe = write(models, '[[step]]\nsparsity = 0.6\nscope = "global"\n[step.layers."^out$"]\nsparsity = 0.9\n')
-    ok("prune", models / "zoo.keras", "--recipe", recipe, "-o", models / "a.keras", "--recipe-out",
+    run("prune", models / "zoo.keras", "--recipe", recipe, "-o", models / "a.keras", "--recipe-out",
        models / "sub.toml", "-q")
     written = tomllib.loads((models / "sub.toml").read_text())
     assert written["step"][0]["sparsity"] == 0.6 and written["step"][0]["scope"] == "global"
-    ok("prune", models / "zoo.keras", "--recipe", models / "sub.toml", "-o", models / "b.keras", "-q")
+    run("prune", models / "zoo.keras", "--recipe", models / "sub.toml", "-o", models / "b.keras", "-q")
     a, b = read_weights(models / "a.keras"), read_weights(models / "b.keras")
     assert a.keys() == b.keys()
     for key in a:
@@ -121,7 +111,7 @@ def test_round_trip_repeats_the_run_exactly(models):
 
 
 def test_recipe_out_records_command_line_options(models, tmp_path):
-    ok("prune", models / "sequential.h5", "--threshold", "0.2", "--exclude", "^d2$", "--compression", "strong",
+    run("prune", models / "sequential.h5", "--threshold", "0.2", "--exclude", "^d2$", "--compression", "strong",
        "--min-sparsity", "0.1", "--recipe-out", tmp_path / "r.toml", "-q")
     written = tomllib.loads((tmp_path / "r.toml").read_text())
     assert written["step"] == [{"threshold": 0.2, "scope": "layer", "exclude": ["^d2$"]}]
@@ -173,7 +163,8 @@ def test_missing_recipe_file(models):
     assert result.stderr.strip() == f"Error: recipe file not found. Received: '{models / 'nope.toml'}'"
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.toml")))
+@pytest.mark.parametrize("name", [pytest.param(p.name, marks=pytest.mark.slow) if "[finetune]" in p.read_text() else p.name
+                                  for p in sorted(EXAMPLES.glob("*.toml"))])  # fine-tuning recipes are slow
 def test_shipped_example_recipes_run(samples, tmp_path, name):
     # Copy the recipe so that its relative paths point at the private sample copies.
     folder = tmp_path / "examples" / "recipes"
@@ -185,7 +176,7 @@ def test_shipped_example_recipes_run(samples, tmp_path, name):
     args = ["prune", model, "--recipe", recipe, "-o", tmp_path / f"out{model.suffix}", "--json", "-q"]
     if "[finetune]" in text:
         args += ["--finetune-epochs", "1"]  # the command line wins; keeps the test short
-    report = json.loads(ok(*args).stdout)
+    report = json.loads(run(*args).stdout)
     assert report["pipeline"]["steps"] and all(g["passed"] for g in report.get("gates", []))
     tomllib.loads(text)
 

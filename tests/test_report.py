@@ -8,16 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
+from conftest import run
 from independent import read_weights
-from prunectl.cli.main import cli
-
-
-def run(*args, input=None):
-    result = CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.mark.parametrize("fmt", [".h5", ".keras"])
@@ -69,6 +62,7 @@ def _no_tensorflow(code: str, cwd) -> None:
     assert out.returncode == 0 and "clean" in out.stdout, out.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", [".h5", ".keras"])
 def test_report_and_file_prune_never_import_tensorflow(models, fmt):
     _no_tensorflow(
@@ -81,6 +75,7 @@ def test_report_and_file_prune_never_import_tensorflow(models, fmt):
     )
 
 
+@pytest.mark.slow
 def test_help_and_version_never_import_tensorflow_or_numpy(tmp_path):
     _no_tensorflow(
         "from click.testing import CliRunner\nfrom prunectl.cli.main import cli\n"
@@ -92,6 +87,7 @@ def test_help_and_version_never_import_tensorflow_or_numpy(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_console_script_version():
     out = subprocess.run([sys.executable, "-m", "prunectl", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("prunectl, version ")

@@ -17,17 +17,16 @@ except ModuleNotFoundError:  # Python 3.10
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
+from conftest import invoke
 from independent import kernel
-from prunectl.cli.main import cli
 from prunectl.core.io import keras_io
 from prunectl.core.errors import OptionError
 from prunectl.core.training.evaluate import EvalOptions, Evaluator
 from prunectl.core.io.modelfile import open_model_file
 from prunectl.core.options import parse_sparsities
 from prunectl.core.run.sensitivity import SensitivityOptions, analyze, run_sensitivity
-from prunectl.core.tomlwriter import dumps
+from prunectl.core.run.recipe import toml_text as dumps
 
 LAYERS = ("robust", "fragile")
 
@@ -54,10 +53,6 @@ def tiny(tmp_path_factory):
     return folder
 
 
-def invoke(*args):
-    return CliRunner().invoke(cli, ["sensitivity", *map(str, args)])
-
-
 def drops(result) -> dict[str, list[float]]:
     return {row["layer"]: [t["drop"] for t in row["trials"]] for row in result["layers"]}
 
@@ -79,6 +74,7 @@ def test_fragile_layer_shows_the_largest_drop(tiny, fmt):
     assert found["fragile"] == sorted(found["fragile"])
 
 
+@pytest.mark.slow
 def test_weights_restored_and_model_loaded_once(tiny, monkeypatch):
     loads = []
     original = keras_io.load_model
@@ -110,7 +106,7 @@ def test_weights_restored_when_a_trial_fails(tiny, monkeypatch):
 
 def test_budget_writes_a_recipe(tiny):
     out = tiny / "recipe.toml"
-    result = invoke(tiny / "tiny.h5", "--data", tiny / "val.npz", "--sparsities", "0.5,0.9",
+    result = invoke("sensitivity", tiny / "tiny.h5", "--data", tiny / "val.npz", "--sparsities", "0.5,0.9",
                     "--budget", "0.02", "--recipe-out", out, "--force", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -127,14 +123,15 @@ def test_budget_writes_a_recipe(tiny):
         assert report["budget"]["layers"].get(row["layer"]) == (max(fitting) if fitting else None)
 
 
+@pytest.mark.slow
 def test_table_and_bars_on_stderr_json_only_on_stdout(tiny):
-    table = invoke(tiny / "tiny.h5", "--data", tiny / "val.npz", "--sparsities", "0.5")
+    table = invoke("sensitivity", tiny / "tiny.h5", "--data", tiny / "val.npz", "--sparsities", "0.5")
     assert table.exit_code == 0, table.output
     assert table.stdout == ""
     shown = " ".join(table.stderr.split())  # rich wraps titles to the table's width
     assert "Accuracy drop when one layer alone is pruned (dense accuracy 1.0000)" in shown
     assert "Fragile layers: drop at 50% sparsity Layer Drop fragile +0." in shown and "█" in shown
-    machine = invoke(tiny / "tiny.h5", "--data", tiny / "val.npz", "--sparsities", "0.5", "--json", "-q")
+    machine = invoke("sensitivity", tiny / "tiny.h5", "--data", tiny / "val.npz", "--sparsities", "0.5", "--json", "-q")
     assert machine.exit_code == 0 and machine.stderr == ""
     data = json.loads(machine.stdout)
     assert data["schema_version"] == 1 and data["kind"] == "sensitivity"
@@ -142,7 +139,7 @@ def test_table_and_bars_on_stderr_json_only_on_stdout(tiny):
 
 
 def test_loss_where_the_model_has_no_accuracy(tiny):
-    result = invoke(tiny / "tiny.h5", "--data", tiny / "val.npz", "--sparsities", "0.9", "--metrics", "sparse_categorical_crossentropy",
+    result = invoke("sensitivity", tiny / "tiny.h5", "--data", tiny / "val.npz", "--sparsities", "0.9", "--metrics", "sparse_categorical_crossentropy",
                     "--include", "^fragile$", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -168,7 +165,7 @@ def test_loss_where_the_model_has_no_accuracy(tiny):
 ])
 def test_errors_are_one_line(tiny, args, code, line):
     paths = {"val": tiny / "val.npz", "missing": tiny / "missing.npz"}
-    result = invoke(tiny / "tiny.h5", *(a.format(**paths) for a in args))
+    result = invoke("sensitivity", tiny / "tiny.h5", *(a.format(**paths) for a in args))
     assert result.exit_code == code
     assert result.stdout == ""
     assert result.stderr.splitlines() == [line.format(**paths)]
@@ -177,7 +174,7 @@ def test_errors_are_one_line(tiny, args, code, line):
 def test_existing_recipe_is_not_overwritten_before_any_work(tiny):
     out = tiny / "taken.toml"
     out.write_text("keep")
-    result = invoke(tiny / "tiny.h5", "--data", tiny / "val.npz", "--budget", "0.1", "--recipe-out", out)
+    result = invoke("sensitivity", tiny / "tiny.h5", "--data", tiny / "val.npz", "--budget", "0.1", "--recipe-out", out)
     assert result.exit_code == 1
     assert result.stderr.strip() == f"Error: output file exists; pass --force to overwrite it. Received: {str(out)!r}"
     assert out.read_text() == "keep"

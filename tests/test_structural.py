@@ -11,23 +11,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import build_functional, build_sequential
+from conftest import build_functional, build_sequential, seeded_keras
 from prunectl.core.structure.criteria import CRITERIA
 from prunectl.core.errors import OptionError, SelectionError
 from prunectl.core.structure.plan import NeuronPruning, apply_plan, choose_units, plan_structure
 
 RNG = np.random.default_rng(0)
-
-
-def _keras():
-    import keras
-
-    keras.utils.set_random_seed(7)
-    return keras
+SEED = 7  # the Keras seed of the models built here
 
 
 def build_residual():
-    keras = _keras()
+    keras = seeded_keras(SEED)
     inputs = keras.Input((6, 6, 2))
     a = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="a")(inputs)
     b = keras.layers.Conv2D(6, 3, padding="same", name="b")(a)
@@ -39,7 +33,7 @@ def build_residual():
 
 
 def build_concat():
-    keras = _keras()
+    keras = seeded_keras(SEED)
     inputs = keras.Input((4, 4, 2))
     a = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="a")(inputs)
     b = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="b")(inputs)
@@ -51,7 +45,7 @@ def build_concat():
 
 
 def build_depthwise():
-    keras = _keras()
+    keras = seeded_keras(SEED)
     inputs = keras.Input((6, 6, 3))
     x = keras.layers.Conv2D(6, 1, name="expand")(inputs)
     x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
@@ -144,7 +138,7 @@ def test_depthwise_passes_channels_and_separable_slices_its_multiplier():
 
 
 def _dense_model(width=6):
-    keras = _keras()
+    keras = seeded_keras(SEED)
     return keras.Sequential([keras.Input((5,)), keras.layers.Dense(width, activation="relu", name="d1"),
                              keras.layers.Dense(4, activation="relu", name="d2"), keras.layers.Dense(3, name="out")])
 
@@ -191,7 +185,7 @@ def test_a_constant_unit_is_folded_into_the_next_bias():
 
 
 def test_l1_and_l2_rank_units_by_their_weights():
-    keras = _keras()
+    keras = seeded_keras(SEED)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d"), keras.layers.Dense(1, name="o")])
     kernel = np.array([[3, 1], [0, 1], [0, 1], [0, 1]], dtype="float32")  # l1: 3 vs 4; l2: 3 vs 2
     model.get_layer("d").set_weights([kernel, np.zeros(2, "float32")])
@@ -234,7 +228,7 @@ def test_choose_units_keeps_one_rounds_up_and_cuts_globally():
 
 
 def test_model_outputs_and_unknown_layers_are_left_whole():
-    keras = _keras()
+    keras = seeded_keras(SEED)
     inputs = keras.Input((5,))
     x = keras.layers.Dense(4, activation="relu", name="d1")(inputs)
     x = keras.layers.UnitNormalization(name="norm")(x)
@@ -247,7 +241,7 @@ def test_model_outputs_and_unknown_layers_are_left_whole():
 
 
 def test_nothing_prunable_is_a_clear_error():
-    keras = _keras()
+    keras = seeded_keras(SEED)
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, name="only")])
     with pytest.raises(SelectionError, match=r"^no prunable units: .*Received: include=\[\], exclude=\[\]$"):
         plan_structure(model, NeuronPruning(ratio=0.5))
@@ -277,8 +271,9 @@ def test_plan_is_a_value_recorded_as_json():
     assert data["totals"]["flops"]["before"] == sum(r["flops_before"] for r in data["layers"])
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_builds_runs_and_shrinks():
-    keras = _keras()
+    keras = seeded_keras(SEED)
     model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=5)
     plan = plan_structure(model, NeuronPruning(ratio=0.5, round_to=8))
     pruned = apply_plan(model, plan)

@@ -8,21 +8,15 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
+from conftest import run
 from independent import kernel, read_weights
-from prunectl.cli.main import cli
 from test_cli_errors import fails, snapshot
 
 FORMATS = [".h5", ".keras"]
 
 
-def run(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result
-
-
+@pytest.mark.slow
 def test_pruned_files_have_fewer_units_and_load_in_plain_keras(samples):
     outputs = [samples / f"small_{fmt[1:]}{fmt}" for fmt in FORMATS]
     for fmt, output in zip(FORMATS, outputs):

@@ -36,14 +36,42 @@ def check_output(path: Path, force: bool, inputs: tuple[Path, ...] = ()) -> None
         raise OutputError(f"output file exists; pass --force to overwrite it. Received: {str(path)!r}")
 
 
+def _fsync(path: Path) -> None:
+    """Flush ``path``'s data to the disk (Windows needs a writable handle for that)."""
+    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable, where the platform can (not on Windows, nor some file systems)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it to ``target`` on success.
 
+    The temporary file is flushed to the disk before the rename, and the folder
+    after it, so that a crash or power loss leaves the old file or the whole new
+    one, never an empty or partly written file under the target's name.
+
     On any exception (KeyboardInterrupt included) the temporary file is removed
     and ``target`` is left as it was.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    directory = target.parent or Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -51,10 +79,12 @@ def atomic_path(target: Path) -> Iterator[Path]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
+        _fsync(tmp_path)
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    _fsync_directory(directory)
 
 
 def write_text_atomic(target: Path, text: str) -> None:

@@ -25,8 +25,9 @@ except ModuleNotFoundError:  # Python 3.10
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tomli_w
+
 from prunectl.core.errors import OptionError
-from prunectl.core.tomlwriter import dumps
 
 STRUCTURAL_KEYS = ("neuron-criterion", "neuron-threshold", "neuron-ratio", "round-to", "scope", "include", "exclude")
 WEIGHT_KEYS = ("threshold", "sparsity", "scope", "include", "exclude")
@@ -289,4 +290,51 @@ def recipe_toml(pipeline: dict, header: str = "", relative_to: Path | None = Non
         document["step"] = steps
     if pipeline.get("finetune"):
         document["finetune"] = table(pipeline["finetune"])
-    return dumps(document, tuple(header.splitlines()))
+    return toml_text(document, tuple(header.splitlines()))
+
+
+def _table_array(value) -> bool:
+    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(item, dict) for item in value)
+
+
+def toml_text(document: dict, comments: tuple[str, ...] = ()) -> str:
+    """Write ``document`` as TOML (with tomli-w), after ``comments`` as ``#`` lines.
+
+    tomli-w writes a short array of tables inline (``step = [{ sparsity = 0.8 }]``);
+    here each item of a top-level array of tables is its own ``[[name]]`` table, as
+    people write recipes and as :func:`load_recipe` numbers their lines. Tables
+    follow the plain values, in the document's order.
+
+    Args:
+        document: a dict of TOML values, tables (dicts) and arrays of tables (lists of dicts).
+        comments: lines written first, each as a comment.
+
+    Returns:
+        The TOML text, ending with a newline.
+
+    Raises:
+        TypeError: a value TOML cannot hold (None, an object).
+
+    Example:
+        >>> print(toml_text({"step": [{"sparsity": 0.0, "layers": {"^fc1$": {"sparsity": 0.9}}}]}), end="")
+        [[step]]
+        sparsity = 0.0
+        <BLANKLINE>
+        [step.layers."^fc1$"]
+        sparsity = 0.9
+    """
+    values = {k: v for k, v in document.items() if not isinstance(v, dict) and not _table_array(v)}
+    chunks = [tomli_w.dumps(values)] if values else []
+    for key, value in document.items():
+        if isinstance(value, dict):
+            chunks.append(tomli_w.dumps({key: value}))
+        elif _table_array(value):
+            name = tomli_w.dumps({key: 0}).rsplit(" = ", 1)[0]  # the key, quoted where TOML needs it
+            for item in value:
+                tables = {k: v for k, v in item.items() if isinstance(v, dict)}
+                chunk = f"[[{name}]]\n" + tomli_w.dumps({k: v for k, v in item.items() if k not in tables})
+                # {name: tables} holds no plain value, so tomli-w writes only the [name.sub] headers,
+                # which TOML applies to the [[name]] table just above.
+                chunks.append(chunk + ("\n" + tomli_w.dumps({key: tables}) if tables else ""))
+    lines = [f"# {line}".rstrip() for comment in comments for line in comment.splitlines()]
+    return "\n".join(lines + ([""] if lines and chunks else []) + ["\n".join(chunks)]).rstrip("\n") + "\n"

@@ -34,9 +34,9 @@ from prunectl.core.io.modelfile import open_model_file
 from prunectl.core.options import DEFAULT_SPARSITIES, validate_budget, validate_sparsity
 from prunectl.core.weights.prune import WeightPruning, prune_keras_model
 from prunectl.core.weights.catalog import keras_weight_entries
+from prunectl.core.run.recipe import toml_text
 from prunectl.core.run.report import Header, file_info
 from prunectl.core.weights.selection import select_weights
-from prunectl.core.tomlwriter import dumps
 
 
 #: Called after every trial as ``progress(done, total, layer, sparsity)``.
@@ -263,7 +263,7 @@ def recipe_toml(result: dict) -> str:
     ]
     if choice["left_dense"]:
         comments.append(f"left dense (no tested sparsity within the budget): {', '.join(choice['left_dense'])}")
-    return dumps(recipe_document(choice), tuple(comments))
+    return toml_text(recipe_document(choice), tuple(comments))
 
 
 def run_sensitivity(model: Path, options: SensitivityOptions, recipe_out: Path | None = None, force: bool = False,

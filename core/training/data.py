@@ -101,6 +101,15 @@ class H5Reader:
         return Dataset(*arrays)
 
 
+def _numeric(row: list[str]) -> bool:
+    """Whether every cell of ``row`` reads as a number (by the conversion that reads the table)."""
+    try:
+        np.array(row, dtype=np.float64)
+    except ValueError:
+        return False
+    return True
+
+
 @READERS.register(".csv")
 class CsvReader:
     """Numeric columns of a CSV file; ``label_col`` (a header name or 0-based index) becomes ``y``.
@@ -123,12 +132,10 @@ class CsvReader:
         if not rows:
             raise _fail("data file is empty", path)
         header = None
-        try:
-            [float(cell) for cell in rows[0]]
-        except ValueError:
+        if not _numeric(rows[0]):
             header, rows = [cell.strip() for cell in rows[0]], rows[1:]
         try:
-            table = np.array(rows, dtype=np.float64)
+            table = np.array(rows, dtype=np.float64)  # one conversion of every cell
         except ValueError as exc:
             raise _fail(f"data file has a non-numeric or missing value ({exc})", path) from None
         if table.ndim != 2:
