@@ -14,17 +14,12 @@ import shutil
 import subprocess
 import sys
 
-import pytest
 
 from conftest import REPO
 
 LAYOUT = {"prunectl": REPO / "src" / "prunectl", "prunectl/core": REPO / "core", "prunectl/cli": REPO / "cli"}
 
 
-@pytest.mark.slow
-# remove once back-edges are fixed: io.modelfile and io.writer import weights.masks, structure.plan imports
-# training.data (the layers contract of pyproject.toml lists them).
-@pytest.mark.xfail(strict=False, reason="known back-edges in prunectl.core, being fixed")
 def test_import_contracts_hold(tmp_path):
     for target, source in LAYOUT.items():
         shutil.copytree(source, tmp_path / target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
