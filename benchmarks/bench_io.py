@@ -116,8 +116,8 @@ def compression_table(path: Path, threshold: float) -> list[dict]:
     import h5py
 
     from prunectl.core.io.compress import ChunkWriter
-    from prunectl.core.weights.masks import apply_threshold
     from prunectl.core.io.modelfile import open_model_file
+    from prunectl.core.weights.masks import apply_threshold
 
     with open_model_file(path) as model:
         arrays = []
@@ -149,40 +149,61 @@ def main() -> None:
     threshold, weight_bytes = threshold_for(paths[".h5"], 0.9)
     idle_s, idle_rss = best([PY, "-c", IDLE], args.repeat)
     help_s, _ = best(prunectl("--help"), args.repeat)
-    figures = {"weights_bytes": weight_bytes, "threshold_90pct": threshold, "help_seconds": help_s,
-               "idle_interpreter_rss": idle_rss, "formats": {}}
+    figures = {
+        "weights_bytes": weight_bytes,
+        "threshold_90pct": threshold,
+        "help_seconds": help_s,
+        "idle_interpreter_rss": idle_rss,
+        "formats": {},
+    }
     print(f"VGG16: {weight_bytes / 1e6:.0f} MB of weights; |w| < {threshold:.3g} removes 90% of prunable weights")
     print(f"prunectl --help: {help_s:.3f} s (target <= 0.3 s)")
     for fmt, path in paths.items():
         out = args.workdir / f"out{fmt}"
         report_s, _ = best(prunectl("report", str(path), "--json"), args.repeat)
         bare_s, _ = best([PY, "-c", BARE_READ, str(path)], args.repeat)
-        prune_s, prune_rss = best(prunectl("prune", str(path), "--threshold", repr(threshold), "-o", str(out),
-                                            "--force", "-q"), args.repeat)
+        prune_s, prune_rss = best(
+            prunectl("prune", str(path), "--threshold", repr(threshold), "-o", str(out), "--force", "-q"), args.repeat
+        )
         keras_s, _ = best([PY, "-c", KERAS_ROUND_TRIP, str(path), str(args.workdir / f"keras{fmt}")], args.repeat)
         size_in, size_out = path.stat().st_size, out.stat().st_size
         mem_ratio = (prune_rss - idle_rss) / weight_bytes
         figures["formats"][fmt] = {
-            "report_s": report_s, "bare_h5py_read_s": bare_s, "report_ratio": report_s / bare_s,
-            "prune_s": prune_s, "keras_import_load_save_s": keras_s, "prune_ratio": prune_s / keras_s,
-            "input_bytes": size_in, "output_bytes": size_out, "size_ratio": size_out / size_in,
-            "prune_peak_rss": prune_rss, "memory_ratio": mem_ratio,
+            "report_s": report_s,
+            "bare_h5py_read_s": bare_s,
+            "report_ratio": report_s / bare_s,
+            "prune_s": prune_s,
+            "keras_import_load_save_s": keras_s,
+            "prune_ratio": prune_s / keras_s,
+            "input_bytes": size_in,
+            "output_bytes": size_out,
+            "size_ratio": size_out / size_in,
+            "prune_peak_rss": prune_rss,
+            "memory_ratio": mem_ratio,
         }
         print(f"\n{fmt}  ({size_in / 1e6:.0f} MB)")
-        print(f"  report        {report_s:6.2f} s  vs bare h5py read {bare_s:6.2f} s  -> {report_s / bare_s:.2f}x"
-              " (target <= 1.3x)")
-        print(f"  prune 90%     {prune_s:6.2f} s  vs TF import+Keras load+save {keras_s:6.2f} s  -> "
-              f"{prune_s / keras_s:.2f}x (target <= 1.0x)")
+        print(
+            f"  report        {report_s:6.2f} s  vs bare h5py read {bare_s:6.2f} s  -> {report_s / bare_s:.2f}x"
+            " (target <= 1.3x)"
+        )
+        print(
+            f"  prune 90%     {prune_s:6.2f} s  vs TF import+Keras load+save {keras_s:6.2f} s  -> "
+            f"{prune_s / keras_s:.2f}x (target <= 1.0x)"
+        )
         print(f"  output size   {size_out / 1e6:6.1f} MB  -> {size_out / size_in:.3f}x of input (target <= 0.25x)")
-        print(f"  peak memory   {(prune_rss - idle_rss) / 1e6:6.0f} MB above the interpreter's own -> "
-              f"{mem_ratio:.2f}x the weights (target <= 2.5x)")
+        print(
+            f"  peak memory   {(prune_rss - idle_rss) / 1e6:6.0f} MB above the interpreter's own -> "
+            f"{mem_ratio:.2f}x the weights (target <= 2.5x)"
+        )
     rows = compression_table(paths[".h5"], threshold)
     figures["gzip_levels"] = rows
     print("\ngzip level on the 90%-pruned VGG16 weights (shuffle on, all cores):")
     print("  level  seconds   MB      MB/s in")
     for row in rows:
-        print(f"  {row['level']:>5}  {row['seconds']:7.2f}  {row['bytes'] / 1e6:6.1f}  "
-              f"{weight_bytes / 1e6 / row['seconds']:8.0f}")
+        print(
+            f"  {row['level']:>5}  {row['seconds']:7.2f}  {row['bytes'] / 1e6:6.1f}  "
+            f"{weight_bytes / 1e6 / row['seconds']:8.0f}"
+        )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

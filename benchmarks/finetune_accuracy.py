@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from prunectl.core.training.finetune import FinetuneOptions
 from prunectl.core.run.job import PruneRequest, run_prune
+from prunectl.core.training.finetune import FinetuneOptions
 from prunectl.core.weights.prune import WeightPruning
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
@@ -39,19 +39,39 @@ def main() -> None:
             for schedule in args.schedules.split(","):
                 for sparsity in SPARSITIES:
                     start = time.perf_counter()
-                    report = run_prune(PruneRequest(
-                        model=SAMPLES / f"{name}.keras", weights=WeightPruning(sparsity=sparsity, scope=args.scope),
-                        output=Path(folder) / f"{name}.{schedule}.{sparsity}.keras",
-                        finetune=FinetuneOptions(data=SAMPLES / "digits_train.npz",
-                                                 val_data=SAMPLES / "digits_test.npz", epochs=args.epochs,
-                                                 schedule=schedule, seed=args.seed, batch_size=args.batch_size,
-                                                 learning_rate=args.learning_rate, prune_end=args.prune_end))).to_dict()
+                    report = run_prune(
+                        PruneRequest(
+                            model=SAMPLES / f"{name}.keras",
+                            weights=WeightPruning(sparsity=sparsity, scope=args.scope),
+                            output=Path(folder) / f"{name}.{schedule}.{sparsity}.keras",
+                            finetune=FinetuneOptions(
+                                data=SAMPLES / "digits_train.npz",
+                                val_data=SAMPLES / "digits_test.npz",
+                                epochs=args.epochs,
+                                schedule=schedule,
+                                seed=args.seed,
+                                batch_size=args.batch_size,
+                                learning_rate=args.learning_rate,
+                                prune_end=args.prune_end,
+                            ),
+                        )
+                    ).to_dict()
                     evaluation = report["finetune"]["evaluation"]
                     dense = evaluation["before_pruning"]["accuracy"]
                     pruned = evaluation["after_pruning"]["accuracy"]
                     tuned = evaluation["after_finetuning"]["accuracy"]
-                    rows.append((name, schedule, sparsity, report["totals"]["prunable"]["sparsity"], dense, pruned,
-                                 tuned, time.perf_counter() - start))
+                    rows.append(
+                        (
+                            name,
+                            schedule,
+                            sparsity,
+                            report["totals"]["prunable"]["sparsity"],
+                            dense,
+                            pruned,
+                            tuned,
+                            time.perf_counter() - start,
+                        )
+                    )
                     print(_row(rows[-1]), flush=True)
     print()
     print("| model | schedule | target | sparsity | dense acc | after pruning | after fine-tuning | gap (pts) | s |")
@@ -62,8 +82,10 @@ def main() -> None:
 
 def _row(row) -> str:
     name, schedule, target, sparsity, dense, pruned, tuned, seconds = row
-    return (f"| {name} | {schedule} | {target:.0%} | {sparsity:.2%} | {dense:.2%} | {pruned:.2%} | {tuned:.2%} | "
-            f"{100 * (tuned - dense):+.2f} | {seconds:.0f} |")
+    return (
+        f"| {name} | {schedule} | {target:.0%} | {sparsity:.2%} | {dense:.2%} | {pruned:.2%} | {tuned:.2%} | "
+        f"{100 * (tuned - dense):+.2f} | {seconds:.0f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -32,10 +32,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Set before TensorFlow starts: a chain of layers then runs on the calling thread (less fixed cost per call).
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
-from prunectl.core.structure.cost import (as_tensors, empty_function, forward_function, make_batch,  # noqa: E402
-                                measure_latency, time_calls)
-from prunectl.core.structure.fold import fold_batchnorm  # noqa: E402
 from prunectl.core.io.keras_io import import_keras  # noqa: E402
+from prunectl.core.structure.cost import (
+    as_tensors,
+    empty_function,
+    forward_function,
+    make_batch,  # noqa: E402
+    measure_latency,
+    time_calls,
+)
+from prunectl.core.structure.fold import fold_batchnorm  # noqa: E402
 from prunectl.core.structure.plan import NeuronPruning, apply_plan, plan_structure  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
@@ -58,14 +64,19 @@ def digits(args) -> None:
 
     train, test = np.load(SAMPLES / "digits_train.npz"), np.load(SAMPLES / "digits_test.npz")
     batch = make_batch(None, test["x"], 256)
-    print(f"criterion={args.criterion} round_to={args.round_to} epochs={args.epochs} "
-          f"fold_batchnorm={args.fold_batchnorm}; batch 256, "
-          f"{args.repeats} interleaved rounds; TensorFlow threads: "
-          f"intra-op {tf.config.threading.get_intra_op_parallelism_threads() or 'default'}, "
-          f"inter-op {os.environ.get('TF_NUM_INTEROP_THREADS', 'default')}")
-    print("| model | ratio | exclude | units after | FLOPs before | FLOPs after | FLOPs ratio | params before -> after | "
-          "acc before | acc pruned | acc fine-tuned | latency before (ms) | latency after (ms) | empty call (ms) | speedup | "
-          "speedup / FLOPs ratio | median: before / after (ms), speedup |")
+    print(
+        f"criterion={args.criterion} round_to={args.round_to} epochs={args.epochs} "
+        f"fold_batchnorm={args.fold_batchnorm}; batch 256, "
+        f"{args.repeats} interleaved rounds; TensorFlow threads: "
+        f"intra-op {tf.config.threading.get_intra_op_parallelism_threads() or 'default'}, "
+        f"inter-op {os.environ.get('TF_NUM_INTEROP_THREADS', 'default')}"
+    )
+    print(
+        "| model | ratio | exclude | units after | FLOPs before | FLOPs after | FLOPs ratio | params before -> after | "
+        "acc before | acc pruned | acc fine-tuned | latency before (ms) | latency after (ms) | empty call (ms) | "
+        "speedup | "
+        "speedup / FLOPs ratio | median: before / after (ms), speedup |"
+    )
     print("|" + " --- |" * 17)
     notes = []
     for name in args.models:
@@ -90,11 +101,13 @@ def digits(args) -> None:
         totals = plan.totals()
         flops_ratio = totals["flops"]["ratio"]
         units = "/".join(str(r.units_after) for r in plan.layers if r.units_after is not None)
-        print(f"| {name} | {ratio} | {', '.join(exclude) or '-'} | {units} | {totals['flops']['before']:,} | "
-              f"{totals['flops']['after']:,} | {flops_ratio:.2f}x | "
-              f"{totals['params']['before']:,} -> {totals['params']['after']:,} | {before:.4f} | {pruned_acc:.4f} | "
-              f"{tuned:.4f} | {slow:.3f} | {fast:.3f} | {floor:.3f} | {slow / fast:.2f}x | "
-              f"{slow / fast / flops_ratio:.2f} | {slow_med:.3f} / {fast_med:.3f}, {slow_med / fast_med:.2f}x |")
+        print(
+            f"| {name} | {ratio} | {', '.join(exclude) or '-'} | {units} | {totals['flops']['before']:,} | "
+            f"{totals['flops']['after']:,} | {flops_ratio:.2f}x | "
+            f"{totals['params']['before']:,} -> {totals['params']['after']:,} | {before:.4f} | {pruned_acc:.4f} | "
+            f"{tuned:.4f} | {slow:.3f} | {fast:.3f} | {floor:.3f} | {slow / fast:.2f}x | "
+            f"{slow / fast / flops_ratio:.2f} | {slow_med:.3f} / {fast_med:.3f}, {slow_med / fast_med:.2f}x |"
+        )
     for note in notes:
         print(note)
 
@@ -110,8 +123,10 @@ def applications(args) -> None:
     size = args.size
     x = np.random.default_rng(0).random((args.batch, size, size, 3), dtype=np.float32)
     print(f"input {size}x{size}x3, classes=10, criterion=l1 ratio={args.ratio} round_to=8, batch {args.batch}")
-    print("| model | groups pruned (coupled) | boundaries | params before -> after | FLOPs before -> after | "
-          "FLOPs ratio | output shape | latency before (ms) | latency after (ms) | speedup | plan+apply (s) |")
+    print(
+        "| model | groups pruned (coupled) | boundaries | params before -> after | FLOPs before -> after | "
+        "FLOPs ratio | output shape | latency before (ms) | latency after (ms) | speedup | plan+apply (s) |"
+    )
     print("|" + " --- |" * 11)
     for name, build in builders.items():
         model = build(input_shape=(size, size, 3), weights=None, classes=10)
@@ -126,10 +141,12 @@ def applications(args) -> None:
         pruned_groups = [g for g in plan.groups if not g.frozen]
         coupled = sum(1 for g in pruned_groups if len(g.producers) > 1)
         slow, fast = measure_latency([model, pruned], x, repeats=args.repeats)
-        print(f"| {name} | {len(pruned_groups)} ({coupled}) | {len(plan.boundaries)} | "
-              f"{totals['params']['before']:,} -> {totals['params']['after']:,} | "
-              f"{totals['flops']['before']:,} -> {totals['flops']['after']:,} | {totals['flops']['ratio']:.2f}x | "
-              f"{shape} | {slow * 1e3:.1f} | {fast * 1e3:.1f} | {slow / fast:.2f}x | {spent:.1f} |")
+        print(
+            f"| {name} | {len(pruned_groups)} ({coupled}) | {len(plan.boundaries)} | "
+            f"{totals['params']['before']:,} -> {totals['params']['after']:,} | "
+            f"{totals['flops']['before']:,} -> {totals['flops']['after']:,} | {totals['flops']['ratio']:.2f}x | "
+            f"{shape} | {slow * 1e3:.1f} | {fast * 1e3:.1f} | {slow / fast:.2f}x | {spent:.1f} |"
+        )
 
 
 def main() -> None:
@@ -145,8 +162,12 @@ def main() -> None:
     d.add_argument("--models", nargs="+", default=["digits_cnn", "digits_mlp"], choices=["digits_cnn", "digits_mlp"])
     for kind in ("cnn", "mlp"):
         d.add_argument(f"--{kind}-ratio", type=float, help=f"the {kind.upper()}'s ratio (default: --ratio)")
-        d.add_argument(f"--{kind}-exclude", action="append", default=[],
-                       help=f"a layer of the {kind.upper()} left whole (repeatable)")
+        d.add_argument(
+            f"--{kind}-exclude",
+            action="append",
+            default=[],
+            help=f"a layer of the {kind.upper()} left whole (repeatable)",
+        )
     d.add_argument("--repeats", type=int, default=300)
     a = sub.add_parser("applications")
     a.add_argument("--size", type=int, default=32)

@@ -9,19 +9,29 @@ import click
 from prunectl.cli import render
 from prunectl.core.run.gates import GATES
 
+
 def gate_options(command):
     """Add one ``--<gate>`` option per registered gate (help text from the gate's docstring)."""
     for name in reversed(GATES.names()):
         gate = GATES.get(name)
         summary = gate.__doc__.strip().splitlines()[0].rstrip(".")
-        command = click.option(f"--{name}", type=gate.value_type, default=None, metavar=gate.metavar,
-                               help=f"Gate: {summary[0].lower()}{summary[1:]} (else exit 3).")(command)
+        command = click.option(
+            f"--{name}",
+            type=gate.value_type,
+            default=None,
+            metavar=gate.metavar,
+            help=f"Gate: {summary[0].lower()}{summary[1:]} (else exit 3).",
+        )(command)
     return command
 
 
 def markdown_option(command):
-    return click.option("--markdown", type=click.Path(path_type=Path), default=None,
-                        help="Also write the report as a Markdown table here (for CI job summaries).")(command)
+    return click.option(
+        "--markdown",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Also write the report as a Markdown table here (for CI job summaries).",
+    )(command)
 
 
 def gate_limits(params: dict) -> tuple[tuple[str, float], ...]:

@@ -84,7 +84,11 @@ class PrunectlGroup(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-@click.group(cls=PrunectlGroup, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "PRUNECTL"})
+@click.group(
+    cls=PrunectlGroup,
+    epilog=EXIT_CODES,
+    context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "PRUNECTL"},
+)
 @click.version_option(__version__, "--version", prog_name="prunectl")
 @click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's logs and tracebacks of internal errors.")
 @click.pass_context

@@ -7,15 +7,23 @@ from pathlib import Path
 import click
 
 from prunectl.cli import render
-from prunectl.cli.checks import checked as _checked, patterns
+from prunectl.cli.checks import checked as _checked
+from prunectl.cli.checks import patterns
 from prunectl.cli.common import finish_with_gates, gate_options, markdown_option
 from prunectl.cli.structural import structural_options
 from prunectl.cli.training import FINETUNE_NAMES, epoch_lines, evaluation_table, finetune_options, training_bars
-from prunectl.core.options import (COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES, SCOPES,
-                                   validate_sparsity, validate_threshold)
+from prunectl.core.options import (
+    COMPRESSION_LEVELS,
+    DEFAULT_COMPRESSION,
+    ENGINES,
+    SCOPES,
+    validate_sparsity,
+    validate_threshold,
+)
 
 
-@click.command(epilog="""\b
+@click.command(
+    epilog="""\b
 Examples:
   prunectl prune model.h5 --threshold 0.01
   prunectl prune model.keras --sparsity 0.9 --scope global --exclude '^head$'
@@ -25,38 +33,92 @@ Examples:
   prunectl prune model.keras --sparsity 0.95 --schedule polynomial --finetune-epochs 8 --data train.h5 --val-split 0.1
   prunectl prune model.keras --neuron-ratio 0.5 --round-to 8 --dry-run
   prunectl prune model.h5 --neuron-criterion activation --neuron-threshold 0.01 --data train.npz --benchmark
-""")
+"""
+)
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
-@click.option("--threshold", type=float, callback=_checked(validate_threshold),
-              help="Zero every prunable weight with |w| < T.")
-@click.option("--sparsity", type=float, callback=_checked(validate_sparsity),
-              help="Zero the fraction S in [0, 1) of smallest-magnitude weights.")
-@click.option("--scope", type=click.Choice(SCOPES), default="layer", show_default=True,
-              help="With --sparsity: each weight tensor reaches S (layer), or one cut over all (global).")
-@click.option("--include", multiple=True, metavar="REGEX", callback=patterns,
-              help="Prune only layers whose name matches (repeatable).")
-@click.option("--exclude", multiple=True, metavar="REGEX", callback=patterns,
-              help="Leave layers whose name matches (repeatable).")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="Output model (default: <stem>.pruned<suffix> beside the input; the suffix picks the format).")
-@click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
-              help="Where to write the JSON report (default: <output stem>.report.json).")
-@click.option("--compression", type=click.Choice(list(COMPRESSION_LEVELS)), default=DEFAULT_COMPRESSION, show_default=True,
-              help="gzip level of the output's weights: none=0, fast=1, balanced=4, strong=9 (see the README).")
-@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
-              help="file: h5py only, no TensorFlow; keras: load and save with Keras; auto: file unless converting.")
-@click.option("--keep-optimizer", is_flag=True,
-              help="Keep the optimizer's saved state (dense, so the file stays large); dropped by default.")
+@click.option(
+    "--threshold", type=float, callback=_checked(validate_threshold), help="Zero every prunable weight with |w| < T."
+)
+@click.option(
+    "--sparsity",
+    type=float,
+    callback=_checked(validate_sparsity),
+    help="Zero the fraction S in [0, 1) of smallest-magnitude weights.",
+)
+@click.option(
+    "--scope",
+    type=click.Choice(SCOPES),
+    default="layer",
+    show_default=True,
+    help="With --sparsity: each weight tensor reaches S (layer), or one cut over all (global).",
+)
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="REGEX",
+    callback=patterns,
+    help="Prune only layers whose name matches (repeatable).",
+)
+@click.option(
+    "--exclude", multiple=True, metavar="REGEX", callback=patterns, help="Leave layers whose name matches (repeatable)."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output model (default: <stem>.pruned<suffix> beside the input; the suffix picks the format).",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where to write the JSON report (default: <output stem>.report.json).",
+)
+@click.option(
+    "--compression",
+    type=click.Choice(list(COMPRESSION_LEVELS)),
+    default=DEFAULT_COMPRESSION,
+    show_default=True,
+    help="gzip level of the output's weights: none=0, fast=1, balanced=4, strong=9 (see the README).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="auto",
+    show_default=True,
+    help="file: h5py only, no TensorFlow; keras: load and save with Keras; auto: file unless converting.",
+)
+@click.option(
+    "--keep-optimizer",
+    is_flag=True,
+    help="Keep the optimizer's saved state (dense, so the file stays large); dropped by default.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report to stdout (and nothing else there).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output model and report.")
-@click.option("--unsafe", is_flag=True, help="Allow loading Lambda-layer code stored in the model (trusted files only).")
-@click.option("-q", "--quiet", is_flag=True,
-              help="Print nothing on stderr but errors (and, when fine-tuning, one plain line per epoch).")
-@click.option("--recipe", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Read the pipeline (steps, per-layer overrides, [finetune], options) from a TOML recipe; "
-                   "options given here override it.")
-@click.option("--recipe-out", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Write the fully resolved pipeline of this run as a recipe, to repeat it exactly.")
+@click.option(
+    "--unsafe", is_flag=True, help="Allow loading Lambda-layer code stored in the model (trusted files only)."
+)
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Print nothing on stderr but errors (and, when fine-tuning, one plain line per epoch).",
+)
+@click.option(
+    "--recipe",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Read the pipeline (steps, per-layer overrides, [finetune], options) from a TOML recipe; "
+    "options given here override it.",
+)
+@click.option(
+    "--recipe-out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the fully resolved pipeline of this run as a recipe, to repeat it exactly.",
+)
 @structural_options
 @finetune_options
 @gate_options
@@ -98,8 +160,9 @@ def _run_with_progress(request, console):
         return run_prune(request, training=epoch_lines(console) if request.finetune else None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  console=console, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
+    ) as bar:
         task = bar.add_task("writing weights", total=None)
 
         def progress(key: str, done: int, total: int) -> None:

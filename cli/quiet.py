@@ -42,8 +42,9 @@ def silence_tensorflow() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
         os.close(devnull)
-        sys.stderr = os.fdopen(original, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
-                               errors="backslashreplace")
+        sys.stderr = os.fdopen(
+            original, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8", errors="backslashreplace"
+        )
     except (OSError, AttributeError, ValueError):
         pass  # no real stderr (e.g. captured by a test runner): nothing to protect
     _SILENCED = True

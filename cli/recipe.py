@@ -18,8 +18,11 @@ _NOT_IN_RECIPES = {"model", "recipe", "recipe_out", "as_json", "force", "quiet",
 
 def recipe_options(command: click.Command) -> dict[str, click.Option]:
     """The options a recipe may set, by long name without dashes (``"report"`` for ``--report``)."""
-    return {max(p.opts, key=len).lstrip("-"): p for p in command.params
-            if isinstance(p, click.Option) and p.name not in _NOT_IN_RECIPES}
+    return {
+        max(p.opts, key=len).lstrip("-"): p
+        for p in command.params
+        if isinstance(p, click.Option) and p.name not in _NOT_IN_RECIPES
+    }
 
 
 def recipe_vocabulary(options: dict[str, click.Option], finetune_names: set[str]) -> tuple[set[str], set[str]]:
@@ -70,9 +73,15 @@ def merge_recipe(ctx: click.Context, path, finetune_names: set[str]) -> tuple[Re
             if explicit(ctx, "threshold") or explicit(ctx, "sparsity"):
                 values["threshold"], values["sparsity"] = params["threshold"], params["sparsity"]
             values["layers"] = tuple(
-                (pattern, *(convert(f"{where}, layers {pattern!r}", k, override[k]) if k in override else None
-                            for k in ("threshold", "sparsity")))
-                for pattern, override, _ in step.layers)
+                (
+                    pattern,
+                    *(
+                        convert(f"{where}, layers {pattern!r}", k, override[k]) if k in override else None
+                        for k in ("threshold", "sparsity")
+                    ),
+                )
+                for pattern, override, _ in step.layers
+            )
         return values
 
     structural = step_values("structural", STRUCTURAL_KEYS)

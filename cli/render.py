@@ -49,22 +49,42 @@ def sparsity_table(report: dict, title: str):
 
     table = Table(title=title, title_justify="left", show_footer=False)
     with_threshold = report.get("kind") == "prune"
-    columns: tuple[tuple[str, _Justify], ...] = (("Layer", "left"), ("Class", "left"), ("Weight", "left"), ("Shape", "left"),
-                          ("Params", "right"), ("Zeros", "right"), ("Sparsity", "right"))
+    columns: tuple[tuple[str, _Justify], ...] = (
+        ("Layer", "left"),
+        ("Class", "left"),
+        ("Weight", "left"),
+        ("Shape", "left"),
+        ("Params", "right"),
+        ("Zeros", "right"),
+        ("Sparsity", "right"),
+    )
     for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=name in ("Layer", "Params", "Zeros"))
     if with_threshold:
         table.add_column("Threshold", justify="right")
     for row in report["layers"]:
-        cells = [row["layer"], row["class"], row["weight"], "x".join(map(str, row["shape"])),
-                 f"{row['count']:,}", f"{row['zeros']:,}", _pct(row["sparsity"])]
+        cells = [
+            row["layer"],
+            row["class"],
+            row["weight"],
+            "x".join(map(str, row["shape"])),
+            f"{row['count']:,}",
+            f"{row['zeros']:,}",
+            _pct(row["sparsity"]),
+        ]
         if with_threshold:
             cells.append(_threshold(row.get("threshold")) if row.get("pruned") else "not pruned")
         table.add_row(*cells)
-    for label, total in (("prunable total", report["totals"]["prunable"]),
-                         ("all weights", report["totals"]["all"])):
-        cells = [f"[bold]{label}[/bold]", "", "", "", f"{total['count']:,}", f"{total['zeros']:,}",
-                 _pct(total["sparsity"])]
+    for label, total in (("prunable total", report["totals"]["prunable"]), ("all weights", report["totals"]["all"])):
+        cells = [
+            f"[bold]{label}[/bold]",
+            "",
+            "",
+            "",
+            f"{total['count']:,}",
+            f"{total['zeros']:,}",
+            _pct(total["sparsity"]),
+        ]
         table.add_row(*cells, *([""] if with_threshold else []), end_section=label == "prunable total")
     return table
 
@@ -74,8 +94,14 @@ def comparison_table(rows: list[dict], title: str):
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    columns: tuple[tuple[str, _Justify], ...] = (("Layer", "left"), ("Weight", "left"), ("Params", "right"),
-                          ("Before", "right"), ("After", "right"), ("Change", "right"))
+    columns: tuple[tuple[str, _Justify], ...] = (
+        ("Layer", "left"),
+        ("Weight", "left"),
+        ("Params", "right"),
+        ("Before", "right"),
+        ("After", "right"),
+        ("Change", "right"),
+    )
     for name, justify in columns:
         table.add_column(name, justify=justify)
     for row in rows:
@@ -83,7 +109,6 @@ def comparison_table(rows: list[dict], title: str):
         change = "-" if before is None else f"{100 * (after - before):+.1f} pts"
         table.add_row(row["layer"], row["weight"], f"{row['count']:,}", _pct(before), _pct(after), change)
     return table
-
 
 
 def _change(before, after, fmt="{:,}") -> str:
@@ -97,20 +122,37 @@ def plan_table(plan: dict, title: str):
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    columns: tuple[tuple[str, _Justify], ...] = (("Layer", "left"), ("Class", "left"), ("Group", "right"), ("Units", "right"),
-                          ("Params", "right"), ("FLOPs", "right"))
+    columns: tuple[tuple[str, _Justify], ...] = (
+        ("Layer", "left"),
+        ("Class", "left"),
+        ("Group", "right"),
+        ("Units", "right"),
+        ("Params", "right"),
+        ("FLOPs", "right"),
+    )
     for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=name == "Layer")
     frozen = {g["id"]: g["frozen"] for g in plan["groups"]}
     for row in plan["layers"]:
         group = "-" if row["group"] is None else str(row["group"]) + (" (kept)" if frozen.get(row["group"]) else "")
-        table.add_row(row["layer"], row["class_name"], group, _change(row["units_before"], row["units_after"]),
-                      _change(row["params_before"], row["params_after"]),
-                      _change(row["flops_before"], row["flops_after"]))
+        table.add_row(
+            row["layer"],
+            row["class_name"],
+            group,
+            _change(row["units_before"], row["units_after"]),
+            _change(row["params_before"], row["params_after"]),
+            _change(row["flops_before"], row["flops_after"]),
+        )
     totals = plan["totals"]
-    table.add_row("[bold]total[/bold]", "", "", _change(totals["units"]["before"], totals["units"]["after"]),
-                  _change(totals["params"]["before"], totals["params"]["after"]),
-                  _change(totals["flops"]["before"], totals["flops"]["after"]), end_section=True)
+    table.add_row(
+        "[bold]total[/bold]",
+        "",
+        "",
+        _change(totals["units"]["before"], totals["units"]["after"]),
+        _change(totals["params"]["before"], totals["params"]["after"]),
+        _change(totals["flops"]["before"], totals["flops"]["after"]),
+        end_section=True,
+    )
     return table
 
 
@@ -122,17 +164,20 @@ def structural_summary(console, report: dict) -> None:
         console.print(plan_table(plan, f"Structural plan for {report['input']['path']} ({criterion})"))
         flops = plan["totals"]["flops"]
         if flops["ratio"]:
-            console.print(f"FLOPs (multiply-adds) {flops['before']:,} -> {flops['after']:,} ({flops['ratio']:.2f}x fewer)")
+            console.print(
+                f"FLOPs (multiply-adds) {flops['before']:,} -> {flops['after']:,} ({flops['ratio']:.2f}x fewer)"
+            )
         for boundary in plan["boundaries"]:
             console.print(f"Boundary (left whole): {boundary['layer']} ({boundary['class']}): {boundary['reason']}")
         if report["kind"] == "plan":
             console.print("Dry run: no model or report written.")
     timing = report.get("benchmark")
     if timing is not None:
-        console.print(f"Latency at batch {timing['batch_size']} ({timing['statistic']} of {timing['repeats']} "
-                      f"interleaved rounds): {timing['original_ms']:.2f} ms -> {timing['pruned_ms']:.2f} ms "
-                      f"({timing['speedup']:.2f}x; an empty call takes {timing['floor_ms']:.2f} ms)")
-
+        console.print(
+            f"Latency at batch {timing['batch_size']} ({timing['statistic']} of {timing['repeats']} "
+            f"interleaved rounds): {timing['original_ms']:.2f} ms -> {timing['pruned_ms']:.2f} ms "
+            f"({timing['speedup']:.2f}x; an empty call takes {timing['floor_ms']:.2f} ms)"
+        )
 
 
 def evaluation_line(evaluation: dict) -> str:

@@ -10,19 +10,29 @@ from prunectl.cli import render
 from prunectl.cli.common import finish_with_gates, gate_limits, gate_options, markdown_option
 
 
-@click.command(epilog="""\b
+@click.command(
+    epilog="""\b
 Examples:
   prunectl report model.h5
   prunectl report model.pruned.report.json
   prunectl report model.pruned.keras --baseline model.keras
   prunectl prune model.h5 --sparsity 0.8 --json | prunectl report - --min-sparsity 0.8
   prunectl report model.pruned.h5 --baseline model.h5 --data test.npz --max-accuracy-drop 0.01
-""")
+"""
+)
 @click.argument("target", metavar="MODEL_OR_REPORT")
-@click.option("--baseline", metavar="MODEL_OR_REPORT", default=None,
-              help="Show sparsity before (baseline) and after (target) side by side.")
-@click.option("--data", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Evaluate the model (and --baseline) on this data: .npz or .h5 (arrays x, y) or .csv.")
+@click.option(
+    "--baseline",
+    metavar="MODEL_OR_REPORT",
+    default=None,
+    help="Show sparsity before (baseline) and after (target) side by side.",
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Evaluate the model (and --baseline) on this data: .npz or .h5 (arrays x, y) or .csv.",
+)
 @click.option("--all-weights", is_flag=True, help="Also list biases, normalization and other unprunable weights.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report to stdout (and nothing else there).")
 @gate_options

@@ -13,24 +13,52 @@ from prunectl.core.options import DEFAULT_SPARSITIES, parse_sparsities, validate
 _PATH = click.Path(path_type=Path, dir_okay=False)
 
 
-@click.command(epilog="""\b
+@click.command(
+    epilog="""\b
 Examples:
   prunectl sensitivity model.keras --data val.npz
   prunectl sensitivity model.h5 --data val.npz --sparsities 0.5,0.8,0.9 --exclude '^head$'
   prunectl sensitivity model.h5 --data val.npz --budget 0.01 --recipe-out pipeline.toml
   prunectl sensitivity model.h5 --data val.npz --json | jq '.layers[] | {layer, trials}'
-""")
+"""
+)
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
 @click.option("--data", type=_PATH, help="Validation data: .npz or .h5 (arrays x, y) or .csv (see --label-col).")
-@click.option("--sparsities", default=",".join(f"{s:g}" for s in DEFAULT_SPARSITIES), show_default=True,
-              callback=checked(parse_sparsities), metavar="S1,S2,...",
-              help="Sparsities in [0, 1) each layer is pruned to, one at a time.")
-@click.option("--include", multiple=True, metavar="REGEX", callback=patterns, help="Test only layers whose name matches (repeatable).")
-@click.option("--exclude", multiple=True, metavar="REGEX", callback=patterns, help="Leave out layers whose name matches (repeatable).")
-@click.option("--budget", type=float, callback=checked(validate_budget), metavar="D",
-              help="Choose per layer the largest sparsity whose drop is at most D (accuracy, or loss).")
-@click.option("--recipe-out", type=click.Path(path_type=Path), default=None,
-              help="With --budget: write the chosen sparsities as a recipe for prune --recipe (TOML).")
+@click.option(
+    "--sparsities",
+    default=",".join(f"{s:g}" for s in DEFAULT_SPARSITIES),
+    show_default=True,
+    callback=checked(parse_sparsities),
+    metavar="S1,S2,...",
+    help="Sparsities in [0, 1) each layer is pruned to, one at a time.",
+)
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="REGEX",
+    callback=patterns,
+    help="Test only layers whose name matches (repeatable).",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="REGEX",
+    callback=patterns,
+    help="Leave out layers whose name matches (repeatable).",
+)
+@click.option(
+    "--budget",
+    type=float,
+    callback=checked(validate_budget),
+    metavar="D",
+    help="Choose per layer the largest sparsity whose drop is at most D (accuracy, or loss).",
+)
+@click.option(
+    "--recipe-out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --budget: write the chosen sparsities as a recipe for prune --recipe (TOML).",
+)
 @click.option("--x-key", help="Inputs' array name in .npz/.h5 data [default: x].")
 @click.option("--y-key", help="Targets' array name in .npz/.h5 data [default: y].")
 @click.option("--label-col", help="CSV column (header name or 0-based index) holding the targets.")
@@ -39,19 +67,43 @@ Examples:
 @click.option("--metrics", multiple=True, help="Keras metric name (repeatable) [default: saved, else inferred].")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON to stdout (and nothing else there).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --recipe-out file.")
-@click.option("--unsafe", is_flag=True, help="Allow loading Lambda-layer code stored in the model (trusted files only).")
+@click.option(
+    "--unsafe", is_flag=True, help="Allow loading Lambda-layer code stored in the model (trusted files only)."
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr but errors.")
-def sensitivity(model, data, sparsities, include, exclude, budget, recipe_out, x_key, y_key, label_col, batch_size,
-                loss, metrics, as_json, force, unsafe, quiet):
+def sensitivity(
+    model,
+    data,
+    sparsities,
+    include,
+    exclude,
+    budget,
+    recipe_out,
+    x_key,
+    y_key,
+    label_col,
+    batch_size,
+    loss,
+    metrics,
+    as_json,
+    force,
+    unsafe,
+    quiet,
+):
     """Prune each layer alone to each sparsity and show how much the validation metric drops."""
-    from prunectl.core.training.evaluate import EvalOptions
     from prunectl.core.run.sensitivity import SensitivityOptions
+    from prunectl.core.training.evaluate import EvalOptions
 
     reader = tuple((k, v) for k, v in (("x_key", x_key), ("y_key", y_key), ("label_col", label_col)) if v is not None)
     options = SensitivityOptions(
-        evaluation=None if data is None else EvalOptions(data, reader=reader, batch_size=batch_size, loss=loss,
-                                                         metrics=tuple(metrics)),
-        sparsities=sparsities, include=tuple(include), exclude=tuple(exclude), budget=budget)
+        evaluation=None
+        if data is None
+        else EvalOptions(data, reader=reader, batch_size=batch_size, loss=loss, metrics=tuple(metrics)),
+        sparsities=sparsities,
+        include=tuple(include),
+        exclude=tuple(exclude),
+        budget=budget,
+    )
     console = None if quiet else render.stderr_console()
     result = _run_with_progress(model, options, recipe_out, force, unsafe, console)
     if as_json:
@@ -76,8 +128,14 @@ def _run_with_progress(model, options, recipe_out, force, unsafe, console):
         return run(lines)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task("loading and evaluating the dense model", total=None)
 
         def progress(done: int, total: int, layer: str, sparsity: float) -> None:
@@ -98,9 +156,12 @@ def _summarize(console, result: dict) -> None:
     budget = result.get("budget")
     limit = budget["limit"] if budget else None
     what = f"{metric['name']} drop" if metric["higher_is_better"] else "loss increase"
-    table = Table(title=f"{what.capitalize()} when one layer alone is pruned (dense {metric['name']} "
-                        f"{metric['dense']:.4f})", title_justify="left",
-                  caption=f"{result['model']['path']} on {result['evaluation']['data']}", caption_justify="left")
+    table = Table(
+        title=f"{what.capitalize()} when one layer alone is pruned (dense {metric['name']} {metric['dense']:.4f})",
+        title_justify="left",
+        caption=f"{result['model']['path']} on {result['evaluation']['data']}",
+        caption_justify="left",
+    )
     table.add_column("Layer", no_wrap=True)
     table.add_column("Class")
     table.add_column("Params", justify="right")
@@ -110,16 +171,22 @@ def _summarize(console, result: dict) -> None:
         table.add_column(f"chosen (<= {limit:g})", justify="right")
     for row in result["layers"]:
         chosen = budget["layers"].get(row["layer"]) if budget else None
-        table.add_row(row["layer"], row["class"], f"{row['count']:,}",
-                      *(_drop_text(t["drop"], limit) for t in row["trials"]),
-                      *([("dense" if chosen is None else f"{100 * chosen:g}%")] if budget else []))
+        table.add_row(
+            row["layer"],
+            row["class"],
+            f"{row['count']:,}",
+            *(_drop_text(t["drop"], limit) for t in row["trials"]),
+            *([("dense" if chosen is None else f"{100 * chosen:g}%")] if budget else []),
+        )
     console.print(table)
     console.print(_fragility(result))
     if budget:
         chosen = ", ".join(f"{layer} {100 * s:g}%" for layer, s in budget["layers"].items()) or "none"
-        console.print(f"Budget {limit:g} {metric['name']}: {chosen}; left dense: "
-                      f"{', '.join(budget['left_dense']) or 'none'}; "
-                      f"{100 * budget['sparsity']:.1f}% of the prunable weights zeroed.")
+        console.print(
+            f"Budget {limit:g} {metric['name']}: {chosen}; left dense: "
+            f"{', '.join(budget['left_dense']) or 'none'}; "
+            f"{100 * budget['sparsity']:.1f}% of the prunable weights zeroed."
+        )
     if result.get("recipe_path"):
         console.print(f"Recipe: {result['recipe_path']}")
 
@@ -129,8 +196,9 @@ def _fragility(result: dict):
     from rich.table import Table
 
     top = result["sparsities"][-1]
-    rows = sorted(((row["layer"], row["trials"][-1]["drop"]) for row in result["layers"]),
-                  key=lambda pair: pair[1], reverse=True)
+    rows = sorted(
+        ((row["layer"], row["trials"][-1]["drop"]) for row in result["layers"]), key=lambda pair: pair[1], reverse=True
+    )
     largest = max((drop for _, drop in rows), default=0.0)
     table = Table(title=f"Fragile layers: drop at {100 * top:g}% sparsity", title_justify="left", box=None)
     table.add_column("Layer", no_wrap=True)

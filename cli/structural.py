@@ -5,23 +5,42 @@ from __future__ import annotations
 import click
 
 from prunectl.cli.checks import checked as _checked
-from prunectl.core.structure.criteria import CRITERIA
 from prunectl.core.options import validate_neuron_ratio, validate_neuron_threshold, validate_round_to
-
+from prunectl.core.structure.criteria import CRITERIA
 
 _OPTIONS = (
-    click.option("--neuron-criterion", type=click.Choice(CRITERIA.names()), default=None,
-                 help="How units are scored: l1/l2 weight norms (no data), activation (mean |activation|) or "
-                      "apoz (1 - fraction of zero activations), both on --data.  [default: l1]"),
-    click.option("--neuron-threshold", type=float, callback=_checked(validate_neuron_threshold),
-                 help="Remove whole units and filters scoring below T."),
-    click.option("--neuron-ratio", type=float, callback=_checked(validate_neuron_ratio),
-                 help="Remove the fraction R in (0, 1) of units, per layer or (--scope global) over the model."),
-    click.option("--round-to", type=int, default=None, callback=_checked(validate_round_to),
-                 help="Keep unit counts multiples of N (fast kernels); at least one unit is always kept."),
+    click.option(
+        "--neuron-criterion",
+        type=click.Choice(CRITERIA.names()),
+        default=None,
+        help="How units are scored: l1/l2 weight norms (no data), activation (mean |activation|) or "
+        "apoz (1 - fraction of zero activations), both on --data.  [default: l1]",
+    ),
+    click.option(
+        "--neuron-threshold",
+        type=float,
+        callback=_checked(validate_neuron_threshold),
+        help="Remove whole units and filters scoring below T.",
+    ),
+    click.option(
+        "--neuron-ratio",
+        type=float,
+        callback=_checked(validate_neuron_ratio),
+        help="Remove the fraction R in (0, 1) of units, per layer or (--scope global) over the model.",
+    ),
+    click.option(
+        "--round-to",
+        type=int,
+        default=None,
+        callback=_checked(validate_round_to),
+        help="Keep unit counts multiples of N (fast kernels); at least one unit is always kept.",
+    ),
     click.option("--dry-run", is_flag=True, help="Print the structural plan; write no model and no report."),
-    click.option("--benchmark", is_flag=True,
-                 help="Time the original and the pruned model on one batch of 256 (CPU), into the report."),
+    click.option(
+        "--benchmark",
+        is_flag=True,
+        help="Time the original and the pruned model on one batch of 256 (CPU), into the report.",
+    ),
 )
 
 

@@ -16,20 +16,50 @@ from prunectl.core.weights.schedules import SCHEDULES
 
 _PATH = click.Path(path_type=Path, dir_okay=False)
 # Every fine-tuning option's parameter name (core.run.request knows which refine --finetune-epochs).
-FINETUNE_NAMES = frozenset({
-    "finetune_epochs", "data", "val_data", "val_split", "x_key", "y_key", "label_col", "batch_size", "learning_rate",
-    "optimizer", "loss", "metrics", "schedule", "initial_sparsity", "prune_begin", "prune_end", "l1", "seed",
-    "strategy", "plots"})
+FINETUNE_NAMES = frozenset(
+    {
+        "finetune_epochs",
+        "data",
+        "val_data",
+        "val_split",
+        "x_key",
+        "y_key",
+        "label_col",
+        "batch_size",
+        "learning_rate",
+        "optimizer",
+        "loss",
+        "metrics",
+        "schedule",
+        "initial_sparsity",
+        "prune_begin",
+        "prune_end",
+        "l1",
+        "seed",
+        "strategy",
+        "plots",
+    }
+)
 
 OPTIONS = [
-    click.option("--finetune-epochs", type=click.IntRange(min=0), default=None,
-                 help="After pruning, fine-tune N epochs with pruned weights held at 0 (0: only evaluate)."),
-    click.option("--data", type=_PATH,
-                 help="Data: .npz or .h5 (arrays x, y) or .csv (see --label-col). Fine-tuning trains on it; "
-                      "activation criteria and --benchmark read its inputs."),
+    click.option(
+        "--finetune-epochs",
+        type=click.IntRange(min=0),
+        default=None,
+        help="After pruning, fine-tune N epochs with pruned weights held at 0 (0: only evaluate).",
+    ),
+    click.option(
+        "--data",
+        type=_PATH,
+        help="Data: .npz or .h5 (arrays x, y) or .csv (see --label-col). Fine-tuning trains on it; "
+        "activation criteria and --benchmark read its inputs.",
+    ),
     click.option("--val-data", type=_PATH, help="Validation data (same format options as --data)."),
-    click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-                 help="Hold out the last fraction F of --data for validation instead."),
+    click.option(
+        "--val-split",
+        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        help="Hold out the last fraction F of --data for validation instead.",
+    ),
     click.option("--x-key", help="Inputs' array name in .npz/.h5 data [default: x]."),
     click.option("--y-key", help="Targets' array name in .npz/.h5 data [default: y]."),
     click.option("--label-col", help="CSV column (header name or 0-based index) holding the targets."),
@@ -38,21 +68,54 @@ OPTIONS = [
     click.option("--optimizer", help="Keras optimizer name [default: the model's saved one, else adam]."),
     click.option("--loss", help="Keras loss name [default: the model's saved loss, else inferred]."),
     click.option("--metrics", multiple=True, help="Keras metric name (repeatable) [default: saved, else inferred]."),
-    click.option("--schedule", type=click.Choice(SCHEDULES.names()), default="oneshot", show_default=True,
-                 help="oneshot: prune, then fine-tune; polynomial: raise sparsity gradually (Zhu & Gupta)."),
-    click.option("--initial-sparsity", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-                 help="polynomial: sparsity at the start of the pruning window."),
-    click.option("--prune-begin", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-                 help="polynomial: window start, as a fraction of the training steps."),
-    click.option("--prune-end", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-                 help="polynomial: step (fraction) where the final sparsity is reached."),
-    click.option("--l1", type=click.FloatRange(0), default=0.0, show_default=True,
-                 help="L1 penalty on the pruned layers' kernels while fine-tuning."),
+    click.option(
+        "--schedule",
+        type=click.Choice(SCHEDULES.names()),
+        default="oneshot",
+        show_default=True,
+        help="oneshot: prune, then fine-tune; polynomial: raise sparsity gradually (Zhu & Gupta).",
+    ),
+    click.option(
+        "--initial-sparsity",
+        type=click.FloatRange(0, 1, max_open=True),
+        default=0.0,
+        show_default=True,
+        help="polynomial: sparsity at the start of the pruning window.",
+    ),
+    click.option(
+        "--prune-begin",
+        type=click.FloatRange(0, 1),
+        default=0.0,
+        show_default=True,
+        help="polynomial: window start, as a fraction of the training steps.",
+    ),
+    click.option(
+        "--prune-end",
+        type=click.FloatRange(0, 1),
+        default=0.5,
+        show_default=True,
+        help="polynomial: step (fraction) where the final sparsity is reached.",
+    ),
+    click.option(
+        "--l1",
+        type=click.FloatRange(0),
+        default=0.0,
+        show_default=True,
+        help="L1 penalty on the pruned layers' kernels while fine-tuning.",
+    ),
     click.option("--seed", type=int, help="Seed for a reproducible run."),
-    click.option("--strategy", type=click.Choice(STRATEGIES.names()), default="default", show_default=True,
-                 help="mirrored: all local devices; multiworker: the workers in TF_CONFIG."),
-    click.option("--plots", type=click.Path(path_type=Path, file_okay=False),
-                 help="Write loss and weight-histogram PNGs to DIR (needs prunectl[plots])."),
+    click.option(
+        "--strategy",
+        type=click.Choice(STRATEGIES.names()),
+        default="default",
+        show_default=True,
+        help="mirrored: all local devices; multiworker: the workers in TF_CONFIG.",
+    ),
+    click.option(
+        "--plots",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="Write loss and weight-histogram PNGs to DIR (needs prunectl[plots]).",
+    ),
 ]
 
 

@@ -61,5 +61,6 @@ class DataError(PrunectlError):
 class SetupError(PrunectlError):
     """This installation or environment lacks what a requested feature needs."""
 
+
 class StructureError(PrunectlError):
     """A model's layer graph cannot be pruned structurally."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from prunectl.core.errors import OptionError
 
@@ -61,6 +61,7 @@ def compile_patterns(patterns: Sequence[str], option: str) -> list[re.Pattern]:
         except re.error as exc:
             raise OptionError(f"{option} is not a valid regular expression ({exc}). Received: {pattern!r}") from None
     return compiled
+
 
 def validate_neuron_ratio(ratio: float) -> float:
     """Return ``ratio`` as float if it lies in (0, 1).
@@ -116,8 +117,9 @@ def parse_sparsities(text: str) -> tuple[float, ...]:
         try:
             values.append(float(item))
         except ValueError:
-            raise OptionError(f"sparsities must be a comma-separated list of numbers in [0, 1). "
-                              f"Received: {item!r} in {text!r}") from None
+            raise OptionError(
+                f"sparsities must be a comma-separated list of numbers in [0, 1). Received: {item!r} in {text!r}"
+            ) from None
     return tuple(sorted({validate_sparsity(v) for v in values}))
 
 
@@ -145,8 +147,12 @@ def check_reader(data, reader) -> None:
     """
     keys = dict(reader)
     if str(data).lower().endswith(".csv") and (keys.get("x_key") or keys.get("y_key")):
-        raise OptionError("{x_key} and {y_key} apply to .npz and .h5 data; a .csv takes {label_col}. "
-                          f"Received: {data}", "x_key", "y_key", "label_col")
+        raise OptionError(
+            f"{{x_key}} and {{y_key}} apply to .npz and .h5 data; a .csv takes {{label_col}}. Received: {data}",
+            "x_key",
+            "y_key",
+            "label_col",
+        )
 
 
 def check_stdout(as_json: bool, markdown) -> None:
@@ -156,5 +162,8 @@ def check_stdout(as_json: bool, markdown) -> None:
         OptionError: a JSON report and a Markdown report (``markdown="-"``) both on stdout.
     """
     if as_json and markdown is not None and str(markdown) == "-":
-        raise OptionError("{as_json} and {markdown} - both write to stdout; give {markdown} a file. "
-                          "Received: {as_json} {markdown} -", "as_json", "markdown")
+        raise OptionError(
+            "{as_json} and {markdown} - both write to stdout; give {markdown} a file. Received: {as_json} {markdown} -",
+            "as_json",
+            "markdown",
+        )

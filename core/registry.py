@@ -6,7 +6,8 @@ What prunectl knows about layer classes is not here but in the layer table,
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, ClassVar, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -47,6 +48,4 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise OptionError(
-                f"unknown {self.kind} (known: {', '.join(self.names())}). Received: {name!r}"
-            ) from None
+            raise OptionError(f"unknown {self.kind} (known: {', '.join(self.names())}). Received: {name!r}") from None

@@ -58,9 +58,7 @@ def make_digits_data(out):
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[..., np.newaxis]
     y = digits.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.25, random_state=SEED, stratify=y
-    )
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=SEED, stratify=y)
     files = [
         save_split(out, "digits_train", x_train, y_train),
         save_split(out, "digits_test", x_test, y_test),
@@ -70,16 +68,12 @@ def make_digits_data(out):
 
 def make_regression_data(out):
     """Build and save the standardized synthetic regression split."""
-    x, y = make_regression(
-        n_samples=1000, n_features=8, n_informative=6, noise=5.0, random_state=SEED
-    )
+    x, y = make_regression(n_samples=1000, n_features=8, n_informative=6, noise=5.0, random_state=SEED)
     x = (x - x.mean(axis=0)) / x.std(axis=0)
     y = y / y.std()
     x = x.astype(np.float32)
     y = y.astype(np.float32).reshape(-1, 1)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.2, random_state=SEED
-    )
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=SEED)
     files = [
         save_split(out, "regression_train", x_train, y_train),
         save_split(out, "regression_test", x_test, y_test),
@@ -118,9 +112,7 @@ def build_digits_cnn():
     x = keras.layers.Conv2D(32, 3, padding="same", name="conv1")(inputs)
     x = keras.layers.BatchNormalization(name="bn1")(x)
     x = keras.layers.ReLU(name="relu1")(x)
-    x = keras.layers.Conv2D(
-        64, 3, padding="same", activation="relu", name="conv2"
-    )(x)
+    x = keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="conv2")(x)
     x = keras.layers.MaxPooling2D(2, name="pool")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(128, activation="relu", name="fc1")(x)
@@ -194,16 +186,32 @@ def train_models(out):
     reg_train, reg_test, reg_files = make_regression_data(out)
     models = {
         "digits_mlp": train_and_save(
-            out, "digits_mlp", build_digits_mlp(), digits_train, digits_test,
-            epochs=30, metric="test_accuracy",
+            out,
+            "digits_mlp",
+            build_digits_mlp(),
+            digits_train,
+            digits_test,
+            epochs=30,
+            metric="test_accuracy",
         ),
         "digits_cnn": train_and_save(
-            out, "digits_cnn", build_digits_cnn(), digits_train, digits_test,
-            epochs=25, metric="test_accuracy", recompile=compile_classifier,
+            out,
+            "digits_cnn",
+            build_digits_cnn(),
+            digits_train,
+            digits_test,
+            epochs=25,
+            metric="test_accuracy",
+            recompile=compile_classifier,
         ),
         "regressor": train_and_save(
-            out, "regressor", build_regressor(), reg_train, reg_test,
-            epochs=50, metric="test_mse",
+            out,
+            "regressor",
+            build_regressor(),
+            reg_train,
+            reg_test,
+            epochs=50,
+            metric="test_mse",
         ),
     }
     models["digits_mlp"]["data"] = digits_files

@@ -55,11 +55,14 @@ def seeded_keras(seed: int = 1234):
 
 def build_sequential():
     keras = seeded_keras()
-    return keras.Sequential([
-        keras.Input((6,)),
-        keras.layers.Dense(5, activation="relu", name="d1"),
-        keras.layers.Dense(3, name="d2"),
-    ], name="seq")
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(5, activation="relu", name="d1"),
+            keras.layers.Dense(3, name="d2"),
+        ],
+        name="seq",
+    )
 
 
 def build_functional():

@@ -23,10 +23,12 @@ def read_weights(path: Path) -> dict[str, np.ndarray]:
         with zipfile.ZipFile(path) as archive:
             data = archive.read("model.weights.h5")
         with h5py.File(io.BytesIO(data), "r") as f:
+
             def visit(name, obj):
                 if isinstance(obj, h5py.Dataset) and name.startswith("layers/"):
                     owner = obj.parent.attrs["name"]  # the `vars` group names its layer
                     out[f"{owner}/{obj.name.rsplit('/', 1)[-1]}"] = obj[()]
+
             f.visititems(visit)
     else:
         with h5py.File(path, "r") as f:

@@ -15,7 +15,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import invoke
 
 GATE = "max-accuracy-drop"
@@ -44,8 +43,17 @@ def error_lines(result) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("sparsity,limit,passes", [("0.5", "0.1", True), ("0.9", "0.05", False)])
 def test_prune_gate_against_accuracy_before_pruning(digits, sparsity, limit, passes):
-    result = invoke("prune", digits / "digits_mlp.h5", "--sparsity", sparsity, "--data", digits / "eval.npz",
-                    f"--{GATE}", limit, "--json")
+    result = invoke(
+        "prune",
+        digits / "digits_mlp.h5",
+        "--sparsity",
+        sparsity,
+        "--data",
+        digits / "eval.npz",
+        f"--{GATE}",
+        limit,
+        "--json",
+    )
     report = json.loads(result.stdout)
     evaluation = report["evaluation"]
     before = accuracy(digits / "digits_mlp.h5", digits / "eval.npz")
@@ -74,7 +82,9 @@ def test_report_gate_against_a_baseline(digits):
     assert ok.exit_code == 0, ok.output
     assert f"Gate {GATE} passed: measured {drop:.4f}, limit <= 0.9000" in ok.stderr
     assert "Evaluation on" in ok.stderr and "accuracy" in ok.stderr
-    bad = invoke("report", pruned, "--baseline", digits / "digits_mlp.h5", "--data", data, f"--{GATE}", "0.05", "--json")
+    bad = invoke(
+        "report", pruned, "--baseline", digits / "digits_mlp.h5", "--data", data, f"--{GATE}", "0.05", "--json"
+    )
     assert bad.exit_code == 3
     report = json.loads(bad.stdout)
     assert report["evaluation"]["reference"]["label"] == f"baseline {digits / 'digits_mlp.h5'}"
@@ -82,8 +92,21 @@ def test_report_gate_against_a_baseline(digits):
 
 
 def test_finetuning_gate_reads_the_validation_evaluation(digits):
-    result = invoke("prune", digits / "digits_mlp.h5", "--sparsity", "0.5", "--finetune-epochs", "0",
-                    "--data", digits / "eval.npz", "--val-data", digits / "eval.npz", f"--{GATE}", "0.2", "--json")
+    result = invoke(
+        "prune",
+        digits / "digits_mlp.h5",
+        "--sparsity",
+        "0.5",
+        "--finetune-epochs",
+        "0",
+        "--data",
+        digits / "eval.npz",
+        "--val-data",
+        digits / "eval.npz",
+        f"--{GATE}",
+        "0.2",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     tuned = report["finetune"]["evaluation"]
@@ -97,31 +120,53 @@ def test_a_model_without_accuracy_fails_the_gate_as_not_measured(samples):
     model, data = samples / "regressor.h5", samples / "regression_test.npz"
     result = invoke("report", model, "--baseline", model, "--data", data, f"--{GATE}", "0.1")
     assert result.exit_code == 3
-    assert error_lines(result) == [f"Error: gate {GATE}: not measured (the report has no accuracy evaluated before "
-                                   "and after; evaluate on --data with an accuracy metric)"]
+    assert error_lines(result) == [
+        f"Error: gate {GATE}: not measured (the report has no accuracy evaluated before "
+        "and after; evaluate on --data with an accuracy metric)"
+    ]
 
 
-@pytest.mark.parametrize("args,line", [
-    (("prune", "{model}", "--sparsity", "0.5", f"--{GATE}", "0.1"),
-     f"Error: --{GATE} is measured on evaluation data; add --data EVAL. Received: --{GATE} 0.1 without --data"),
-    (("prune", "{model}", "--sparsity", "0.5", "--data", "{data}", f"--{GATE}", "1.5"),
-     f"Error: {GATE} must be in [0, 1]. Received: {GATE}=1.5"),
-    (("prune", "{model}", "--sparsity", "0.5", "--finetune-epochs", "1", "--data", "{data}", f"--{GATE}", "0.1"),
-     f"Error: with --finetune-epochs, --{GATE} is measured on the validation data; add --val-data or --val-split. "
-     f"Received: --{GATE} 0.1 without either"),
-    (("prune", "{model}", "--sparsity", "0.5", "--data", "{data}"),
-     "Error: --data is read by --finetune-epochs, an activation criterion, --benchmark or --max-accuracy-drop. "
-     "Received: --data {data} without any of them"),
-    (("report", "{model}", f"--{GATE}", "0.1"),
-     f"Error: --{GATE} is measured on evaluation data; add --data EVAL. Received: --{GATE} 0.1 without --data"),
-    (("report", "{model}", "--data", "{data}", f"--{GATE}", "0.1"),
-     f"Error: --{GATE} compares the model with a baseline; add --baseline MODEL. Received: --{GATE} 0.1 without "
-     "--baseline"),
-    (("report", "{model}", "--baseline", "{model}", "--data", "{data}", f"--{GATE}", "-0.1"),
-     f"Error: {GATE} must be in [0, 1]. Received: {GATE}=-0.1"),
-    (("report", "-", "--data", "{data}"),
-     "Error: --data evaluates a model, not a JSON report. Received: --data {data} with -"),
-])
+@pytest.mark.parametrize(
+    "args,line",
+    [
+        (
+            ("prune", "{model}", "--sparsity", "0.5", f"--{GATE}", "0.1"),
+            f"Error: --{GATE} is measured on evaluation data; add --data EVAL. Received: --{GATE} 0.1 without --data",
+        ),
+        (
+            ("prune", "{model}", "--sparsity", "0.5", "--data", "{data}", f"--{GATE}", "1.5"),
+            f"Error: {GATE} must be in [0, 1]. Received: {GATE}=1.5",
+        ),
+        (
+            ("prune", "{model}", "--sparsity", "0.5", "--finetune-epochs", "1", "--data", "{data}", f"--{GATE}", "0.1"),
+            f"Error: with --finetune-epochs, --{GATE} is measured on the validation data; "
+            "add --val-data or --val-split. "
+            f"Received: --{GATE} 0.1 without either",
+        ),
+        (
+            ("prune", "{model}", "--sparsity", "0.5", "--data", "{data}"),
+            "Error: --data is read by --finetune-epochs, an activation criterion, --benchmark or --max-accuracy-drop. "
+            "Received: --data {data} without any of them",
+        ),
+        (
+            ("report", "{model}", f"--{GATE}", "0.1"),
+            f"Error: --{GATE} is measured on evaluation data; add --data EVAL. Received: --{GATE} 0.1 without --data",
+        ),
+        (
+            ("report", "{model}", "--data", "{data}", f"--{GATE}", "0.1"),
+            f"Error: --{GATE} compares the model with a baseline; add --baseline MODEL. Received: --{GATE} 0.1 without "
+            "--baseline",
+        ),
+        (
+            ("report", "{model}", "--baseline", "{model}", "--data", "{data}", f"--{GATE}", "-0.1"),
+            f"Error: {GATE} must be in [0, 1]. Received: {GATE}=-0.1",
+        ),
+        (
+            ("report", "-", "--data", "{data}"),
+            "Error: --data evaluates a model, not a JSON report. Received: --data {data} with -",
+        ),
+    ],
+)
 def test_usage_errors(digits, args, line):
     paths = {"model": digits / "digits_mlp.h5", "data": digits / "eval.npz"}
     result = invoke(*(a.format(**paths) for a in args))
@@ -138,19 +183,24 @@ def test_shell_pipelines_pass_and_fail(digits):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
     def shell(line: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", "-o", "pipefail", "-c", line], capture_output=True, text=True, env=env,
-                              cwd=digits)
+        return subprocess.run(
+            ["bash", "-o", "pipefail", "-c", line], capture_output=True, text=True, env=env, cwd=digits
+        )
 
     model, data = "digits_mlp.h5", "eval.npz"
-    pruned = shell(f"{cmd} prune {model} --sparsity 0.9 --data {data} --{GATE} 1 --json -q "
-                   f"| tee pruned.json | {cmd} report - --{GATE} 0.9")
+    pruned = shell(
+        f"{cmd} prune {model} --sparsity 0.9 --data {data} --{GATE} 1 --json -q "
+        f"| tee pruned.json | {cmd} report - --{GATE} 0.9"
+    )
     assert pruned.returncode == 0, pruned.stderr
     strict = shell(f"cat pruned.json | {cmd} report - --{GATE} 0.05 --json > gated.json")
     assert strict.returncode == 3
     assert strict.stderr.strip().splitlines()[-1].startswith(f"Error: gate {GATE} failed: measured 0.")
     assert json.loads((digits / "gated.json").read_text())["gates"][0]["passed"] is False
-    baseline = shell(f"{cmd} report digits_mlp.pruned.h5 --baseline {model} --data {data} --{GATE} 1 --json "
-                     f"| tee baseline.json | {cmd} report - --{GATE} 0.9")
+    baseline = shell(
+        f"{cmd} report digits_mlp.pruned.h5 --baseline {model} --data {data} --{GATE} 1 --json "
+        f"| tee baseline.json | {cmd} report - --{GATE} 0.9"
+    )
     assert baseline.returncode == 0, baseline.stderr
     failed = shell(f"cat baseline.json | {cmd} report - --{GATE} 0.05")
     assert failed.returncode == 3

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 
-
 from conftest import REPO
 
 LAYOUT = {"prunectl": REPO / "src" / "prunectl", "prunectl/core": REPO / "core", "prunectl/cli": REPO / "cli"}
@@ -25,7 +24,17 @@ def test_import_contracts_hold(tmp_path):
         shutil.copytree(source, tmp_path / target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, "-c", "from importlinter.cli import lint_imports_command; lint_imports_command()",
-         "--config", str(REPO / "pyproject.toml"), "--no-cache"],
-        cwd=tmp_path, env=env, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-c",
+            "from importlinter.cli import lint_imports_command; lint_imports_command()",
+            "--config",
+            str(REPO / "pyproject.toml"),
+            "--no-cache",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout + done.stderr

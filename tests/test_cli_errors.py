@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import invoke
+
 from prunectl.cli.main import cli
 
 FORMATS = [".h5", ".keras"]
@@ -65,8 +65,9 @@ def assert_error(result, code: int, line: str | None = None, contains=(), patter
     return lines[0]
 
 
-def fails(folder: Path, *args, code: int = 1, line: str | None = None, contains=(), pattern: str | None = None,
-          input=None) -> str:
+def fails(
+    folder: Path, *args, code: int = 1, line: str | None = None, contains=(), pattern: str | None = None, input=None
+) -> str:
     """Run ``prunectl *args``, assert a clean failure and that nothing under ``folder`` changed."""
     before = snapshot(folder)
     result = invoke(*args, input=input)
@@ -110,8 +111,9 @@ def _truncated(folder, fmt):
     data = (folder / f"functional{fmt}").read_bytes()
     path.write_bytes(data[: len(data) // 2])
     if fmt == ".h5":
-        return path, matching(r"Error: (not a readable HDF5 file|corrupt Keras HDF5 model|cannot read weight \S+)",
-                              path)
+        return path, matching(
+            r"Error: (not a readable HDF5 file|corrupt Keras HDF5 model|cannot read weight \S+)", path
+        )
     return path, exact(f"Error: not a .keras archive (not a zip file). {received(path)}")
 
 
@@ -131,8 +133,10 @@ def _h5_renamed_keras(folder, fmt):
 
 
 def weights_only_error(path: Path) -> dict:
-    return exact("Error: file holds only weights, not a model: save it with model.save(...), "
-                 f"not model.save_weights(...). {received(path)}")
+    return exact(
+        "Error: file holds only weights, not a model: save it with model.save(...), "
+        f"not model.save_weights(...). {received(path)}"
+    )
 
 
 def _legacy_weights_only(folder, fmt):
@@ -202,8 +206,7 @@ def test_bad_model_file(models, make, fmt, command):
     fails(models, *command(path), code=1, **expected)
 
 
-@pytest.mark.parametrize("command", [
-    pytest.param(COMMANDS[0].values[0], id="prune"), *COMMANDS[1:]])
+@pytest.mark.parametrize("command", [pytest.param(COMMANDS[0].values[0], id="prune"), *COMMANDS[1:]])
 def test_unsupported_model_suffix(models, command):
     path, expected = _unsupported_suffix(models, ".txt")
     fails(models, *command(path), code=1, **expected)
@@ -233,8 +236,11 @@ def _corrupt_last_kernel(h5file: Path) -> None:
 
     with h5py.File(h5file, "a") as f:
         names = []
-        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and o.ndim >= 2
-                     and "optimizer" not in n else None)
+        f.visititems(
+            lambda n, o: (
+                names.append(n) if isinstance(o, h5py.Dataset) and o.ndim >= 2 and "optimizer" not in n else None
+            )
+        )
         name = sorted(names)[-1]
         data, attrs = f[name][()], dict(f[name].attrs)
         del f[name]
@@ -263,17 +269,24 @@ def corrupt_weights(source: Path, path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("command", [
-    pytest.param(COMMANDS[0].values[0], id="prune-threshold"),
-    pytest.param(lambda path: ("prune", path, "--sparsity", "0.5", "--scope", "global"), id="prune-global"),
-    *COMMANDS[1:],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(COMMANDS[0].values[0], id="prune-threshold"),
+        pytest.param(lambda path: ("prune", path, "--sparsity", "0.5", "--scope", "global"), id="prune-global"),
+        *COMMANDS[1:],
+    ],
+)
 @pytest.mark.parametrize("name", MODELS)
 def test_unreadable_weight_data(models, name, command):
     """The file opens; reading one kernel fails part-way through the run, after output has begun."""
     path = corrupt_weights(models / name, models / f"corrupt{Path(name).suffix}")
-    fails(models, *command(path), code=1,
-          pattern=rf"Error: cannot read weight \S+/kernel \(.+\)\. {re.escape(received(path))}")
+    fails(
+        models,
+        *command(path),
+        code=1,
+        pattern=rf"Error: cannot read weight \S+/kernel \(.+\)\. {re.escape(received(path))}",
+    )
 
 
 @pytest.mark.parametrize("make, fmt", [(_missing, ".h5"), (_h5_renamed_keras, ".keras")])
@@ -296,41 +309,73 @@ def _invalid(option: str, message: str) -> str:
 
 
 BAD_OPTIONS = [
-    pytest.param(["--threshold", "-0.1"],
-                 _invalid("--threshold", "threshold must be a finite number >= 0. Received: threshold=-0.1"),
-                 id="negative-threshold"),
-    pytest.param(["--threshold=-1e-3"],
-                 _invalid("--threshold", "threshold must be a finite number >= 0. Received: threshold=-0.001"),
-                 id="negative-threshold-equals"),
-    pytest.param(["--threshold", "nan"],
-                 _invalid("--threshold", "threshold must be a finite number >= 0. Received: threshold=nan"),
-                 id="nan-threshold"),
-    pytest.param(["--threshold", "inf"],
-                 _invalid("--threshold", "threshold must be a finite number >= 0. Received: threshold=inf"),
-                 id="inf-threshold"),
-    pytest.param(["--threshold", "abc"], _invalid("--threshold", "'abc' is not a valid float."),
-                 id="threshold-not-a-number"),
-    pytest.param(["--sparsity", "1"],
-                 _invalid("--sparsity", "sparsity must be in [0, 1). Received: sparsity=1.0"), id="sparsity-1"),
-    pytest.param(["--sparsity", "1.2"],
-                 _invalid("--sparsity", "sparsity must be in [0, 1). Received: sparsity=1.2"), id="sparsity-1.2"),
-    pytest.param(["--sparsity", "-0.1"],
-                 _invalid("--sparsity", "sparsity must be in [0, 1). Received: sparsity=-0.1"),
-                 id="negative-sparsity"),
-    pytest.param(["--sparsity", "nan"],
-                 _invalid("--sparsity", "sparsity must be in [0, 1). Received: sparsity=nan"), id="nan-sparsity"),
-    pytest.param(["--threshold", "0.1", "--sparsity", "0.5"],
-                 "Error: give only one of --threshold and --sparsity. Received: --threshold 0.1 --sparsity 0.5",
-                 id="threshold-and-sparsity"),
-    pytest.param([], "Error: give a pruning step: --threshold, --sparsity, --neuron-threshold or --neuron-ratio "
-                     "(or a --recipe). Received: none", id="neither"),
-    pytest.param([*THRESHOLD, "--scope", "row"],
-                 _invalid("--scope", "'row' is not one of 'layer', 'global'."), id="bad-scope"),
-    pytest.param([*THRESHOLD, "--engine", "torch"],
-                 _invalid("--engine", "'torch' is not one of 'auto', 'file', 'keras'."), id="bad-engine"),
-    pytest.param([*THRESHOLD, "--compression", "max"],
-                 _invalid("--compression", "'max' is not one of 'none', 'fast', 'balanced', 'strong'."),
-                 id="bad-compression"),
+    pytest.param(
+        ["--threshold", "-0.1"],
+        _invalid("--threshold", "threshold must be a finite number >= 0. Received: threshold=-0.1"),
+        id="negative-threshold",
+    ),
+    pytest.param(
+        ["--threshold=-1e-3"],
+        _invalid("--threshold", "threshold must be a finite number >= 0. Received: threshold=-0.001"),
+        id="negative-threshold-equals",
+    ),
+    pytest.param(
+        ["--threshold", "nan"],
+        _invalid("--threshold", "threshold must be a finite number >= 0. Received: threshold=nan"),
+        id="nan-threshold",
+    ),
+    pytest.param(
+        ["--threshold", "inf"],
+        _invalid("--threshold", "threshold must be a finite number >= 0. Received: threshold=inf"),
+        id="inf-threshold",
+    ),
+    pytest.param(
+        ["--threshold", "abc"], _invalid("--threshold", "'abc' is not a valid float."), id="threshold-not-a-number"
+    ),
+    pytest.param(
+        ["--sparsity", "1"],
+        _invalid("--sparsity", "sparsity must be in [0, 1). Received: sparsity=1.0"),
+        id="sparsity-1",
+    ),
+    pytest.param(
+        ["--sparsity", "1.2"],
+        _invalid("--sparsity", "sparsity must be in [0, 1). Received: sparsity=1.2"),
+        id="sparsity-1.2",
+    ),
+    pytest.param(
+        ["--sparsity", "-0.1"],
+        _invalid("--sparsity", "sparsity must be in [0, 1). Received: sparsity=-0.1"),
+        id="negative-sparsity",
+    ),
+    pytest.param(
+        ["--sparsity", "nan"],
+        _invalid("--sparsity", "sparsity must be in [0, 1). Received: sparsity=nan"),
+        id="nan-sparsity",
+    ),
+    pytest.param(
+        ["--threshold", "0.1", "--sparsity", "0.5"],
+        "Error: give only one of --threshold and --sparsity. Received: --threshold 0.1 --sparsity 0.5",
+        id="threshold-and-sparsity",
+    ),
+    pytest.param(
+        [],
+        "Error: give a pruning step: --threshold, --sparsity, --neuron-threshold or --neuron-ratio "
+        "(or a --recipe). Received: none",
+        id="neither",
+    ),
+    pytest.param(
+        [*THRESHOLD, "--scope", "row"], _invalid("--scope", "'row' is not one of 'layer', 'global'."), id="bad-scope"
+    ),
+    pytest.param(
+        [*THRESHOLD, "--engine", "torch"],
+        _invalid("--engine", "'torch' is not one of 'auto', 'file', 'keras'."),
+        id="bad-engine",
+    ),
+    pytest.param(
+        [*THRESHOLD, "--compression", "max"],
+        _invalid("--compression", "'max' is not one of 'none', 'fast', 'balanced', 'strong'."),
+        id="bad-compression",
+    ),
     pytest.param([*THRESHOLD, "--xyzzy"], "Error: No such option '--xyzzy'.", id="unknown-option"),
 ]
 
@@ -361,8 +406,10 @@ def model(request, models) -> Path:
     """Each fixture model; ``*.deflated.keras`` has its weights member deflated (read via a temp copy)."""
     path = models / request.param
     if request.param.endswith(".deflated.keras"):
-        with zipfile.ZipFile(models / "functional.keras") as src, \
-                zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        with (
+            zipfile.ZipFile(models / "functional.keras") as src,
+            zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst,
+        ):
             for name in src.namelist():
                 dst.writestr(name, src.read(name))
     return path
@@ -370,27 +417,59 @@ def model(request, models) -> Path:
 
 def test_include_matching_nothing(model):
     layers = PRUNABLE[stem(model.name)]
-    fails(model.parent, "prune", model, *THRESHOLD, "--include", "^nomatch$", code=1,
-          line=f"Error: --include pattern matches no prunable layer (prunable layers: {layers}). Received: '^nomatch$'")
+    fails(
+        model.parent,
+        "prune",
+        model,
+        *THRESHOLD,
+        "--include",
+        "^nomatch$",
+        code=1,
+        line=f"Error: --include pattern matches no prunable layer (prunable layers: {layers}). Received: '^nomatch$'",
+    )
 
 
 def test_exclude_matching_nothing(model):
     layers = PRUNABLE[stem(model.name)]
-    fails(model.parent, "prune", model, "--sparsity", "0.5", "--exclude", "nomatch", code=1,
-          line=f"Error: --exclude pattern matches no prunable layer (prunable layers: {layers}). Received: 'nomatch'")
+    fails(
+        model.parent,
+        "prune",
+        model,
+        "--sparsity",
+        "0.5",
+        "--exclude",
+        "nomatch",
+        code=1,
+        line=f"Error: --exclude pattern matches no prunable layer (prunable layers: {layers}). Received: 'nomatch'",
+    )
 
 
 def test_exclude_everything(model):
     layers = PRUNABLE[stem(model.name)]
-    fails(model.parent, "prune", model, *THRESHOLD, "--exclude", ".", code=1,
-          line=f"Error: no prunable weights selected (prunable layers: {layers}). "
-               "Received: include=[], exclude=['.']")
+    fails(
+        model.parent,
+        "prune",
+        model,
+        *THRESHOLD,
+        "--exclude",
+        ".",
+        code=1,
+        line=f"Error: no prunable weights selected (prunable layers: {layers}). Received: include=[], exclude=['.']",
+    )
 
 
 @pytest.mark.parametrize("option, pattern", [("--include", "("), ("--exclude", "[a-")])
 def test_invalid_regex(model, option, pattern):
-    fails(model.parent, "prune", model, *THRESHOLD, option, pattern, code=2,
-          contains=(f"{option} is not a valid regular expression (", f"Received: {pattern!r}"))
+    fails(
+        model.parent,
+        "prune",
+        model,
+        *THRESHOLD,
+        option,
+        pattern,
+        code=2,
+        contains=(f"{option} is not a valid regular expression (", f"Received: {pattern!r}"),
+    )
 
 
 # --- output paths ----------------------------------------------------------------------------
@@ -400,37 +479,50 @@ OUTPUT_CASES = {
     # name: (extra args, expected line) built from (folder, input path)
     "output-in-missing-dir": lambda d, m: (
         ["-o", d / "nodir" / f"out{m.suffix}"],
-        f"Error: output directory does not exist. {received(d / 'nodir' / f'out{m.suffix}')}"),
+        f"Error: output directory does not exist. {received(d / 'nodir' / f'out{m.suffix}')}",
+    ),
     "report-in-missing-dir": lambda d, m: (
         ["-o", d / f"out{m.suffix}", "--report", d / "nodir" / "r.json"],
-        f"Error: output directory does not exist. {received(d / 'nodir' / 'r.json')}"),
+        f"Error: output directory does not exist. {received(d / 'nodir' / 'r.json')}",
+    ),
     "output-is-a-directory": lambda d, m: (
         ["-o", _mkdir(d / f"out{m.suffix}")],
-        f"Error: output path is a directory. {received(d / f'out{m.suffix}')}"),
-    "output-is-input": lambda d, m: (
-        ["-o", m], f"Error: output would overwrite the input model. {received(m)}"),
+        f"Error: output path is a directory. {received(d / f'out{m.suffix}')}",
+    ),
+    "output-is-input": lambda d, m: (["-o", m], f"Error: output would overwrite the input model. {received(m)}"),
     "output-is-input-force": lambda d, m: (
-        ["-o", m, "--force"], f"Error: output would overwrite the input model. {received(m)}"),
+        ["-o", m, "--force"],
+        f"Error: output would overwrite the input model. {received(m)}",
+    ),
     "output-is-input-other-spelling": lambda d, m: (
         ["-o", d / "." / m.name, "--force"],
-        f"Error: output would overwrite the input model. {received(d / '.' / m.name)}"),
+        f"Error: output would overwrite the input model. {received(d / '.' / m.name)}",
+    ),
     "report-is-input-force": lambda d, m: (
         ["-o", d / f"out{m.suffix}", "--report", m, "--force"],
-        f"Error: output would overwrite the input model. {received(m)}"),
+        f"Error: output would overwrite the input model. {received(m)}",
+    ),
     "report-is-output": lambda d, m: (
         ["-o", d / f"out{m.suffix}", "--report", d / f"out{m.suffix}"],
-        f"Error: report path is the output model's path. {received(d / f'out{m.suffix}')}"),
+        f"Error: report path is the output model's path. {received(d / f'out{m.suffix}')}",
+    ),
     "unsupported-output-suffix": lambda d, m: (
-        ["-o", d / "out.txt"], f"Error: output must end in .h5, .hdf5 or .keras. {received(d / 'out.txt')}"),
+        ["-o", d / "out.txt"],
+        f"Error: output must end in .h5, .hdf5 or .keras. {received(d / 'out.txt')}",
+    ),
     "existing-default-output": lambda d, m: (
-        [], f"Error: output file exists; pass --force to overwrite it. "
-            f"{received(_touch(m.with_name(f'{m.stem}.pruned{m.suffix}')))}"),
+        [],
+        f"Error: output file exists; pass --force to overwrite it. "
+        f"{received(_touch(m.with_name(f'{m.stem}.pruned{m.suffix}')))}",
+    ),
     "existing-output": lambda d, m: (
         ["-o", _touch(d / f"out{m.suffix}")],
-        f"Error: output file exists; pass --force to overwrite it. {received(d / f'out{m.suffix}')}"),
+        f"Error: output file exists; pass --force to overwrite it. {received(d / f'out{m.suffix}')}",
+    ),
     "existing-report": lambda d, m: (
         ["-o", d / f"out{m.suffix}", "--report", _touch(d / "r.json")],
-        f"Error: output file exists; pass --force to overwrite it. {received(d / 'r.json')}"),
+        f"Error: output file exists; pass --force to overwrite it. {received(d / 'r.json')}",
+    ),
 }
 
 
@@ -455,27 +547,46 @@ def test_bad_output_path(models, name, case):
 def test_file_engine_cannot_convert(models, name):
     source = models / name
     output = models / ("out.keras" if source.suffix == ".h5" else "out.h5")
-    fails(models, "prune", source, *THRESHOLD, "--engine", "file", "-o", output, code=2,
-          line="Error: the file engine cannot convert between .h5 and .keras; use --engine keras or auto. "
-               f"Received: {source.suffix} -> {output.suffix}")
+    fails(
+        models,
+        "prune",
+        source,
+        *THRESHOLD,
+        "--engine",
+        "file",
+        "-o",
+        output,
+        code=2,
+        line="Error: the file engine cannot convert between .h5 and .keras; use --engine keras or auto. "
+        f"Received: {source.suffix} -> {output.suffix}",
+    )
 
 
 # --- `prunectl report` on things that are not reports ----------------------------------------
 
 
 NOT_REPORTS = [
-    pytest.param("{}", "Error: JSON file is not a prunectl report (no schema_version). Received: {path!r}",
-                 id="empty-object"),
-    pytest.param('[{"schema_version": 1}]',
-                 "Error: JSON file is not a prunectl report (no schema_version). Received: {path!r}", id="list"),
-    pytest.param('{"name": "a keras config", "layers": []}',
-                 "Error: JSON file is not a prunectl report (no schema_version). Received: {path!r}",
-                 id="other-json"),
-    pytest.param('{"schema_version": 99, "layers": []}',
-                 "Error: unsupported report schema_version (this prunectl reads 1). Received: schema_version=99",
-                 id="future-schema"),
-    pytest.param("not json at all", "Error: report is not valid JSON (Expecting value). Received: {path!r}",
-                 id="not-json"),
+    pytest.param(
+        "{}", "Error: JSON file is not a prunectl report (no schema_version). Received: {path!r}", id="empty-object"
+    ),
+    pytest.param(
+        '[{"schema_version": 1}]',
+        "Error: JSON file is not a prunectl report (no schema_version). Received: {path!r}",
+        id="list",
+    ),
+    pytest.param(
+        '{"name": "a keras config", "layers": []}',
+        "Error: JSON file is not a prunectl report (no schema_version). Received: {path!r}",
+        id="other-json",
+    ),
+    pytest.param(
+        '{"schema_version": 99, "layers": []}',
+        "Error: unsupported report schema_version (this prunectl reads 1). Received: schema_version=99",
+        id="future-schema",
+    ),
+    pytest.param(
+        "not json at all", "Error: report is not valid JSON (Expecting value). Received: {path!r}", id="not-json"
+    ),
     pytest.param('{"schema_version": 1, "layers": [}', None, id="broken-json"),
     pytest.param('{"schema_version": 1, "layers": []}', None, id="schema-but-no-totals"),
 ]
@@ -487,8 +598,15 @@ def test_report_of_a_json_that_is_not_a_report(models, text, line, json_flag):
     path = models / "notes.json"
     path.write_text(text, encoding="utf-8")
     if line is None:
-        fails(models, "report", path, *json_flag, code=1, pattern=r"Error: (JSON file is not a prunectl report|"
-              rf"report is not valid JSON) .*{re.escape(received(path))}")
+        fails(
+            models,
+            "report",
+            path,
+            *json_flag,
+            code=1,
+            pattern=r"Error: (JSON file is not a prunectl report|"
+            rf"report is not valid JSON) .*{re.escape(received(path))}",
+        )
     else:
         fails(models, "report", path, *json_flag, code=1, line=line.format(path=str(path)))
 
@@ -499,16 +617,20 @@ def test_report_of_a_missing_json(models):
 
 
 def test_report_of_stdin_that_is_not_a_report(models):
-    fails(models, "report", "-", code=1, input="hello\n",
-          line="Error: report is not valid JSON (Expecting value). Received: '<stdin>'")
+    fails(
+        models,
+        "report",
+        "-",
+        code=1,
+        input="hello\n",
+        line="Error: report is not valid JSON (Expecting value). Received: '<stdin>'",
+    )
 
 
 # --- help --------------------------------------------------------------------------------------
 
 
-COMMAND_PATHS = [pytest.param((), id="prunectl")] + [
-    pytest.param((name,), id=name) for name in sorted(cli.commands)
-]
+COMMAND_PATHS = [pytest.param((), id="prunectl")] + [pytest.param((name,), id=name) for name in sorted(cli.commands)]
 
 
 @pytest.mark.parametrize("path", COMMAND_PATHS)

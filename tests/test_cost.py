@@ -7,10 +7,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import build_functional, build_sequential, build_zoo, sample_inputs
-from prunectl.core.structure.cost import as_tensors, benchmark, forward_function, make_batch, measure_latency, time_calls
+
 from prunectl.core.errors import OptionError
+from prunectl.core.structure.cost import (
+    as_tensors,
+    benchmark,
+    forward_function,
+    make_batch,
+    measure_latency,
+    time_calls,
+)
 
 
 @pytest.mark.parametrize("build", [build_sequential, build_functional, pytest.param(build_zoo, marks=pytest.mark.slow)])
@@ -33,7 +40,7 @@ def test_time_calls_interleaves_and_flips_the_order():
     samples = time_calls(functions, None, repeats=3, warmup=1, number=2)
     assert [len(s) for s in samples] == [3, 3, 3]
     assert all(t >= 0 for s in samples for t in s)
-    rounds = [calls[i:i + 6] for i in range(0, len(calls), 6)]
+    rounds = [calls[i : i + 6] for i in range(0, len(calls), 6)]
     assert rounds == [[0, 0, 1, 1, 2, 2], [2, 2, 1, 1, 0, 0]] * 2
 
 
@@ -52,11 +59,14 @@ def test_time_calls_reads_every_output_back():
     assert read == ["a", "b", "a", "b"]
 
 
-@pytest.mark.parametrize("kwargs, received", [
-    ({"repeats": 0}, "repeats=0, number=1, warmup=5"),
-    ({"number": 0}, "repeats=100, number=0, warmup=5"),
-    ({"warmup": -1}, "repeats=100, number=1, warmup=-1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, received",
+    [
+        ({"repeats": 0}, "repeats=0, number=1, warmup=5"),
+        ({"number": 0}, "repeats=100, number=0, warmup=5"),
+        ({"warmup": -1}, "repeats=100, number=1, warmup=-1"),
+    ],
+)
 def test_time_calls_rejects_bad_counts(kwargs, received):
     with pytest.raises(OptionError, match=f"Received: {received}$"):
         time_calls([lambda x: x], None, **kwargs)

@@ -10,18 +10,17 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import keras  # noqa: E402  (the layer class below is defined at import, as a user's module would)
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from independent import kernel, read_weights
+
 from prunectl.cli.main import cli
 from prunectl.core.errors import OptionError, SelectionError, SetupError
 from prunectl.core.layers import ENTRY_POINT_GROUP, LayerSpec, Rule, WeightSpec, get_spec, layer_spec, register_layer
 from prunectl.core.layers import spec as table
 from prunectl.core.structure.plan import NeuronPruning, apply_plan, plan_structure
-
-import keras  # noqa: E402  (the layer class below is defined at import, as a user's module would)
 
 
 @keras.saving.register_keras_serializable(package="prunectl_tests")
@@ -46,8 +45,13 @@ class ScaledDense(keras.layers.Layer):
 
 SPEC = LayerSpec(
     prunable=(WeightSpec("kernel", index=0),),
-    rule=Rule("producer", units="units", in_axes=(("kernel", 0, None),),
-              out_axes=(("kernel", -1), ("bias", 0), ("scale", 0)), fold="dense"),
+    rule=Rule(
+        "producer",
+        units="units",
+        in_axes=(("kernel", 0, None),),
+        out_axes=(("kernel", -1), ("bias", 0), ("scale", 0)),
+        fold="dense",
+    ),
     mac_weights={"kernel": "output"},
 )
 
@@ -95,7 +99,9 @@ def test_registered_layers_kernel_is_reported_and_pruned(tmp_path, fmt):
     register_layer("ScaledDense", SPEC)
     layers = json.loads(run("report", source, "--json").output)["layers"]
     assert [(row["layer"], row["weight"], row["prunable"]) for row in layers] == [
-        ("scaled", "kernel", True), ("head", "kernel", True)]
+        ("scaled", "kernel", True),
+        ("head", "kernel", True),
+    ]
     out = tmp_path / f"out{fmt}"
     run("prune", source, "--sparsity", "0.5", "-o", out)
     pruned, bias, scale = scaled_weights(out)
@@ -175,8 +181,7 @@ def entry_point(name, loaded):
 def test_entry_point_specs_load_once_on_the_first_lookup(monkeypatch):
     point, calls = entry_point("mine", {"ScaledDense": SPEC})
     asked = []
-    monkeypatch.setattr("importlib.metadata.entry_points",
-                        lambda group: asked.append(group) or [point])
+    monkeypatch.setattr("importlib.metadata.entry_points", lambda group: asked.append(group) or [point])
     assert calls == []  # nothing is read at import or before a lookup
     assert get_spec("ScaledDense") is SPEC
     assert get_spec("Dense").foldable
@@ -197,11 +202,14 @@ def test_entry_point_function_may_register_itself_and_code_wins(monkeypatch):
     assert get_spec("ScaledDense") is SPEC
 
 
-@pytest.mark.parametrize("loaded, message", [
-    (ImportError("no module named broken_pkg"), "cannot load layer specs from entry point 'broken'"),
-    (["ScaledDense"], "must give a mapping of class names to LayerSpec. Received: broken=list"),
-    ({"ScaledDense": "kernel"}, "entry point 'broken': a layer spec must be a LayerSpec"),
-])
+@pytest.mark.parametrize(
+    "loaded, message",
+    [
+        (ImportError("no module named broken_pkg"), "cannot load layer specs from entry point 'broken'"),
+        (["ScaledDense"], "must give a mapping of class names to LayerSpec. Received: broken=list"),
+        ({"ScaledDense": "kernel"}, "entry point 'broken': a layer spec must be a LayerSpec"),
+    ],
+)
 def test_a_broken_entry_point_is_a_setup_error(monkeypatch, loaded, message):
     point, _ = entry_point("broken", loaded)
     monkeypatch.setattr("importlib.metadata.entry_points", lambda group: [point])

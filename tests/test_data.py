@@ -6,8 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from prunectl.core.training.data import READERS, Dataset, batches, check_fits, read_dataset, split
 from prunectl.core.errors import DataError
+from prunectl.core.training.data import READERS, Dataset, batches, check_fits, read_dataset, split
 
 X = np.arange(40, dtype="float32").reshape(10, 2, 2)
 Y = np.arange(10) % 3
@@ -65,11 +65,14 @@ def test_csv_without_header_or_label(tmp_path):
     assert read_dataset(path, label_col="1").y.dtype == np.float32
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "data file is empty"),
-    ("a,b\n1,x\n", "data file has a non-numeric or missing value"),
-    ("a,b\n1,2\n3\n", "data file has a non-numeric or missing value"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "data file is empty"),
+        ("a,b\n1,x\n", "data file has a non-numeric or missing value"),
+        ("a,b\n1,2\n3\n", "data file has a non-numeric or missing value"),
+    ],
+)
 def test_csv_errors(tmp_path, text, message):
     path = tmp_path / "bad.csv"
     path.write_text(text)
@@ -83,12 +86,15 @@ def test_csv_unknown_label_column(tmp_path):
         read_dataset(path, label_col="target")
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("missing.npz", None, "data file not found"),
-    ("data.txt", b"1", r"unsupported data file type \(known: .csv, .h5, .npz\)"),
-    ("broken.npz", b"not a zip", "cannot read data file"),
-    ("broken.h5", b"not hdf5", "cannot read data file"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("missing.npz", None, "data file not found"),
+        ("data.txt", b"1", r"unsupported data file type \(known: .csv, .h5, .npz\)"),
+        ("broken.npz", b"not a zip", "cannot read data file"),
+        ("broken.h5", b"not hdf5", "cannot read data file"),
+    ],
+)
 def test_unreadable_files(tmp_path, name, content, message):
     path = tmp_path / name
     if content is not None:
@@ -110,21 +116,32 @@ def test_reader_contract(tmp_path, name):
 # --- checks against the model ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("data, message", [
-    (Dataset(X), r"training data has no targets"),
-    (Dataset(X, Y[:5]), r"training data x and y hold different sample counts. Received: 10 and 5"),
-    (Dataset(X.reshape(10, 4), Y), r"training data x shape \(10, 4\) does not fit the model input \(None, 2, 2\)"),
-    (Dataset(X, Y + 1), r"training data y holds class labels outside \[0, 3\) .* Received: labels 1..3"),
-    (Dataset(X, np.ones((10, 2), "float32")), r"training data y shape \(10, 2\) does not fit the model output"),
-    (Dataset(X.astype(str), Y), r"training data x must be numeric"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (Dataset(X), r"training data has no targets"),
+        (Dataset(X, Y[:5]), r"training data x and y hold different sample counts. Received: 10 and 5"),
+        (Dataset(X.reshape(10, 4), Y), r"training data x shape \(10, 4\) does not fit the model input \(None, 2, 2\)"),
+        (Dataset(X, Y + 1), r"training data y holds class labels outside \[0, 3\) .* Received: labels 1..3"),
+        (Dataset(X, np.ones((10, 2), "float32")), r"training data y shape \(10, 2\) does not fit the model output"),
+        (Dataset(X.astype(str), Y), r"training data x must be numeric"),
+    ],
+)
 def test_check_fits_errors(data, message):
     with pytest.raises(DataError, match=message):
         check_fits(data, (2, 2), (3,), name="training data")
 
 
-@pytest.mark.parametrize("y, output", [(Y, (3,)), (Y[:, None], (3,)), (np.ones((10, 3), "f4"), (3,)),
-                                       (np.ones(10, "f4"), (1,)), (np.ones((10, 1), "f4"), (1,))])
+@pytest.mark.parametrize(
+    "y, output",
+    [
+        (Y, (3,)),
+        (Y[:, None], (3,)),
+        (np.ones((10, 3), "f4"), (3,)),
+        (np.ones(10, "f4"), (1,)),
+        (np.ones((10, 1), "f4"), (1,)),
+    ],
+)
 def test_check_fits_accepts(y, output):
     check_fits(Dataset(X, y), (None, 2), output)
 

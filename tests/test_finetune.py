@@ -15,9 +15,9 @@ import textwrap
 import h5py
 import numpy as np
 import pytest
-
 from conftest import run
-from independent import kernel, keras_config
+from independent import keras_config, kernel
+
 from prunectl.core.weights import masks
 from prunectl.core.weights.schedules import SCHEDULES, OneShot, PolynomialDecay
 
@@ -34,8 +34,23 @@ def digits(samples):
 
 
 def finetune(folder, out, *extra, sparsity="0.8"):
-    return run("prune", folder / "digits_mlp.h5", "--sparsity", sparsity, "-o", out, "--finetune-epochs", "2",
-               "--data", folder / "train.npz", "--val-data", folder / "val.npz", "--seed", "7", *extra)
+    return run(
+        "prune",
+        folder / "digits_mlp.h5",
+        "--sparsity",
+        sparsity,
+        "-o",
+        out,
+        "--finetune-epochs",
+        "2",
+        "--data",
+        folder / "train.npz",
+        "--val-data",
+        folder / "val.npz",
+        "--seed",
+        "7",
+        *extra,
+    )
 
 
 # --- masks held --------------------------------------------------------------------------------
@@ -78,8 +93,9 @@ def test_masks_hold_after_every_step(optimizer):
             seen.append(np.abs(variable.numpy()[pruned]).max())
 
     rng = np.random.default_rng(0)
-    model.fit(rng.normal(size=(64, 6)), rng.normal(size=(64, 1)), batch_size=8, epochs=2, verbose=0,
-              callbacks=[Check()])
+    model.fit(
+        rng.normal(size=(64, 6)), rng.normal(size=(64, 1)), batch_size=8, epochs=2, verbose=0, callbacks=[Check()]
+    )
     held.release()
     assert len(seen) == 16 and max(seen) == 0.0
     assert variable.constraint is None and variable.regularizer is None
@@ -154,8 +170,23 @@ def test_oneshot_prunes_before_the_first_step_only():
 @pytest.mark.slow
 def test_gradual_run_reaches_target_exactly_in_three_steps(digits):
     out = digits / "tuned.h5"
-    result = run("prune", digits / "digits_mlp.h5", "--sparsity", "0.9", "-o", out, "--schedule", "polynomial",
-                 "--finetune-epochs", "1", "--batch-size", "32", "--data", digits / "train.npz", "--json")
+    result = run(
+        "prune",
+        digits / "digits_mlp.h5",
+        "--sparsity",
+        "0.9",
+        "-o",
+        out,
+        "--schedule",
+        "polynomial",
+        "--finetune-epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--data",
+        digits / "train.npz",
+        "--json",
+    )
     report = json.loads(result.stdout)
     assert report["finetune"]["steps"] == 3
     assert report["finetune"]["mask_updates"][-1][1] == 0.9
@@ -175,7 +206,11 @@ def test_report_has_evaluations_and_history(digits):
     for values in section["evaluation"].values():
         assert set(values) == {"loss", "accuracy"}
     assert {k: len(v) for k, v in section["history"].items()} == {
-        "loss": 2, "accuracy": 2, "val_loss": 2, "val_accuracy": 2}
+        "loss": 2,
+        "accuracy": 2,
+        "val_loss": 2,
+        "val_accuracy": 2,
+    }
     assert section["compile"]["loss_source"] == "saved"
     assert report["options"]["finetune"]["epochs"] == 2
 
@@ -224,11 +259,27 @@ def test_default_loss_for_integer_labels_and_softmax(tmp_path):
     model.save(tmp_path / "uncompiled.keras")
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.normal(size=(16, 4)).astype("float32"), y=rng.integers(0, 3, 16))
-    report = json.loads(run("prune", tmp_path / "uncompiled.keras", "--sparsity", "0.5", "--finetune-epochs", "1",
-                            "--data", tmp_path / "d.npz", "--val-split", "0.25", "--json").stdout)
+    report = json.loads(
+        run(
+            "prune",
+            tmp_path / "uncompiled.keras",
+            "--sparsity",
+            "0.5",
+            "--finetune-epochs",
+            "1",
+            "--data",
+            tmp_path / "d.npz",
+            "--val-split",
+            "0.25",
+            "--json",
+        ).stdout
+    )
     compiled = report["finetune"]["compile"]
     assert (compiled["loss"], compiled["metrics"], compiled["loss_source"]) == (
-        "sparse_categorical_crossentropy", ["accuracy"], "default")
+        "sparse_categorical_crossentropy",
+        ["accuracy"],
+        "default",
+    )
     assert report["finetune"]["data"]["validation_samples"] == 4
 
 
@@ -238,9 +289,25 @@ def test_regressor_from_csv_with_label_column(samples):
         table = np.column_stack([data["x"][:64], data["y"][:64, 0]])
     header = ",".join([f"f{i}" for i in range(8)] + ["target"])
     np.savetxt(samples / "reg.csv", table, delimiter=",", header=header, comments="")
-    report = json.loads(run("prune", samples / "regressor.h5", "--sparsity", "0.5", "--finetune-epochs", "1",
-                            "--data", samples / "reg.csv", "--label-col", "target", "--val-split", "0.25",
-                            "-o", samples / "out.h5", "--json").stdout)
+    report = json.loads(
+        run(
+            "prune",
+            samples / "regressor.h5",
+            "--sparsity",
+            "0.5",
+            "--finetune-epochs",
+            "1",
+            "--data",
+            samples / "reg.csv",
+            "--label-col",
+            "target",
+            "--val-split",
+            "0.25",
+            "-o",
+            samples / "out.h5",
+            "--json",
+        ).stdout
+    )
     assert report["finetune"]["compile"]["loss"] == "mse"
     assert set(report["finetune"]["evaluation"]["after_finetuning"]) == {"loss"}
 
@@ -249,9 +316,27 @@ def test_regressor_from_csv_with_label_column(samples):
 def test_streams_h5_data(digits):
     with np.load(digits / "train.npz") as data, h5py.File(digits / "train.h5", "w") as f:
         f["images"], f["labels"] = data["x"], data["y"]
-    report = json.loads(run("prune", digits / "digits_mlp.h5", "--sparsity", "0.5", "--finetune-epochs", "1",
-                            "--data", digits / "train.h5", "--x-key", "images", "--y-key", "labels",
-                            "--val-split", "0.5", "-o", digits / "out.h5", "--json").stdout)
+    report = json.loads(
+        run(
+            "prune",
+            digits / "digits_mlp.h5",
+            "--sparsity",
+            "0.5",
+            "--finetune-epochs",
+            "1",
+            "--data",
+            digits / "train.h5",
+            "--x-key",
+            "images",
+            "--y-key",
+            "labels",
+            "--val-split",
+            "0.5",
+            "-o",
+            digits / "out.h5",
+            "--json",
+        ).stdout
+    )
     assert report["finetune"]["data"]["train_samples"] == 48
 
 
@@ -270,10 +355,28 @@ MIRRORED = textwrap.dedent("""
 @pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(digits):
     out = digits / "tuned.h5"
-    args = [digits / "digits_mlp.h5", "--sparsity", "0.8", "-o", out, "--finetune-epochs", "1",
-            "--data", digits / "train.npz", "--strategy", "mirrored", "--json", "--quiet"]
-    done = subprocess.run([sys.executable, "-c", MIRRORED, "prune", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    args = [
+        digits / "digits_mlp.h5",
+        "--sparsity",
+        "0.8",
+        "-o",
+        out,
+        "--finetune-epochs",
+        "1",
+        "--data",
+        digits / "train.npz",
+        "--strategy",
+        "mirrored",
+        "--json",
+        "--quiet",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", MIRRORED, "prune", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["finetune"]["replicas"] == 2

@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from test_cli_errors import fails
 
 
@@ -25,26 +24,53 @@ def tune(folder, *extra):
     return prune(folder, "--finetune-epochs", "1", "--data", folder / "train.npz", *extra)
 
 
-@pytest.mark.parametrize("extra, line", [
-    (["--finetune-epochs", "1"], "Error: --finetune-epochs needs --data. Received: --finetune-epochs 1 without --data"),
-    (["--l1", "0.1"], "Error: --l1 needs --finetune-epochs. Received: --l1 without --finetune-epochs"),
-    (["--schedule", "polynomial"],
-     "Error: --schedule needs --finetune-epochs. Received: --schedule without --finetune-epochs"),
-])
+@pytest.mark.parametrize(
+    "extra, line",
+    [
+        (
+            ["--finetune-epochs", "1"],
+            "Error: --finetune-epochs needs --data. Received: --finetune-epochs 1 without --data",
+        ),
+        (["--l1", "0.1"], "Error: --l1 needs --finetune-epochs. Received: --l1 without --finetune-epochs"),
+        (
+            ["--schedule", "polynomial"],
+            "Error: --schedule needs --finetune-epochs. Received: --schedule without --finetune-epochs",
+        ),
+    ],
+)
 def test_options_that_need_fine_tuning(folder, extra, line):
     fails(folder, *prune(folder, *extra), code=2, line=line)
 
 
 def test_gradual_schedule_needs_sparsity(folder):
-    args = ["prune", folder / "digits_mlp.h5", "--threshold", "0.1", "--finetune-epochs", "1",
-            "--data", folder / "train.npz", "--schedule", "polynomial"]
-    fails(folder, *args, code=2, line="Error: --schedule polynomial prunes to a sparsity; give --sparsity. "
-                                      "Received: --schedule polynomial with --threshold")
+    args = [
+        "prune",
+        folder / "digits_mlp.h5",
+        "--threshold",
+        "0.1",
+        "--finetune-epochs",
+        "1",
+        "--data",
+        folder / "train.npz",
+        "--schedule",
+        "polynomial",
+    ]
+    fails(
+        folder,
+        *args,
+        code=2,
+        line="Error: --schedule polynomial prunes to a sparsity; give --sparsity. "
+        "Received: --schedule polynomial with --threshold",
+    )
 
 
 def test_val_data_and_val_split_conflict(folder):
-    fails(folder, *tune(folder, "--val-data", folder / "train.npz", "--val-split", "0.2"), code=2,
-          contains=["give only one of --val-data and --val-split"])
+    fails(
+        folder,
+        *tune(folder, "--val-data", folder / "train.npz", "--val-split", "0.2"),
+        code=2,
+        contains=["give only one of --val-data and --val-split"],
+    )
 
 
 def test_csv_takes_no_array_keys(folder):
@@ -54,20 +80,32 @@ def test_csv_takes_no_array_keys(folder):
 
 
 def test_shape_mismatch_names_both_shapes(folder):
-    fails(folder, *prune(folder, "--finetune-epochs", "1", "--data", folder / "regression_train.npz"), code=1,
-          line="Error: training data x shape (800, 8) does not fit the model input (None, 8, 8, 1). "
-               "Received: x shape (800, 8)")
+    fails(
+        folder,
+        *prune(folder, "--finetune-epochs", "1", "--data", folder / "regression_train.npz"),
+        code=1,
+        line="Error: training data x shape (800, 8) does not fit the model input (None, 8, 8, 1). "
+        "Received: x shape (800, 8)",
+    )
 
 
 def test_validation_data_is_checked_too(folder):
-    fails(folder, *tune(folder, "--val-data", folder / "regression_test.npz"), code=1,
-          contains=["validation data x shape (200, 8) does not fit the model input (None, 8, 8, 1)"])
+    fails(
+        folder,
+        *tune(folder, "--val-data", folder / "regression_test.npz"),
+        code=1,
+        contains=["validation data x shape (200, 8) does not fit the model input (None, 8, 8, 1)"],
+    )
 
 
 def test_missing_data_file(folder):
     path = folder / "nope.npz"
-    fails(folder, *prune(folder, "--finetune-epochs", "1", "--data", path), code=1,
-          line=f"Error: data file not found. Received: {str(path)!r}")
+    fails(
+        folder,
+        *prune(folder, "--finetune-epochs", "1", "--data", path),
+        code=1,
+        line=f"Error: data file not found. Received: {str(path)!r}",
+    )
 
 
 def test_undeterminable_loss_names_the_option(tmp_path):
@@ -75,33 +113,61 @@ def test_undeterminable_loss_names_the_option(tmp_path):
 
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="out")]).save(tmp_path / "m.keras")
     np.savez(tmp_path / "d.npz", x=np.ones((8, 4), "float32"), y=np.ones((8, 2), "float32"))
-    fails(tmp_path, "prune", tmp_path / "m.keras", "--sparsity", "0.5", "--finetune-epochs", "1",
-          "--data", tmp_path / "d.npz", code=2,  # a missing option: a usage error
-          contains=["cannot tell which loss to fine-tune with", "pass --loss (and --metrics)"])
+    fails(
+        tmp_path,
+        "prune",
+        tmp_path / "m.keras",
+        "--sparsity",
+        "0.5",
+        "--finetune-epochs",
+        "1",
+        "--data",
+        tmp_path / "d.npz",
+        code=2,  # a missing option: a usage error
+        contains=["cannot tell which loss to fine-tune with", "pass --loss (and --metrics)"],
+    )
 
 
-@pytest.mark.parametrize("option, value", [("--loss", "no_such_loss"), ("--metrics", "nope"),
-                                           ("--optimizer", "nadamw")])
+@pytest.mark.parametrize(
+    "option, value", [("--loss", "no_such_loss"), ("--metrics", "nope"), ("--optimizer", "nadamw")]
+)
 def test_unknown_keras_names(folder, option, value):
-    fails(folder, *tune(folder, option, value), code=2,
-          line=f"Error: unknown Keras {option[2:]} name. Received: {option} {value}")
+    fails(
+        folder,
+        *tune(folder, option, value),
+        code=2,
+        line=f"Error: unknown Keras {option[2:]} name. Received: {option} {value}",
+    )
 
 
 def test_plots_without_matplotlib_names_the_extra(folder, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    fails(folder, *tune(folder, "--plots", folder / "figures"), code=1,
-          line="Error: --plots needs matplotlib: pip install 'prunectl[plots]'. Received: matplotlib not installed")
+    fails(
+        folder,
+        *tune(folder, "--plots", folder / "figures"),
+        code=1,
+        line="Error: --plots needs matplotlib: pip install 'prunectl[plots]'. Received: matplotlib not installed",
+    )
 
 
 def test_multiworker_needs_tf_config(folder, monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    fails(folder, *tune(folder, "--strategy", "multiworker"), code=1,
-          contains=["the multiworker strategy needs TF_CONFIG", "Received: TF_CONFIG=''"])
+    fails(
+        folder,
+        *tune(folder, "--strategy", "multiworker"),
+        code=1,
+        contains=["the multiworker strategy needs TF_CONFIG", "Received: TF_CONFIG=''"],
+    )
 
 
 def test_multiworker_with_several_workers_is_refused_up_front(folder, monkeypatch):
-    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["localhost:1", "localhost:2"]}, '
-                                    '"task": {"type": "worker", "index": 0}}')
-    fails(folder, *tune(folder, "--strategy", "multiworker"), code=1,
-          line="Error: Keras 3 cannot fit under MultiWorkerMirroredStrategy with more than one worker "
-               "(keras-team/keras#20585). Received: 2 workers in TF_CONFIG")
+    monkeypatch.setenv(
+        "TF_CONFIG", '{"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 0}}'
+    )
+    fails(
+        folder,
+        *tune(folder, "--strategy", "multiworker"),
+        code=1,
+        line="Error: Keras 3 cannot fit under MultiWorkerMirroredStrategy with more than one worker "
+        "(keras-team/keras#20585). Received: 2 workers in TF_CONFIG",
+    )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import build_functional, build_sequential, sample_inputs
+
 from prunectl.core.structure.fold import fold_batchnorm, foldable_pairs
 
 
@@ -14,8 +14,12 @@ def _with_statistics(model, seed=0):
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         if layer.__class__.__name__ == "BatchNormalization":
-            draw = {"gamma": lambda n: rng.uniform(0.5, 2, n), "beta": lambda n: rng.normal(size=n),
-                    "moving_mean": lambda n: rng.normal(size=n), "moving_variance": lambda n: rng.uniform(0.1, 3, n)}
+            draw = {
+                "gamma": lambda n: rng.uniform(0.5, 2, n),
+                "beta": lambda n: rng.normal(size=n),
+                "moving_mean": lambda n: rng.normal(size=n),
+                "moving_variance": lambda n: rng.uniform(0.1, 3, n),
+            }
             layer.set_weights([draw[w.name](w.shape) for w in layer.weights])
     return model
 
@@ -29,9 +33,9 @@ def _bn_zoo():
     x = keras.layers.BatchNormalization(name="bn1")(x)
     x = keras.layers.ReLU(name="r1")(x)
     skip = keras.layers.Conv2D(6, 1, activation="relu", name="c2")(x)
-    y = keras.layers.BatchNormalization(name="bn_act")(skip)       # producer has an activation: kept
+    y = keras.layers.BatchNormalization(name="bn_act")(skip)  # producer has an activation: kept
     z = keras.layers.Conv2D(6, 1, name="c3")(x)
-    y2 = keras.layers.BatchNormalization(name="bn_shared")(z)     # c3 also feeds the Add: kept
+    y2 = keras.layers.BatchNormalization(name="bn_shared")(z)  # c3 also feeds the Add: kept
     x = keras.layers.Add(name="add")([y, y2, z])
     x = keras.layers.BatchNormalization(axis=1, name="bn_axis")(x)  # not the channel axis: kept
     x = keras.layers.Flatten(name="flat")(x)
@@ -44,16 +48,25 @@ def _bn_sequential():
     import keras
 
     keras.utils.set_random_seed(3)
-    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, name="d1"),
-                             keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(2, name="d2")])
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(5, name="d1"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.Dense(2, name="d2"),
+        ]
+    )
 
 
-@pytest.mark.parametrize("build, expected", [
-    (build_functional, {"bn": "conv"}),
-    (build_sequential, {}),
-    (_bn_sequential, {"bn": "d1"}),
-    (_bn_zoo, {"bn1": "c1", "bn_fc": "fc"}),
-])
+@pytest.mark.parametrize(
+    "build, expected",
+    [
+        (build_functional, {"bn": "conv"}),
+        (build_sequential, {}),
+        (_bn_sequential, {"bn": "d1"}),
+        (_bn_zoo, {"bn1": "c1", "bn_fc": "fc"}),
+    ],
+)
 def test_fold_keeps_outputs_and_replaces_batchnorm_by_identity(build, expected):
     model = _with_statistics(build())
     x = sample_inputs(model, n=16)
@@ -64,7 +77,7 @@ def test_fold_keeps_outputs_and_replaces_batchnorm_by_identity(build, expected):
     classes = {layer.name: layer.__class__.__name__ for layer in folded.layers}
     assert all(classes[bn] == "Identity" for bn in expected)
     assert all(folded.get_layer(p).use_bias for p in expected.values())
-    names = [[l.name for l in m.layers if l.__class__.__name__ != "InputLayer"] for m in (folded, model)]
+    names = [[layer.name for layer in m.layers if layer.__class__.__name__ != "InputLayer"] for m in (folded, model)]
     assert names[0] == names[1]
 
 

@@ -7,11 +7,10 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
 from conftest import invoke
+
 from prunectl.cli.main import cli
 from prunectl.core.run.gates import GATES
 
@@ -22,10 +21,15 @@ def test_every_gate_is_an_option_of_both_commands():
         assert {name.replace("-", "_") for name in GATES.names()} <= options
 
 
-@pytest.mark.parametrize("gate,limit,passes", [
-    ("--min-sparsity", "0.5", True), ("--min-sparsity", "0.51", False),
-    ("--max-params", "100000", True), ("--max-params", "10", False),
-])
+@pytest.mark.parametrize(
+    "gate,limit,passes",
+    [
+        ("--min-sparsity", "0.5", True),
+        ("--min-sparsity", "0.51", False),
+        ("--max-params", "100000", True),
+        ("--max-params", "10", False),
+    ],
+)
 def test_prune_gates_pass_or_exit_3(models, gate, limit, passes):
     result = invoke("prune", models / "functional.h5", "--sparsity", "0.5", gate, limit, "--json")
     report = json.loads(result.stdout)
@@ -59,10 +63,13 @@ def test_report_gates_on_a_model(models):
     assert bad.stderr.strip().splitlines()[-1] == "Error: gate min-sparsity failed: measured 0.0000, limit >= 0.1000"
 
 
-@pytest.mark.parametrize("args,message", [
-    (("--min-sparsity", "1.5"), "Error: min-sparsity must be in [0, 1]. Received: min-sparsity=1.5"),
-    (("--max-params", "-3"), "Error: max-params must be >= 0. Received: max-params=-3"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("--min-sparsity", "1.5"), "Error: min-sparsity must be in [0, 1]. Received: min-sparsity=1.5"),
+        (("--max-params", "-3"), "Error: max-params must be >= 0. Received: max-params=-3"),
+    ],
+)
 def test_bad_gate_limits_are_usage_errors(models, args, message):
     result = invoke("prune", models / "sequential.h5", "--threshold", "0.1", *args)
     assert result.exit_code == 2
@@ -72,8 +79,9 @@ def test_bad_gate_limits_are_usage_errors(models, args, message):
 
 def test_markdown_file_and_stdout(models):
     target = models / "summary.md"
-    result = invoke("prune", models / "functional.keras", "--sparsity", "0.6", "--markdown", target,
-                    "--min-sparsity", "0.5")
+    result = invoke(
+        "prune", models / "functional.keras", "--sparsity", "0.6", "--markdown", target, "--min-sparsity", "0.5"
+    )
     assert result.exit_code == 0, result.output
     text = target.read_text()
     assert text.startswith("## prunectl: ")
@@ -102,12 +110,30 @@ def test_shell_pipeline_prune_json_into_report_gate(models):
     cmd = " ".join(exe)
     src = models / "functional.h5"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    ok = subprocess.run(["bash", "-o", "pipefail", "-c",
-                         f"{cmd} prune {src} --sparsity 0.8 --json -q | {cmd} report - --min-sparsity 0.8"],
-                        capture_output=True, text=True, env=env)
+    ok = subprocess.run(
+        [
+            "bash",
+            "-o",
+            "pipefail",
+            "-c",
+            f"{cmd} prune {src} --sparsity 0.8 --json -q | {cmd} report - --min-sparsity 0.8",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert ok.returncode == 0, ok.stderr
-    bad = subprocess.run(["bash", "-o", "pipefail", "-c",
-                          f"{cmd} prune {src} --sparsity 0.5 --json -q --force | {cmd} report - --min-sparsity 0.8"],
-                         capture_output=True, text=True, env=env)
+    bad = subprocess.run(
+        [
+            "bash",
+            "-o",
+            "pipefail",
+            "-c",
+            f"{cmd} prune {src} --sparsity 0.5 --json -q --force | {cmd} report - --min-sparsity 0.8",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert bad.returncode == 3
     assert bad.stderr.strip().splitlines()[-1].startswith("Error: gate min-sparsity failed: measured 0.5")

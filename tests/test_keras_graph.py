@@ -107,6 +107,10 @@ def test_layer_graph_refuses_a_model_without_a_graph():
 
 def test_keras_internals_are_touched_in_one_module_only():
     paths = [path for folder in ("core", "cli") for path in sorted((ROOT / folder).rglob("*.py"))]
-    found = [f"{path.relative_to(ROOT)}:{n}" for path in paths
-             for n, line in enumerate(path.read_text().splitlines(), 1) if PRIVATE.search(line)]
+    found = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in paths
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if PRIVATE.search(line)
+    ]
     assert found and all(f.startswith("core/structure/keras_graph.py:") for f in found), found

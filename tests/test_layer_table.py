@@ -22,8 +22,18 @@ ARGS = {
     "Embedding": (10, 4),
     **{name: (4,) for name in ("SimpleRNN", "GRU", "LSTM")},
     "Activation": ("relu",),
-    **{name: (0.5,) for name in ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
-                                 "GaussianNoise", "GaussianDropout", "AlphaDropout")},
+    **{
+        name: (0.5,)
+        for name in (
+            "Dropout",
+            "SpatialDropout1D",
+            "SpatialDropout2D",
+            "SpatialDropout3D",
+            "GaussianNoise",
+            "GaussianDropout",
+            "AlphaDropout",
+        )
+    },
     "Reshape": ((6,),),
     **{f"AveragePooling{d}D": (2,) for d in (1, 2, 3)},
 }

@@ -14,7 +14,7 @@ def reference_prune(arrays, sparsity):
     flat[order[:k]] = 0
     out, start = [], 0
     for a in arrays:
-        out.append(flat[start:start + a.size].reshape(a.shape))
+        out.append(flat[start : start + a.size].reshape(a.shape))
         start += a.size
     return out
 
@@ -45,9 +45,18 @@ def test_cut_spans_blocks(monkeypatch):
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("sparsity,count,expected", [
-    (0.0, 10, 0), (0.8, 10, 8), (0.5, 5, 3), (0.5, 4, 2), (0.3, 10, 3), (0.99, 10, 10), (0.25, 3, 1),
-])
+@pytest.mark.parametrize(
+    "sparsity,count,expected",
+    [
+        (0.0, 10, 0),
+        (0.8, 10, 8),
+        (0.5, 5, 3),
+        (0.5, 4, 2),
+        (0.3, 10, 3),
+        (0.99, 10, 10),
+        (0.25, 3, 1),
+    ],
+)
 def test_zeros_for_never_undershoots(sparsity, count, expected):
     k = masks.zeros_for(sparsity, count)
     assert k == expected
@@ -93,6 +102,7 @@ def test_report_counts_negative_zeros_in_files(tmp_path):
         f["w"] = w
     with h5py.File(tmp_path / "w.h5", "r") as f:
         import os
+
         fd = os.open(tmp_path / "w.h5", os.O_RDONLY)
         entry = WeightEntry("l", "Dense", "kernel", "/w", (3000,), "<f4")
         model = ModelFile(tmp_path / "w.h5", "h5", {}, f, [entry], raw=(fd, 0))

@@ -20,8 +20,16 @@ STEPS = [
     WeightPruning(threshold=0.01, layers=(("^d2$", 0.2, None),)),
     NeuronPruning("l2", ratio=0.25, scope="global", round_to=8, exclude=("head",)),
     NeuronPruning(threshold=0.1),
-    FinetuneOptions(Path("train.npz"), epochs=3, val_split=0.1, reader=(("x_key", "images"),), metrics=("accuracy",),
-                    schedule="polynomial", learning_rate=1e-3, seed=4),
+    FinetuneOptions(
+        Path("train.npz"),
+        epochs=3,
+        val_split=0.1,
+        reader=(("x_key", "images"),),
+        metrics=("accuracy",),
+        schedule="polynomial",
+        learning_rate=1e-3,
+        seed=4,
+    ),
     EvalOptions(Path("val.csv"), reader=(("label_col", "y"),), batch_size=8, loss="mse", need_accuracy=True),
     SensitivityOptions(EvalOptions(Path("val.npz")), sparsities=(0.5, 0.9), include=("d",), budget=0.01),
 ]
@@ -49,8 +57,9 @@ def test_recipe_value_of_the_wrong_type_names_file_line_and_key(tmp_path, models
     recipe.write_text('[[step]]\nsparsity = "0.5"\n')
     result = _invoke("prune", models / "sequential.h5", "--recipe", recipe, "-o", tmp_path / "o.h5")
     assert result.exit_code == 2
-    assert result.stderr.strip() == (f"Error: recipe {recipe} line 2, step 1: sparsity must be a number. "
-                                     "Received: sparsity = '0.5'")
+    assert result.stderr.strip() == (
+        f"Error: recipe {recipe} line 2, step 1: sparsity must be a number. Received: sparsity = '0.5'"
+    )
     assert not (tmp_path / "o.h5").exists() and not (tmp_path / "o.report.json").exists()
 
 
@@ -58,8 +67,9 @@ def test_recipe_builds_typed_steps(tmp_path):
     from prunectl.core.run.recipe import load_recipe
 
     recipe = tmp_path / "r.toml"
-    recipe.write_text('[[step]]\nneuron-ratio = 0.5\nround-to = 4\n[[step]]\nsparsity = 0.5\n'
-                      '[step.layers."^d1$"]\nthreshold = 1\n')
+    recipe.write_text(
+        '[[step]]\nneuron-ratio = 0.5\nround-to = 4\n[[step]]\nsparsity = 0.5\n[step.layers."^d1$"]\nthreshold = 1\n'
+    )
     loaded = load_recipe(recipe, set(), set())
     assert loaded.structural_step() == NeuronPruning(ratio=0.5, round_to=4)
     assert loaded.weight_step() == WeightPruning(sparsity=0.5, layers=(("^d1$", 1.0, None),))
@@ -78,8 +88,19 @@ def test_recipe_out_equal_to_another_output_fails_and_writes_nothing(tmp_path, m
     out, report = tmp_path / "o.h5", tmp_path / "r.json"
     target = out if same == "output" else report
     for force in ((), ("--force",)):
-        result = _invoke("prune", models / "sequential.h5", "--sparsity", "0.5", "-o", out, "--report", report,
-                         "--recipe-out", target, *force)
+        result = _invoke(
+            "prune",
+            models / "sequential.h5",
+            "--sparsity",
+            "0.5",
+            "-o",
+            out,
+            "--report",
+            report,
+            "--recipe-out",
+            target,
+            *force,
+        )
         assert result.exit_code == 1, result.output
         assert result.stderr.strip() == f"Error: recipe-out path is another output's path. Received: {str(target)!r}"
         assert not out.exists() and not report.exists()

@@ -13,9 +13,9 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import run, sample_inputs
 from independent import dataset_filters, read_weights
+
 from prunectl.cli.main import cli
 from prunectl.core.weights import masks
 
@@ -25,8 +25,14 @@ MODELS = ["sequential", "functional", "zoo"]
 PRUNABLE = {
     "sequential": {"d1": ["kernel"], "d2": ["kernel"]},
     "functional": {"conv": ["kernel"], "fc": ["kernel"], "head": ["kernel"]},
-    "zoo": {"emb": ["embeddings"], "lstm": ["kernel", "recurrent_kernel"], "gru": ["kernel", "recurrent_kernel"],
-            "dw": ["kernel"], "sep": ["depthwise_kernel", "pointwise_kernel"], "out": ["kernel"]},
+    "zoo": {
+        "emb": ["embeddings"],
+        "lstm": ["kernel", "recurrent_kernel"],
+        "gru": ["kernel", "recurrent_kernel"],
+        "dw": ["kernel"],
+        "sep": ["depthwise_kernel", "pointwise_kernel"],
+        "out": ["kernel"],
+    },
 }
 # Position of each weight in its (sub-)layer's variable list (how .keras files store them).
 INDEX = {"kernel": 0, "embeddings": 0, "depthwise_kernel": 0, "recurrent_kernel": 1, "pointwise_kernel": 1}
@@ -46,8 +52,11 @@ def weight_key(path, layer, name, weights):
 
 def prunable_weights(path, model):
     weights = read_weights(path)
-    return {f"{layer}/{name}": weights[weight_key(path, layer, name, weights)]
-            for layer, names in PRUNABLE[model].items() for name in names}
+    return {
+        f"{layer}/{name}": weights[weight_key(path, layer, name, weights)]
+        for layer, names in PRUNABLE[model].items()
+        for name in names
+    }
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -60,8 +69,9 @@ def test_threshold_zeroes_exactly_the_small_weights(models, model, fmt):
     assert sha(source) == before_hash, "input model was modified"
     original, pruned = read_weights(source), read_weights(output)
     assert original.keys() == pruned.keys()
-    prunable_keys = {weight_key(source, layer, name, original)
-                     for layer, names in PRUNABLE[model].items() for name in names}
+    prunable_keys = {
+        weight_key(source, layer, name, original) for layer, names in PRUNABLE[model].items() for name in names
+    }
     for key, value in original.items():
         if key in prunable_keys:
             expected = np.where(np.abs(value) < 0.2, 0, value)
@@ -161,8 +171,12 @@ def test_weights_are_written_gzip_shuffle_compressed(samples, fmt):
     run("prune", source, "--sparsity", "0.9")
     output = samples / f"digits_mlp.pruned{fmt}"
     filters = {name: (comp, shuffle) for name, comp, shuffle in dataset_filters(output)}
-    kernels = [name for name in filters if name.endswith(("fc1/kernel", "fc2/kernel")) or
-               (fmt == ".keras" and name.endswith("vars/0") and "optimizer" not in name)]
+    kernels = [
+        name
+        for name in filters
+        if name.endswith(("fc1/kernel", "fc2/kernel"))
+        or (fmt == ".keras" and name.endswith("vars/0") and "optimizer" not in name)
+    ]
     assert kernels and all(filters[n] == ("gzip", True) for n in kernels), filters
     assert output.stat().st_size < 0.35 * source.stat().st_size
 
@@ -242,8 +256,9 @@ def test_keras_engine_recovers_compile_settings(samples):
 def build_lambda_model(folder, fmt):
     import keras
 
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda t: t * 2.0, name="double"),
-                              keras.layers.Dense(2, name="d")])
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Lambda(lambda t: t * 2.0, name="double"), keras.layers.Dense(2, name="d")]
+    )
     path = folder / f"lam{fmt}"
     model.save(path)
     return path
@@ -309,11 +324,15 @@ def test_output_loads_in_a_fresh_keras_process_without_prunectl(models, fmt):
     run("prune", models / f"functional{fmt}", "--sparsity", "0.5")
     script = (
         "import sys, keras, numpy as np\n"
-        f"m = keras.models.load_model(sys.argv[1], compile=False)\n"
+        "m = keras.models.load_model(sys.argv[1], compile=False)\n"
         "m.predict(np.zeros((1, 6, 6, 2), 'float32'), verbose=0)\n"
         "assert not any(n.startswith('prunectl') for n in sys.modules), 'prunectl was imported'\n"
         "print('loaded', m.count_params())\n"
     )
-    out = subprocess.run([sys.executable, "-c", script, str(models / f"functional.pruned{fmt}")],
-                         capture_output=True, text=True, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""})
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(models / f"functional.pruned{fmt}")],
+        capture_output=True,
+        text=True,
+        env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""},
+    )
     assert out.returncode == 0 and out.stdout.startswith("loaded"), out.stderr[-2000:]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, invoke, run
 from independent import read_weights
+
 from prunectl.cli.main import cli
 from prunectl.core.weights import masks
 
@@ -40,8 +40,16 @@ def test_weight_step_with_layer_override(models):
     assert int(np.count_nonzero(conv == 0)) == masks.zeros_for(0.25, conv.size)
     assert int(np.count_nonzero(fc == 0)) == masks.zeros_for(0.8, fc.size)
     assert report["engine"] == "file"
-    assert report["pipeline"]["steps"] == [{"threshold": None, "sparsity": 0.8, "scope": "layer", "include": [],
-                                            "exclude": [], "layers": {"^conv$": {"sparsity": 0.25}}}]
+    assert report["pipeline"]["steps"] == [
+        {
+            "threshold": None,
+            "sparsity": 0.8,
+            "scope": "layer",
+            "include": [],
+            "exclude": [],
+            "layers": {"^conv$": {"sparsity": 0.25}},
+        }
+    ]
     assert report["pipeline"]["recipe"] == str(recipe)
 
 
@@ -57,8 +65,20 @@ def test_global_scope_override_keeps_layer_out_of_the_cut(models):
 
 def test_command_line_overrides_the_recipe(models):
     recipe = write(models, 'compression = "none"\n[[step]]\nsparsity = 0.8\nexclude = "^head$"\n')
-    report = json.loads(run("prune", models / "functional.h5", "--recipe", recipe, "--sparsity", "0.3",
-                           "--compression", "strong", "--json", "-q").stdout)
+    report = json.loads(
+        run(
+            "prune",
+            models / "functional.h5",
+            "--recipe",
+            recipe,
+            "--sparsity",
+            "0.3",
+            "--compression",
+            "strong",
+            "--json",
+            "-q",
+        ).stdout
+    )
     assert report["options"]["sparsity"] == 0.3 and report["options"]["compression"] == "strong"
     assert report["options"]["exclude"] == ["^head$"]  # untouched recipe values stay
     rows = {r["layer"]: r for r in report["layers"]}
@@ -69,9 +89,14 @@ def test_command_line_overrides_the_recipe(models):
 @pytest.mark.slow
 def test_structural_weight_and_finetune_steps_as_in_the_issue(models):
     rng = np.random.default_rng(0)
-    np.savez(models / "train.npz", x=rng.standard_normal((32, 6, 6, 2)).astype("float32"),
-             y=rng.standard_normal((32, 3)).astype("float32"))
-    recipe = write(models, """
+    np.savez(
+        models / "train.npz",
+        x=rng.standard_normal((32, 6, 6, 2)).astype("float32"),
+        y=rng.standard_normal((32, 3)).astype("float32"),
+    )
+    recipe = write(
+        models,
+        """
 [[step]]                      # structural step
 neuron-criterion = "l1"
 neuron-ratio = 0.25
@@ -86,12 +111,15 @@ sparsity = 0.5
 epochs = 1
 data = "train.npz"            # relative paths resolve against the recipe's folder
 schedule = "polynomial"
-""")
+""",
+    )
     report = json.loads(run("prune", models / "functional.keras", "--recipe", recipe, "--json", "-q").stdout)
     assert report["engine"] == "keras"
     assert report["structural"]["totals"]["units"]["after"] < report["structural"]["totals"]["units"]["before"]
     rows = {r["layer"]: r for r in report["layers"]}
-    assert rows["conv"]["sparsity"] == pytest.approx(masks.zeros_for(0.5, rows["conv"]["count"]) / rows["conv"]["count"])
+    assert rows["conv"]["sparsity"] == pytest.approx(
+        masks.zeros_for(0.5, rows["conv"]["count"]) / rows["conv"]["count"]
+    )
     assert rows["fc"]["sparsity"] >= 0.8
     assert report["finetune"]["schedule"]["name"] == "polynomial"
     assert report["finetune"]["data"]["train"] == str(models / "train.npz")
@@ -99,8 +127,17 @@ schedule = "polynomial"
 
 def test_round_trip_repeats_the_run_exactly(models):
     recipe = write(models, '[[step]]\nsparsity = 0.6\nscope = "global"\n[step.layers."^out$"]\nsparsity = 0.9\n')
-    run("prune", models / "zoo.keras", "--recipe", recipe, "-o", models / "a.keras", "--recipe-out",
-       models / "sub.toml", "-q")
+    run(
+        "prune",
+        models / "zoo.keras",
+        "--recipe",
+        recipe,
+        "-o",
+        models / "a.keras",
+        "--recipe-out",
+        models / "sub.toml",
+        "-q",
+    )
     written = tomllib.loads((models / "sub.toml").read_text())
     assert written["step"][0]["sparsity"] == 0.6 and written["step"][0]["scope"] == "global"
     run("prune", models / "zoo.keras", "--recipe", models / "sub.toml", "-o", models / "b.keras", "-q")
@@ -111,40 +148,68 @@ def test_round_trip_repeats_the_run_exactly(models):
 
 
 def test_recipe_out_records_command_line_options(models, tmp_path):
-    run("prune", models / "sequential.h5", "--threshold", "0.2", "--exclude", "^d2$", "--compression", "strong",
-       "--min-sparsity", "0.1", "--recipe-out", tmp_path / "r.toml", "-q")
+    run(
+        "prune",
+        models / "sequential.h5",
+        "--threshold",
+        "0.2",
+        "--exclude",
+        "^d2$",
+        "--compression",
+        "strong",
+        "--min-sparsity",
+        "0.1",
+        "--recipe-out",
+        tmp_path / "r.toml",
+        "-q",
+    )
     written = tomllib.loads((tmp_path / "r.toml").read_text())
     assert written["step"] == [{"threshold": 0.2, "scope": "layer", "exclude": ["^d2$"]}]
     assert written["compression"] == "strong" and written["min-sparsity"] == 0.1
 
 
-@pytest.mark.parametrize("text,line", [
-    ('[[step]]\nsparsity = 0.5\nsparsty = 0.2\n',
-     "Error: recipe {path} line 3, step 1: unknown key 'sparsty' (known: exclude, include, scope, sparsity, "
-     "threshold). Received: sparsty = 0.2"),
-    ('[[step]]\nsparsity = 1.5\n',
-     "Error: recipe {path} line 2, step 1: sparsity must be in [0, 1). Received: sparsity=1.5"),
-    ('[[step]]\nsparsity = 0.5\n[step.layers."^d1$"]\nsparsity = -1\n',
-     "Error: recipe {path} line 4, step 1, layers '^d1$': sparsity must be in [0, 1). Received: sparsity=-1.0"),
-    ('[[step]]\nsparsity = 0.5\n\n[[step]]\nthreshold = 0.1\n',
-     "Error: recipe {path} line 4, step 2: one weights step per recipe (use per-layer overrides for "
-     "layer-specific values). Received: 2 weights steps"),
-    ('[[step]]\nsparsity = 0.5\n[[step]]\nneuron-ratio = 0.5\n',
-     "Error: recipe {path} line 3, step 2: the structural step runs first; list it before the weight step. "
-     "Received: a weight step, then a structural step"),
-    ('[[step]]\nscope = "global"\n',
-     "Error: recipe {path} line 1, step 1: a step needs neuron-threshold/neuron-ratio or threshold/sparsity. "
-     "Received: scope"),
-    ('[[step]]\nsparsity = 0.5\n[tuning]\nepochs = 3\n',
-     "Error: recipe {path} line 3: unknown table [tuning] (known: [[step]], [step.layers.\"<regex>\"], "
-     "[finetune]). Received: [tuning]"),
-    ('[finetune]\nepochs = 1\nlearning_rate = 0.1\n',
-     None),
-    ('compresion = "fast"\n[[step]]\nsparsity = 0.5\n', None),
-    ('[[step]]\nsparsity = 0.5\n[step.layers."("]\nsparsity = 0.1\n',
-     None),
-    ('[[step]\nsparsity = 0.5\n', None),
-])
+@pytest.mark.parametrize(
+    "text,line",
+    [
+        (
+            "[[step]]\nsparsity = 0.5\nsparsty = 0.2\n",
+            "Error: recipe {path} line 3, step 1: unknown key 'sparsty' (known: exclude, include, scope, sparsity, "
+            "threshold). Received: sparsty = 0.2",
+        ),
+        (
+            "[[step]]\nsparsity = 1.5\n",
+            "Error: recipe {path} line 2, step 1: sparsity must be in [0, 1). Received: sparsity=1.5",
+        ),
+        (
+            '[[step]]\nsparsity = 0.5\n[step.layers."^d1$"]\nsparsity = -1\n',
+            "Error: recipe {path} line 4, step 1, layers '^d1$': sparsity must be in [0, 1). Received: sparsity=-1.0",
+        ),
+        (
+            "[[step]]\nsparsity = 0.5\n\n[[step]]\nthreshold = 0.1\n",
+            "Error: recipe {path} line 4, step 2: one weights step per recipe (use per-layer overrides for "
+            "layer-specific values). Received: 2 weights steps",
+        ),
+        (
+            "[[step]]\nsparsity = 0.5\n[[step]]\nneuron-ratio = 0.5\n",
+            "Error: recipe {path} line 3, step 2: the structural step runs first; list it before the weight step. "
+            "Received: a weight step, then a structural step",
+        ),
+        (
+            '[[step]]\nscope = "global"\n',
+            "Error: recipe {path} line 1, step 1: a step needs neuron-threshold/neuron-ratio or threshold/sparsity. "
+            "Received: scope",
+        ),
+        (
+            "[[step]]\nsparsity = 0.5\n[tuning]\nepochs = 3\n",
+            'Error: recipe {path} line 3: unknown table [tuning] (known: [[step]], [step.layers."<regex>"], '
+            "[finetune]). Received: [tuning]",
+        ),
+        ("[finetune]\nepochs = 1\nlearning_rate = 0.1\n", None),
+        ('compresion = "fast"\n[[step]]\nsparsity = 0.5\n', None),
+        ('[[step]]\nsparsity = 0.5\n[step.layers."("]\nsparsity = 0.1\n', None),
+        ("[[step]\nsparsity = 0.5\n", None),
+    ],
+)
 def test_recipe_errors_name_line_step_and_key(models, text, line):
     path = write(models, text)
     before = sorted(p.name for p in models.iterdir())
@@ -163,8 +228,13 @@ def test_missing_recipe_file(models):
     assert result.stderr.strip() == f"Error: recipe file not found. Received: '{models / 'nope.toml'}'"
 
 
-@pytest.mark.parametrize("name", [pytest.param(p.name, marks=pytest.mark.slow) if "[finetune]" in p.read_text() else p.name
-                                  for p in sorted(EXAMPLES.glob("*.toml"))])  # fine-tuning recipes are slow
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(p.name, marks=pytest.mark.slow) if "[finetune]" in p.read_text() else p.name
+        for p in sorted(EXAMPLES.glob("*.toml"))
+    ],
+)  # fine-tuning recipes are slow
 def test_shipped_example_recipes_run(samples, tmp_path, name):
     # Copy the recipe so that its relative paths point at the private sample copies.
     folder = tmp_path / "examples" / "recipes"

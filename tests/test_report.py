@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import run
 from independent import read_weights
 
@@ -55,9 +54,10 @@ def test_baseline_shows_before_and_after(models):
 
 
 def _no_tensorflow(code: str, cwd) -> None:
-    script = ("import sys\n" + code +
-              "\nassert 'tensorflow' not in sys.modules, 'tensorflow was imported'"
-              "\nassert 'keras' not in sys.modules, 'keras was imported'\nprint('clean')")
+    script = (
+        "import sys\n" + code + "\nassert 'tensorflow' not in sys.modules, 'tensorflow was imported'"
+        "\nassert 'keras' not in sys.modules, 'keras was imported'\nprint('clean')"
+    )
     out = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True)
     assert out.returncode == 0 and "clean" in out.stdout, out.stderr[-2000:]
 

@@ -10,6 +10,7 @@ so the dense accuracy is 1.0 and every pruned weight of ``fragile`` costs.
 from __future__ import annotations
 
 import json
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -17,16 +18,16 @@ except ModuleNotFoundError:  # Python 3.10
 
 import numpy as np
 import pytest
-
 from conftest import invoke
 from independent import kernel
-from prunectl.core.io import keras_io
+
 from prunectl.core.errors import OptionError
-from prunectl.core.training.evaluate import EvalOptions, Evaluator
+from prunectl.core.io import keras_io
 from prunectl.core.io.modelfile import open_model_file
 from prunectl.core.options import parse_sparsities
-from prunectl.core.run.sensitivity import SensitivityOptions, analyze, run_sensitivity
 from prunectl.core.run.recipe import toml_text as dumps
+from prunectl.core.run.sensitivity import SensitivityOptions, analyze, run_sensitivity
+from prunectl.core.training.evaluate import EvalOptions, Evaluator
 
 LAYERS = ("robust", "fragile")
 
@@ -37,8 +38,13 @@ def tiny(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("sensitivity")
     rng = np.random.default_rng(3)
-    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(16, use_bias=False, name="robust"),
-                              keras.layers.Dense(4, use_bias=False, activation="softmax", name="fragile")])
+    model = keras.Sequential(
+        [
+            keras.Input((16,)),
+            keras.layers.Dense(16, use_bias=False, name="robust"),
+            keras.layers.Dense(4, use_bias=False, activation="softmax", name="fragile"),
+        ]
+    )
     noise = rng.uniform(-1e-3, 1e-3, (16, 16)) * (1 - np.eye(16))
     model.get_layer("robust").kernel.assign(np.eye(16) + noise)
     model.get_layer("fragile").kernel.assign(rng.standard_normal((16, 4)))
@@ -106,8 +112,20 @@ def test_weights_restored_when_a_trial_fails(tiny, monkeypatch):
 
 def test_budget_writes_a_recipe(tiny):
     out = tiny / "recipe.toml"
-    result = invoke("sensitivity", tiny / "tiny.h5", "--data", tiny / "val.npz", "--sparsities", "0.5,0.9",
-                    "--budget", "0.02", "--recipe-out", out, "--force", "--json")
+    result = invoke(
+        "sensitivity",
+        tiny / "tiny.h5",
+        "--data",
+        tiny / "val.npz",
+        "--sparsities",
+        "0.5,0.9",
+        "--budget",
+        "0.02",
+        "--recipe-out",
+        out,
+        "--force",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     recipe = tomllib.loads(out.read_text())
@@ -139,8 +157,19 @@ def test_table_and_bars_on_stderr_json_only_on_stdout(tiny):
 
 
 def test_loss_where_the_model_has_no_accuracy(tiny):
-    result = invoke("sensitivity", tiny / "tiny.h5", "--data", tiny / "val.npz", "--sparsities", "0.9", "--metrics", "sparse_categorical_crossentropy",
-                    "--include", "^fragile$", "--json")
+    result = invoke(
+        "sensitivity",
+        tiny / "tiny.h5",
+        "--data",
+        tiny / "val.npz",
+        "--sparsities",
+        "0.9",
+        "--metrics",
+        "sparse_categorical_crossentropy",
+        "--include",
+        "^fragile$",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["metric"]["name"] == "loss" and data["metric"]["higher_is_better"] is False
@@ -148,21 +177,40 @@ def test_loss_where_the_model_has_no_accuracy(tiny):
     assert row["layer"] == "fragile" and row["trials"][0]["drop"] > 0  # the loss went up
 
 
-@pytest.mark.parametrize("args,code,line", [
-    ((), 2, "Error: sensitivity measures each trial on validation data; add --data FILE. Received: no --data"),
-    (("--data", "{val}", "--sparsities", "0.5,1.2"), 2,
-     "Error: Invalid value for '--sparsities': sparsity must be in [0, 1). Received: sparsity=1.2"),
-    (("--data", "{val}", "--sparsities", "abc"), 2,
-     "Error: Invalid value for '--sparsities': sparsities must be a comma-separated list of numbers in [0, 1). "
-     "Received: 'abc' in 'abc'"),
-    (("--data", "{val}", "--budget", "-1"), 2,
-     "Error: Invalid value for '--budget': budget must be a finite number >= 0. Received: budget=-1.0"),
-    (("--data", "{val}", "--recipe-out", "r.toml"), 2,
-     "Error: --recipe-out needs --budget D to choose the sparsities. Received: --recipe-out r.toml without --budget"),
-    (("--data", "{missing}"), 1, "Error: data file not found. Received: '{missing}'"),
-    (("--data", "{val}", "--include", "^nope$"), 1,
-     "Error: --include pattern matches no prunable layer (prunable layers: robust, fragile). Received: '^nope$'"),
-])
+@pytest.mark.parametrize(
+    "args,code,line",
+    [
+        ((), 2, "Error: sensitivity measures each trial on validation data; add --data FILE. Received: no --data"),
+        (
+            ("--data", "{val}", "--sparsities", "0.5,1.2"),
+            2,
+            "Error: Invalid value for '--sparsities': sparsity must be in [0, 1). Received: sparsity=1.2",
+        ),
+        (
+            ("--data", "{val}", "--sparsities", "abc"),
+            2,
+            "Error: Invalid value for '--sparsities': sparsities must be a comma-separated list of numbers in [0, 1). "
+            "Received: 'abc' in 'abc'",
+        ),
+        (
+            ("--data", "{val}", "--budget", "-1"),
+            2,
+            "Error: Invalid value for '--budget': budget must be a finite number >= 0. Received: budget=-1.0",
+        ),
+        (
+            ("--data", "{val}", "--recipe-out", "r.toml"),
+            2,
+            "Error: --recipe-out needs --budget D to choose the sparsities. "
+            "Received: --recipe-out r.toml without --budget",
+        ),
+        (("--data", "{missing}"), 1, "Error: data file not found. Received: '{missing}'"),
+        (
+            ("--data", "{val}", "--include", "^nope$"),
+            1,
+            "Error: --include pattern matches no prunable layer (prunable layers: robust, fragile). Received: '^nope$'",
+        ),
+    ],
+)
 def test_errors_are_one_line(tiny, args, code, line):
     paths = {"val": tiny / "val.npz", "missing": tiny / "missing.npz"}
     result = invoke("sensitivity", tiny / "tiny.h5", *(a.format(**paths) for a in args))
@@ -188,10 +236,18 @@ def test_parse_sparsities():
 
 
 def test_toml_writer_round_trips_through_tomllib():
-    document = {"title": 'a "quoted" \\ name\n', "n": 3, "on": True, "xs": [1, 2.5, "s"],
-                "step": [{"sparsity": 0.0, "layers": {r"^block\.1/conv$": {"sparsity": 0.5}, "^fc$": {"sparsity": 0.9}}},
-                         {"neuron-ratio": 0.25, "exclude": "^head$"}],
-                "finetune": {"epochs": 4, "data": "train.npz"}, "empty": {}}
+    document = {
+        "title": 'a "quoted" \\ name\n',
+        "n": 3,
+        "on": True,
+        "xs": [1, 2.5, "s"],
+        "step": [
+            {"sparsity": 0.0, "layers": {r"^block\.1/conv$": {"sparsity": 0.5}, "^fc$": {"sparsity": 0.9}}},
+            {"neuron-ratio": 0.25, "exclude": "^head$"},
+        ],
+        "finetune": {"epochs": 4, "data": "train.npz"},
+        "empty": {},
+    }
     assert tomllib.loads(dumps(document, ("a comment", "two\nlines"))) == document
     with pytest.raises(TypeError):
         dumps({"x": None})

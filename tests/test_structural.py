@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import build_functional, build_sequential, seeded_keras
-from prunectl.core.structure.criteria import CRITERIA
+
 from prunectl.core.errors import OptionError, SelectionError
+from prunectl.core.structure.criteria import CRITERIA
 from prunectl.core.structure.plan import NeuronPruning, apply_plan, choose_units, plan_structure
 
 RNG = np.random.default_rng(0)
@@ -139,8 +139,14 @@ def test_depthwise_passes_channels_and_separable_slices_its_multiplier():
 
 def _dense_model(width=6):
     keras = seeded_keras(SEED)
-    return keras.Sequential([keras.Input((5,)), keras.layers.Dense(width, activation="relu", name="d1"),
-                             keras.layers.Dense(4, activation="relu", name="d2"), keras.layers.Dense(3, name="out")])
+    return keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(width, activation="relu", name="d1"),
+            keras.layers.Dense(4, activation="relu", name="d2"),
+            keras.layers.Dense(3, name="out"),
+        ]
+    )
 
 
 def _set_units(model, layer, units, kernel_value, bias_value):
@@ -254,8 +260,11 @@ def test_exclude_leaves_the_whole_group():
 
 
 def test_activation_criteria_need_data():
-    with pytest.raises(OptionError, match=r"the apoz criterion needs calibration data; give --data FILE\. "
-                                          r"Received: neuron_criterion='apoz'"):
+    with pytest.raises(
+        OptionError,
+        match=r"the apoz criterion needs calibration data; give --data FILE\. "
+        r"Received: neuron_criterion='apoz'",
+    ):
         plan_structure(build_sequential(), NeuronPruning("apoz", ratio=0.5))
 
 

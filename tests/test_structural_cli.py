@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import run
 from independent import kernel, read_weights
 from test_cli_errors import fails, snapshot
@@ -38,9 +37,21 @@ def test_pruned_files_have_fewer_units_and_load_in_plain_keras(samples):
 
 
 def test_report_records_plan_units_flops_and_benchmark(samples):
-    report = json.loads(run("prune", samples / "digits_mlp.keras", "--neuron-criterion", "activation",
-                            "--neuron-ratio", "0.5", "--data", samples / "digits_train.npz", "--benchmark",
-                            "--json", "-q").stdout)
+    report = json.loads(
+        run(
+            "prune",
+            samples / "digits_mlp.keras",
+            "--neuron-criterion",
+            "activation",
+            "--neuron-ratio",
+            "0.5",
+            "--data",
+            samples / "digits_train.npz",
+            "--benchmark",
+            "--json",
+            "-q",
+        ).stdout
+    )
     plan = report["structural"]
     rows = {r["layer"]: r for r in plan["layers"]}
     assert (rows["fc1"]["units_before"], rows["fc1"]["units_after"]) == (256, 128)
@@ -50,8 +61,15 @@ def test_report_records_plan_units_flops_and_benchmark(samples):
     assert len(fc1["dropped"]) == 128 and fc1["frozen"] is None
     assert plan["criterion"] == {"name": "activation", "batch_size": 256}
     assert report["options"]["neuron_ratio"] == 0.5 and report["options"]["neuron_criterion"] == "activation"
-    assert set(report["benchmark"]) == {"batch_size", "repeats", "statistic", "original_ms", "pruned_ms",
-                                        "floor_ms", "speedup"}
+    assert set(report["benchmark"]) == {
+        "batch_size",
+        "repeats",
+        "statistic",
+        "original_ms",
+        "pruned_ms",
+        "floor_ms",
+        "speedup",
+    }
     assert report["benchmark"]["batch_size"] == 256
     weights = read_weights(samples / "digits_mlp.pruned.keras")
     assert sum(v.size for v in weights.values()) == plan["totals"]["params"]["after"]
@@ -70,8 +88,9 @@ def test_dry_run_prints_the_plan_and_writes_nothing(samples):
     assert snapshot(samples) == before
     assert "Structural plan" in result.stderr and "conv2" in result.stderr and "32 -> 16" in result.stderr
     assert "Dry run: no model or report written." in result.stderr and result.stdout == ""
-    report = json.loads(run("prune", samples / "digits_cnn.h5", "--neuron-ratio", "0.5", "--dry-run",
-                            "--json", "-q").stdout)
+    report = json.loads(
+        run("prune", samples / "digits_cnn.h5", "--neuron-ratio", "0.5", "--dry-run", "--json", "-q").stdout
+    )
     assert report["kind"] == "plan" and report["structural"]["totals"]["flops"]["ratio"] > 2
     assert snapshot(samples) == before
 
@@ -81,42 +100,86 @@ def _bad(option: str, message: str) -> str:
 
 
 BAD = [
-    pytest.param(["--neuron-ratio", "1.5"],
-                 _bad("--neuron-ratio", "neuron_ratio must be in (0, 1). Received: neuron_ratio=1.5"), 2, id="ratio"),
-    pytest.param(["--neuron-ratio", "0"],
-                 _bad("--neuron-ratio", "neuron_ratio must be in (0, 1). Received: neuron_ratio=0.0"), 2, id="ratio0"),
-    pytest.param(["--neuron-threshold", "-1"],
-                 _bad("--neuron-threshold",
-                      "neuron_threshold must be a finite number >= 0. Received: neuron_threshold=-1.0"), 2,
-                 id="threshold"),
-    pytest.param(["--neuron-ratio", "0.5", "--round-to", "0"],
-                 _bad("--round-to", "round_to must be an integer >= 1. Received: round_to=0"), 2, id="round-to"),
-    pytest.param(["--neuron-ratio", "0.5", "--neuron-criterion", "taylor"],
-                 _bad("--neuron-criterion", "'taylor' is not one of 'activation', 'apoz', 'l1', 'l2'."), 2,
-                 id="criterion"),
-    pytest.param(["--neuron-ratio", "0.5", "--neuron-threshold", "0.1"],
-                 "Error: give only one of --neuron-threshold and --neuron-ratio. "
-                 "Received: --neuron-threshold 0.1 --neuron-ratio 0.5", 2, id="both"),
-    pytest.param(["--round-to", "8"],
-                 "Error: --round-to needs --neuron-threshold or --neuron-ratio. Received: --round-to 8", 2,
-                 id="round-to-alone"),
-    pytest.param(["--threshold", "0.1", "--dry-run"],
-                 "Error: --dry-run needs --neuron-threshold or --neuron-ratio. Received: --dry-run", 2,
-                 id="dry-run-without-neurons"),
-    pytest.param(["--neuron-ratio", "0.5", "--neuron-criterion", "apoz"],
-                 "Error: the apoz criterion needs calibration data; give --data FILE. "
-                 "Received: --neuron-criterion apoz", 2, id="no-data"),
-    pytest.param(["--neuron-ratio", "0.5", "--engine", "file"],
-                 "Error: the file engine runs weight steps only; use --engine keras or auto. "
-                 "Received: --engine file", 2, id="file-engine"),
-    pytest.param(["--neuron-ratio", "0.5", "--exclude", "nomatch"],
-                 "Error: --exclude pattern matches no prunable layer (prunable layers: d1, d2). "
-                 "Received: 'nomatch'", 1, id="exclude-nothing"),
-    pytest.param(["--neuron-ratio", "0.5", "--exclude", "d1"],
-                 "Error: no prunable units: every layer's units reach a model output, a boundary, or are not "
-                 "selected (boundaries: none). Received: include=[], exclude=['d1']", 1, id="nothing-prunable"),
-    pytest.param(["--neuron-ratio", "0.5", "--data", "missing.npz", "--neuron-criterion", "activation"],
-                 "Error: data file not found. Received: 'missing.npz'", 1, id="data-missing"),
+    pytest.param(
+        ["--neuron-ratio", "1.5"],
+        _bad("--neuron-ratio", "neuron_ratio must be in (0, 1). Received: neuron_ratio=1.5"),
+        2,
+        id="ratio",
+    ),
+    pytest.param(
+        ["--neuron-ratio", "0"],
+        _bad("--neuron-ratio", "neuron_ratio must be in (0, 1). Received: neuron_ratio=0.0"),
+        2,
+        id="ratio0",
+    ),
+    pytest.param(
+        ["--neuron-threshold", "-1"],
+        _bad("--neuron-threshold", "neuron_threshold must be a finite number >= 0. Received: neuron_threshold=-1.0"),
+        2,
+        id="threshold",
+    ),
+    pytest.param(
+        ["--neuron-ratio", "0.5", "--round-to", "0"],
+        _bad("--round-to", "round_to must be an integer >= 1. Received: round_to=0"),
+        2,
+        id="round-to",
+    ),
+    pytest.param(
+        ["--neuron-ratio", "0.5", "--neuron-criterion", "taylor"],
+        _bad("--neuron-criterion", "'taylor' is not one of 'activation', 'apoz', 'l1', 'l2'."),
+        2,
+        id="criterion",
+    ),
+    pytest.param(
+        ["--neuron-ratio", "0.5", "--neuron-threshold", "0.1"],
+        "Error: give only one of --neuron-threshold and --neuron-ratio. "
+        "Received: --neuron-threshold 0.1 --neuron-ratio 0.5",
+        2,
+        id="both",
+    ),
+    pytest.param(
+        ["--round-to", "8"],
+        "Error: --round-to needs --neuron-threshold or --neuron-ratio. Received: --round-to 8",
+        2,
+        id="round-to-alone",
+    ),
+    pytest.param(
+        ["--threshold", "0.1", "--dry-run"],
+        "Error: --dry-run needs --neuron-threshold or --neuron-ratio. Received: --dry-run",
+        2,
+        id="dry-run-without-neurons",
+    ),
+    pytest.param(
+        ["--neuron-ratio", "0.5", "--neuron-criterion", "apoz"],
+        "Error: the apoz criterion needs calibration data; give --data FILE. Received: --neuron-criterion apoz",
+        2,
+        id="no-data",
+    ),
+    pytest.param(
+        ["--neuron-ratio", "0.5", "--engine", "file"],
+        "Error: the file engine runs weight steps only; use --engine keras or auto. Received: --engine file",
+        2,
+        id="file-engine",
+    ),
+    pytest.param(
+        ["--neuron-ratio", "0.5", "--exclude", "nomatch"],
+        "Error: --exclude pattern matches no prunable layer (prunable layers: d1, d2). Received: 'nomatch'",
+        1,
+        id="exclude-nothing",
+    ),
+    pytest.param(
+        ["--neuron-ratio", "0.5", "--exclude", "d1"],
+        "Error: no prunable units: every layer's units reach a model output, a boundary, or are not "
+        "selected (boundaries: none). Received: include=[], exclude=['d1']",
+        1,
+        id="nothing-prunable",
+    ),
+    pytest.param(
+        ["--neuron-ratio", "0.5", "--data", "missing.npz", "--neuron-criterion", "activation"],
+        "Error: data file not found. Received: 'missing.npz'",
+        1,
+        id="data-missing",
+    ),
 ]
 
 
@@ -127,7 +190,17 @@ def test_bad_structural_options(models, fmt, args, line, code):
 
 
 def test_data_that_does_not_fit_the_model(samples):
-    fails(samples, "prune", samples / "digits_mlp.h5", "--neuron-ratio", "0.5", "--neuron-criterion", "apoz",
-          "--data", samples / "regression_train.npz", code=1,
-          pattern=r"Error: data inputs do not fit the model's input \(None, 8, 8, 1\)\. "
-                  r"Received: x of shape \(\d+, 8\) in '.*regression_train\.npz'")
+    fails(
+        samples,
+        "prune",
+        samples / "digits_mlp.h5",
+        "--neuron-ratio",
+        "0.5",
+        "--neuron-criterion",
+        "apoz",
+        "--data",
+        samples / "regression_train.npz",
+        code=1,
+        pattern=r"Error: data inputs do not fit the model's input \(None, 8, 8, 1\)\. "
+        r"Received: x of shape \(\d+, 8\) in '.*regression_train\.npz'",
+    )

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import h5py
 import numpy as np
@@ -77,12 +77,18 @@ class ChunkWriter:
     def write(self, group: h5py.Group, name: str, array: np.ndarray) -> h5py.Dataset:
         """Create dataset ``name`` in ``group`` holding ``array``."""
         array = np.asarray(array)
-        if (not self.level or array.ndim == 0 or array.nbytes < SMALL_BYTES
-                or array.dtype.kind not in "fiub"):
+        if not self.level or array.ndim == 0 or array.nbytes < SMALL_BYTES or array.dtype.kind not in "fiub":
             return group.create_dataset(name, data=array)
         chunk = chunk_shape(array.shape, array.dtype.itemsize)
-        dataset = group.create_dataset(name, shape=array.shape, dtype=array.dtype, chunks=chunk,
-                                       compression="gzip", compression_opts=self.level, shuffle=True)
+        dataset = group.create_dataset(
+            name,
+            shape=array.shape,
+            dtype=array.dtype,
+            chunks=chunk,
+            compression="gzip",
+            compression_opts=self.level,
+            shuffle=True,
+        )
         assert self._pool is not None  # created whenever level > 0
         window = 4 * self.workers
         pending = []
@@ -103,7 +109,7 @@ class ChunkWriter:
         if self._pool:
             self._pool.shutdown()
 
-    def __enter__(self) -> "ChunkWriter":
+    def __enter__(self) -> ChunkWriter:
         return self
 
     def __exit__(self, *exc) -> None:

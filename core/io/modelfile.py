@@ -21,9 +21,9 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import h5py
 import numpy as np
@@ -87,9 +87,7 @@ def model_format(path: Path) -> str:
         return "h5"
     if suffix == KERAS_SUFFIX:
         return "keras"
-    raise ModelFileError(
-        f"unsupported model file type; expected .h5, .hdf5 or .keras. Received: {str(path)!r}"
-    )
+    raise ModelFileError(f"unsupported model file type; expected .h5, .hdf5 or .keras. Received: {str(path)!r}")
 
 
 def layer_classes(model_config: dict) -> dict[str, tuple[str, int]]:
@@ -194,7 +192,7 @@ class ModelFile:
             for start in range(0, dataset.shape[0], rows):
                 n = min(rows, dataset.shape[0] - start)
                 out = buffer[: n * row_bytes].view(dataset.dtype).reshape((n,) + dataset.shape[1:])
-                dataset.read_direct(out, np.s_[start:start + n])
+                dataset.read_direct(out, np.s_[start : start + n])
                 yield out
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise self._failed(entry, exc) from None
@@ -209,7 +207,7 @@ class ModelFile:
                 closer()
             self._closers.clear()
 
-    def __enter__(self) -> "ModelFile":
+    def __enter__(self) -> ModelFile:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -246,8 +244,9 @@ def _open_h5(path: Path) -> ModelFile:
             raise ModelFileError(f"HDF5 file is not a saved Keras model (no model_config). Received: {str(path)!r}")
         config = _decode_attr(h5.attrs["model_config"])
         if not isinstance(config, dict):
-            raise ModelFileError(f"corrupt Keras HDF5 model (model_config is not a JSON object). "
-                                 f"Received: {str(path)!r}")
+            raise ModelFileError(
+                f"corrupt Keras HDF5 model (model_config is not a JSON object). Received: {str(path)!r}"
+            )
         training = _decode_attr(h5.attrs.get("training_config"))
         if "model_weights" not in h5:
             raise ModelFileError(f"saved model has no model_weights group. Received: {str(path)!r}")
@@ -259,8 +258,9 @@ def _open_h5(path: Path) -> ModelFile:
         h5.close()
         raise ModelFileError(f"corrupt Keras HDF5 model ({_short(exc)}). Received: {str(path)!r}") from None
     fd = os.open(path, os.O_RDONLY)
-    return ModelFile(path, "h5", config, h5, entries, training_config=training,
-                     _closers=[lambda: os.close(fd)], raw=(fd, 0))
+    return ModelFile(
+        path, "h5", config, h5, entries, training_config=training, _closers=[lambda: os.close(fd)], raw=(fd, 0)
+    )
 
 
 def _h5_entries(h5: h5py.File, classes: dict[str, tuple[str, int]]) -> list[WeightEntry]:
@@ -273,8 +273,9 @@ def _h5_entries(h5: h5py.File, classes: dict[str, tuple[str, int]]) -> list[Weig
             owner = next((p for p in reversed(parts[:-1]) if p in classes), top)
             class_name, order = classes.get(owner, ("", len(classes)))
             dataset = group[wname]
-            entries.append(WeightEntry(owner, class_name, parts[-1], dataset.name, tuple(dataset.shape),
-                                       dataset.dtype.str, order))
+            entries.append(
+                WeightEntry(owner, class_name, parts[-1], dataset.name, tuple(dataset.shape), dataset.dtype.str, order)
+            )
     return entries
 
 
@@ -294,8 +295,17 @@ def _keras_entries(h5: h5py.File, classes: dict[str, tuple[str, int]]) -> list[W
                 if not isinstance(dataset, h5py.Dataset):
                     continue
                 named = variable_name(class_name, sublayer, int(key)) if key.isdigit() else None
-                entries.append(WeightEntry(owner, class_name, named or f"vars/{key}", dataset.name,
-                                           tuple(dataset.shape), dataset.dtype.str, order))
+                entries.append(
+                    WeightEntry(
+                        owner,
+                        class_name,
+                        named or f"vars/{key}",
+                        dataset.name,
+                        tuple(dataset.shape),
+                        dataset.dtype.str,
+                        order,
+                    )
+                )
         for key in group:
             if key == "vars" or not isinstance(group[key], h5py.Group):
                 continue
@@ -324,9 +334,7 @@ def _open_keras(path: Path) -> ModelFile:
         names = set(archive.namelist())
         missing = [m for m in (CONFIG_MEMBER, WEIGHTS_MEMBER) if m not in names]
         if missing:
-            raise ModelFileError(
-                f".keras archive lacks {', '.join(missing)}. Received: {str(path)!r}"
-            )
+            raise ModelFileError(f".keras archive lacks {', '.join(missing)}. Received: {str(path)!r}")
         members = {n: archive.read(n) for n in names if n != WEIGHTS_MEMBER}
         config = json.loads(members[CONFIG_MEMBER])
         info = archive.getinfo(WEIGHTS_MEMBER)
@@ -350,8 +358,9 @@ def _open_keras(path: Path) -> ModelFile:
             closer()
         raise ModelFileError(f"corrupt .keras archive ({_short(exc)}). Received: {str(path)!r}") from None
     training = config.get("compile_config")
-    return ModelFile(path, "keras", config, h5, entries, training_config=training,
-                     zip_members=members, _closers=closers, raw=raw)
+    return ModelFile(
+        path, "keras", config, h5, entries, training_config=training, zip_members=members, _closers=closers, raw=raw
+    )
 
 
 def open_model_file(path: str | os.PathLike) -> ModelFile:

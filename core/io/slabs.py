@@ -9,8 +9,8 @@ a model then costs about what reading it costs.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import numpy as np
 
@@ -50,8 +50,7 @@ class RawSlabReader:
                 pending.result()
                 following = position + size
                 if following < nbytes:
-                    pending = self._pool.submit(self._read, 1 - slab, offset + following,
-                                                min(step, nbytes - following))
+                    pending = self._pool.submit(self._read, 1 - slab, offset + following, min(step, nbytes - following))
                 yield self._buffers[slab][:size].view(dtype)
                 slab, position = 1 - slab, following
         finally:

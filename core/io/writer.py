@@ -13,15 +13,15 @@ from __future__ import annotations
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
 
+from prunectl.core.errors import ModelFileError
 from prunectl.core.io.atomic import atomic_path
 from prunectl.core.io.compress import ChunkWriter
-from prunectl.core.errors import ModelFileError
 from prunectl.core.io.modelfile import OPTIMIZER_GROUPS, WEIGHTS_MEMBER, ModelFile, WeightEntry
 
 Transform = Callable[[str, np.ndarray], np.ndarray]
@@ -40,8 +40,14 @@ def _read(dataset: h5py.Dataset) -> np.ndarray:
     return dataset[()]
 
 
-def _copy_tree(src: h5py.Group, dst: h5py.Group, writer: ChunkWriter, transform: Transform | None,
-               skip: frozenset[str] = frozenset(), read: Reader = _read) -> None:
+def _copy_tree(
+    src: h5py.Group,
+    dst: h5py.Group,
+    writer: ChunkWriter,
+    transform: Transform | None,
+    skip: frozenset[str] = frozenset(),
+    read: Reader = _read,
+) -> None:
     _copy_attrs(src, dst)
     for name in src:
         if f"{src.name.rstrip('/')}/{name}" in skip:
@@ -62,8 +68,14 @@ def _copy_tree(src: h5py.Group, dst: h5py.Group, writer: ChunkWriter, transform:
             src.copy(obj, dst, name=name)
 
 
-def write_h5(source: h5py.File, target: Path, level: int, transform: Transform | None = None,
-             skip: frozenset[str] = frozenset(), read: Reader = _read) -> None:
+def write_h5(
+    source: h5py.File,
+    target: Path,
+    level: int,
+    transform: Transform | None = None,
+    skip: frozenset[str] = frozenset(),
+    read: Reader = _read,
+) -> None:
     """Write ``source``'s HDF5 tree, less the ``skip`` paths, to ``target`` (not atomic).
 
     ``read`` reads each dataset (so callers can report failures in their terms).
@@ -72,8 +84,14 @@ def write_h5(source: h5py.File, target: Path, level: int, transform: Transform |
         _copy_tree(source, out, writer, transform, skip, read)
 
 
-def write_model(model: ModelFile, target: Path, level: int, transform: EntryTransform | None = None,
-                keep_optimizer: bool = False, progress: Progress | None = None) -> None:
+def write_model(
+    model: ModelFile,
+    target: Path,
+    level: int,
+    transform: EntryTransform | None = None,
+    keep_optimizer: bool = False,
+    progress: Progress | None = None,
+) -> None:
     """Write ``model`` to ``target`` atomically, in the same format.
 
     Args:
@@ -102,9 +120,7 @@ def write_model(model: ModelFile, target: Path, level: int, transform: EntryTran
         try:
             return dataset[()]
         except (OSError, ValueError) as exc:
-            raise ModelFileError(
-                f"cannot read {dataset.name} ({exc}). Received: {str(model.path)!r}"
-            ) from None
+            raise ModelFileError(f"cannot read {dataset.name} ({exc}). Received: {str(model.path)!r}") from None
 
     def on_dataset(path: str, data: np.ndarray) -> np.ndarray:
         entry = by_path.get(path)
@@ -139,9 +155,14 @@ def _write_keras_zip(target: Path, members: dict[str, bytes], weights: Path, lev
         archive.write(weights, WEIGHTS_MEMBER, compress_type=zipfile.ZIP_STORED)
 
 
-def save_keras_model(model, target: Path, level: int,
-                     transform_for: Callable[[ModelFile], EntryTransform | None] | None = None,
-                     keep_optimizer: bool = False, progress: Progress | None = None) -> None:
+def save_keras_model(
+    model,
+    target: Path,
+    level: int,
+    transform_for: Callable[[ModelFile], EntryTransform | None] | None = None,
+    keep_optimizer: bool = False,
+    progress: Progress | None = None,
+) -> None:
     """Save a live Keras model to ``target`` compressed, atomically, in the format its suffix names.
 
     Keras saves uncompressed, beside the target; the saved file is then rewritten

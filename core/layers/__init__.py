@@ -6,11 +6,35 @@ Public API: :class:`LayerSpec`, :class:`WeightSpec`, :class:`Rule`,
 """
 
 from prunectl.core.layers.builtin import BUILTIN as _BUILTIN
-from prunectl.core.layers.spec import (ENTRY_POINT_GROUP, LayerSpec, Rule, WeightSpec, _register_builtin, get_spec,
-                                       is_nested_model, layer_spec, load_entry_points, prunable_weight,
-                                       register_layer, specs, variable_name)
+from prunectl.core.layers.spec import (
+    ENTRY_POINT_GROUP,
+    LayerSpec,
+    Rule,
+    WeightSpec,
+    _register_builtin,
+    get_spec,
+    is_nested_model,
+    layer_spec,
+    load_entry_points,
+    prunable_weight,
+    register_layer,
+    specs,
+    variable_name,
+)
 
 _register_builtin(_BUILTIN)
 
-__all__ = ["ENTRY_POINT_GROUP", "LayerSpec", "Rule", "WeightSpec", "get_spec", "is_nested_model", "layer_spec",
-           "load_entry_points", "prunable_weight", "register_layer", "specs", "variable_name"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "LayerSpec",
+    "Rule",
+    "WeightSpec",
+    "get_spec",
+    "is_nested_model",
+    "layer_spec",
+    "load_entry_points",
+    "prunable_weight",
+    "register_layer",
+    "specs",
+    "variable_name",
+]

@@ -8,7 +8,7 @@ the layer's real variables by ``tests/test_layer_table.py``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from prunectl.core.layers.spec import LayerSpec, Rule, WeightSpec
 
@@ -54,9 +54,13 @@ _SEPARABLE_WEIGHTS = (WeightSpec("depthwise_kernel", 0), WeightSpec("pointwise_k
 _DENSE = Rule("producer", "units", (("kernel", 0, None),), (("kernel", -1), ("bias", 0)), "dense")
 _CONV = Rule("producer", "filters", (("kernel", -2, None),), (("kernel", -1), ("bias", 0)), "conv", conv_check)
 _TRANSPOSE = Rule("producer", "filters", (("kernel", -1, None),), (("kernel", -2), ("bias", 0)), "transpose")
-_SEPARABLE = Rule("producer", "filters",
-                  (("depthwise_kernel", -2, None), ("pointwise_kernel", -2, "depth_multiplier")),
-                  (("pointwise_kernel", -1), ("bias", 0)), "separable")
+_SEPARABLE = Rule(
+    "producer",
+    "filters",
+    (("depthwise_kernel", -2, None), ("pointwise_kernel", -2, "depth_multiplier")),
+    (("pointwise_kernel", -1), ("bias", 0)),
+    "separable",
+)
 _DEPTHWISE = Rule("passthrough", in_axes=(("kernel", -2, None), ("bias", 0, None)), check=depthwise_check)
 _NORM_PARAMS = tuple((w, 0, None) for w in ("gamma", "beta", "moving_mean", "moving_variance"))
 _PASS = LayerSpec(rule=Rule("passthrough"))
@@ -67,24 +71,52 @@ BUILTIN: dict[str, LayerSpec] = {
     **{f"Conv{d}D": LayerSpec(_KERNEL, _CONV, {"kernel": "output"}, foldable=True) for d in (1, 2, 3)},
     **{f"Conv{d}DTranspose": LayerSpec(_KERNEL, _TRANSPOSE, {"kernel": "input"}) for d in (1, 2, 3)},
     **{f"DepthwiseConv{d}D": LayerSpec(_KERNEL, _DEPTHWISE, {"kernel": "output"}) for d in (1, 2)},
-    **{f"SeparableConv{d}D": LayerSpec(_SEPARABLE_WEIGHTS, _SEPARABLE,
-                                       {"depthwise_kernel": "output", "pointwise_kernel": "output"})
-       for d in (1, 2)},
+    **{
+        f"SeparableConv{d}D": LayerSpec(
+            _SEPARABLE_WEIGHTS, _SEPARABLE, {"depthwise_kernel": "output", "pointwise_kernel": "output"}
+        )
+        for d in (1, 2)
+    },
     "Embedding": LayerSpec((WeightSpec("embeddings", 0),)),
     **{name: LayerSpec(_RNN) for name in ("SimpleRNN", "GRU", "LSTM")},
     "BatchNormalization": LayerSpec(rule=Rule("passthrough", in_axes=_NORM_PARAMS, check=last_axis_check("axis"))),
-    "LayerNormalization": LayerSpec(rule=Rule("passthrough", in_axes=_NORM_PARAMS[:2],
-                                              check=last_axis_check("axis"))),
+    "LayerNormalization": LayerSpec(rule=Rule("passthrough", in_axes=_NORM_PARAMS[:2], check=last_axis_check("axis"))),
     "Activation": LayerSpec(rule=Rule("passthrough", check=activation_check)),
-    **{name: _PASS for name in (
-        "ReLU", "LeakyReLU", "ELU", "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
-        "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Identity")},
-    **{f"{op}{d}D": _PASS for op in ("MaxPooling", "AveragePooling", "GlobalMaxPooling", "GlobalAveragePooling",
-                                     "ZeroPadding", "Cropping", "UpSampling") for d in (1, 2, 3)},
+    **{
+        name: _PASS
+        for name in (
+            "ReLU",
+            "LeakyReLU",
+            "ELU",
+            "Dropout",
+            "SpatialDropout1D",
+            "SpatialDropout2D",
+            "SpatialDropout3D",
+            "GaussianNoise",
+            "GaussianDropout",
+            "AlphaDropout",
+            "ActivityRegularization",
+            "Identity",
+        )
+    },
+    **{
+        f"{op}{d}D": _PASS
+        for op in (
+            "MaxPooling",
+            "AveragePooling",
+            "GlobalMaxPooling",
+            "GlobalAveragePooling",
+            "ZeroPadding",
+            "Cropping",
+            "UpSampling",
+        )
+        for d in (1, 2, 3)
+    },
     "Flatten": LayerSpec(rule=Rule("flatten")),
     "Reshape": LayerSpec(rule=Rule("reshape")),
-    **{name: LayerSpec(rule=Rule("merge")) for name in ("Add", "Subtract", "Multiply", "Average", "Maximum",
-                                                        "Minimum")},
+    **{
+        name: LayerSpec(rule=Rule("merge")) for name in ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
+    },
     "Concatenate": LayerSpec(rule=Rule("concat")),
     **{name: LayerSpec(nested_model=True) for name in ("Sequential", "Functional", "Model")},
 }

@@ -22,8 +22,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 from prunectl.core.errors import OptionError, SetupError
 
@@ -234,17 +234,19 @@ def load_entry_points() -> None:
             loaded = point.load()
             table = loaded() if callable(loaded) else loaded
         except Exception as exc:  # a broken plugin must not read as a prunectl bug
-            raise SetupError(f"cannot load layer specs from entry point {point.name!r} ({exc}). "
-                             f"Received: {point.value!r}") from exc
+            raise SetupError(
+                f"cannot load layer specs from entry point {point.name!r} ({exc}). Received: {point.value!r}"
+            ) from exc
         if table is None:
             continue
         if not isinstance(table, Mapping):
-            raise SetupError(f"a {ENTRY_POINT_GROUP} entry point must give a mapping of class names to "
-                             f"LayerSpec. Received: {point.name}={type(table).__name__}")
+            raise SetupError(
+                f"a {ENTRY_POINT_GROUP} entry point must give a mapping of class names to "
+                f"LayerSpec. Received: {point.name}={type(table).__name__}"
+            )
         for name, spec in table.items():
             try:
                 _validate(name, spec)
             except OptionError as exc:
                 raise SetupError(f"entry point {point.name!r}: {exc}") from None
             _TABLE[name] = spec
-

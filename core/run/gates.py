@@ -32,8 +32,13 @@ class GateResult:
     message: str
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "value": self.value, "limit": self.limit, "passed": self.passed,
-                "message": self.message}
+        return {
+            "name": self.name,
+            "value": self.value,
+            "limit": self.limit,
+            "passed": self.passed,
+            "message": self.message,
+        }
 
 
 class Gate:
@@ -72,13 +77,19 @@ class Gate:
     def check(self, report) -> GateResult:
         value = self.measure(report)
         if value is None:
-            return GateResult(self.registered_name, None, self.limit, False,
-                              f"{self.registered_name}: not measured ({self.missing})")
+            return GateResult(
+                self.registered_name, None, self.limit, False, f"{self.registered_name}: not measured ({self.missing})"
+            )
         passed = value >= self.limit if self.direction == ">=" else value <= self.limit
         verdict = "passed" if passed else "failed"
-        return GateResult(self.registered_name, value, self.limit, passed,
-                          f"{self.registered_name} {verdict}: measured {self.format(value)}, "
-                          f"limit {self.direction} {self.format(self.limit)}")
+        return GateResult(
+            self.registered_name,
+            value,
+            self.limit,
+            passed,
+            f"{self.registered_name} {verdict}: measured {self.format(value)}, "
+            f"limit {self.direction} {self.format(self.limit)}",
+        )
 
     missing = "the report has no value for it"
 

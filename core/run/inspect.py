@@ -44,7 +44,10 @@ class ReportRequest:
     def __post_init__(self):
         check_stdout(self.as_json, self.markdown)
         if self.markdown is not None and str(self.markdown) != "-" and not Path(self.markdown).parent.is_dir():
-            raise OptionError(f"Invalid value for '{{markdown}}': directory does not exist. Received: {str(self.markdown)!r}", "markdown")
+            raise OptionError(
+                f"Invalid value for '{{markdown}}': directory does not exist. Received: {str(self.markdown)!r}",
+                "markdown",
+            )
         for name, limit in self.gates:
             GATES.get(name)(limit)
         needing = [(name, limit) for name, limit in self.gates if GATES.get(name).needs_data]
@@ -52,18 +55,32 @@ class ReportRequest:
         shown = f"{{{field}}} {needing[0][1]}" if needing else ""
         if self.data is None:
             if needing and _is_model(self.target):
-                raise OptionError(f"{{{field}}} is measured on evaluation data; add {{data}} EVAL. "
-                                  f"Received: {shown} without {{data}}", field, "data")
+                raise OptionError(
+                    f"{{{field}}} is measured on evaluation data; add {{data}} EVAL. "
+                    f"Received: {shown} without {{data}}",
+                    field,
+                    "data",
+                )
             return
         if not _is_model(self.target):
-            raise OptionError(f"{{data}} evaluates a model, not a JSON report. "
-                              f"Received: {{data}} {self.data} with {self.target}", "data")
+            raise OptionError(
+                f"{{data}} evaluates a model, not a JSON report. Received: {{data}} {self.data} with {self.target}",
+                "data",
+            )
         if self.baseline is not None and not _is_model(self.baseline):
-            raise OptionError(f"{{data}} evaluates {{baseline}} too; give a .h5 or .keras baseline. "
-                              f"Received: {{baseline}} {self.baseline}", "data", "baseline")
+            raise OptionError(
+                f"{{data}} evaluates {{baseline}} too; give a .h5 or .keras baseline. "
+                f"Received: {{baseline}} {self.baseline}",
+                "data",
+                "baseline",
+            )
         if needing and self.baseline is None:
-            raise OptionError(f"{{{field}}} compares the model with a baseline; add {{baseline}} MODEL. "
-                              f"Received: {shown} without {{baseline}}", field, "baseline")
+            raise OptionError(
+                f"{{{field}}} compares the model with a baseline; add {{baseline}} MODEL. "
+                f"Received: {shown} without {{baseline}}",
+                field,
+                "baseline",
+            )
 
 
 def read_report(target: str, all_weights: bool = False) -> ModelReport:
@@ -100,13 +117,19 @@ def run_report(request: ReportRequest) -> tuple[ModelReport, ModelReport | None]
     before = read_report(request.baseline, request.all_weights) if request.baseline else None
     extra = {}
     if before is not None:
-        extra["baseline"] = {"source": request.baseline, "layers": compare_rows(before.to_dict(), current.to_dict()),
-                             "totals": before.totals}
+        extra["baseline"] = {
+            "source": request.baseline,
+            "layers": compare_rows(before.to_dict(), current.to_dict()),
+            "totals": before.totals,
+        }
     if request.data is not None:
         from prunectl.core.training.evaluate import EvalOptions, evaluate_files
 
-        extra["evaluation"] = evaluate_files(Path(request.target), Path(request.baseline) if request.baseline else None,
-                                             EvalOptions(request.data, need_accuracy=True))
+        extra["evaluation"] = evaluate_files(
+            Path(request.target),
+            Path(request.baseline) if request.baseline else None,
+            EvalOptions(request.data, need_accuracy=True),
+        )
     facts = replace(current, **extra)
     gates = tuple(GATES.get(name)(limit).check(facts) for name, limit in request.gates)
     return replace(current, **extra, gates=gates), before

@@ -18,18 +18,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prunectl.core.io.atomic import check_output, write_text_atomic
 from prunectl.core.errors import OptionError, OutputError
-from prunectl.core.run.gates import GATES
-from prunectl.core.run.markdown import report_markdown
+from prunectl.core.io.atomic import check_output, write_text_atomic
 from prunectl.core.io.modelfile import H5_SUFFIXES, KERAS_SUFFIX, ModelFile, model_format, open_model_file
 from prunectl.core.io.writer import Progress, save_keras_model
-from prunectl.core.weights.catalog import WeightCounts
 from prunectl.core.options import COMPRESSION_LEVELS
-from prunectl.core.weights.prune import prune_file, prune_keras_model
+from prunectl.core.run.gates import GATES
+from prunectl.core.run.markdown import report_markdown
 from prunectl.core.run.outcome import PruneOutcome
 from prunectl.core.run.report import PlanReport, PruneReport, plan_report, prune_report
 from prunectl.core.run.request import PruneRequest  # noqa: F401 (the job's input, re-exported)
+from prunectl.core.weights.catalog import WeightCounts
+from prunectl.core.weights.prune import prune_file, prune_keras_model
 
 if TYPE_CHECKING:
     from prunectl.core.training.finetune import TrainingProgress
@@ -66,13 +66,19 @@ def choose_engine(request: PruneRequest, target: Path) -> str:
 
 def _run_file(request: PruneRequest, model: ModelFile, target: Path, progress: Progress | None) -> PruneOutcome:
     start = time.perf_counter()
-    results, counts = prune_file(model, target, request.weights, COMPRESSION_LEVELS[request.compression],
-                                 request.keep_optimizer, progress)
+    results, counts = prune_file(
+        model, target, request.weights, COMPRESSION_LEVELS[request.compression], request.keep_optimizer, progress
+    )
     return PruneOutcome("file", results, counts, time.perf_counter() - start)
 
 
-def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: Progress | None,
-               training: TrainingProgress | None = None) -> PruneOutcome:
+def _run_keras(
+    request: PruneRequest,
+    model: ModelFile,
+    target: Path,
+    progress: Progress | None,
+    training: TrainingProgress | None = None,
+) -> PruneOutcome:
     from prunectl.core.io import keras_io
     from prunectl.core.structure import plan as structural
     from prunectl.core.structure.cost import benchmark
@@ -102,15 +108,17 @@ def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: 
         if request.finetune:
             from prunectl.core.training.finetune import finetune_model
 
-            finetuned = finetune_model(loaded, request.weights, request.finetune, training,
-                                       original=original if request.neurons else None)
+            finetuned = finetune_model(
+                loaded, request.weights, request.finetune, training, original=original if request.neurons else None
+            )
             results = finetuned.results
             notes += finetuned.notes
         else:
             results = prune_keras_model(loaded.model, request.weights) if request.weights else {}
         if evaluate is not None:
-            evaluation = evaluation_block(evaluate.describe(), ("before pruning", before),
-                                          ("after pruning", evaluate(loaded.model)))
+            evaluation = evaluation_block(
+                evaluate.describe(), ("before pruning", before), ("after pruning", evaluate(loaded.model))
+            )
         elif finetuned is not None:
             evaluation = finetune_evaluation(finetuned.report)
         written: list[WeightCounts] = []
@@ -123,9 +131,17 @@ def _run_keras(request: PruneRequest, model: ModelFile, target: Path, progress: 
         counts = written[0]
         if request.benchmark:
             timing = benchmark(original, loaded.model, x)
-    return PruneOutcome("keras", results, counts, time.perf_counter() - start, notes,
-                        finetuned.report if finetuned else None, plan.to_dict() if plan else None, timing,
-                        evaluation)
+    return PruneOutcome(
+        "keras",
+        results,
+        counts,
+        time.perf_counter() - start,
+        notes,
+        finetuned.report if finetuned else None,
+        plan.to_dict() if plan else None,
+        timing,
+        evaluation,
+    )
 
 
 def _plan_only(request: PruneRequest, model: ModelFile) -> PlanReport:
@@ -170,13 +186,16 @@ def check_outputs(request: PruneRequest) -> tuple[Path, Path]:
 def _write_recipe(path: Path, report: PruneReport) -> None:
     from prunectl.core.run.recipe import recipe_toml
 
-    header = (f"Written by prunectl {report.header.tool['prunectl']} from the run that wrote "
-              f"{report.output['path']}.\nRepeat it with: prunectl prune {report.input['path']} --recipe {path.name}")
+    header = (
+        f"Written by prunectl {report.header.tool['prunectl']} from the run that wrote "
+        f"{report.output['path']}.\nRepeat it with: prunectl prune {report.input['path']} --recipe {path.name}"
+    )
     write_text_atomic(path, recipe_toml(report.pipeline, header, relative_to=path.parent))
 
 
-def run_prune(request: PruneRequest, progress: Progress | None = None,
-              training: TrainingProgress | None = None) -> PruneReport | PlanReport:
+def run_prune(
+    request: PruneRequest, progress: Progress | None = None, training: TrainingProgress | None = None
+) -> PruneReport | PlanReport:
     """Run one prune job and return its report (also written to disk).
 
     Args:
@@ -198,8 +217,11 @@ def run_prune(request: PruneRequest, progress: Progress | None = None,
         output, report_path = check_outputs(request)
         gates = [GATES.get(name)(limit) for name, limit in request.gates]
         engine = choose_engine(request, output)
-        outcome = (_run_file(request, model, output, progress) if engine == "file"
-                   else _run_keras(request, model, output, progress, training))
+        outcome = (
+            _run_file(request, model, output, progress)
+            if engine == "file"
+            else _run_keras(request, model, output, progress, training)
+        )
         pipeline = {"recipe": str(request.recipe) if request.recipe else None, **request.pipeline()}
         report = prune_report(outcome, model, output, request.options(), report_path, pipeline, gates)
     write_text_atomic(report_path, report.to_json())

@@ -16,9 +16,13 @@ def report_markdown(report: dict) -> str:
     lines = []
     if report.get("kind") == "prune":
         src, out = report["input"], report["output"]
-        lines += [f"## prunectl: `{_escape(src['path'])}` → `{_escape(out['path'])}`", "",
-                  f"Size on disk: {src['size_bytes']:,} → {out['size_bytes']:,} bytes "
-                  f"({report['size_ratio']:.3f}x), engine `{report['engine']}`.", ""]
+        lines += [
+            f"## prunectl: `{_escape(src['path'])}` → `{_escape(out['path'])}`",
+            "",
+            f"Size on disk: {src['size_bytes']:,} → {out['size_bytes']:,} bytes "
+            f"({report['size_ratio']:.3f}x), engine `{report['engine']}`.",
+            "",
+        ]
     else:
         model = report.get("model", {})
         lines += [f"## prunectl report: `{_escape(model.get('path', ''))}`", ""]
@@ -34,10 +38,11 @@ def report_markdown(report: dict) -> str:
             value = "–" if gate["value"] is None else f"{gate['value']:.6g}"
             verdict = "✅ passed" if gate["passed"] else "❌ failed"
             lines.append(f"| {gate['name']} | {value} | {gate['limit']:.6g} | {verdict} |")
-    lines += ["", "| layer | class | weight | shape | params | zeros | sparsity |",
-              "|---|---|---|---|---:|---:|---:|"]
+    lines += ["", "| layer | class | weight | shape | params | zeros | sparsity |", "|---|---|---|---|---:|---:|---:|"]
     for row in report["layers"]:
         shape = "×".join(map(str, row["shape"]))
-        lines.append(f"| {_escape(row['layer'])} | {row['class']} | {row['weight']} | {shape} | "
-                     f"{row['count']:,} | {row['zeros']:,} | {_pct(row['sparsity'])} |")
+        lines.append(
+            f"| {_escape(row['layer'])} | {row['class']} | {row['weight']} | {shape} | "
+            f"{row['count']:,} | {row['zeros']:,} | {_pct(row['sparsity'])} |"
+        )
     return "\n".join(lines) + "\n"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import re
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -36,9 +37,17 @@ PATH_KEYS = ("data", "val-data", "plots", "output", "report", "markdown")
 _STRUCTURAL_ONLY = {"neuron-criterion", "neuron-threshold", "neuron-ratio", "round-to"}
 _NUMBER, _TEXT, _TEXTS = "a number", "a string", "a list of strings"
 # The TOML type each step and layer key takes (other keys are checked by the option they set).
-KEY_TYPES = {"threshold": _NUMBER, "sparsity": _NUMBER, "neuron-threshold": _NUMBER, "neuron-ratio": _NUMBER,
-             "round-to": "an integer", "neuron-criterion": _TEXT, "scope": _TEXT, "include": _TEXTS,
-             "exclude": _TEXTS}
+KEY_TYPES = {
+    "threshold": _NUMBER,
+    "sparsity": _NUMBER,
+    "neuron-threshold": _NUMBER,
+    "neuron-ratio": _NUMBER,
+    "round-to": "an integer",
+    "neuron-criterion": _TEXT,
+    "scope": _TEXT,
+    "include": _TEXTS,
+    "exclude": _TEXTS,
+}
 
 
 def _typed(key: str, value):
@@ -143,8 +152,11 @@ def _key_lines(text: str) -> dict[tuple, int]:
                 steps += 1
                 context = ("step", steps)
             elif name.startswith("step.layers."):
-                pattern = tomllib.loads(f"k = {name[len('step.layers.'):]}")["k"] if name[12:13] in "\"'" \
-                    else name[len("step.layers."):]
+                pattern = (
+                    tomllib.loads(f"k = {name[len('step.layers.') :]}")["k"]
+                    if name[12:13] in "\"'"
+                    else name[len("step.layers.") :]
+                )
                 context = ("layer", steps, pattern)
             else:
                 context = (name,)
@@ -158,9 +170,15 @@ def _key_lines(text: str) -> dict[tuple, int]:
 
 
 def _resolve_paths(values: dict[str, Value], folder: Path) -> dict[str, Value]:
-    return {k: Value(str(folder / v.value) if k in PATH_KEYS and isinstance(v.value, str)
-                     and v.value != "-" and not os.path.isabs(v.value) else v.value, v.line)
-            for k, v in values.items()}
+    return {
+        k: Value(
+            str(folder / v.value)
+            if k in PATH_KEYS and isinstance(v.value, str) and v.value != "-" and not os.path.isabs(v.value)
+            else v.value,
+            v.line,
+        )
+        for k, v in values.items()
+    }
 
 
 def load_recipe(path: str | os.PathLike, finetune_keys: set[str], option_keys: set[str]) -> Recipe:
@@ -218,46 +236,81 @@ def load_recipe(path: str | os.PathLike, finetune_keys: set[str], option_keys: s
         layers = table.pop("layers", {})
         kind = "structural" if _STRUCTURAL_ONLY & set(table) else "weights"
         if kind == "structural" and ({"threshold", "sparsity"} & set(table)):
-            raise _error(path, line, where, "a step is structural (neuron-*) or a weight step "
-                         "(threshold/sparsity), not both; split it in two. Received: "
-                         f"{', '.join(sorted(table))}")
-        step = Step(kind, line, values_of(table, ("step", index), STRUCTURAL_KEYS if kind == "structural"
-                                           else WEIGHT_KEYS, where))
+            raise _error(
+                path,
+                line,
+                where,
+                "a step is structural (neuron-*) or a weight step "
+                "(threshold/sparsity), not both; split it in two. Received: "
+                f"{', '.join(sorted(table))}",
+            )
+        step = Step(
+            kind,
+            line,
+            values_of(table, ("step", index), STRUCTURAL_KEYS if kind == "structural" else WEIGHT_KEYS, where),
+        )
         if kind == "weights" and not ({"threshold", "sparsity"} & set(table)):
-            raise _error(path, line, where, "a step needs neuron-threshold/neuron-ratio or threshold/sparsity. "
-                         f"Received: {', '.join(sorted(table)) or 'an empty step'}")
+            raise _error(
+                path,
+                line,
+                where,
+                "a step needs neuron-threshold/neuron-ratio or threshold/sparsity. "
+                f"Received: {', '.join(sorted(table)) or 'an empty step'}",
+            )
         if layers:
             if kind == "structural":
-                raise _error(path, line, where, "per-layer overrides apply to weight steps only. "
-                             f"Received: [step.layers] in a structural step")
+                raise _error(
+                    path,
+                    line,
+                    where,
+                    "per-layer overrides apply to weight steps only. Received: [step.layers] in a structural step",
+                )
             for pattern, override in layers.items():
                 context = ("layer", index, pattern)
                 layer_line = lines.get(context + ("",), line)
                 try:
                     re.compile(pattern)
                 except re.error as exc:
-                    raise _error(path, layer_line, where, f"layer pattern is not a valid regular expression "
-                                 f"({exc}). Received: {pattern!r}") from None
-                step.layers.append((pattern, values_of(override, context, LAYER_KEYS,
-                                                       f"{where}, layers {pattern!r}"), layer_line))
+                    raise _error(
+                        path,
+                        layer_line,
+                        where,
+                        f"layer pattern is not a valid regular expression ({exc}). Received: {pattern!r}",
+                    ) from None
+                step.layers.append(
+                    (pattern, values_of(override, context, LAYER_KEYS, f"{where}, layers {pattern!r}"), layer_line)
+                )
         steps.append(step)
     kinds = [s.kind for s in steps]
     for kind in ("structural", "weights"):
         if kinds.count(kind) > 1:
             second = [s for s in steps if s.kind == kind][1]
-            raise _error(path, second.line, f"step {steps.index(second) + 1}",
-                         f"one {kind} step per recipe (use per-layer overrides for layer-specific values). "
-                         f"Received: {kinds.count(kind)} {kind} steps")
+            raise _error(
+                path,
+                second.line,
+                f"step {steps.index(second) + 1}",
+                f"one {kind} step per recipe (use per-layer overrides for layer-specific values). "
+                f"Received: {kinds.count(kind)} {kind} steps",
+            )
     if kinds == ["weights", "structural"]:
-        raise _error(path, steps[1].line, "step 2", "the structural step runs first; list it before the weight "
-                     "step. Received: a weight step, then a structural step")
+        raise _error(
+            path,
+            steps[1].line,
+            "step 2",
+            "the structural step runs first; list it before the weight "
+            "step. Received: a weight step, then a structural step",
+        )
     finetune_table = data.pop("finetune", {})
-    allowed_finetune = finetune_keys | {k[len("finetune-"):] for k in finetune_keys if k.startswith("finetune-")}
+    allowed_finetune = finetune_keys | {k[len("finetune-") :] for k in finetune_keys if k.startswith("finetune-")}
     finetune = values_of(finetune_table, ("finetune",), allowed_finetune, "[finetune]")
     finetune = {("finetune-" + k if "finetune-" + k in finetune_keys else k): v for k, v in finetune.items()}
     for table in [k for k, v in data.items() if isinstance(v, dict)]:
-        raise _error(path, lines.get((table, "")), "", f"unknown table [{table}] (known: [[step]], "
-                     f"[step.layers.\"<regex>\"], [finetune]). Received: [{table}]")
+        raise _error(
+            path,
+            lines.get((table, "")),
+            "",
+            f'unknown table [{table}] (known: [[step]], [step.layers."<regex>"], [finetune]). Received: [{table}]',
+        )
     options = values_of(data, ("top",), option_keys, "top level")
     return Recipe(path, steps, _resolve_paths(finetune, folder), _resolve_paths(options, folder))
 
@@ -272,6 +325,7 @@ def recipe_toml(pipeline: dict, header: str = "", relative_to: Path | None = Non
         relative_to: write paths relative to this folder (the recipe's own), as
             :func:`load_recipe` resolves them.
     """
+
     def table(values: dict) -> dict:
         out = {}
         for key, value in values.items():
@@ -283,9 +337,13 @@ def recipe_toml(pipeline: dict, header: str = "", relative_to: Path | None = Non
         return out
 
     document = table(pipeline.get("options", {}))
-    steps = [{**table({k: v for k, v in step.items() if k != "layers"}),
-              **({"layers": {p: table(v) for p, v in step["layers"].items()}} if step.get("layers") else {})}
-             for step in pipeline.get("steps", [])]
+    steps = [
+        {
+            **table({k: v for k, v in step.items() if k != "layers"}),
+            **({"layers": {p: table(v) for p, v in step["layers"].items()}} if step.get("layers") else {}),
+        }
+        for step in pipeline.get("steps", [])
+    ]
     if steps:
         document["step"] = steps
     if pipeline.get("finetune"):

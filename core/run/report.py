@@ -13,10 +13,10 @@ import datetime as _dt
 import json
 import os
 import platform
+from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib import metadata
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from prunectl import __version__
 from prunectl.core.errors import ReportError
@@ -56,8 +56,9 @@ def _ratio(zeros: int, count: int) -> float:
     return zeros / count if count else 0.0
 
 
-def layer_rows(entries: Iterable[WeightEntry], zeros: dict[str, int], results: dict | None = None,
-               all_weights: bool = False) -> list[dict]:
+def layer_rows(
+    entries: Iterable[WeightEntry], zeros: dict[str, int], results: dict | None = None, all_weights: bool = False
+) -> list[dict]:
     """One row per (prunable, unless ``all_weights``) weight tensor."""
     rows = []
     for entry in entries:
@@ -103,7 +104,7 @@ class Header:
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
-    def now(cls, kind: str) -> "Header":
+    def now(cls, kind: str) -> Header:
         """The header of a report of ``kind`` made now."""
         return cls(kind, _now(), tool_versions())
 
@@ -156,15 +157,22 @@ class PruneReport(_Verdicts):
 
     def to_dict(self) -> dict:
         return {
-            **self.header.to_dict(), "input": self.input, "output": self.output, "options": self.options,
-            "engine": self.engine, "seconds": self.seconds, "layers": self.layers, "totals": self.totals,
+            **self.header.to_dict(),
+            "input": self.input,
+            "output": self.output,
+            "options": self.options,
+            "engine": self.engine,
+            "seconds": self.seconds,
+            "layers": self.layers,
+            "totals": self.totals,
             "notes": self.notes,
             **({"structural": self.structural} if self.structural else {}),
             **({"benchmark": self.benchmark} if self.benchmark else {}),
             **({"evaluation": self.evaluation.to_dict()} if self.evaluation else {}),
             "size_ratio": self.size_ratio,
             **({"finetune": self.finetune} if self.finetune is not None else {}),
-            "report_path": self.report_path, "pipeline": self.pipeline,
+            "report_path": self.report_path,
+            "pipeline": self.pipeline,
             "gates": [g.to_dict() for g in self.gates],
         }
 
@@ -180,8 +188,7 @@ class PlanReport(_Verdicts):
     gates: tuple[GateResult, ...] = ()
 
     def to_dict(self) -> dict:
-        return {**self.header.to_dict(), "input": self.input, "options": self.options,
-                "structural": self.structural}
+        return {**self.header.to_dict(), "input": self.input, "options": self.options, "structural": self.structural}
 
 
 @dataclass(frozen=True)
@@ -208,12 +215,11 @@ class ModelReport(_Verdicts):
     gates: tuple[GateResult, ...] = ()
 
     @classmethod
-    def from_saved(cls, report: dict, **extra) -> "ModelReport":
+    def from_saved(cls, report: dict, **extra) -> ModelReport:
         """A report read back from JSON (see :func:`load_report`), with ``extra`` fields set."""
         block = report.get("evaluation")
         evaluation = Evaluation.from_dict(block) if isinstance(block, dict) else None
-        return cls(None, None, report["layers"], report["totals"], saved=report,
-                   **{"evaluation": evaluation, **extra})
+        return cls(None, None, report["layers"], report["totals"], saved=report, **{"evaluation": evaluation, **extra})
 
     @property
     def kind(self) -> str | None:
@@ -225,8 +231,11 @@ class ModelReport(_Verdicts):
         return block.get("size_bytes")
 
     def to_dict(self) -> dict:
-        base = dict(self.saved) if self.saved is not None else {
-            **self.header.to_dict(), "model": self.model, "layers": self.layers, "totals": self.totals}
+        base = (
+            dict(self.saved)
+            if self.saved is not None
+            else {**self.header.to_dict(), "model": self.model, "layers": self.layers, "totals": self.totals}
+        )
         if self.baseline is not None:
             base["baseline"] = self.baseline
         if self.evaluation is not None:
@@ -244,13 +253,23 @@ def model_report(model: ModelFile, all_weights: bool = False) -> ModelReport:
         all_weights: include rows for biases, normalization and other weights.
     """
     counts = file_counts(model)
-    return ModelReport(Header.now("model"), file_info(model.path, model.format),
-                       layer_rows(counts.entries, counts.zeros, all_weights=all_weights),
-                       totals(counts.entries, counts.zeros))
+    return ModelReport(
+        Header.now("model"),
+        file_info(model.path, model.format),
+        layer_rows(counts.entries, counts.zeros, all_weights=all_weights),
+        totals(counts.entries, counts.zeros),
+    )
 
 
-def prune_report(outcome: PruneOutcome, source: ModelFile, target: Path, options: dict, report_path: Path,
-                 pipeline: dict, gates: Iterable = ()) -> PruneReport:
+def prune_report(
+    outcome: PruneOutcome,
+    source: ModelFile,
+    target: Path,
+    options: dict,
+    report_path: Path,
+    pipeline: dict,
+    gates: Iterable = (),
+) -> PruneReport:
     """Build the report of one ``prune`` run from its :class:`PruneOutcome`, checking ``gates`` on it.
 
     Args:
@@ -264,13 +283,22 @@ def prune_report(outcome: PruneOutcome, source: ModelFile, target: Path, options
     """
     counts = outcome.counts
     fields = dict(
-        header=Header.now("prune"), input=file_info(source.path, source.format),
-        output=file_info(target, "keras" if target.suffix.lower() == ".keras" else "h5"), options=options,
-        engine=outcome.engine, seconds=round(outcome.seconds, 3),
+        header=Header.now("prune"),
+        input=file_info(source.path, source.format),
+        output=file_info(target, "keras" if target.suffix.lower() == ".keras" else "h5"),
+        options=options,
+        engine=outcome.engine,
+        seconds=round(outcome.seconds, 3),
         layers=layer_rows(counts.entries, counts.zeros, outcome.results),
-        totals=totals(counts.entries, counts.zeros), notes=list(outcome.notes), report_path=str(report_path),
-        pipeline=pipeline, structural=outcome.structural or None, benchmark=outcome.benchmark or None,
-        evaluation=outcome.evaluation or None, finetune=outcome.finetune)
+        totals=totals(counts.entries, counts.zeros),
+        notes=list(outcome.notes),
+        report_path=str(report_path),
+        pipeline=pipeline,
+        structural=outcome.structural or None,
+        benchmark=outcome.benchmark or None,
+        evaluation=outcome.evaluation or None,
+        finetune=outcome.finetune,
+    )
     # A gate measures the report it is part of: judge the facts, then build the report once with the verdicts.
     facts = PruneReport(**fields)
     return PruneReport(**fields, gates=tuple(gate.check(facts) for gate in gates))
@@ -290,8 +318,9 @@ def load_report(text: str, source: str) -> dict:
     try:
         report = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ReportError(f"report is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}). "
-                          f"Received: {source!r}") from None
+        raise ReportError(
+            f"report is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}). Received: {source!r}"
+        ) from None
     if not isinstance(report, dict) or "schema_version" not in report:
         raise ReportError(f"JSON file is not a prunectl report (no schema_version). Received: {source!r}")
     if report["schema_version"] != SCHEMA_VERSION:
@@ -312,10 +341,16 @@ def compare_rows(baseline: dict, current: dict) -> list[dict]:
     rows = []
     for row in current["layers"]:
         old = before.get((row["layer"], row["weight"]))
-        rows.append({
-            "layer": row["layer"], "class": row["class"], "weight": row["weight"], "count": row["count"],
-            "sparsity_before": old["sparsity"] if old else None, "sparsity_after": row["sparsity"],
-        })
+        rows.append(
+            {
+                "layer": row["layer"],
+                "class": row["class"],
+                "weight": row["weight"],
+                "count": row["count"],
+                "sparsity_before": old["sparsity"] if old else None,
+                "sparsity_after": row["sparsity"],
+            }
+        )
     return rows
 
 

@@ -12,9 +12,10 @@ Every rule raises :class:`~prunectl.core.errors.OptionError` naming its fields a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 from prunectl.core.errors import OptionError
 from prunectl.core.options import COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES, check_stdout
@@ -85,53 +86,96 @@ class PruneRequest:
 
     def __post_init__(self):
         if self.compression not in COMPRESSION_LEVELS:
-            raise OptionError(f"{{compression}} must be one of {', '.join(COMPRESSION_LEVELS)}. "
-                              f"Received: compression={self.compression!r}", "compression")
+            raise OptionError(
+                f"{{compression}} must be one of {', '.join(COMPRESSION_LEVELS)}. "
+                f"Received: compression={self.compression!r}",
+                "compression",
+            )
         if self.engine not in ENGINES:
             raise OptionError(f"engine must be one of {', '.join(ENGINES)}. Received: engine={self.engine!r}")
         for name, limit in self.gates:
             GATES.get(name)(limit)
         if self.dry_run and self.neurons is None:
-            raise OptionError("{dry_run} needs {neuron_threshold} or {neuron_ratio}. Received: {dry_run}",
-                              "dry_run", "neuron_threshold", "neuron_ratio")
+            raise OptionError(
+                "{dry_run} needs {neuron_threshold} or {neuron_ratio}. Received: {dry_run}",
+                "dry_run",
+                "neuron_threshold",
+                "neuron_ratio",
+            )
         criterion = self.neurons.criterion if self.neurons else None
         if criterion and CRITERIA.get(criterion).needs_data and self.data is None:
-            raise OptionError(f"the {criterion} criterion needs calibration data; give {{data}} FILE. "
-                              f"Received: {{neuron_criterion}} {criterion}", "data", "neuron_criterion")
+            raise OptionError(
+                f"the {criterion} criterion needs calibration data; give {{data}} FILE. "
+                f"Received: {{neuron_criterion}} {criterion}",
+                "data",
+                "neuron_criterion",
+            )
         needing = [(name, limit) for name, limit in self.gates if GATES.get(name).needs_data]
         if needing:
             name, limit = needing[0]
             field = name.replace("-", "_")
             if self.finetune is None and self.data is None:
-                raise OptionError(f"{{{field}}} is measured on evaluation data; add {{data}} EVAL. "
-                                  f"Received: {{{field}}} {limit} without {{data}}", field, "data")
+                raise OptionError(
+                    f"{{{field}}} is measured on evaluation data; add {{data}} EVAL. "
+                    f"Received: {{{field}}} {limit} without {{data}}",
+                    field,
+                    "data",
+                )
             if self.finetune is None and self.evaluation is None:
                 from prunectl.core.training.evaluate import EvalOptions
 
                 object.__setattr__(self, "evaluation", EvalOptions(self.data, need_accuracy=True))
             if self.finetune is not None and self.finetune.val_data is None and self.finetune.val_split is None:
-                raise OptionError(f"with {{finetune_epochs}}, {{{field}}} is measured on the validation data; "
-                                  f"add {{val_data}} or {{val_split}}. Received: {{{field}}} {limit} without either",
-                                  "finetune_epochs", field, "val_data", "val_split")
-        reads_data = (self.finetune is not None or self.benchmark or needing
-                      or (criterion is not None and CRITERIA.get(criterion).needs_data))
+                raise OptionError(
+                    f"with {{finetune_epochs}}, {{{field}}} is measured on the validation data; "
+                    f"add {{val_data}} or {{val_split}}. Received: {{{field}}} {limit} without either",
+                    "finetune_epochs",
+                    field,
+                    "val_data",
+                    "val_split",
+                )
+        reads_data = (
+            self.finetune is not None
+            or self.benchmark
+            or needing
+            or (criterion is not None and CRITERIA.get(criterion).needs_data)
+        )
         if self.data is not None and not reads_data:
-            raise OptionError("{data} is read by {finetune_epochs}, an activation criterion, {benchmark} or "
-                              f"{{max_accuracy_drop}}. Received: {{data}} {self.data} without any of them",
-                              "data", "finetune_epochs", "benchmark", "max_accuracy_drop")
+            raise OptionError(
+                "{data} is read by {finetune_epochs}, an activation criterion, {benchmark} or "
+                f"{{max_accuracy_drop}}. Received: {{data}} {self.data} without any of them",
+                "data",
+                "finetune_epochs",
+                "benchmark",
+                "max_accuracy_drop",
+            )
         if self.weights is None and self.neurons is None:
-            raise OptionError("give a pruning step: {threshold}, {sparsity}, {neuron_threshold} or "
-                              "{neuron_ratio} (or a {recipe}). Received: none",
-                              "threshold", "sparsity", "neuron_threshold", "neuron_ratio", "recipe")
-        if self.finetune is not None and self.finetune.schedule != "oneshot" and (
-                self.weights is None or self.weights.sparsity is None):
+            raise OptionError(
+                "give a pruning step: {threshold}, {sparsity}, {neuron_threshold} or "
+                "{neuron_ratio} (or a {recipe}). Received: none",
+                "threshold",
+                "sparsity",
+                "neuron_threshold",
+                "neuron_ratio",
+                "recipe",
+            )
+        if (
+            self.finetune is not None
+            and self.finetune.schedule != "oneshot"
+            and (self.weights is None or self.weights.sparsity is None)
+        ):
             schedule = self.finetune.schedule
-            raise OptionError(f"{{schedule}} {schedule} prunes to a sparsity; give {{sparsity}}. "
-                              f"Received: {{schedule}} {schedule} with {{threshold}}", "schedule", "sparsity",
-                              "threshold")
+            raise OptionError(
+                f"{{schedule}} {schedule} prunes to a sparsity; give {{sparsity}}. "
+                f"Received: {{schedule}} {schedule} with {{threshold}}",
+                "schedule",
+                "sparsity",
+                "threshold",
+            )
 
     def pipeline(self) -> dict:
         """The fully resolved pipeline, keyed by option names: what ``--recipe-out`` writes back."""
+
         def kebab(config: dict) -> dict:
             return {k.replace("_", "-"): v for k, v in config.items()}
 
@@ -146,8 +190,14 @@ class PruneRequest:
             config = self.finetune.get_config()
             config.update(config.pop("reader"))
             finetune = kebab({"finetune_epochs": config.pop("epochs"), **config})
-        options = {"compression": self.compression, "engine": self.engine, "keep-optimizer": self.keep_optimizer,
-                   "unsafe": self.unsafe, "benchmark": self.benchmark, **dict(self.gates)}
+        options = {
+            "compression": self.compression,
+            "engine": self.engine,
+            "keep-optimizer": self.keep_optimizer,
+            "unsafe": self.unsafe,
+            "benchmark": self.benchmark,
+            **dict(self.gates),
+        }
         if self.data is not None and finetune is None:
             options["data"] = str(self.data)
         return {"options": options, "steps": steps, "finetune": finetune}
@@ -190,20 +240,34 @@ def finetune_defaults() -> dict:
 def _neuron_step(values: Mapping, dry_run: bool) -> NeuronPruning | None:
     threshold, ratio = values.get("neuron_threshold"), values.get("neuron_ratio")
     if threshold is not None and ratio is not None:
-        raise OptionError("give only one of {neuron_threshold} and {neuron_ratio}. "
-                          f"Received: {{neuron_threshold}} {threshold} {{neuron_ratio}} {ratio}",
-                          "neuron_threshold", "neuron_ratio")
+        raise OptionError(
+            "give only one of {neuron_threshold} and {neuron_ratio}. "
+            f"Received: {{neuron_threshold}} {threshold} {{neuron_ratio}} {ratio}",
+            "neuron_threshold",
+            "neuron_ratio",
+        )
     if threshold is None and ratio is None:
         given = [(name, values.get(name)) for name in ("neuron_criterion", "round_to") if values.get(name) is not None]
         if given:
             shown = " ".join(f"{{{n}}} {v}" for n, v in given) + (" {dry_run}" if dry_run else "")
-            raise OptionError(f"{{{given[0][0]}}} needs {{neuron_threshold}} or {{neuron_ratio}}. Received: {shown}",
-                              given[0][0], "neuron_threshold", "neuron_ratio", "dry_run",
-                              *(n for n, _ in given[1:]))
+            raise OptionError(
+                f"{{{given[0][0]}}} needs {{neuron_threshold}} or {{neuron_ratio}}. Received: {shown}",
+                given[0][0],
+                "neuron_threshold",
+                "neuron_ratio",
+                "dry_run",
+                *(n for n, _ in given[1:]),
+            )
         return None
-    return NeuronPruning(criterion=values.get("neuron_criterion") or "l1", threshold=threshold, ratio=ratio,
-                         scope=values.get("scope", "layer"), round_to=values.get("round_to") or 1,
-                         include=tuple(values.get("include", ())), exclude=tuple(values.get("exclude", ())))
+    return NeuronPruning(
+        criterion=values.get("neuron_criterion") or "l1",
+        threshold=threshold,
+        ratio=ratio,
+        scope=values.get("scope", "layer"),
+        round_to=values.get("round_to") or 1,
+        include=tuple(values.get("include", ())),
+        exclude=tuple(values.get("exclude", ())),
+    )
 
 
 def _finetune(values: Mapping) -> FinetuneOptions | None:
@@ -212,12 +276,18 @@ def _finetune(values: Mapping) -> FinetuneOptions | None:
     if epochs is None:
         given = [name for name, default in defaults.items() if values.get(name, default) not in (default, ())]
         if given:
-            raise OptionError(f"{{{given[0]}}} needs {{finetune_epochs}}. "
-                              f"Received: {{{given[0]}}} without {{finetune_epochs}}", given[0], "finetune_epochs")
+            raise OptionError(
+                f"{{{given[0]}}} needs {{finetune_epochs}}. Received: {{{given[0]}}} without {{finetune_epochs}}",
+                given[0],
+                "finetune_epochs",
+            )
         return None
     if values.get("data") is None:
-        raise OptionError(f"{{finetune_epochs}} needs {{data}}. Received: {{finetune_epochs}} {epochs} without {{data}}",
-                          "finetune_epochs", "data")
+        raise OptionError(
+            f"{{finetune_epochs}} needs {{data}}. Received: {{finetune_epochs}} {epochs} without {{data}}",
+            "finetune_epochs",
+            "data",
+        )
     from prunectl.core.training.finetune import FinetuneOptions
 
     chosen = {name: values.get(name, default) for name, default in defaults.items()}
@@ -252,21 +322,48 @@ def build_request(values: Mapping, weights: Mapping | None = None, structural: M
     check_stdout(values.get("as_json", False), markdown)
     threshold, sparsity = weights.get("threshold"), weights.get("sparsity")
     if threshold is not None and sparsity is not None:
-        raise OptionError(f"give only one of {{threshold}} and {{sparsity}}. "
-                          f"Received: {{threshold}} {threshold} {{sparsity}} {sparsity}", "threshold", "sparsity")
+        raise OptionError(
+            f"give only one of {{threshold}} and {{sparsity}}. "
+            f"Received: {{threshold}} {threshold} {{sparsity}} {sparsity}",
+            "threshold",
+            "sparsity",
+        )
     neurons = _neuron_step(structural, bool(values.get("dry_run")))
-    gates = tuple((name, values[name.replace("-", "_")]) for name in GATES.names()
-                  if values.get(name.replace("-", "_")) is not None)
+    gates = tuple(
+        (name, values[name.replace("-", "_")])
+        for name in GATES.names()
+        if values.get(name.replace("-", "_")) is not None
+    )
     finetune = _finetune(values)
-    step = None if threshold is None and sparsity is None else WeightPruning(
-        threshold=threshold, sparsity=sparsity, scope=weights.get("scope", "layer"),
-        include=tuple(weights.get("include", ())), exclude=tuple(weights.get("exclude", ())),
-        layers=tuple(weights.get("layers", ())))
+    step = (
+        None
+        if threshold is None and sparsity is None
+        else WeightPruning(
+            threshold=threshold,
+            sparsity=sparsity,
+            scope=weights.get("scope", "layer"),
+            include=tuple(weights.get("include", ())),
+            exclude=tuple(weights.get("exclude", ())),
+            layers=tuple(weights.get("layers", ())),
+        )
+    )
     return PruneRequest(
-        model=values["model"], weights=step, output=values.get("output"), report=values.get("report_path"),
-        compression=values.get("compression", DEFAULT_COMPRESSION), engine=values.get("engine", "auto"),
-        force=bool(values.get("force")), unsafe=bool(values.get("unsafe")),
-        keep_optimizer=bool(values.get("keep_optimizer")), neurons=neurons, data=values.get("data"),
-        dry_run=bool(values.get("dry_run")), benchmark=bool(values.get("benchmark")), gates=gates,
+        model=values["model"],
+        weights=step,
+        output=values.get("output"),
+        report=values.get("report_path"),
+        compression=values.get("compression", DEFAULT_COMPRESSION),
+        engine=values.get("engine", "auto"),
+        force=bool(values.get("force")),
+        unsafe=bool(values.get("unsafe")),
+        keep_optimizer=bool(values.get("keep_optimizer")),
+        neurons=neurons,
+        data=values.get("data"),
+        dry_run=bool(values.get("dry_run")),
+        benchmark=bool(values.get("benchmark")),
+        gates=gates,
         markdown=None if markdown is None or str(markdown) == "-" else Path(markdown),
-        finetune=finetune, recipe=values.get("recipe"), recipe_out=values.get("recipe_out"))
+        finetune=finetune,
+        recipe=values.get("recipe"),
+        recipe_out=values.get("recipe_out"),
+    )

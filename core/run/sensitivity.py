@@ -19,25 +19,24 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from prunectl.core.io import keras_io
-from prunectl.core.weights import masks
-from prunectl.core.io.atomic import check_output, write_text_atomic
 from prunectl.core.errors import OptionError
-from prunectl.core.training.evaluate import EvalOptions, Evaluator, accuracy_key
+from prunectl.core.io import keras_io
+from prunectl.core.io.atomic import check_output, write_text_atomic
 from prunectl.core.io.modelfile import open_model_file
 from prunectl.core.options import DEFAULT_SPARSITIES, validate_budget, validate_sparsity
-from prunectl.core.weights.prune import WeightPruning, prune_keras_model
-from prunectl.core.weights.catalog import keras_weight_entries
 from prunectl.core.run.recipe import toml_text
 from prunectl.core.run.report import Header, file_info
+from prunectl.core.training.evaluate import EvalOptions, Evaluator, accuracy_key
+from prunectl.core.weights import masks
+from prunectl.core.weights.catalog import keras_weight_entries
+from prunectl.core.weights.prune import WeightPruning, prune_keras_model
 from prunectl.core.weights.selection import select_weights
-
 
 #: Called after every trial as ``progress(done, total, layer, sparsity)``.
 Progress = Callable[[int, int, str, float], None]
@@ -66,8 +65,9 @@ class SensitivityOptions:
 
     def __post_init__(self):
         if self.evaluation is None:
-            raise OptionError("sensitivity measures each trial on validation data; add {data} FILE. "
-                              "Received: no {data}", "data")
+            raise OptionError(
+                "sensitivity measures each trial on validation data; add {data} FILE. Received: no {data}", "data"
+            )
         if not self.sparsities:
             raise OptionError("give at least one sparsity to test. Received: sparsities=()")
         object.__setattr__(self, "sparsities", tuple(sorted({validate_sparsity(s) for s in self.sparsities})))
@@ -75,14 +75,24 @@ class SensitivityOptions:
             validate_budget(self.budget)
 
     def get_config(self) -> dict:
-        return {"evaluation": self.evaluation.get_config(), "sparsities": list(self.sparsities),
-                "include": list(self.include), "exclude": list(self.exclude), "budget": self.budget}
+        return {
+            "evaluation": self.evaluation.get_config(),
+            "sparsities": list(self.sparsities),
+            "include": list(self.include),
+            "exclude": list(self.exclude),
+            "budget": self.budget,
+        }
 
     @classmethod
-    def from_config(cls, config: dict) -> "SensitivityOptions":
+    def from_config(cls, config: dict) -> SensitivityOptions:
         """The options :meth:`get_config` describes."""
-        return cls(EvalOptions.from_config(config["evaluation"]), tuple(config["sparsities"]),
-                   tuple(config["include"]), tuple(config["exclude"]), config["budget"])
+        return cls(
+            EvalOptions.from_config(config["evaluation"]),
+            tuple(config["sparsities"]),
+            tuple(config["include"]),
+            tuple(config["exclude"]),
+            config["budget"],
+        )
 
 
 @dataclass(frozen=True)
@@ -118,11 +128,19 @@ class SensitivityReport:
     return_code = 0
 
     def to_dict(self) -> dict:
-        return {**self.header.to_dict(), "evaluation": self.evaluation, "metric": self.metric, "dense": self.dense,
-                "sparsities": self.sparsities, "prunable_count": self.prunable_count, "layers": self.layers,
-                **({"budget": self.budget} if self.budget is not None else {}), "seconds": self.seconds,
-                **({"model": self.model} if self.model is not None else {}),
-                **({"recipe_path": self.recipe_path} if self.recipe_path is not None else {})}
+        return {
+            **self.header.to_dict(),
+            "evaluation": self.evaluation,
+            "metric": self.metric,
+            "dense": self.dense,
+            "sparsities": self.sparsities,
+            "prunable_count": self.prunable_count,
+            "layers": self.layers,
+            **({"budget": self.budget} if self.budget is not None else {}),
+            "seconds": self.seconds,
+            **({"model": self.model} if self.model is not None else {}),
+            **({"recipe_path": self.recipe_path} if self.recipe_path is not None else {}),
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -139,8 +157,13 @@ def _drop(metric: str, dense: float, value: float) -> float:
     return dense - value if metric != "loss" else value - dense
 
 
-def analyze(loaded: keras_io.LoadedModel, options: SensitivityOptions, progress: Progress | None = None,
-            model_info: dict | None = None, recipe_path: Path | None = None) -> SensitivityReport:
+def analyze(
+    loaded: keras_io.LoadedModel,
+    options: SensitivityOptions,
+    progress: Progress | None = None,
+    model_info: dict | None = None,
+    recipe_path: Path | None = None,
+) -> SensitivityReport:
     """Prune each selected layer of a live model alone to each sparsity, evaluate, and restore it.
 
     The model's weights are the same afterwards as before, also when an error
@@ -187,20 +210,46 @@ def analyze(loaded: keras_io.LoadedModel, options: SensitivityOptions, progress:
             finally:
                 for key, array in kept.items():
                     variables[key].assign(array)
-            trials.append({"sparsity": sparsity, "metric": values[metric],
-                           "drop": _drop(metric, dense[metric], values[metric]), "values": values})
+            trials.append(
+                {
+                    "sparsity": sparsity,
+                    "metric": values[metric],
+                    "drop": _drop(metric, dense[metric], values[metric]),
+                    "values": values,
+                }
+            )
             done += 1
             if progress is not None:
                 progress(done, total, layer.name, sparsity)
-        rows.append({"layer": layer.name, "class": layer.class_name, "weights": [e.weight for e in layer.entries],
-                     "count": sum(e.size for e in layer.entries), "trials": trials})
+        rows.append(
+            {
+                "layer": layer.name,
+                "class": layer.class_name,
+                "weights": [e.weight for e in layer.entries],
+                "count": sum(e.size for e in layer.entries),
+                "trials": trials,
+            }
+        )
     metric_block = {"name": metric, "higher_is_better": metric != "loss", "dense": dense[metric]}
     prunable = sum(e.size for e in entries if e.prunable)
-    budget = None if options.budget is None else choose_sparsities(
-        {"layers": rows, "prunable_count": prunable}, options.budget)
-    return SensitivityReport(Header.now("sensitivity"), evaluate.describe(), metric_block, dense,
-                             list(options.sparsities), prunable, rows, round(time.perf_counter() - start, 3),
-                             budget, model_info, None if recipe_path is None else str(recipe_path))
+    budget = (
+        None
+        if options.budget is None
+        else choose_sparsities({"layers": rows, "prunable_count": prunable}, options.budget)
+    )
+    return SensitivityReport(
+        Header.now("sensitivity"),
+        evaluate.describe(),
+        metric_block,
+        dense,
+        list(options.sparsities),
+        prunable,
+        rows,
+        round(time.perf_counter() - start, 3),
+        budget,
+        model_info,
+        None if recipe_path is None else str(recipe_path),
+    )
 
 
 def choose_sparsities(result: dict, budget: float) -> dict:
@@ -232,8 +281,12 @@ def choose_sparsities(result: dict, budget: float) -> dict:
     # Weights per tensor are zeroed as prune does: ceil(s * n) of each tensor.
     counts = {row["layer"]: row["count"] for row in result["layers"]}
     zeros = sum(masks.zeros_for(s, counts[layer]) for layer, s in chosen.items())
-    return {"limit": budget, "layers": chosen, "left_dense": left,
-            "sparsity": zeros / result["prunable_count"] if result["prunable_count"] else 0.0}
+    return {
+        "limit": budget,
+        "layers": chosen,
+        "left_dense": left,
+        "sparsity": zeros / result["prunable_count"] if result["prunable_count"] else 0.0,
+    }
 
 
 def recipe_document(choice: dict) -> dict:
@@ -266,8 +319,14 @@ def recipe_toml(result: dict) -> str:
     return toml_text(recipe_document(choice), tuple(comments))
 
 
-def run_sensitivity(model: Path, options: SensitivityOptions, recipe_out: Path | None = None, force: bool = False,
-                    unsafe: bool = False, progress: Progress | None = None) -> SensitivityReport:
+def run_sensitivity(
+    model: Path,
+    options: SensitivityOptions,
+    recipe_out: Path | None = None,
+    force: bool = False,
+    unsafe: bool = False,
+    progress: Progress | None = None,
+) -> SensitivityReport:
     """Load a saved model once, run :func:`analyze` on it, and write the budget's recipe.
 
     Args:
@@ -287,8 +346,12 @@ def run_sensitivity(model: Path, options: SensitivityOptions, recipe_out: Path |
         PrunectlError: any problem with the model, the data or the options.
     """
     if recipe_out is not None and options.budget is None:
-        raise OptionError("{recipe_out} needs {budget} D to choose the sparsities. "
-                          f"Received: {{recipe_out}} {recipe_out} without {{budget}}", "recipe_out", "budget")
+        raise OptionError(
+            "{recipe_out} needs {budget} D to choose the sparsities. "
+            f"Received: {{recipe_out}} {recipe_out} without {{budget}}",
+            "recipe_out",
+            "budget",
+        )
     if recipe_out is not None:
         check_output(recipe_out, force, inputs=(model, options.evaluation.data))
     with open_model_file(model) as source:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from prunectl.core.layers import get_spec
 
@@ -31,8 +31,9 @@ def positions(shape: Sequence) -> int:
     return math.prod(int(d or 1) for d in tuple(shape)[1:-1])
 
 
-def layer_macs(class_name: str, weight_shapes: Mapping[str, Sequence[int]], in_shape: Sequence,
-               out_shape: Sequence) -> int:
+def layer_macs(
+    class_name: str, weight_shapes: Mapping[str, Sequence[int]], in_shape: Sequence, out_shape: Sequence
+) -> int:
     """Multiply-adds of one call of a layer.
 
     Args:
@@ -45,8 +46,9 @@ def layer_macs(class_name: str, weight_shapes: Mapping[str, Sequence[int]], in_s
     if spec is None:
         return 0
     where = {"input": positions(in_shape), "output": positions(out_shape)}
-    return sum(math.prod(weight_shapes[name]) * where[at]
-               for name, at in spec.mac_weights.items() if name in weight_shapes)
+    return sum(
+        math.prod(weight_shapes[name]) * where[at] for name, at in spec.mac_weights.items() if name in weight_shapes
+    )
 
 
 STATISTICS: dict[str, Callable[[list[float]], float]] = {"min": min, "median": statistics.median}
@@ -84,8 +86,11 @@ def as_tensors(batch):
     """``batch`` converted once to backend tensors, so no timed call pays for the conversion."""
     import keras
 
-    return [keras.ops.convert_to_tensor(a) for a in batch] if isinstance(batch, (list, tuple)) \
+    return (
+        [keras.ops.convert_to_tensor(a) for a in batch]
+        if isinstance(batch, (list, tuple))
         else keras.ops.convert_to_tensor(batch)
+    )
 
 
 def empty_function(batch):
@@ -126,12 +131,14 @@ def time_calls(functions: Sequence, batch, repeats: int = 100, warmup: int = 5, 
     from prunectl.core.errors import OptionError
 
     if repeats < 1 or number < 1 or warmup < 0:
-        raise OptionError("repeats and number must be at least 1 and warmup at least 0. "
-                          f"Received: repeats={repeats}, number={number}, warmup={warmup}")
+        raise OptionError(
+            "repeats and number must be at least 1 and warmup at least 0. "
+            f"Received: repeats={repeats}, number={number}, warmup={warmup}"
+        )
     samples: list[list[float]] = [[] for _ in functions]
     order = list(range(len(functions)))
     for round_ in range(warmup + repeats):
-        for index in (order if round_ % 2 == 0 else order[::-1]):
+        for index in order if round_ % 2 == 0 else order[::-1]:
             function = functions[index]
             start = time.perf_counter()
             for _ in range(number):
@@ -148,8 +155,9 @@ def _flat(outputs) -> list:
     return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
-def measure_latency(models: Sequence, batch, repeats: int = 100, warmup: int = 5, number: int = 1,
-                    statistic: str = "min") -> list[float]:
+def measure_latency(
+    models: Sequence, batch, repeats: int = 100, warmup: int = 5, number: int = 1, statistic: str = "min"
+) -> list[float]:
     """Seconds per inference call of each model on the same ``batch``.
 
     Each model's forward pass is traced once (:func:`forward_function`) and the
@@ -213,5 +221,12 @@ def benchmark(original, pruned, x=None, batch_size: int = 256, repeats: int = 10
     batch = make_batch(original, x, batch_size)
     functions = [forward_function(original, batch), forward_function(pruned, batch), empty_function(batch)]
     before, after, floor = (min(spent) for spent in time_calls(functions, as_tensors(batch), repeats))
-    return {"batch_size": batch_size, "repeats": repeats, "statistic": "min", "original_ms": round(before * 1e3, 4),
-            "pruned_ms": round(after * 1e3, 4), "floor_ms": round(floor * 1e3, 4), "speedup": before / after}
+    return {
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "statistic": "min",
+        "original_ms": round(before * 1e3, 4),
+        "pruned_ms": round(after * 1e3, 4),
+        "floor_ms": round(floor * 1e3, 4),
+        "speedup": before / after,
+    }

@@ -61,7 +61,7 @@ def calibrate(graph: ChannelGraph, x: np.ndarray, batch_size: int = 256) -> dict
     probe = keras.Model(graph.inputs, [info.observed for info in consumers])
     sums = [np.zeros((3, int(info.observed.shape[-1])), dtype=np.float64) for info in consumers]
     for start in range(0, len(x), batch_size):
-        outputs = probe.predict_on_batch(x[start:start + batch_size])
+        outputs = probe.predict_on_batch(x[start : start + batch_size])
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         for total, out in zip(sums, outputs):
             flat = np.asarray(out, dtype=np.float64).reshape(-1, out.shape[-1])
@@ -99,7 +99,7 @@ class WeightNorm:
             weight, axis = info.rule.out_axes[0]
             kernel = next(v.numpy() for v in info.layer.weights if v.name == weight)
             kernel = np.moveaxis(np.abs(kernel), axis, 0).reshape(kernel.shape[axis], -1)
-            norm = (kernel ** self.order).sum(1) ** (1 / self.order)
+            norm = (kernel**self.order).sum(1) ** (1 / self.order)
             sums[info.out_group] = sums.get(info.out_group, 0) + norm
             counts[info.out_group] = counts.get(info.out_group, 0) + 1
         return {gid: sums[gid] / counts[gid] for gid in sums}
@@ -154,7 +154,8 @@ class ActivationCriterion:
                 counts[gid] = counts.get(gid, 0) + 1
         return {
             group.id: sums[group.id] / counts[group.id] if group.id in sums else np.zeros(group.size)
-            for group in graph.groups if not group.frozen
+            for group in graph.groups
+            if not group.frozen
         }
 
 

@@ -54,8 +54,14 @@ def foldable_pairs(model) -> dict[str, str]:
         source = source_of[id(tensor)]
         spec = get_spec(source.__class__.__name__)
         rank = len(tensor.shape)
-        if (spec is not None and spec.foldable and source.get_config().get("activation") == "linear"
-                and calls[source.name] == 1 and consumers[source.name] == 1 and layer.axis in (-1, rank - 1)):
+        if (
+            spec is not None
+            and spec.foldable
+            and source.get_config().get("activation") == "linear"
+            and calls[source.name] == 1
+            and consumers[source.name] == 1
+            and layer.axis in (-1, rank - 1)
+        ):
             pairs[layer.name] = source.name
     return pairs
 

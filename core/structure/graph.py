@@ -19,15 +19,24 @@ Which layer classes move channels how is each class's ``rule`` in the layer tabl
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from prunectl.core.layers import Rule, get_spec
 from prunectl.core.layers.builtin import activation_check
 from prunectl.core.structure.keras_graph import layer_graph
+
 # kept_features, layout_width and segment_features are re-exported: callers import them from here.
-from prunectl.core.structure.layout import (Block, Groups, Layout, concat, kept_features,  # noqa: F401
-                                            layout_width, same_structure, segment_features)
+from prunectl.core.structure.layout import (
+    Block,
+    Groups,
+    Layout,
+    concat,
+    kept_features,  # noqa: F401
+    layout_width,
+    same_structure,
+)
 
 
 @dataclass
@@ -139,8 +148,7 @@ def build_graph(model, include: Sequence[str] = (), exclude: Sequence[str] = ())
     return _resolve(graph.inputs, list(infos.values()), groups)
 
 
-def _trace(layer, call, ins: list[Layout], outs: list, ncalls: int, groups: Groups,
-           info: LayerInfo) -> list[Layout]:
+def _trace(layer, call, ins: list[Layout], outs: list, ncalls: int, groups: Groups, info: LayerInfo) -> list[Layout]:
     class_name = layer.__class__.__name__
     if class_name == "InputLayer":
         return [groups.fresh(_channels(t), "model input") for t in outs]
@@ -229,8 +237,9 @@ def _resolve(inputs: list, infos: list[LayerInfo], groups: Groups) -> ChannelGra
         root = groups.find(gid)
         if root not in roots:
             roots[root] = len(resolved)
-            resolved.append(Group(len(resolved), groups.size[root], groups.producers.get(root, []),
-                                  groups.frozen.get(root)))
+            resolved.append(
+                Group(len(resolved), groups.size[root], groups.producers.get(root, []), groups.frozen.get(root))
+            )
         roots[gid] = roots[root]
 
     def relabel(layout: Layout | None) -> Layout | None:

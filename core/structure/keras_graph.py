@@ -89,5 +89,6 @@ def layer_graph(model) -> LayerGraph:
     graph = model if isinstance(model, keras.Function) else keras.Function(inputs, outputs)
     by_depth = graph._nodes_by_depth
     nodes = [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
-    return LayerGraph(inputs, outputs,
-                      [Call(node.operation, tuple(node.input_tensors), tuple(node.output_tensors)) for node in nodes])
+    return LayerGraph(
+        inputs, outputs, [Call(node.operation, tuple(node.input_tensors), tuple(node.output_tensors)) for node in nodes]
+    )

@@ -16,16 +16,16 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
+from prunectl.core.errors import OptionError, SelectionError
+from prunectl.core.options import SCOPES, validate_neuron_ratio, validate_neuron_threshold, validate_round_to
 from prunectl.core.structure.cost import layer_macs
 from prunectl.core.structure.criteria import CRITERIA, calibrate
-from prunectl.core.errors import OptionError, SelectionError
 from prunectl.core.structure.graph import LayerInfo, build_graph, kept_features, layout_width
-from prunectl.core.options import SCOPES, validate_neuron_ratio, validate_neuron_threshold, validate_round_to
 
 
 @dataclass(frozen=True)
@@ -69,19 +69,20 @@ class NeuronPruning:
             raise OptionError(f"scope must be one of {', '.join(SCOPES)}. Received: scope={self.scope!r}")
 
     def get_config(self) -> dict:
-        config = {f"neuron_{k}" if k in ("criterion", "threshold", "ratio") else k: v
-                  for k, v in asdict(self).items()}
+        config = {f"neuron_{k}" if k in ("criterion", "threshold", "ratio") else k: v for k, v in asdict(self).items()}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
     @classmethod
-    def from_config(cls, config: dict) -> "NeuronPruning":
+    def from_config(cls, config: dict) -> NeuronPruning:
         """The step :meth:`get_config` describes.
 
         Raises:
             OptionError: as the constructor.
         """
-        values: dict[str, Any] = {k[len("neuron_"):] if k.startswith("neuron_") else k:
-                                  tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+        values: dict[str, Any] = {
+            k[len("neuron_") :] if k.startswith("neuron_") else k: tuple(v) if isinstance(v, list) else v
+            for k, v in config.items()
+        }
         return cls(**values)
 
 
@@ -144,8 +145,7 @@ class StructuralPlan:
         """The plan as plain JSON-ready values (edits left out: they are arrays)."""
         return {
             "criterion": self.criterion,
-            "groups": [{**asdict(g), "producers": list(g.producers), "dropped": list(g.dropped)}
-                       for g in self.groups],
+            "groups": [{**asdict(g), "producers": list(g.producers), "dropped": list(g.dropped)} for g in self.groups],
             "layers": [asdict(r) for r in self.layers],
             "boundaries": [{"layer": n, "class": c, "reason": r} for n, c, r in self.boundaries],
             "totals": self.totals(),
@@ -162,17 +162,20 @@ def choose_units(scores: dict[int, np.ndarray], step: NeuronPruning) -> dict[int
     if step.ratio is not None and step.scope == "global" and ids:
         flat = np.concatenate([scores[g] for g in ids])
         owner = np.concatenate([np.full(len(scores[g]), i) for i, g in enumerate(ids)])
-        dropped = np.argsort(flat, kind="stable")[:math.floor(step.ratio * len(flat) + 1e-9)]
+        dropped = np.argsort(flat, kind="stable")[: math.floor(step.ratio * len(flat) + 1e-9)]
         removed = np.bincount(owner[dropped], minlength=len(ids))
         counts = {g: len(scores[g]) - int(removed[i]) for i, g in enumerate(ids)}
     for gid in ids:
         size = len(scores[gid])
         if gid not in counts:
-            counts[gid] = (size - math.floor(step.ratio * size + 1e-9) if step.ratio is not None
-                           else int(np.count_nonzero(scores[gid] >= step.threshold)))
+            counts[gid] = (
+                size - math.floor(step.ratio * size + 1e-9)
+                if step.ratio is not None
+                else int(np.count_nonzero(scores[gid] >= step.threshold))
+            )
         kept = min(size, math.ceil(max(1, counts[gid]) / step.round_to) * step.round_to)
         counts[gid] = kept
-    return {g: np.sort(np.argsort(-scores[g], kind="stable")[:counts[g]]) for g in ids}
+    return {g: np.sort(np.argsort(-scores[g], kind="stable")[: counts[g]]) for g in ids}
 
 
 def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> StructuralPlan:
@@ -193,8 +196,10 @@ def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> S
     """
     criterion = CRITERIA.get(step.criterion)()
     if criterion.needs_data and x is None:
-        raise OptionError(f"the {step.criterion} criterion needs calibration data; give --data FILE. "
-                          f"Received: neuron_criterion={step.criterion!r}")
+        raise OptionError(
+            f"the {step.criterion} criterion needs calibration data; give --data FILE. "
+            f"Received: neuron_criterion={step.criterion!r}"
+        )
     graph = build_graph(model, step.include, step.exclude)
     if all(group.frozen for group in graph.groups):
         shown = "; ".join(f"{i.name} ({i.class_name}): {i.reason}" for i in graph.boundaries[:4]) or "none"
@@ -212,10 +217,16 @@ def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> S
         if info.layer.weights:
             rows.append(_row(info, edit))
     groups = tuple(
-        GroupPlan(g.id, tuple(g.producers), g.size, len(keep.get(g.id, range(g.size))),
-                  tuple(int(i) for i in np.setdiff1d(np.arange(g.size), keep[g.id])) if g.id in keep else (),
-                  g.frozen)
-        for g in graph.groups if g.producers
+        GroupPlan(
+            g.id,
+            tuple(g.producers),
+            g.size,
+            len(keep.get(g.id, range(g.size))),
+            tuple(int(i) for i in np.setdiff1d(np.arange(g.size), keep[g.id])) if g.id in keep else (),
+            g.frozen,
+        )
+        for g in graph.groups
+        if g.producers
     )
     boundaries = tuple((i.name, i.class_name, i.reason) for i in graph.boundaries)
     config = {"name": step.criterion, **criterion.get_config()}
@@ -297,9 +308,13 @@ def _row(info: LayerInfo, edit: LayerEdit | None) -> LayerPlan:
     key = info.rule.units if info.rule else None
     units = info.layer.get_config().get(key) if key else None
     return LayerPlan(
-        info.name, info.class_name, info.out_group, units,
+        info.name,
+        info.class_name,
+        info.out_group,
+        units,
         edit.config.get(key, units) if edit and key and units is not None else units,
-        sum(math.prod(s) for s in before.values()), sum(math.prod(s) for s in after.values()),
+        sum(math.prod(s) for s in before.values()),
+        sum(math.prod(s) for s in after.values()),
         layer_macs(info.class_name, before, in_shape, out_shape),
         layer_macs(info.class_name, after, in_shape, out_shape),
     )

@@ -182,7 +182,7 @@ def read_dataset(path: str | Path, lazy: bool = False, **options) -> Dataset:
 
 
 def calibration_inputs(path: Path, model) -> np.ndarray:
-    """Read a data file's inputs (calibration data for activation criteria, a latency batch) and check they fit ``model``.
+    """Read a data file's inputs and check they fit ``model`` (activation criteria, latency batches).
 
     Raises:
         DataError: unreadable file, or inputs of the wrong shape.
@@ -192,8 +192,10 @@ def calibration_inputs(path: Path, model) -> np.ndarray:
         raise DataError(f"data files hold one input array; the model has {len(model.inputs)}. Received: {str(path)!r}")
     expected = tuple(model.inputs[0].shape[1:])
     if x.ndim != len(expected) + 1 or any(e is not None and e != d for e, d in zip(expected, x.shape[1:])):
-        raise DataError(f"data inputs do not fit the model's input {(None, *expected)}. "
-                        f"Received: x of shape {x.shape} in {str(path)!r}")
+        raise DataError(
+            f"data inputs do not fit the model's input {(None, *expected)}. "
+            f"Received: x of shape {x.shape} in {str(path)!r}"
+        )
     return x.astype(model.inputs[0].dtype, copy=False)
 
 
@@ -221,19 +223,25 @@ def check_fits(data: Dataset, input_shape: tuple, output_shape: tuple, name: str
     if len(data.y) != len(data.x):
         raise DataError(f"{name} x and y hold different sample counts. Received: {len(data.x)} and {len(data.y)}")
     if not _fits(tuple(data.x.shape[1:]), input_shape):
-        raise DataError(f"{name} x shape {tuple(data.x.shape)} does not fit the model input {(None, *input_shape)}. "
-                        f"Received: x shape {tuple(data.x.shape)}")
+        raise DataError(
+            f"{name} x shape {tuple(data.x.shape)} does not fit the model input {(None, *input_shape)}. "
+            f"Received: x shape {tuple(data.x.shape)}"
+        )
     y_sample = tuple(data.y.shape[1:])
     labels = np.dtype(data.y.dtype).kind in "biu" and y_sample in ((), (1,)) and (output_shape[-1:] or (1,))[0] != 1
     if labels:
         classes = output_shape[-1]
         low, high = int(np.min(data.y[()])), int(np.max(data.y[()]))
         if classes is not None and (low < 0 or high >= classes):
-            raise DataError(f"{name} y holds class labels outside [0, {classes}) for the model output "
-                            f"{(None, *output_shape)}. Received: labels {low}..{high}")
+            raise DataError(
+                f"{name} y holds class labels outside [0, {classes}) for the model output "
+                f"{(None, *output_shape)}. Received: labels {low}..{high}"
+            )
     elif not (_fits(y_sample, output_shape) or (y_sample == () and output_shape == (1,))):
-        raise DataError(f"{name} y shape {tuple(data.y.shape)} does not fit the model output "
-                        f"{(None, *output_shape)}. Received: y shape {tuple(data.y.shape)}")
+        raise DataError(
+            f"{name} y shape {tuple(data.y.shape)} does not fit the model output "
+            f"{(None, *output_shape)}. Received: y shape {tuple(data.y.shape)}"
+        )
 
 
 def split(data: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
@@ -247,8 +255,10 @@ def split(data: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
     n = len(data)
     cut = n - math.floor(fraction * n)
     if cut in (0, n):
-        raise DataError(f"validation split leaves no training or no validation samples. "
-                        f"Received: val_split={fraction} of {n} samples")
+        raise DataError(
+            f"validation split leaves no training or no validation samples. "
+            f"Received: val_split={fraction} of {n} samples"
+        )
     head = Dataset(_rows(data.x, 0, cut), _rows(data.y, 0, cut))
     tail = Dataset(_rows(data.x, cut, n), _rows(data.y, cut, n))
     return head, tail
@@ -274,8 +284,8 @@ class Rows:
     def __getitem__(self, index):
         if isinstance(index, slice):
             first, last, _ = index.indices(len(self))
-            return self.array[self.start + first:self.start + last]
-        return self.array[self.start:self.stop][index]
+            return self.array[self.start + first : self.start + last]
+        return self.array[self.start : self.stop][index]
 
 
 def batches(data: Dataset, batch_size: int, dtypes: tuple, shuffle: bool = False, seed: int | None = None):
@@ -308,11 +318,10 @@ def batches(data: Dataset, batch_size: int, dtypes: tuple, shuffle: bool = False
         if shuffle and not in_memory:
             starts = rng.permutation(starts)
         for start in starts:
-            index = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
+            index = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
             yield np.asarray(data.x[index], dtypes[0]), np.asarray(data.y[index], dtypes[1])
 
-    signature = tuple(tf.TensorSpec((None, *array.shape[1:]), dtype)
-                      for array, dtype in zip((data.x, data.y), dtypes))
+    signature = tuple(tf.TensorSpec((None, *array.shape[1:]), dtype) for array, dtype in zip((data.x, data.y), dtypes))
     steps = math.ceil(n / batch_size)
     dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
     return dataset.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2)

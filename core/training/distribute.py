@@ -57,13 +57,17 @@ class MultiWorker(Registered):
             config = json.loads(os.environ.get("TF_CONFIG", ""))
             workers = config["cluster"]["worker"]
         except (ValueError, KeyError, TypeError):
-            raise SetupError("the multiworker strategy needs TF_CONFIG with a cluster of workers and this task; "
-                              f"see the README. Received: TF_CONFIG={os.environ.get('TF_CONFIG', '')!r}") from None
+            raise SetupError(
+                "the multiworker strategy needs TF_CONFIG with a cluster of workers and this task; "
+                f"see the README. Received: TF_CONFIG={os.environ.get('TF_CONFIG', '')!r}"
+            ) from None
         if len(workers) > 1:
             # Keras 3's fit() fails under this strategy with 2+ workers ("Attempt to convert a value
             # (PerReplica...)", keras-team/keras#20585); refuse up front rather than after loading.
-            raise SetupError("Keras 3 cannot fit under MultiWorkerMirroredStrategy with more than one worker "
-                              f"(keras-team/keras#20585). Received: {len(workers)} workers in TF_CONFIG")
+            raise SetupError(
+                "Keras 3 cannot fit under MultiWorkerMirroredStrategy with more than one worker "
+                f"(keras-team/keras#20585). Received: {len(workers)} workers in TF_CONFIG"
+            )
         return tf.distribute.MultiWorkerMirroredStrategy()
 
     def get_config(self) -> dict:

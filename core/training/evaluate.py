@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from prunectl.core.training import data as datamod
 from prunectl.core.errors import OptionError
-from prunectl.core.options import check_reader
 from prunectl.core.io.keras_io import CompileSpec, LoadedModel, import_keras
+from prunectl.core.options import check_reader
+from prunectl.core.training import data as datamod
 from prunectl.core.training.evaluation import Evaluation, accuracy_key  # noqa: F401 (re-exported)
 
 
@@ -57,14 +57,26 @@ class EvalOptions:
         check_reader(self.data, self.reader)
 
     def get_config(self) -> dict:
-        return {"data": str(self.data), "reader": dict(self.reader), "batch_size": self.batch_size,
-                "loss": self.loss, "metrics": list(self.metrics), "need_accuracy": self.need_accuracy}
+        return {
+            "data": str(self.data),
+            "reader": dict(self.reader),
+            "batch_size": self.batch_size,
+            "loss": self.loss,
+            "metrics": list(self.metrics),
+            "need_accuracy": self.need_accuracy,
+        }
 
     @classmethod
-    def from_config(cls, config: dict) -> "EvalOptions":
+    def from_config(cls, config: dict) -> EvalOptions:
         """The options :meth:`get_config` describes."""
-        return cls(**{**config, "data": Path(config["data"]), "reader": tuple(dict(config["reader"]).items()),
-                      "metrics": tuple(config["metrics"])})
+        return cls(
+            **{
+                **config,
+                "data": Path(config["data"]),
+                "reader": tuple(dict(config["reader"]).items()),
+                "metrics": tuple(config["metrics"]),
+            }
+        )
 
 
 def _output_is_softmax(model) -> bool:
@@ -73,8 +85,15 @@ def _output_is_softmax(model) -> bool:
     return last.__class__.__name__ == "Softmax" or getattr(activation, "__name__", "") == "softmax"
 
 
-def resolve_compile(model, saved: CompileSpec | None, y, loss: str | None = None, metrics: tuple[str, ...] = (),
-                    optimizer: str | None = None, purpose: str = "fine-tune with") -> tuple[CompileSpec, str]:
+def resolve_compile(
+    model,
+    saved: CompileSpec | None,
+    y,
+    loss: str | None = None,
+    metrics: tuple[str, ...] = (),
+    optimizer: str | None = None,
+    purpose: str = "fine-tune with",
+) -> tuple[CompileSpec, str]:
     """Choose loss, metrics and optimizer: the options, else the saved settings, else a default.
 
     The default for integer labels and a softmax output is sparse categorical
@@ -95,8 +114,11 @@ def resolve_compile(model, saved: CompileSpec | None, y, loss: str | None = None
             none saved, and none can be inferred.
     """
     keras = import_keras()
-    for module, kind, names in ((keras.losses, "loss", [loss]), (keras.metrics, "metrics", metrics),
-                                (keras.optimizers, "optimizer", [optimizer])):
+    for module, kind, names in (
+        (keras.losses, "loss", [loss]),
+        (keras.metrics, "metrics", metrics),
+        (keras.optimizers, "optimizer", [optimizer]),
+    ):
         for name in filter(None, names):
             try:
                 module.get(name)
@@ -110,9 +132,11 @@ def resolve_compile(model, saved: CompileSpec | None, y, loss: str | None = None
     elif np.dtype(y.dtype).kind in "iu" and _output_is_softmax(model):
         loss, source = "sparse_categorical_crossentropy", "default"
     else:
-        raise OptionError(f"cannot tell which loss to {purpose}: the model has no saved compile config and "
-                          "its output or labels do not imply one; pass --loss (and --metrics). "
-                          f"Received: labels of dtype {np.dtype(y.dtype)}, output layer {model.layers[-1].name!r}")
+        raise OptionError(
+            f"cannot tell which loss to {purpose}: the model has no saved compile config and "
+            "its output or labels do not imply one; pass --loss (and --metrics). "
+            f"Received: labels of dtype {np.dtype(y.dtype)}, output layer {model.layers[-1].name!r}"
+        )
     chosen = metrics or saved.metrics or (("accuracy",) if source == "default" else ())
     return CompileSpec(loss, tuple(chosen), optimizer or saved.optimizer or "adam"), source
 
@@ -149,12 +173,14 @@ class Evaluator:
         model = reference.model
         self.options = options
         self.dataset = datamod.read_dataset(options.data, lazy=True, **dict(options.reader))
-        datamod.check_fits(self.dataset, tuple(model.inputs[0].shape[1:]), tuple(model.outputs[0].shape[1:]),
-                           name="evaluation data")
+        datamod.check_fits(
+            self.dataset, tuple(model.inputs[0].shape[1:]), tuple(model.outputs[0].shape[1:]), name="evaluation data"
+        )
         y = self.dataset.y
         assert y is not None  # check_fits refuses data without targets
-        self.spec, self.loss_source = resolve_compile(model, reference.compile_spec, y, options.loss, options.metrics,
-                                                      purpose="evaluate with")
+        self.spec, self.loss_source = resolve_compile(
+            model, reference.compile_spec, y, options.loss, options.metrics, purpose="evaluate with"
+        )
         labels = np.dtype(y.dtype).kind in "biu"
         if options.need_accuracy and labels and not any(_is_accuracy(m) for m in self.spec.metrics):
             self.spec = CompileSpec(self.spec.loss, (*self.spec.metrics, "accuracy"), self.spec.optimizer)
@@ -183,9 +209,13 @@ class Evaluator:
 
     def describe(self) -> dict:
         """The data and compile settings, as recorded in reports."""
-        return {"data": str(self.options.data), "samples": len(self.dataset),
-                "loss": identifier_name(self.spec.loss), "loss_source": self.loss_source,
-                "metrics": [identifier_name(m) for m in self.spec.metrics]}
+        return {
+            "data": str(self.options.data),
+            "samples": len(self.dataset),
+            "loss": identifier_name(self.spec.loss),
+            "loss_source": self.loss_source,
+            "metrics": [identifier_name(m) for m in self.spec.metrics],
+        }
 
 
 def evaluation_block(settings: dict, reference: tuple[str, dict] | None, result: tuple[str, dict]) -> Evaluation:
@@ -210,9 +240,13 @@ def finetune_evaluation(section: dict) -> Evaluation | None:
     if "before_pruning" not in evaluation:
         return None
     last = "after_finetuning" if "after_finetuning" in evaluation else "after_pruning"
-    settings = {"data": section["data"]["validation"], "samples": section["data"]["validation_samples"],
-                "loss": section["compile"]["loss"], "loss_source": section["compile"]["loss_source"],
-                "metrics": section["compile"]["metrics"]}
+    settings = {
+        "data": section["data"]["validation"],
+        "samples": section["data"]["validation_samples"],
+        "loss": section["compile"]["loss"],
+        "loss_source": section["compile"]["loss_source"],
+        "metrics": section["compile"]["metrics"],
+    }
     label = "after fine-tuning" if last == "after_finetuning" else "after pruning"
     return evaluation_block(settings, ("before pruning", evaluation["before_pruning"]), (label, evaluation[last]))
 

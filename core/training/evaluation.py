@@ -43,14 +43,16 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         """The report's ``evaluation`` block."""
+
         def side(pair):
             return None if pair is None else {"label": pair[0], "values": pair[1]}
 
         return {**self.settings, "reference": side(self.reference), "result": side(self.result)}
 
     @classmethod
-    def from_dict(cls, block: dict) -> "Evaluation":
+    def from_dict(cls, block: dict) -> Evaluation:
         """Read a block as :meth:`to_dict` writes it (missing parts read as empty)."""
+
         def side(part):
             part = part if isinstance(part, dict) else {}
             return part.get("label"), dict(part.get("values") or {})

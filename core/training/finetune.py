@@ -17,20 +17,20 @@ evaluate -> prune -> evaluate -> fit (masks recomputed as the schedule says)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from prunectl.core.training import data as datamod
-from prunectl.core.weights.masks import count_zeros
 from prunectl.core.errors import OptionError
-from prunectl.core.options import check_reader
-from prunectl.core.training.evaluate import identifier_name, resolve_compile
 from prunectl.core.io.keras_io import LoadedModel, compile_model, import_keras
-from prunectl.core.weights.prune import WeightPruning, WeightResult, prune_keras_model
+from prunectl.core.options import check_reader
+from prunectl.core.training import data as datamod
+from prunectl.core.training.evaluate import identifier_name, resolve_compile
 from prunectl.core.weights.catalog import keras_weight_entries
+from prunectl.core.weights.masks import count_zeros
+from prunectl.core.weights.prune import WeightPruning, WeightResult, prune_keras_model
 from prunectl.core.weights.schedules import SCHEDULES
 from prunectl.core.weights.selection import select_weights
 
@@ -88,18 +88,25 @@ class FinetuneOptions:
             (self.epochs >= 0, f"epochs must be >= 0. Received: epochs={self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1. Received: batch_size={self.batch_size}"),
             (self.l1 >= 0 and math.isfinite(self.l1), f"l1 must be a finite number >= 0. Received: l1={self.l1}"),
-            (self.learning_rate is None or (self.learning_rate > 0 and math.isfinite(self.learning_rate)),
-             f"learning_rate must be a finite number > 0. Received: learning_rate={self.learning_rate}"),
-            (self.val_split is None or 0 < self.val_split < 1,
-             f"val_split must be in (0, 1). Received: val_split={self.val_split}"),
+            (
+                self.learning_rate is None or (self.learning_rate > 0 and math.isfinite(self.learning_rate)),
+                f"learning_rate must be a finite number > 0. Received: learning_rate={self.learning_rate}",
+            ),
+            (
+                self.val_split is None or 0 < self.val_split < 1,
+                f"val_split must be in (0, 1). Received: val_split={self.val_split}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise OptionError(message)
         if self.val_split is not None and self.val_data is not None:
-            raise OptionError("give only one of {val_data} and {val_split}. "
-                              f"Received: {{val_data}} {self.val_data} {{val_split}} {self.val_split}",
-                              "val_data", "val_split")
+            raise OptionError(
+                "give only one of {val_data} and {val_split}. "
+                f"Received: {{val_data}} {self.val_data} {{val_split}} {self.val_split}",
+                "val_data",
+                "val_split",
+            )
         check_reader(self.data, self.reader)
         if self.plots is not None:
             from prunectl.core.training.plots import require_matplotlib
@@ -114,7 +121,7 @@ class FinetuneOptions:
         return config
 
     @classmethod
-    def from_config(cls, config: dict) -> "FinetuneOptions":
+    def from_config(cls, config: dict) -> FinetuneOptions:
         """The options :meth:`get_config` describes."""
         values = dict(config)
         for key in ("data", "val_data", "plots"):
@@ -170,8 +177,10 @@ class HeldMasks:
         keras = import_keras()
         self.variables = variables
         self._saved = [(v.constraint, v.regularizer) for v in variables]
-        self.masks = [keras.Variable(np.ones(v.shape, v.dtype), trainable=False, dtype=v.dtype,
-                                     name=f"mask_{i}") for i, v in enumerate(variables)]
+        self.masks = [
+            keras.Variable(np.ones(v.shape, v.dtype), trainable=False, dtype=v.dtype, name=f"mask_{i}")
+            for i, v in enumerate(variables)
+        ]
         for variable, mask, (constraint, _) in zip(variables, self.masks, self._saved):
             variable.constraint = _MaskConstraint(mask, constraint)
             if l1:
@@ -189,8 +198,14 @@ class HeldMasks:
             variable.constraint, variable.regularizer = constraint, regularizer
 
 
-def _callbacks(keras, masks: HeldMasks, prune_at: Callable[[int], dict | None], epochs: int, steps: int,
-               progress: TrainingProgress | None) -> list:
+def _callbacks(
+    keras,
+    masks: HeldMasks,
+    prune_at: Callable[[int], dict | None],
+    epochs: int,
+    steps: int,
+    progress: TrainingProgress | None,
+) -> list:
     """Keras callbacks: prune and recompute the masks where the schedule says; report progress.
 
     ``prune_at(step)`` prunes the live model if the schedule updates at ``step``.
@@ -234,8 +249,13 @@ def _read(options: FinetuneOptions, model):
     return train, val
 
 
-def finetune_model(loaded: LoadedModel, weights: WeightPruning | None, options: FinetuneOptions,
-                   progress: TrainingProgress | None = None, original=None) -> FinetuneOutcome:
+def finetune_model(
+    loaded: LoadedModel,
+    weights: WeightPruning | None,
+    options: FinetuneOptions,
+    progress: TrainingProgress | None = None,
+    original=None,
+) -> FinetuneOutcome:
     """Prune a live Keras model as ``options.schedule`` says and fine-tune it with the masks held.
 
     Runs inside whatever ``tf.distribute`` scope is active (the pipeline enters it
@@ -259,14 +279,17 @@ def finetune_model(loaded: LoadedModel, weights: WeightPruning | None, options: 
     """
     keras = import_keras()
     if options.schedule != "oneshot" and (weights is None or weights.sparsity is None):
-        raise OptionError(f"the {options.schedule} schedule prunes to a sparsity; give --sparsity, "
-                          f"not --threshold. Received: threshold={weights.threshold if weights else None}")
+        raise OptionError(
+            f"the {options.schedule} schedule prunes to a sparsity; give --sparsity, "
+            f"not --threshold. Received: threshold={weights.threshold if weights else None}"
+        )
     if options.seed is not None:
         keras.utils.set_random_seed(options.seed)
     model = loaded.model
     train, val = _read(options, model)
-    spec, loss_source = resolve_compile(model, loaded.compile_spec, train.y, options.loss, options.metrics,
-                                        options.optimizer)
+    spec, loss_source = resolve_compile(
+        model, loaded.compile_spec, train.y, options.loss, options.metrics, options.optimizer
+    )
     notes = compile_model(model, spec)
     if options.learning_rate is not None:
         model.optimizer.learning_rate = options.learning_rate
@@ -291,9 +314,17 @@ def finetune_model(loaded: LoadedModel, weights: WeightPruning | None, options: 
 
     steps = math.ceil(len(train) / options.batch_size)
     total = steps * options.epochs
-    schedule = (SCHEDULES.get(options.schedule).for_run(
-        weights.sparsity, max(1, total), initial_sparsity=options.initial_sparsity,
-        begin=options.prune_begin, end=options.prune_end) if weights and weights.sparsity is not None else None)
+    schedule = (
+        SCHEDULES.get(options.schedule).for_run(
+            weights.sparsity,
+            max(1, total),
+            initial_sparsity=options.initial_sparsity,
+            begin=options.prune_begin,
+            end=options.prune_end,
+        )
+        if weights and weights.sparsity is not None
+        else None
+    )
     results, updates = {}, []
 
     def prune_at(step: int) -> dict | None:
@@ -316,10 +347,16 @@ def finetune_model(loaded: LoadedModel, weights: WeightPruning | None, options: 
     history = {}
     try:
         if options.epochs:
-            callbacks = _callbacks(keras, held, lambda step: prune_at(step) if step else None,
-                                   options.epochs, steps, progress)
-            fitted = model.fit(batches(train, shuffle=True), validation_data=val_batches, epochs=options.epochs,
-                               callbacks=callbacks, verbose=0)
+            callbacks = _callbacks(
+                keras, held, lambda step: prune_at(step) if step else None, options.epochs, steps, progress
+            )
+            fitted = model.fit(
+                batches(train, shuffle=True),
+                validation_data=val_batches,
+                epochs=options.epochs,
+                callbacks=callbacks,
+                verbose=0,
+            )
             history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
     finally:
         held.release()
@@ -329,18 +366,26 @@ def finetune_model(loaded: LoadedModel, weights: WeightPruning | None, options: 
     if val is None:
         notes.append("no validation data (--val-data or --val-split): nothing was evaluated")
     report = {
-        "data": {"train": str(options.data), "train_samples": len(train),
-                 "validation": str(options.val_data) if options.val_data else
-                 (f"last {options.val_split:g} of the training file" if options.val_split else None),
-                 "validation_samples": len(val) if val is not None else 0},
-        "compile": {"loss": identifier_name(spec.loss), "loss_source": loss_source,
-                    "metrics": [identifier_name(m) for m in spec.metrics],
-                    "optimizer": model.optimizer.__class__.__name__,
-                    "learning_rate": float(np.asarray(model.optimizer.learning_rate))},
+        "data": {
+            "train": str(options.data),
+            "train_samples": len(train),
+            "validation": str(options.val_data)
+            if options.val_data
+            else (f"last {options.val_split:g} of the training file" if options.val_split else None),
+            "validation_samples": len(val) if val is not None else 0,
+        },
+        "compile": {
+            "loss": identifier_name(spec.loss),
+            "loss_source": loss_source,
+            "metrics": [identifier_name(m) for m in spec.metrics],
+            "optimizer": model.optimizer.__class__.__name__,
+            "learning_rate": float(np.asarray(model.optimizer.learning_rate)),
+        },
         "steps_per_epoch": steps,
         "steps": total,
-        "schedule": schedule.get_config() if schedule else
-        {"name": "oneshot", "threshold": weights.threshold if weights else None},
+        "schedule": schedule.get_config()
+        if schedule
+        else {"name": "oneshot", "threshold": weights.threshold if weights else None},
         "mask_updates": updates,
         "replicas": int(model.distribute_strategy.num_replicas_in_sync),
         "evaluation": evaluation,
@@ -353,4 +398,3 @@ def finetune_model(loaded: LoadedModel, weights: WeightPruning | None, options: 
         after = {key: variables[key].numpy() for key in before}
         report["plots"] = write_plots(options.plots, history, before, after)
     return FinetuneOutcome(results, report, notes)
-

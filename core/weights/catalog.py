@@ -8,8 +8,9 @@ class and its values are floating point. It also counts zeros, in a saved file
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ class WeightCounts:
     zeros: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, model: ModelFile) -> "WeightCounts":
+    def of(cls, model: ModelFile) -> WeightCounts:
         """Empty counts for the weights of ``model`` (filled by :meth:`counting` as they are written)."""
         return cls(tag_prunable(model.entries))
 
@@ -91,8 +92,16 @@ def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, Any]]:
             class_name = layer.__class__.__name__
             for variable in layer.weights:
                 dtype = np.dtype(variable.dtype)
-                entry = WeightEntry(layer.name, class_name, variable.name, variable.path, tuple(variable.shape),
-                                    dtype.str, len(order), is_prunable(class_name, variable.name, dtype))
+                entry = WeightEntry(
+                    layer.name,
+                    class_name,
+                    variable.name,
+                    variable.path,
+                    tuple(variable.shape),
+                    dtype.str,
+                    len(order),
+                    is_prunable(class_name, variable.name, dtype),
+                )
                 pairs.append((entry, variable))
             order.append(layer.name)
 

@@ -13,8 +13,8 @@ and processes each tensor in blocks so its temporaries stay small.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -44,7 +44,7 @@ def _magnitude_bits(block: np.ndarray) -> np.ndarray:
 def _blocks(array: np.ndarray) -> Iterable[np.ndarray]:
     flat = array.reshape(-1)
     for start in range(0, flat.size, BLOCK):
-        yield flat[start:start + BLOCK]
+        yield flat[start : start + BLOCK]
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def apply_cut(tensor: np.ndarray, cut: Cut, ties_left: int) -> int:
     flat = tensor.reshape(-1)
     used = 0
     for start in range(0, flat.size, BLOCK):
-        block = flat[start:start + BLOCK]
+        block = flat[start : start + BLOCK]
         bits = _magnitude_bits(block)
         block[bits < cut.bits] = 0
         if ties_left - used > 0:

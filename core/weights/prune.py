@@ -10,21 +10,20 @@ model. Both use the same :class:`WeightPruner`, so they produce the same weights
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from prunectl.core.weights import masks
-from prunectl.core.errors import OptionError
+from prunectl.core.errors import OptionError, SelectionError
 from prunectl.core.io.modelfile import ModelFile, WeightEntry
 from prunectl.core.io.writer import Progress, write_model
-from prunectl.core.weights.catalog import WeightCounts, keras_weight_entries
-from prunectl.core.errors import SelectionError
 from prunectl.core.options import SCOPES, compile_patterns, validate_sparsity, validate_threshold
+from prunectl.core.weights import masks
+from prunectl.core.weights.catalog import WeightCounts, keras_weight_entries
 from prunectl.core.weights.selection import select_weights
-
 
 
 @dataclass(frozen=True)
@@ -69,8 +68,10 @@ class WeightPruning:
         for pattern, threshold, sparsity in self.layers:
             compile_patterns([pattern], "a layer override")
             if (threshold is None) == (sparsity is None):
-                raise OptionError(f"a layer override gives exactly one of threshold and sparsity. "
-                                  f"Received: {pattern!r}: threshold={threshold}, sparsity={sparsity}")
+                raise OptionError(
+                    f"a layer override gives exactly one of threshold and sparsity. "
+                    f"Received: {pattern!r}: threshold={threshold}, sparsity={sparsity}"
+                )
             validate_threshold(threshold) if threshold is not None else validate_sparsity(sparsity)
 
     def override_for(self, layer: str) -> tuple[float | None, float | None] | None:
@@ -86,7 +87,7 @@ class WeightPruning:
         return config
 
     @classmethod
-    def from_config(cls, config: dict) -> "WeightPruning":
+    def from_config(cls, config: dict) -> WeightPruning:
         """The step :meth:`get_config` describes.
 
         Raises:
@@ -120,8 +121,7 @@ class WeightPruner:
         read: returns a weight's current values.
     """
 
-    def __init__(self, step: WeightPruning, entries: Sequence[WeightEntry],
-                 read: Callable[[WeightEntry], np.ndarray]):
+    def __init__(self, step: WeightPruning, entries: Sequence[WeightEntry], read: Callable[[WeightEntry], np.ndarray]):
         self.step = step
         self.entries = {e.key: e for e in entries}
         self.results: dict[str, WeightResult] = {}
@@ -130,15 +130,15 @@ class WeightPruner:
         self._overrides = {e.key: step.override_for(e.layer) for e in entries}
         for pattern, _, _ in step.layers:
             if not any(re.search(pattern, e.layer) for e in entries):
-                raise SelectionError(f"layer override pattern matches no selected prunable layer. "
-                                     f"Received: {pattern!r}")
+                raise SelectionError(
+                    f"layer override pattern matches no selected prunable layer. Received: {pattern!r}"
+                )
         entries = [e for e in entries if self._overrides[e.key] is None]
         if step.sparsity is not None and step.scope == "global" and entries:
             dtypes = {np.dtype(e.dtype) for e in entries}
             if len(dtypes) > 1:
                 raise OptionError(
-                    "global scope needs all selected weights in one dtype. "
-                    f"Received: {sorted(str(d) for d in dtypes)}"
+                    f"global scope needs all selected weights in one dtype. Received: {sorted(str(d) for d in dtypes)}"
                 )
             k = masks.zeros_for(step.sparsity, sum(e.size for e in entries))
             if k:
@@ -171,8 +171,14 @@ class WeightPruner:
         return tensor
 
 
-def prune_file(model: ModelFile, target: Path, step: WeightPruning, level: int, keep_optimizer: bool = False,
-               progress: Progress | None = None) -> tuple[dict[str, WeightResult], WeightCounts]:
+def prune_file(
+    model: ModelFile,
+    target: Path,
+    step: WeightPruning,
+    level: int,
+    keep_optimizer: bool = False,
+    progress: Progress | None = None,
+) -> tuple[dict[str, WeightResult], WeightCounts]:
     """The file engine: prune ``model``'s weights while writing them to ``target``.
 
     Reads one tensor at a time with h5py, never imports TensorFlow.

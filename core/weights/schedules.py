@@ -41,7 +41,7 @@ class OneShot(Registered):
         self.final_sparsity = validate_sparsity(final_sparsity)
 
     @classmethod
-    def for_run(cls, final_sparsity: float, total_steps: int, **window) -> "OneShot":
+    def for_run(cls, final_sparsity: float, total_steps: int, **window) -> OneShot:
         """The schedule for any run: one shot has no window, so ``total_steps`` and ``window`` are unused."""
         return cls(final_sparsity)
 
@@ -78,22 +78,40 @@ class PolynomialDecay(Registered):
         [0.0, 0.7, None, 0.8, None]
     """
 
-    def __init__(self, final_sparsity: float, initial_sparsity: float = 0.0, begin_step: int = 0,
-                 end_step: int = 0, frequency: int = 1, power: float = 3.0):
+    def __init__(
+        self,
+        final_sparsity: float,
+        initial_sparsity: float = 0.0,
+        begin_step: int = 0,
+        end_step: int = 0,
+        frequency: int = 1,
+        power: float = 3.0,
+    ):
         self.final_sparsity = validate_sparsity(final_sparsity)
         self.initial_sparsity = validate_sparsity(initial_sparsity)
         if self.initial_sparsity > self.final_sparsity:
-            raise OptionError("initial sparsity must not exceed the final sparsity. "
-                              f"Received: initial_sparsity={initial_sparsity}, sparsity={final_sparsity}")
+            raise OptionError(
+                "initial sparsity must not exceed the final sparsity. "
+                f"Received: initial_sparsity={initial_sparsity}, sparsity={final_sparsity}"
+            )
         if not 0 <= begin_step <= end_step or frequency < 1:
-            raise OptionError("schedule steps need 0 <= begin_step <= end_step and frequency >= 1. "
-                              f"Received: begin_step={begin_step}, end_step={end_step}, frequency={frequency}")
+            raise OptionError(
+                "schedule steps need 0 <= begin_step <= end_step and frequency >= 1. "
+                f"Received: begin_step={begin_step}, end_step={end_step}, frequency={frequency}"
+            )
         self.begin_step, self.end_step, self.frequency = int(begin_step), int(end_step), int(frequency)
         self.power = float(power)
 
     @classmethod
-    def for_run(cls, final_sparsity: float, total_steps: int, initial_sparsity: float = 0.0,
-                begin: float = 0.0, end: float = 0.5, updates: int = DEFAULT_UPDATES) -> "PolynomialDecay":
+    def for_run(
+        cls,
+        final_sparsity: float,
+        total_steps: int,
+        initial_sparsity: float = 0.0,
+        begin: float = 0.0,
+        end: float = 0.5,
+        updates: int = DEFAULT_UPDATES,
+    ) -> PolynomialDecay:
         """The schedule for a run of ``total_steps`` steps, its window given as fractions of the run.
 
         Args:
@@ -130,6 +148,12 @@ class PolynomialDecay(Registered):
         return None
 
     def get_config(self) -> dict:
-        return {"name": self.registered_name, "final_sparsity": self.final_sparsity,
-                "initial_sparsity": self.initial_sparsity, "begin_step": self.begin_step,
-                "end_step": self.end_step, "frequency": self.frequency, "power": self.power}
+        return {
+            "name": self.registered_name,
+            "final_sparsity": self.final_sparsity,
+            "initial_sparsity": self.initial_sparsity,
+            "begin_step": self.begin_step,
+            "end_step": self.end_step,
+            "frequency": self.frequency,
+            "power": self.power,
+        }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from prunectl.core.errors import SelectionError
 from prunectl.core.io.modelfile import WeightEntry
@@ -29,11 +29,13 @@ def select_names(names: Sequence[str], include: Sequence[str] = (), exclude: Seq
         for text, pattern in zip(raw, compiled):
             if not any(pattern.search(n) for n in names):
                 raise SelectionError(
-                    f"{option} pattern matches no prunable layer (prunable layers: {_shown(names)}). "
-                    f"Received: {text!r}"
+                    f"{option} pattern matches no prunable layer (prunable layers: {_shown(names)}). Received: {text!r}"
                 )
-    return [n for n in names if (not includes or any(p.search(n) for p in includes))
-            and not any(p.search(n) for p in excludes)]
+    return [
+        n
+        for n in names
+        if (not includes or any(p.search(n) for p in includes)) and not any(p.search(n) for p in excludes)
+    ]
 
 
 def select_weights(
