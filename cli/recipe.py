@@ -7,6 +7,8 @@ given on the command line (or in the environment) wins over the recipe.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
+
 import click
 from click.core import ParameterSource
 
@@ -25,7 +27,7 @@ def recipe_options(command: click.Command) -> dict[str, click.Option]:
     }
 
 
-def recipe_vocabulary(options: dict[str, click.Option], finetune_names: set[str]) -> tuple[set[str], set[str]]:
+def recipe_vocabulary(options: dict[str, click.Option], finetune_names: AbstractSet[str]) -> tuple[set[str], set[str]]:
     """The keys a recipe may use in ``[finetune]`` and at its top level."""
     finetune = {key for key, p in options.items() if p.name in finetune_names}
     return finetune, set(options) - set(STRUCTURAL_KEYS + WEIGHT_KEYS) - finetune | {"data"}
@@ -36,7 +38,7 @@ def explicit(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
 
-def merge_recipe(ctx: click.Context, path, finetune_names: set[str]) -> tuple[Recipe, dict, dict, dict]:
+def merge_recipe(ctx: click.Context, path, finetune_names: AbstractSet[str]) -> tuple[Recipe, dict, dict, dict]:
     """Load ``path`` and merge it with the command's values.
 
     Returns:

@@ -178,7 +178,7 @@ class ModelFile:
                 yield np.asarray(dataset[()])
                 return
             offset = dataset.id.get_offset() if self.raw and dataset.dtype.isnative else None
-            if offset is not None:  # contiguous, unfiltered
+            if offset is not None and self.raw is not None:  # contiguous, unfiltered
                 if self._raw_reader is None:
                     fd, base = self.raw
                     self._raw_reader = RawSlabReader(fd, base, slab_bytes=slab_bytes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prunectl.core.errors import OptionError, ReportError
 from prunectl.core.options import check_stdout
@@ -115,7 +116,7 @@ def run_report(request: ReportRequest) -> tuple[ModelReport, ModelReport | None]
 
     current = read_report(request.target, request.all_weights)
     before = read_report(request.baseline, request.all_weights) if request.baseline else None
-    extra = {}
+    extra: dict[str, Any] = {}
     if before is not None:
         extra["baseline"] = {
             "source": request.baseline,

@@ -66,6 +66,8 @@ def choose_engine(request: PruneRequest, target: Path) -> str:
 
 def _run_file(request: PruneRequest, model: ModelFile, target: Path, progress: Progress | None) -> PruneOutcome:
     start = time.perf_counter()
+    if request.weights is None:  # choose_engine picks the file engine only for a weight step
+        raise OptionError("the file engine needs a weight step. Received: no threshold or sparsity")
     results, counts = prune_file(
         model, target, request.weights, COMPRESSION_LEVELS[request.compression], request.keep_optimizer, progress
     )
@@ -149,6 +151,8 @@ def _plan_only(request: PruneRequest, model: ModelFile) -> PlanReport:
     from prunectl.core.structure import plan as structural
     from prunectl.core.training.data import calibration_inputs
 
+    if request.neurons is None:  # PruneRequest refuses a dry run without a structural step
+        raise OptionError("a dry run plans a structural step. Received: no neuron_threshold or neuron_ratio")
     loaded = keras_io.load_model(model, unsafe=request.unsafe)
     x = calibration_inputs(request.data, loaded.model) if request.data else None
     return plan_report(model, request.options(), structural.plan_structure(loaded.model, request.neurons, x))

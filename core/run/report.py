@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from prunectl import __version__
 from prunectl.core.errors import ReportError
@@ -122,6 +123,9 @@ class _Verdicts:
         """0, or :data:`~prunectl.core.run.gates.GATE_EXIT_CODE` when a gate failed."""
         return GATE_EXIT_CODE if any(not g.passed for g in self.gates) else 0
 
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
     def to_json(self) -> str:
         return to_json(self.to_dict())
 
@@ -223,7 +227,7 @@ class ModelReport(_Verdicts):
 
     @property
     def kind(self) -> str | None:
-        return self.header.kind if self.header else self.saved.get("kind")
+        return self.header.kind if self.header else (self.saved or {}).get("kind")
 
     @property
     def size_bytes(self) -> int | None:
@@ -234,7 +238,12 @@ class ModelReport(_Verdicts):
         base = (
             dict(self.saved)
             if self.saved is not None
-            else {**self.header.to_dict(), "model": self.model, "layers": self.layers, "totals": self.totals}
+            else {
+                **(self.header.to_dict() if self.header else {}),
+                "model": self.model,
+                "layers": self.layers,
+                "totals": self.totals,
+            }
         )
         if self.baseline is not None:
             base["baseline"] = self.baseline
@@ -282,7 +291,7 @@ def prune_report(
         gates: gate objects to check the report against.
     """
     counts = outcome.counts
-    fields = dict(
+    fields: dict[str, Any] = dict(
         header=Header.now("prune"),
         input=file_info(source.path, source.format),
         output=file_info(target, "keras" if target.suffix.lower() == ".keras" else "h5"),

@@ -76,7 +76,7 @@ class SensitivityOptions:
 
     def get_config(self) -> dict:
         return {
-            "evaluation": self.evaluation.get_config(),
+            "evaluation": self.evaluation.get_config() if self.evaluation else None,
             "sparsities": list(self.sparsities),
             "include": list(self.include),
             "exclude": list(self.exclude),
@@ -187,6 +187,8 @@ def analyze(
     """
     start = time.perf_counter()
     model = loaded.model
+    if options.evaluation is None:  # SensitivityOptions refuses this; a caller may bypass it with replace()
+        raise OptionError("sensitivity needs evaluation options. Received: evaluation=None")
     evaluate = Evaluator(loaded, options.evaluation)
     pairs = keras_weight_entries(model)
     entries = [e for e, _ in pairs]
@@ -201,11 +203,11 @@ def analyze(
     rows = []
     for layer in layers.values():
         trials = []
-        step = {"include": (f"^{re.escape(layer.name)}$",)}
+        alone = (f"^{re.escape(layer.name)}$",)
         kept = {e.key: np.array(variables[e.key].numpy(), copy=True) for e in layer.entries}
         for sparsity in options.sparsities:
             try:
-                prune_keras_model(model, WeightPruning(sparsity=sparsity, **step))
+                prune_keras_model(model, WeightPruning(sparsity=sparsity, include=alone))
                 values = evaluate(model)
             finally:
                 for key, array in kept.items():
@@ -353,7 +355,8 @@ def run_sensitivity(
             "budget",
         )
     if recipe_out is not None:
-        check_output(recipe_out, force, inputs=(model, options.evaluation.data))
+        data = options.evaluation.data if options.evaluation else None
+        check_output(recipe_out, force, inputs=(model, *([data] if data else [])))
     with open_model_file(model) as source:
         info = file_info(source.path, source.format)
         loaded = keras_io.load_model(source, unsafe=unsafe)

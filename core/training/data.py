@@ -16,13 +16,14 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from prunectl.core.errors import DataError
 from prunectl.core.registry import Registry
 
-READERS = Registry("data reader")
+READERS: Registry[Any] = Registry("data reader")
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class H5Reader:
             handle = h5py.File(path, "r")
         except OSError as exc:
             raise _fail(f"cannot read data file ({exc})", path) from None
-        arrays = []
+        arrays: list[Any] = []
         for key, required in ((self.x_key, True), (self.y_key, False)):
             item = handle.get(key)
             if item is None and not required:
@@ -321,6 +322,8 @@ def batches(data: Dataset, batch_size: int, dtypes: tuple, shuffle: bool = False
             index = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
             yield np.asarray(data.x[index], dtypes[0]), np.asarray(data.y[index], dtypes[1])
 
+    if data.y is None:
+        raise DataError(f"data has no targets (y) to train or evaluate on. Received: x shape {tuple(data.x.shape)}")
     signature = tuple(tf.TensorSpec((None, *array.shape[1:]), dtype) for array, dtype in zip((data.x, data.y), dtypes))
     steps = math.ceil(n / batch_size)
     dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)

@@ -201,7 +201,7 @@ class HeldMasks:
 def _callbacks(
     keras,
     masks: HeldMasks,
-    prune_at: Callable[[int], dict | None],
+    prune_at: Callable[[int], WeightPruning | None],
     epochs: int,
     steps: int,
     progress: TrainingProgress | None,
@@ -327,13 +327,13 @@ def finetune_model(
     )
     results, updates = {}, []
 
-    def prune_at(step: int) -> dict | None:
+    def prune_at(step: int) -> WeightPruning | None:
         """Prune to the schedule's sparsity at ``step`` (a threshold step prunes once, at step 0)."""
         if schedule is None:
             pruning = weights if step == 0 and weights is not None else None
         else:
             sparsity = schedule(step)
-            pruning = None if sparsity is None else replace(weights, sparsity=sparsity)
+            pruning = None if sparsity is None or weights is None else replace(weights, sparsity=sparsity)
             if pruning is not None:
                 updates.append([step, sparsity])
         if pruning is not None:
