@@ -129,10 +129,7 @@ def validate_budget(budget: float) -> float:
     Raises:
         OptionError: for NaN, infinity or a negative value.
     """
-    value = float(budget)
-    if not math.isfinite(value) or value < 0:
-        raise OptionError(f"budget must be a finite number >= 0. Received: budget={budget}")
-    return value
+    return _finite_non_negative(budget, "budget")
 
 
 def check_reader(data, reader) -> None:
