@@ -103,9 +103,10 @@ def build(workdir: Path) -> dict[str, Path]:
 def threshold_for(path: Path, fraction: float) -> tuple[float, int]:
     """The magnitude below which ``fraction`` of the prunable weights lie, and the weights' bytes."""
     from prunectl.core.io.modelfile import open_model_file
+    from prunectl.core.weights.catalog import tag_prunable
 
     with open_model_file(path) as model:
-        kernels = [np.abs(model.read(e)).ravel() for e in model.prunable]
+        kernels = [np.abs(model.read(e)).ravel() for e in tag_prunable(model.entries) if e.prunable]
         nbytes = sum(e.size * np.dtype(e.dtype).itemsize for e in model.entries)
     magnitudes = np.concatenate(kernels)
     return float(np.quantile(magnitudes, fraction)), nbytes
@@ -117,11 +118,12 @@ def compression_table(path: Path, threshold: float) -> list[dict]:
 
     from prunectl.core.io.compress import ChunkWriter
     from prunectl.core.io.modelfile import open_model_file
+    from prunectl.core.weights.catalog import tag_prunable
     from prunectl.core.weights.masks import apply_threshold
 
     with open_model_file(path) as model:
         arrays = []
-        for entry in model.entries:
+        for entry in tag_prunable(model.entries):
             data = model.read(entry)
             if entry.prunable:
                 apply_threshold(data, threshold)
