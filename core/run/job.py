@@ -180,9 +180,10 @@ def check_outputs(request: PruneRequest) -> tuple[Path, Path]:
     for path, name in ((request.markdown, "markdown"), (request.recipe_out, "recipe-out")):
         if path is None:
             continue
-        check_output(path, request.force, inputs=(request.model, *taken))
-        if path.resolve() in [p.resolve() for p in (request.model, *taken)]:
+        # Named as what it collides with: another output (the input is check_output's to name).
+        if path.resolve() in [p.resolve() for p in taken]:
             raise OutputError(f"{name} path is another output's path. Received: {str(path)!r}")
+        check_output(path, request.force, inputs=(request.model,))
         taken.append(path)
     return output, report_path
 
