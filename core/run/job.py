@@ -123,14 +123,10 @@ def _run_keras(
             )
         elif finetuned is not None:
             evaluation = finetune_evaluation(finetuned.report)
-        written: list[WeightCounts] = []
-
-        def count(saved: ModelFile):
-            written.append(WeightCounts.of(saved))
-            return written[0].counting()
-
-        save_keras_model(loaded.model, target, COMPRESSION_LEVELS[request.compression], count, progress=progress)
-        counts = written[0]
+        counts = WeightCounts([])
+        save_keras_model(
+            loaded.model, target, COMPRESSION_LEVELS[request.compression], counts.counting_file, progress=progress
+        )
         if request.benchmark:
             timing = benchmark(original, loaded.model, x)
     return PruneOutcome(

@@ -41,6 +41,11 @@ class WeightCounts:
         """Empty counts for the weights of ``model`` (filled by :meth:`counting` as they are written)."""
         return cls(tag_prunable(model.entries))
 
+    def counting_file(self, model: ModelFile) -> Callable[[WeightEntry, np.ndarray], np.ndarray]:
+        """Take ``model``'s weights as the entries, and return :meth:`counting` for writing them."""
+        self.entries = tag_prunable(model.entries)
+        return self.counting()
+
     def counting(self, transform: Callable[[WeightEntry, np.ndarray], np.ndarray] | None = None):
         """A writer transform that applies ``transform`` (if any) and counts the zeros of what is written."""
 
