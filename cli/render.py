@@ -162,7 +162,12 @@ def structural_summary(console, report: dict) -> None:
     if plan is not None:
         criterion = plan["criterion"]["name"]
         console.print(plan_table(plan, f"Structural plan for {report['input']['path']} ({criterion})"))
-        flops = plan["totals"]["flops"]
+        totals = plan["totals"]
+        console.print(
+            f"Removed {100 * totals['units']['removed']:.1f}% of the {totals['units']['prunable']:,} prunable units "
+            f"(counted per layer) and {100 * totals['params']['removed']:.1f}% of the params"
+        )
+        flops = totals["flops"]
         if flops["ratio"]:
             console.print(
                 f"FLOPs (multiply-adds) {flops['before']:,} -> {flops['after']:,} ({flops['ratio']:.2f}x fewer)"

@@ -5,7 +5,13 @@ from __future__ import annotations
 import click
 
 from prunectl.cli.checks import checked as _checked
-from prunectl.core.options import validate_neuron_ratio, validate_neuron_threshold, validate_round_to
+from prunectl.core.options import (
+    DEFAULT_MIN_KEEP,
+    validate_min_keep,
+    validate_neuron_ratio,
+    validate_neuron_threshold,
+    validate_round_to,
+)
 from prunectl.core.structure.criteria import CRITERIA
 
 _OPTIONS = (
@@ -26,7 +32,17 @@ _OPTIONS = (
         "--neuron-ratio",
         type=float,
         callback=_checked(validate_neuron_ratio),
-        help="Remove the fraction R in (0, 1) of units, per layer or (--scope global) over the model.",
+        help="Remove the fraction R in (0, 1) of units, counting each layer's units (a unit shared by coupled "
+        "layers counts once per layer): in every layer, or (--scope global) over the model, ranked by "
+        "scale-free LAMP scores so that layers of different sizes compare.",
+    ),
+    click.option(
+        "--min-keep",
+        type=float,
+        default=None,
+        callback=_checked(validate_min_keep),
+        help=f"Every layer keeps at least the fraction F in [0, 1) of its units (and at least one), whatever "
+        f"the ratio, scope or threshold.  [default: {DEFAULT_MIN_KEEP}]",
     ),
     click.option(
         "--round-to",

@@ -84,6 +84,24 @@ def validate_neuron_threshold(threshold: float) -> float:
     return _finite_non_negative(threshold, "neuron_threshold")
 
 
+# A group always keeps this fraction of its units (and at least one). It is a safety net against a layer
+# collapsing, not the mechanism of the global cut (LAMP scores do that): 0.1 leaves every ratio up to 0.9
+# reachable and only binds where a score ranks most of a layer below everything else.
+DEFAULT_MIN_KEEP = 0.1
+
+
+def validate_min_keep(min_keep: float) -> float:
+    """Return ``min_keep`` as float if it lies in [0, 1).
+
+    Raises:
+        OptionError: for NaN or a value outside [0, 1).
+    """
+    value = float(min_keep)
+    if not (0.0 <= value < 1.0):  # also rejects NaN
+        raise OptionError(f"min_keep must be in [0, 1). Received: min_keep={min_keep}")
+    return value
+
+
 def validate_round_to(round_to: int) -> int:
     """Return ``round_to`` if it is an integer >= 1.
 

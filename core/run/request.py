@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prunectl.core.errors import OptionError
-from prunectl.core.options import COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES, check_stdout
+from prunectl.core.options import COMPRESSION_LEVELS, DEFAULT_COMPRESSION, DEFAULT_MIN_KEEP, ENGINES, check_stdout
 from prunectl.core.run.gates import GATES
 from prunectl.core.structure.criteria import CRITERIA
 from prunectl.core.structure.plan import NeuronPruning
@@ -247,7 +247,11 @@ def _neuron_step(values: Mapping, dry_run: bool) -> NeuronPruning | None:
             "neuron_ratio",
         )
     if threshold is None and ratio is None:
-        given = [(name, values.get(name)) for name in ("neuron_criterion", "round_to") if values.get(name) is not None]
+        given = [
+            (name, values.get(name))
+            for name in ("neuron_criterion", "round_to", "min_keep")
+            if values.get(name) is not None
+        ]
         if given:
             shown = " ".join(f"{{{n}}} {v}" for n, v in given) + (" {dry_run}" if dry_run else "")
             raise OptionError(
@@ -265,6 +269,7 @@ def _neuron_step(values: Mapping, dry_run: bool) -> NeuronPruning | None:
         ratio=ratio,
         scope=values.get("scope", "layer"),
         round_to=values.get("round_to") or 1,
+        min_keep=DEFAULT_MIN_KEEP if values.get("min_keep") is None else values["min_keep"],
         include=tuple(values.get("include", ())),
         exclude=tuple(values.get("exclude", ())),
     )

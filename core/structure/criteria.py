@@ -6,6 +6,11 @@ group. Activation criteria (``activation``, ``apoz``) score it by what the layer
 after it receive on calibration data: :func:`calibrate` measures every producer's
 input once, and a unit's score averages over those inputs, their positions and
 their samples.
+
+A group's score is the **mean** over its producers (weight criteria) or the layers
+reading it (activation criteria), so a threshold means the same for a lone layer
+and for five layers coupled by residual adds. Raw scores are not comparable across
+groups (an l1 norm grows with fan-in), so a global cut ranks :func:`lamp` scores.
 """
 
 from __future__ import annotations
@@ -72,6 +77,32 @@ def calibrate(graph: ChannelGraph, x: np.ndarray, batch_size: int = 256) -> dict
         rows = len(x) * int(np.prod(info.observed.shape[1:-1]))
         stats[info.name] = Stats(*(total / max(rows, 1)))
     return stats
+
+
+def lamp(scores: np.ndarray) -> np.ndarray:
+    """LAMP scores of one group (Lee et al. 2021): ``s_i^2 / sum(s_j^2 for s_j >= s_i)``.
+
+    Scale-free, so groups of different fan-in and criteria of different units compare:
+    a group's best unit always scores 1 and its ranking is unchanged. Ties share a score.
+
+    Example:
+        >>> lamp(np.array([1.0, 2.0, 3.0]))  # 1/14, 4/13, 9/9
+        array([0.07142857, 0.30769231, 1.        ])
+
+    Args:
+        scores: one group's unit scores (>= 0).
+
+    Returns:
+        One LAMP score per unit in [0, 1]; 0 for a group whose scores are all 0.
+    """
+    import numpy as np
+
+    squared = np.asarray(scores, dtype=np.float64) ** 2
+    ascending = np.sort(squared)
+    # tail[k] = the sum of ascending[k:], the squares of every unit ranked at or above position k
+    tail = np.cumsum(ascending[::-1])[::-1]
+    denominator = tail[np.searchsorted(ascending, squared, side="left")]
+    return np.divide(squared, denominator, out=np.zeros_like(squared), where=denominator > 0)
 
 
 class WeightNorm:

@@ -22,9 +22,16 @@ from typing import Any
 import numpy as np
 
 from prunectl.core.errors import OptionError, SelectionError
-from prunectl.core.options import SCOPES, validate_neuron_ratio, validate_neuron_threshold, validate_round_to
+from prunectl.core.options import (
+    DEFAULT_MIN_KEEP,
+    SCOPES,
+    validate_min_keep,
+    validate_neuron_ratio,
+    validate_neuron_threshold,
+    validate_round_to,
+)
 from prunectl.core.structure.cost import layer_macs
-from prunectl.core.structure.criteria import CRITERIA, calibrate
+from prunectl.core.structure.criteria import CRITERIA, calibrate, lamp
 from prunectl.core.structure.graph import LayerInfo, build_graph, kept_features, layout_width
 
 
@@ -35,9 +42,13 @@ class NeuronPruning:
     Attributes:
         criterion: a key of :data:`~prunectl.core.structure.criteria.CRITERIA`.
         threshold: remove units scoring below it.
-        ratio: remove this fraction of units, per group (``scope="layer"``) or over all (``"global"``).
+        ratio: remove this fraction of the units, counted per layer (a unit of a group of coupled
+            producers counts once for each): in every group (``scope="layer"``), or over the model
+            (``"global"``), ranking units by their :func:`~prunectl.core.structure.criteria.lamp` scores.
         scope: ``"layer"`` or ``"global"``.
         round_to: keep unit counts multiples of it (where a layer has that many).
+        min_keep: every group keeps at least this fraction of its units (and at least one), whatever
+            the ratio, scope or threshold.
         include: producer-name patterns that may be pruned (default: all).
         exclude: producer-name patterns left whole.
 
@@ -50,6 +61,7 @@ class NeuronPruning:
     ratio: float | None = None
     scope: str = "layer"
     round_to: int = 1
+    min_keep: float = DEFAULT_MIN_KEEP
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
 
@@ -64,6 +76,7 @@ class NeuronPruning:
         if self.ratio is not None:
             validate_neuron_ratio(self.ratio)
         validate_round_to(self.round_to)
+        validate_min_keep(self.min_keep)
         CRITERIA.get(self.criterion)
         if self.scope not in SCOPES:
             raise OptionError(f"scope must be one of {', '.join(SCOPES)}. Received: scope={self.scope!r}")
@@ -133,12 +146,27 @@ class StructuralPlan:
     edits: dict = field(default_factory=dict, repr=False, compare=False)
 
     def totals(self) -> dict:
-        """Units, params and multiply-adds summed over the model, with the ratios before/after."""
+        """Units, params and multiply-adds summed over the model's layers.
+
+        Each has ``before``, ``after``, ``ratio`` (before / after) and ``removed`` (the fraction
+        removed, 1 - after / before). Units are counted per layer, as ``--neuron-ratio`` counts them;
+        ``units`` also has ``prunable``, the units of the layers the step may prune (not left whole), and
+        its ``removed`` is over those: the figure a ratio aims at.
+        """
+        pruned_groups = {g.id for g in self.groups if not g.frozen}
+        prunable = sum(r.units_before or 0 for r in self.layers if r.group in pruned_groups)
         out = {}
         for key in ("units", "params", "flops"):
             before = sum(getattr(r, f"{key}_before") or 0 for r in self.layers)
             after = sum(getattr(r, f"{key}_after") or 0 for r in self.layers)
-            out[key] = {"before": before, "after": after, "ratio": before / after if after else None}
+            out[key] = {
+                "before": before,
+                "after": after,
+                "ratio": before / after if after else None,
+                "removed": 1 - after / before if before else 0.0,
+            }
+        units = out["units"]
+        units.update(prunable=prunable, removed=(units["before"] - units["after"]) / prunable if prunable else 0.0)
         return out
 
     def to_dict(self) -> dict:
@@ -152,19 +180,30 @@ class StructuralPlan:
         }
 
 
-def choose_units(scores: dict[int, np.ndarray], step: NeuronPruning) -> dict[int, np.ndarray]:
-    """The sorted indices each group keeps: the best-scoring units, at least one, rounded up to ``round_to``.
+def choose_units(
+    scores: dict[int, np.ndarray], step: NeuronPruning, producers: dict[int, int] | None = None
+) -> dict[int, np.ndarray]:
+    """The sorted indices each group keeps: the best-scoring units, at least the floor, rounded up to ``round_to``.
 
-    Ties keep the lower index. With ``scope="global"`` and a ratio, one cut runs over all groups' scores.
+    The floor is ``max(1, ceil(min_keep * size))``. Ties keep the lower index. With ``scope="global"``
+    and a ratio, one cut runs over all groups' :func:`~prunectl.core.structure.criteria.lamp` scores,
+    lowest first, until the units removed reach ``ratio`` of all units (a unit of a group counting once
+    per producer) without passing it; a group at its floor gives up no more.
+
+    Args:
+        scores: each group's unit scores, by group id.
+        step: the structural step.
+        producers: how many layers each group's units belong to (default 1 each).
+
+    Returns:
+        The kept indices, by group id.
     """
     ids = sorted(scores)
+    weight = {g: (producers or {}).get(g, 1) for g in ids}
+    floor = {g: min(len(scores[g]), max(1, math.ceil(step.min_keep * len(scores[g]) - 1e-9))) for g in ids}
     counts = {}
     if step.ratio is not None and step.scope == "global" and ids:
-        flat = np.concatenate([scores[g] for g in ids])
-        owner = np.concatenate([np.full(len(scores[g]), i) for i, g in enumerate(ids)])
-        dropped = np.argsort(flat, kind="stable")[: math.floor(step.ratio * len(flat) + 1e-9)]
-        removed = np.bincount(owner[dropped], minlength=len(ids))
-        counts = {g: len(scores[g]) - int(removed[i]) for i, g in enumerate(ids)}
+        counts = _global_cut(scores, step.ratio, weight, floor)
     for gid in ids:
         size = len(scores[gid])
         if gid not in counts:
@@ -173,9 +212,27 @@ def choose_units(scores: dict[int, np.ndarray], step: NeuronPruning) -> dict[int
                 if step.ratio is not None
                 else int(np.count_nonzero(scores[gid] >= step.threshold))
             )
-        kept = min(size, math.ceil(max(1, counts[gid]) / step.round_to) * step.round_to)
-        counts[gid] = kept
+        counts[gid] = min(size, math.ceil(max(floor[gid], counts[gid]) / step.round_to) * step.round_to)
     return {g: np.sort(np.argsort(-scores[g], kind="stable")[: counts[g]]) for g in ids}
+
+
+def _global_cut(scores: dict[int, np.ndarray], ratio: float, weight: dict[int, int], floor: dict[int, int]) -> dict:
+    ids = sorted(scores)
+    flat = np.concatenate([lamp(scores[g]) for g in ids])
+    owner = np.concatenate([np.full(len(scores[g]), g) for g in ids])
+    target = ratio * sum(len(scores[g]) * weight[g] for g in ids) + 1e-9
+    removable = {g: len(scores[g]) - floor[g] for g in ids}
+    removed = dict.fromkeys(ids, 0)
+    total = 0
+    for index in np.argsort(flat, kind="stable"):
+        gid = int(owner[index])
+        if removed[gid] >= removable[gid]:
+            continue
+        if total + weight[gid] > target:
+            break
+        removed[gid] += 1
+        total += weight[gid]
+    return {g: len(scores[g]) - removed[g] for g in ids}
 
 
 def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> StructuralPlan:
@@ -208,7 +265,8 @@ def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> S
             f"(boundaries: {shown}). Received: include={list(step.include)}, exclude={list(step.exclude)}"
         )
     stats = calibrate(graph, x, criterion.batch_size) if x is not None and criterion.needs_data else None
-    keep = choose_units(criterion.scores(graph, stats), step)
+    producers = {g.id: len(g.producers) for g in graph.groups}
+    keep = choose_units(criterion.scores(graph, stats), step, producers)
     edits, rows = {}, []
     for info in graph.layers:
         edit = _edit(info, keep, stats)
@@ -229,7 +287,11 @@ def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> S
         if g.producers
     )
     boundaries = tuple((i.name, i.class_name, i.reason) for i in graph.boundaries)
-    config = {"name": step.criterion, **criterion.get_config()}
+    config = {
+        "name": step.criterion,
+        **criterion.get_config(),
+        **({"global_score": "lamp"} if step.scope == "global" and step.ratio is not None else {}),
+    }
     return StructuralPlan(config, groups, tuple(rows), boundaries, edits)
 
 
