@@ -155,7 +155,7 @@ class StructuralPlan:
         """
         pruned_groups = {g.id for g in self.groups if not g.frozen}
         prunable = sum(r.units_before or 0 for r in self.layers if r.group in pruned_groups)
-        out = {}
+        out: dict[str, dict] = {}
         for key in ("units", "params", "flops"):
             before = sum(getattr(r, f"{key}_before") or 0 for r in self.layers)
             after = sum(getattr(r, f"{key}_after") or 0 for r in self.layers)
@@ -165,8 +165,9 @@ class StructuralPlan:
                 "ratio": before / after if after else None,
                 "removed": 1 - after / before if before else 0.0,
             }
-        units = out["units"]
-        units.update(prunable=prunable, removed=(units["before"] - units["after"]) / prunable if prunable else 0.0)
+            if key == "units":
+                # Layers left whole keep every unit, so before - after is what the prunable ones lost.
+                out[key].update(prunable=prunable, removed=(before - after) / prunable if prunable else 0.0)
         return out
 
     def to_dict(self) -> dict:
