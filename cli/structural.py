@@ -7,6 +7,7 @@ import click
 from prunectl.cli.checks import checked as _checked
 from prunectl.core.options import validate_neuron_ratio, validate_neuron_threshold, validate_round_to
 from prunectl.core.structure.criteria import CRITERIA
+from prunectl.core.structure.graph import NORM_MODES
 
 _OPTIONS = (
     click.option(
@@ -34,6 +35,13 @@ _OPTIONS = (
         default=None,
         callback=_checked(validate_round_to),
         help="Keep unit counts multiples of N (fast kernels); at least one unit is always kept.",
+    ),
+    click.option(
+        "--norms",
+        type=click.Choice(NORM_MODES),
+        default=None,
+        help="LayerNormalization and other normalizations over the channels: prune through them (joint; "
+        "the plan notes how their outputs change) or leave them whole (boundary).  [default: joint]",
     ),
     click.option("--dry-run", is_flag=True, help="Print the structural plan; write no model and no report."),
     click.option(

@@ -247,7 +247,7 @@ def _neuron_step(values: Mapping, dry_run: bool) -> NeuronPruning | None:
             "neuron_ratio",
         )
     if threshold is None and ratio is None:
-        given = [(name, values.get(name)) for name in ("neuron_criterion", "round_to") if values.get(name) is not None]
+        given = [(name, values.get(name)) for name in ("neuron_criterion", "round_to", "norms") if values.get(name) is not None]
         if given:
             shown = " ".join(f"{{{n}}} {v}" for n, v in given) + (" {dry_run}" if dry_run else "")
             raise OptionError(
@@ -267,6 +267,7 @@ def _neuron_step(values: Mapping, dry_run: bool) -> NeuronPruning | None:
         round_to=values.get("round_to") or 1,
         include=tuple(values.get("include", ())),
         exclude=tuple(values.get("exclude", ())),
+        **({"norms": values["norms"]} if values.get("norms") else {}),
     )
 
 
