@@ -110,7 +110,10 @@ def main() -> None:
                 f"fine-tuned {after_ft:.4f}",
                 flush=True,
             )
-    header = "| seed | norms | ratio | dense acc | pruned acc | fine-tuned acc | params after/before | MACs after/before | LN max change |"
+    header = (
+        "| seed | norms | ratio | dense acc | pruned acc | fine-tuned acc | params after/before "
+        "| MACs after/before | LN max change |"
+    )
     print("\n" + header + "\n" + "|---" * 9 + "|")
     for seed, norms, ratio, dense, before_ft, after_ft, totals, change in rows:
         params, flops = totals["params"], totals["flops"]

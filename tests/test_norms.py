@@ -9,8 +9,12 @@ whole. The expected outputs are computed here by hand with numpy.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from conftest import run
+from test_cli_errors import fails
 
 from prunectl.core.errors import OptionError, SelectionError
 from prunectl.core.structure.plan import NeuronPruning, apply_plan, plan_structure
@@ -172,3 +176,44 @@ def test_norms_option_is_checked():
         NeuronPruning(ratio=0.5, norms="both")
     step = NeuronPruning(ratio=0.5, norms="boundary")
     assert NeuronPruning.from_config(step.get_config()) == step
+
+
+def test_cli_shows_the_boundary_or_the_measured_note(tmp_path):
+    path = tmp_path / "ln.keras"
+    _model(hidden=True).save(path)
+    np.savez(tmp_path / "data.npz", x=X, y=np.zeros((len(X), 2), "float32"))
+    shown = run("prune", path, "--neuron-ratio", "0.25", "--dry-run", "--norms", "boundary").stderr
+    assert "Boundary (left whole): norm (LayerNormalization): normalizes over the channels" in shown
+    assert "Note:" not in shown
+    args = (
+        "prune",
+        path,
+        "--neuron-ratio",
+        "0.25",
+        "--neuron-criterion",
+        "activation",
+        "--data",
+        tmp_path / "data.npz",
+    )
+    shown = " ".join(run(*args, "--dry-run").stderr.split())
+    assert "Note: norm (LayerNormalization) normalizes over the channels: removing 2 of its 8 input channels" in shown
+    assert "max |change|" in shown and "on the calibration data" in shown
+    report = json.loads(run(*args, "--dry-run", "--json", "-q").stdout)
+    (note,) = report["structural"]["notes"]
+    assert note["layer"] == "norm" and note["max_abs_change"] > 0
+
+
+def test_cli_norms_needs_a_structural_step(tmp_path):
+    path = tmp_path / "ln.keras"
+    _model(hidden=True).save(path)
+    fails(
+        tmp_path,
+        "prune",
+        path,
+        "--sparsity",
+        "0.5",
+        "--norms",
+        "boundary",
+        code=2,
+        line="Error: --norms needs --neuron-threshold or --neuron-ratio. Received: --norms boundary",
+    )

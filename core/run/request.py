@@ -247,7 +247,11 @@ def _neuron_step(values: Mapping, dry_run: bool) -> NeuronPruning | None:
             "neuron_ratio",
         )
     if threshold is None and ratio is None:
-        given = [(name, values.get(name)) for name in ("neuron_criterion", "round_to", "norms") if values.get(name) is not None]
+        given = [
+            (name, values.get(name))
+            for name in ("neuron_criterion", "round_to", "norms")
+            if values.get(name) is not None
+        ]
         if given:
             shown = " ".join(f"{{{n}}} {v}" for n, v in given) + (" {dry_run}" if dry_run else "")
             raise OptionError(

@@ -43,7 +43,6 @@ from prunectl.core.structure.layout import (
     same_structure,
 )
 
-
 NORM_MODES = ("joint", "boundary")
 NORMALIZES = "normalizes over the channels"
 
@@ -119,9 +118,7 @@ def _channels(tensor) -> int:
     return int(tensor.shape[-1] or 0)
 
 
-def build_graph(
-    model, include: Sequence[str] = (), exclude: Sequence[str] = (), norms: str = "joint"
-) -> ChannelGraph:
+def build_graph(model, include: Sequence[str] = (), exclude: Sequence[str] = (), norms: str = "joint") -> ChannelGraph:
     """Trace ``model``'s layers into coupled groups of prunable units.
 
     Args:

@@ -62,9 +62,7 @@ def _shrunk(info: LayerInfo, kept: np.ndarray, channels_shape: tuple) -> Any:
     copy = layer.__class__.from_config(layer.get_config())
     copy.build((None, *channels_shape[1:-1], len(kept)))
     sliced = {name: axis for name, axis, _ in info.rule.in_axes} if info.rule else {}
-    values = [
-        np.take(v.numpy(), kept, axis=sliced[v.name]) if v.name in sliced else v.numpy() for v in layer.weights
-    ]
+    values = [np.take(v.numpy(), kept, axis=sliced[v.name]) if v.name in sliced else v.numpy() for v in layer.weights]
     copy.set_weights(values)
     return copy
 
