@@ -7,7 +7,7 @@ import click
 from prunectl.cli.checks import checked as _checked
 from prunectl.core.options import validate_neuron_ratio, validate_neuron_threshold, validate_round_to
 from prunectl.core.structure.criteria import CRITERIA
-from prunectl.core.structure.graph import NORM_MODES
+from prunectl.core.structure.graph import DEFAULT_NORMS, NORM_MODES
 
 _OPTIONS = (
     click.option(
@@ -40,8 +40,9 @@ _OPTIONS = (
         "--norms",
         type=click.Choice(NORM_MODES),
         default=None,
-        help="LayerNormalization and other normalizations over the channels: prune through them (joint; "
-        "the plan notes how their outputs change) or leave them whole (boundary).  [default: joint]",
+        help="LayerNormalization and other normalizations over the channels: leave them whole (boundary) or "
+        "prune through them (joint; the plan notes how their outputs change, measured on --data).  "
+        f"[default: {DEFAULT_NORMS}]",
     ),
     click.option("--dry-run", is_flag=True, help="Print the structural plan; write no model and no report."),
     click.option(

@@ -171,8 +171,13 @@ def test_never_silent(norm, kwargs, mode):
         assert noted[0]["max_abs_change"] > 0
 
 
+def test_boundary_is_the_default():
+    plan = plan_structure(_model(hidden=True), NeuronPruning(ratio=0.25), X)
+    assert ("norm", "LayerNormalization", "normalizes over the channels") in plan.boundaries
+
+
 def test_norms_option_is_checked():
-    with pytest.raises(OptionError, match=r"norms must be one of joint, boundary\. Received: norms='both'"):
+    with pytest.raises(OptionError, match=r"norms must be one of boundary, joint\. Received: norms='both'"):
         NeuronPruning(ratio=0.5, norms="both")
     step = NeuronPruning(ratio=0.5, norms="boundary")
     assert NeuronPruning.from_config(step.get_config()) == step
@@ -182,7 +187,7 @@ def test_cli_shows_the_boundary_or_the_measured_note(tmp_path):
     path = tmp_path / "ln.keras"
     _model(hidden=True).save(path)
     np.savez(tmp_path / "data.npz", x=X, y=np.zeros((len(X), 2), "float32"))
-    shown = run("prune", path, "--neuron-ratio", "0.25", "--dry-run", "--norms", "boundary").stderr
+    shown = run("prune", path, "--neuron-ratio", "0.25", "--dry-run").stderr
     assert "Boundary (left whole): norm (LayerNormalization): normalizes over the channels" in shown
     assert "Note:" not in shown
     args = (
@@ -190,6 +195,8 @@ def test_cli_shows_the_boundary_or_the_measured_note(tmp_path):
         path,
         "--neuron-ratio",
         "0.25",
+        "--norms",
+        "joint",
         "--neuron-criterion",
         "activation",
         "--data",

@@ -25,7 +25,7 @@ from prunectl.core.errors import OptionError, SelectionError
 from prunectl.core.options import SCOPES, validate_neuron_ratio, validate_neuron_threshold, validate_round_to
 from prunectl.core.structure.cost import layer_macs
 from prunectl.core.structure.criteria import CRITERIA, calibrate
-from prunectl.core.structure.graph import NORM_MODES, LayerInfo, build_graph, kept_features, layout_width
+from prunectl.core.structure.graph import DEFAULT_NORMS, NORM_MODES, LayerInfo, build_graph, kept_features, layout_width
 from prunectl.core.structure.norms import norm_notes
 
 
@@ -42,8 +42,8 @@ class NeuronPruning:
         include: producer-name patterns that may be pruned (default: all).
         exclude: producer-name patterns left whole.
         norms: how normalizations over the channels (LayerNormalization and kin) are met:
-            ``"joint"`` prunes through them and the plan notes the change in their outputs,
-            ``"boundary"`` leaves them whole and freezes the channels they normalize.
+            ``"boundary"`` (default) leaves them whole and freezes the channels they normalize,
+            ``"joint"`` prunes through them and the plan notes the change in their outputs.
 
     Raises:
         OptionError: on a missing, conflicting or out-of-range value.
@@ -56,7 +56,7 @@ class NeuronPruning:
     round_to: int = 1
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    norms: str = "joint"
+    norms: str = DEFAULT_NORMS
 
     def __post_init__(self):
         if (self.threshold is None) == (self.ratio is None):
