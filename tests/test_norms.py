@@ -224,3 +224,29 @@ def test_cli_norms_needs_a_structural_step(tmp_path):
         code=2,
         line="Error: --norms needs --neuron-threshold or --neuron-ratio. Received: --norms boundary",
     )
+
+
+def test_convnext_blocks_joint_prunes_the_residual_stream_boundary_only_the_expansions():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_layernorm", REPO / "benchmarks" / "layernorm.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = bench.convnext(keras, 8, 2)
+    boundary = plan_structure(model, NeuronPruning(ratio=0.5))
+    joint = plan_structure(model, NeuronPruning(ratio=0.5, norms="joint"))
+
+    def units(plan):
+        return {r.layer: r.units_after for r in plan.layers if r.units_after is not None}
+
+    assert units(boundary) == {"stem": 8, "expand0": 16, "project0": 8, "expand1": 16, "project1": 8, "head": 10}
+    assert units(joint) == {"stem": 4, "expand0": 16, "project0": 4, "expand1": 16, "project1": 4, "head": 10}
+    assert sorted(name for name, _, _ in boundary.boundaries) == ["ln0", "ln1"]
+    assert joint.boundaries == () and [n["layer"] for n in joint.notes] == ["ln0", "ln1"]
+    x = np.random.default_rng(0).random((16, 8, 8, 1)).astype("float32")
+    assert apply_plan(model, joint).predict(x, verbose=0).shape == (16, 10)
