@@ -174,6 +174,8 @@ def structural_summary(console, report: dict) -> None:
             )
         for boundary in plan["boundaries"]:
             console.print(f"Boundary (left whole): {boundary['layer']} ({boundary['class']}): {boundary['reason']}")
+        for note in plan.get("notes", ()):
+            console.print(f"Note: {note_line(note)}")
         if report["kind"] == "plan":
             console.print("Dry run: no model or report written.")
     timing = report.get("benchmark")
@@ -183,6 +185,17 @@ def structural_summary(console, report: dict) -> None:
             f"interleaved rounds): {timing['original_ms']:.2f} ms -> {timing['pruned_ms']:.2f} ms "
             f"({timing['speedup']:.2f}x; an empty call takes {timing['floor_ms']:.2f} ms)"
         )
+
+
+def note_line(note: dict) -> str:
+    """One line of a plan's note on a normalization it prunes through, with the measured change if any."""
+    line = f"{note['layer']} ({note['class']}) {note['note']}"
+    if note.get("max_abs_change") is None:
+        return line + " (not measured: no calibration data)"
+    return (
+        f"{line}: max |change| {note['max_abs_change']:.3g}, mean {note['mean_abs_change']:.3g} "
+        f"(mean |output| {note['mean_abs_output']:.3g}) on the calibration data"
+    )
 
 
 def evaluation_line(evaluation: dict) -> str:

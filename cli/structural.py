@@ -13,6 +13,7 @@ from prunectl.core.options import (
     validate_round_to,
 )
 from prunectl.core.structure.criteria import CRITERIA
+from prunectl.core.structure.graph import DEFAULT_NORMS, NORM_MODES
 
 _OPTIONS = (
     click.option(
@@ -50,6 +51,14 @@ _OPTIONS = (
         default=None,
         callback=_checked(validate_round_to),
         help="Keep unit counts multiples of N (fast kernels); at least one unit is always kept.",
+    ),
+    click.option(
+        "--norms",
+        type=click.Choice(NORM_MODES),
+        default=None,
+        help="LayerNormalization and other normalizations over the channels: leave them whole (boundary) or "
+        "prune through them (joint; the plan notes how their outputs change, measured on --data).  "
+        f"[default: {DEFAULT_NORMS}]",
     ),
     click.option("--dry-run", is_flag=True, help="Print the structural plan; write no model and no report."),
     click.option(

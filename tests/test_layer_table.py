@@ -40,6 +40,7 @@ ARGS = {
 KWARGS = {
     "EinsumDense": {"output_shape": 4},
     **{f"SeparableConv{d}D": {"depth_multiplier": 2} for d in (1, 2)},
+    "GroupNormalization": {"groups": 1},
 }
 MERGES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate")
 LAYER_CLASSES = sorted(name for name, spec in specs().items() if not spec.nested_model)
@@ -95,7 +96,7 @@ def test_spec_matches_the_layers_variables(class_name):
     in_channels, out_channels = x.shape[-1], y.shape[-1]
     if rule.kind == "producer":
         assert config[rule.units] == out_channels
-    elif rule.kind in ("passthrough", "reshape", "merge"):
+    elif rule.kind in ("passthrough", "normalize", "reshape", "merge"):
         assert in_channels == out_channels
     for name, axis, block_key in rule.in_axes:
         per_channel = config[block_key] if block_key else 1

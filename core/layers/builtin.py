@@ -26,6 +26,18 @@ def last_axis_check(key: str) -> Callable[[dict, int], str | None]:
     return check
 
 
+def group_norm_check(config: dict, rank: int) -> str | None:
+    """Refuses a GroupNormalization over another axis, or with groups that removing channels would split."""
+    reason = last_axis_check("axis")(config, rank)
+    if reason:
+        return reason
+    # With one group (or one per channel) any channel count still divides; with G groups a removed
+    # channel would move every later channel into another group's statistics.
+    if config.get("groups") not in (1, -1):
+        return f"groups={config.get('groups')}: removing channels would regroup the channels it normalizes together"
+    return None
+
+
 def conv_check(config: dict, rank: int) -> str | None:
     """Refuses grouped convolutions, whose kernels do not see every input channel."""
     if config.get("groups", 1) != 1:
@@ -80,7 +92,10 @@ BUILTIN: dict[str, LayerSpec] = {
     "Embedding": LayerSpec((WeightSpec("embeddings", 0),)),
     **{name: LayerSpec(_RNN) for name in ("SimpleRNN", "GRU", "LSTM")},
     "BatchNormalization": LayerSpec(rule=Rule("passthrough", in_axes=_NORM_PARAMS, check=last_axis_check("axis"))),
-    "LayerNormalization": LayerSpec(rule=Rule("passthrough", in_axes=_NORM_PARAMS[:2], check=last_axis_check("axis"))),
+    "LayerNormalization": LayerSpec(rule=Rule("normalize", in_axes=_NORM_PARAMS[:2], check=last_axis_check("axis"))),
+    "GroupNormalization": LayerSpec(rule=Rule("normalize", in_axes=_NORM_PARAMS[:2], check=group_norm_check)),
+    "RMSNormalization": LayerSpec(rule=Rule("normalize", in_axes=(("scale", 0, None),), check=last_axis_check("axis"))),
+    "UnitNormalization": LayerSpec(rule=Rule("normalize", check=last_axis_check("axis"))),
     "Activation": LayerSpec(rule=Rule("passthrough", check=activation_check)),
     **{
         name: _PASS

@@ -55,6 +55,8 @@ class Rule:
 
     Attributes:
         kind: ``producer`` (new units), ``passthrough`` (keeps its input's channels),
+            ``normalize`` (keeps its input's channels but takes statistics over them, so
+            removing a channel changes the others: pruned jointly with a note, or a boundary),
             ``flatten``, ``reshape``, ``merge`` (elementwise over inputs) or ``concat``.
         units: config key of a producer's unit count.
         in_axes: ``(weight, axis, block_key)`` sliced by the kept input channels;
@@ -74,7 +76,7 @@ class Rule:
     check: Callable[[dict, int], str | None] | None = None
 
 
-RULE_KINDS = ("producer", "passthrough", "flatten", "reshape", "merge", "concat")
+RULE_KINDS = ("producer", "passthrough", "normalize", "flatten", "reshape", "merge", "concat")
 MAC_POSITIONS = ("input", "output")
 
 

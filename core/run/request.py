@@ -249,7 +249,7 @@ def _neuron_step(values: Mapping, dry_run: bool) -> NeuronPruning | None:
     if threshold is None and ratio is None:
         given = [
             (name, values.get(name))
-            for name in ("neuron_criterion", "round_to", "min_keep")
+            for name in ("neuron_criterion", "round_to", "min_keep", "norms")
             if values.get(name) is not None
         ]
         if given:
@@ -272,6 +272,7 @@ def _neuron_step(values: Mapping, dry_run: bool) -> NeuronPruning | None:
         min_keep=DEFAULT_MIN_KEEP if values.get("min_keep") is None else values["min_keep"],
         include=tuple(values.get("include", ())),
         exclude=tuple(values.get("exclude", ())),
+        **({"norms": values["norms"]} if values.get("norms") else {}),
     )
 
 

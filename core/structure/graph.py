@@ -10,6 +10,12 @@ producers lose the same indices. A group is frozen (never pruned) when it reache
 a model output, feeds a layer the graph cannot reason about (a boundary, left
 whole), or holds an excluded layer.
 
+Normalizations over the channel axis (LayerNormalization and kin, rule kind
+``normalize``) take statistics over the channels, so removing one changes the
+others: with ``norms="boundary"`` (the default) they are boundaries that freeze
+their input, with ``norms="joint"`` they are pruned like a pass-through and the plan
+notes the change.
+
 Which layer classes move channels how is each class's ``rule`` in the layer table
 (:mod:`prunectl.core.layers`); layouts and the group union-find are in
 :mod:`prunectl.core.structure.layout`, and the model's calls are read through
@@ -37,6 +43,11 @@ from prunectl.core.structure.layout import (
     layout_width,
     same_structure,
 )
+
+NORM_MODES = ("boundary", "joint")
+# Leaving them whole recovered more accuracy after fine-tuning at equal params (benchmarks/layernorm.py).
+DEFAULT_NORMS = "boundary"
+NORMALIZES = "normalizes over the channels"
 
 
 @dataclass
@@ -110,13 +121,17 @@ def _channels(tensor) -> int:
     return int(tensor.shape[-1] or 0)
 
 
-def build_graph(model, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> ChannelGraph:
+def build_graph(
+    model, include: Sequence[str] = (), exclude: Sequence[str] = (), norms: str = DEFAULT_NORMS
+) -> ChannelGraph:
     """Trace ``model``'s layers into coupled groups of prunable units.
 
     Args:
         model: a built Sequential or Functional Keras model.
         include: producer-name patterns (``re.search``) that may be pruned (default: all).
         exclude: producer-name patterns left whole; a group is pruned only if all its producers are selected.
+        norms: one of :data:`NORM_MODES`: leave normalizations over the channels whole as
+            boundaries (``"boundary"``, the default) or prune through them (``"joint"``).
 
     Returns:
         The :class:`ChannelGraph`, with every layer it could not reason about listed as a boundary.
@@ -139,7 +154,7 @@ def build_graph(model, include: Sequence[str] = (), exclude: Sequence[str] = ())
         infos[layer.name] = info
         if call.inputs:
             info.shapes = (tuple(call.inputs[0].shape), tuple(outs[0].shape))
-        result = _trace(layer, call, ins, outs, calls[layer.name], groups, info)
+        result = _trace(layer, call, ins, outs, calls[layer.name], groups, info, norms)
         for tensor, layout in zip(outs, result):
             layouts[id(tensor)] = layout
     for tensor in graph.outputs:
@@ -148,11 +163,15 @@ def build_graph(model, include: Sequence[str] = (), exclude: Sequence[str] = ())
     return _resolve(graph.inputs, list(infos.values()), groups)
 
 
-def _trace(layer, call, ins: list[Layout], outs: list, ncalls: int, groups: Groups, info: LayerInfo) -> list[Layout]:
+def _trace(
+    layer, call, ins: list[Layout], outs: list, ncalls: int, groups: Groups, info: LayerInfo, norms: str = DEFAULT_NORMS
+) -> list[Layout]:
     class_name = layer.__class__.__name__
     if class_name == "InputLayer":
         return [groups.fresh(_channels(t), "model input") for t in outs]
     rule, reason = _rule_for(layer, class_name, call, ncalls)
+    if rule is not None and rule.kind == "normalize" and norms == "boundary":
+        rule, reason = None, NORMALIZES
     info.rule, info.reason = rule, reason
     if rule is None:
         for layout in ins:
@@ -164,7 +183,7 @@ def _trace(layer, call, ins: list[Layout], outs: list, ncalls: int, groups: Grou
         frozen = activation_check(layer.get_config(), 0)
         info.out_group = groups.new(out_width, frozen and f"{layer.name}: {frozen}", producer=layer.name)
         return [(Block(1, ((info.out_group, out_width),)),)]
-    if rule.kind in ("passthrough", "reshape"):
+    if rule.kind in ("passthrough", "normalize", "reshape"):
         info.in_layout = ins[0]
         return [ins[0]]
     if rule.kind == "flatten":
@@ -215,7 +234,7 @@ def _rule_for(layer, class_name: str, call, ncalls: int) -> tuple[Rule | None, s
     reason = rule.check(config, rank) if rule.check else None
     if reason:
         return None, reason
-    if rule.kind in ("passthrough", "reshape") and _channels(ins[0]) != _channels(outs[0]):
+    if rule.kind in ("passthrough", "normalize", "reshape") and _channels(ins[0]) != _channels(outs[0]):
         return None, "changes the channel count"
     return rule, None
 

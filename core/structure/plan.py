@@ -32,7 +32,8 @@ from prunectl.core.options import (
 )
 from prunectl.core.structure.cost import layer_macs
 from prunectl.core.structure.criteria import CRITERIA, calibrate, lamp
-from prunectl.core.structure.graph import LayerInfo, build_graph, kept_features, layout_width
+from prunectl.core.structure.graph import DEFAULT_NORMS, NORM_MODES, LayerInfo, build_graph, kept_features, layout_width
+from prunectl.core.structure.norms import norm_notes
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class NeuronPruning:
             the ratio, scope or threshold.
         include: producer-name patterns that may be pruned (default: all).
         exclude: producer-name patterns left whole.
+        norms: how normalizations over the channels (LayerNormalization and kin) are met:
+            ``"boundary"`` (default) leaves them whole and freezes the channels they normalize,
+            ``"joint"`` prunes through them and the plan notes the change in their outputs.
 
     Raises:
         OptionError: on a missing, conflicting or out-of-range value.
@@ -64,6 +68,7 @@ class NeuronPruning:
     min_keep: float = DEFAULT_MIN_KEEP
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    norms: str = DEFAULT_NORMS
 
     def __post_init__(self):
         if (self.threshold is None) == (self.ratio is None):
@@ -80,6 +85,8 @@ class NeuronPruning:
         CRITERIA.get(self.criterion)
         if self.scope not in SCOPES:
             raise OptionError(f"scope must be one of {', '.join(SCOPES)}. Received: scope={self.scope!r}")
+        if self.norms not in NORM_MODES:
+            raise OptionError(f"norms must be one of {', '.join(NORM_MODES)}. Received: norms={self.norms!r}")
 
     def get_config(self) -> dict:
         config = {f"neuron_{k}" if k in ("criterion", "threshold", "ratio") else k: v for k, v in asdict(self).items()}
@@ -137,12 +144,18 @@ class LayerEdit:
 
 @dataclass(frozen=True)
 class StructuralPlan:
-    """The full plan: a value to print, test and record before any weight is touched."""
+    """The full plan: a value to print, test and record before any weight is touched.
+
+    ``notes`` name each normalization over the channels that the plan prunes through,
+    with the change in its outputs where calibration data measured it
+    (see :func:`prunectl.core.structure.norms.norm_notes`).
+    """
 
     criterion: dict
     groups: tuple[GroupPlan, ...]
     layers: tuple[LayerPlan, ...]
     boundaries: tuple[tuple[str, str, str | None], ...]
+    notes: tuple[dict, ...] = ()
     edits: dict = field(default_factory=dict, repr=False, compare=False)
 
     def totals(self) -> dict:
@@ -177,6 +190,7 @@ class StructuralPlan:
             "groups": [{**asdict(g), "producers": list(g.producers), "dropped": list(g.dropped)} for g in self.groups],
             "layers": [asdict(r) for r in self.layers],
             "boundaries": [{"layer": n, "class": c, "reason": r} for n, c, r in self.boundaries],
+            "notes": [dict(note) for note in self.notes],
             "totals": self.totals(),
         }
 
@@ -242,7 +256,8 @@ def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> S
     Args:
         model: a built Sequential or Functional Keras model.
         step: the structural step.
-        x: calibration inputs (required by activation criteria).
+        x: calibration inputs (required by activation criteria; also measure how much
+            pruning through a normalization over the channels changes its outputs).
 
     Returns:
         The :class:`StructuralPlan`.
@@ -258,7 +273,7 @@ def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> S
             f"the {step.criterion} criterion needs calibration data; give --data FILE. "
             f"Received: neuron_criterion={step.criterion!r}"
         )
-    graph = build_graph(model, step.include, step.exclude)
+    graph = build_graph(model, step.include, step.exclude, step.norms)
     if all(group.frozen for group in graph.groups):
         shown = "; ".join(f"{i.name} ({i.class_name}): {i.reason}" for i in graph.boundaries[:4]) or "none"
         raise SelectionError(
@@ -293,7 +308,8 @@ def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> S
         **criterion.get_config(),
         **({"global_score": "lamp"} if step.scope == "global" and step.ratio is not None else {}),
     }
-    return StructuralPlan(config, groups, tuple(rows), boundaries, edits)
+    notes = norm_notes(graph, keep, x, getattr(criterion, "batch_size", 256))
+    return StructuralPlan(config, groups, tuple(rows), boundaries, notes, edits)
 
 
 def _edit(info: LayerInfo, keep: dict[int, np.ndarray], stats) -> LayerEdit | None:
