@@ -41,8 +41,16 @@ KWARGS = {
     "EinsumDense": {"output_shape": 4},
     **{f"SeparableConv{d}D": {"depth_multiplier": 2} for d in (1, 2)},
 }
-MERGES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate")
-LAYER_CLASSES = sorted(name for name, spec in specs().items() if not spec.nested_model)
+MERGES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "CustomScaleLayer")
+# keras.applications' own helper layers, with the module that defines each.
+APPLICATION_LAYERS = {
+    "LayerScale": "convnext",
+    "StochasticDepth": "convnext",
+    "CustomScaleLayer": "inception_resnet_v2",
+}
+ARGS.update({"LayerScale": (1e-6, 6), "StochasticDepth": (0.1,), "CustomScaleLayer": (0.2,)})
+# Operation rules (keys "ops.<Class>") are checked against keras.ops in tests/test_structure_ops.py.
+LAYER_CLASSES = sorted(name for name, spec in specs().items() if not spec.nested_model and not name.startswith("ops."))
 
 
 def _input_shape(class_name: str) -> tuple:
@@ -59,7 +67,14 @@ def _input_shape(class_name: str) -> tuple:
 def _build(class_name: str):
     import keras
 
-    layer = getattr(keras.layers, class_name)(*ARGS.get(class_name, ()), **KWARGS.get(class_name, {}))
+    if class_name in APPLICATION_LAYERS:
+        import importlib
+
+        module = importlib.import_module(f"keras.src.applications.{APPLICATION_LAYERS[class_name]}")
+        cls = getattr(module, class_name)
+    else:
+        cls = getattr(keras.layers, class_name)
+    layer = cls(*ARGS.get(class_name, ()), **KWARGS.get(class_name, {}))
     shape = _input_shape(class_name)
     x = keras.Input(shape, dtype="int32" if class_name == "Embedding" else "float32")
     y = layer([x, x]) if class_name in MERGES else layer(x)

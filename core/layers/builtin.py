@@ -87,7 +87,6 @@ _ELEMENTWISE_BINARY = (
     "Maximum",
     "Minimum",
     "Power",
-    "SquaredDifference",
 )
 _ELEMENTWISE_UNARY = (
     "Relu",
@@ -184,7 +183,7 @@ BUILTIN: dict[str, LayerSpec] = {
     "LayerScale": LayerSpec(
         rule=Rule(
             "passthrough",
-            in_axes=(("gamma", 0, None),),
+            in_axes=(("variable", 0, None),),  # its gamma, created without a name
             check=keras_applications_check("init_values", "projection_dim"),
             width="projection_dim",
         )
