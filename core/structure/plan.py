@@ -302,7 +302,7 @@ def _new_shapes(info: LayerInfo, edit: LayerEdit | None) -> list[tuple[str, tupl
         return [(name, tuple(shape)) for name, shape in shapes]
     for weight, axis, block, kept in edit.slices:
         for name, shape in shapes:
-            if name == weight:
+            if _names(name, weight):
                 shape[axis] = len(kept) * block
     units = info.rule.units if info.rule else None
     if edit.config.get("use_bias") and all(name != "bias" for name, _ in shapes) and units:
@@ -370,25 +370,26 @@ def apply_plan(model, plan: StructuralPlan, unsafe: bool = False):
 
 
 def _edited_weights(old, new, edit: LayerEdit) -> list[np.ndarray]:
-    # The k-th variable of a name in the rebuilt layer is the k-th of that name in the old one
-    # (a layer creates its variables in one order); names alone may repeat.
-    values: dict[str, list[np.ndarray]] = {}
-    for variable in old.weights:
-        values.setdefault(variable.name, []).append(variable.numpy())
-    seen: dict[str, int] = {}
+    # The rebuilt layer creates its variables in the old one's order (names may repeat, and
+    # unnamed ones get fresh names); a bias the plan adds (use_bias=True) comes after them.
     arrays = []
-    for variable in new.weights:
-        k = seen[variable.name] = seen.get(variable.name, -1) + 1
-        olds = values.get(variable.name, [])
-        if k < len(olds):
-            value = olds[k]
+    for i, variable in enumerate(new.weights):
+        if i < len(old.weights):
+            value = old.weights[i].numpy()
             for weight, axis, block, kept in edit.slices:
-                if weight == variable.name:
+                if _names(old.weights[i].name, weight):
                     value = _take(value, axis, block, kept)
         else:
-            # A bias the plan adds (use_bias=True) is created here once, at the pruned size: nothing to slice.
+            # Created once, at the pruned size: nothing to slice.
             value = np.zeros(variable.shape, variable.dtype)
         if variable.name == "bias" and edit.bias_delta is not None:
             value = value + edit.bias_delta.astype(value.dtype)
         arrays.append(value)
     return arrays
+
+
+def _names(variable_name: str, weight: str) -> bool:
+    """Whether a variable is the rule's ``weight``: Keras names an unnamed variable ``variable``, ``variable_1``, ..."""
+    return variable_name == weight or (
+        variable_name.startswith(f"{weight}_") and variable_name[len(weight) + 1 :].isdigit()
+    )
