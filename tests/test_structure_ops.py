@@ -284,7 +284,8 @@ def test_lambda_model_prunes_with_unsafe_through_the_cli(tmp_path):
     assert kernel(out, "d0").shape == (6, 4) and kernel(out, "d1").shape == (4, 8)
     assert kernel(out, "d2").shape == (8, 4) and kernel(out, "d3").shape == (4, 2)
     keep = {
-        g["producers"][0]: np.setdiff1d(np.arange(g["units_before"]), g["dropped"]) for g in plan["structural"]["groups"]
+        g["producers"][0]: np.setdiff1d(np.arange(g["units_before"]), g["dropped"])
+        for g in plan["structural"]["groups"]
     }
     (w0, b0), (w1, b1), (w2, b2), (w3, b3) = (_dense(model, n) for n in ("d0", "d1", "d2", "d3"))
     k0, k2 = keep["d0"], keep["d2"]
@@ -307,3 +308,25 @@ def test_keras_applications_with_ops_plan_apply_and_run(name):
     assert not [b for b in plan.boundaries if b[1].startswith("ops.")]
     x = _x((32, 32, 3), n=2)
     assert np.isfinite(np.asarray(pruned(x))).all() and pruned(x).shape == (2, 10)
+
+
+def test_rebuilds_of_a_lambda_model_need_unsafe():
+    from prunectl.core.structure.fold import fold_batchnorm
+
+    keras = seeded_keras()
+    inputs = keras.Input((6,))
+    x = keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(8, name="d0")(inputs))
+    x = keras.layers.Lambda(lambda t: t * 2.0, name="double")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="d1")(keras.layers.Dense(8, name="dd")(x)))
+    plan = plan_structure(model, HALF)
+    for rebuild in (
+        lambda unsafe: apply_plan(model, plan, unsafe=unsafe),
+        lambda unsafe: fold_batchnorm(model, unsafe),
+    ):
+        with pytest.raises(ValueError, match="safe_mode"):
+            rebuild(False)
+        assert rebuild(True) is not None
+    folded, pairs = fold_batchnorm(model, unsafe=True)
+    x = _x((6,))
+    assert pairs == {"bn": "d0"}
+    np.testing.assert_allclose(np.asarray(folded(x)), np.asarray(model(x)), atol=1e-5)
