@@ -330,3 +330,40 @@ def test_rebuilds_of_a_lambda_model_need_unsafe():
     x = _x((6,))
     assert pairs == {"bn": "d0"}
     np.testing.assert_allclose(np.asarray(folded(x)), np.asarray(model(x)), atol=1e-5)
+
+
+def test_layers_the_graph_cannot_reason_about_are_boundaries_never_errors():
+    keras = seeded_keras()
+
+    class Halves(keras.layers.Layer):  # two outputs
+        def call(self, x):
+            return x[..., :3], x[..., 3:]
+
+    class NoConfig(keras.layers.Layer):
+        def call(self, x):
+            return x * 1.0
+
+        def get_config(self):
+            raise NotImplementedError("no config")
+
+    class WrongRule(keras.layers.Dense):
+        pass
+
+    from prunectl.core.layers import spec
+
+    register_layer("NoConfig", LayerSpec(rule=Rule("passthrough")))
+    register_layer("WrongRule", LayerSpec(rule=Rule("producer", units="filters")))
+    try:
+        inputs = keras.Input((5,))
+        x = keras.layers.Dense(6, name="d0")(keras.layers.Dense(8, name="pre")(inputs))
+        left, right = Halves(name="halves")(x)
+        x = WrongRule(4, name="wrong")(NoConfig(name="noconfig")(keras.layers.Concatenate()([left, right])))
+        model = keras.Model(inputs, keras.layers.Dense(2, name="d1")(keras.layers.Dense(8, name="d2")(x)))
+        plan = plan_structure(model, HALF)
+    finally:
+        del spec._TABLE["NoConfig"], spec._TABLE["WrongRule"]
+    reasons = {name: reason for name, _, reason in plan.boundaries}
+    assert reasons["halves"] == "no rule for class Halves"
+    assert reasons["noconfig"] == "get_config() gives no config"
+    assert reasons["wrong"].startswith("its rule does not apply (KeyError")
+    assert {g.producers[0]: len(g.dropped) for g in plan.groups if not g.frozen} == {"pre": 4, "d2": 4}

@@ -193,11 +193,12 @@ def _follow(rule: Rule, call, ins: list[Layout], outs: list, groups: Groups, inf
     layer, class_name = call.layer, info.class_name
     out_width = _channels(outs[0])
     if rule.kind == "producer":
+        # Checked before the group exists: a rule that does not fit leaves no trace in the groups.
+        if info.config[rule.units] != out_width:
+            raise ValueError(f"config {rule.units}={info.config[rule.units]} is not the output width {out_width}")
         info.in_layout, info.observed = ins[0], call.inputs[0]
         frozen = activation_check(info.config, 0)
         info.out_group = groups.new(out_width, frozen and f"{layer.name}: {frozen}", producer=layer.name)
-        if rule.units and info.config[rule.units] != out_width:
-            raise ValueError(f"config {rule.units}={info.config[rule.units]} is not the output width {out_width}")
         return [(Block(1, ((info.out_group, out_width),)),)]
     if rule.kind in ("passthrough", "reshape"):
         info.in_layout = ins[0]
