@@ -250,3 +250,22 @@ def test_convnext_blocks_joint_prunes_the_residual_stream_boundary_only_the_expa
     assert joint.boundaries == () and [n["layer"] for n in joint.notes] == ["ln0", "ln1"]
     x = np.random.default_rng(0).random((16, 8, 8, 1)).astype("float32")
     assert apply_plan(model, joint).predict(x, verbose=0).shape == (16, 10)
+
+
+def test_recipe_step_takes_norms(tmp_path):
+    path = tmp_path / "ln.keras"
+    _model(hidden=True).save(path)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[[step]]\nneuron-ratio = 0.25\nnorms = "joint"\n')
+    report = json.loads(run("prune", path, "--recipe", recipe, "--dry-run", "--json", "-q").stdout)
+    assert [note["layer"] for note in report["structural"]["notes"]] == ["norm"]
+    recipe.write_text('[[step]]\nneuron-ratio = 0.25\nnorms = "both"\n')
+    fails(
+        tmp_path,
+        "prune",
+        path,
+        "--recipe",
+        recipe,
+        code=2,
+        line=f"Error: recipe {recipe} line 3, step 1: 'both' is not one of 'boundary', 'joint'.",
+    )

@@ -1,7 +1,7 @@
 """Recipe files: a pruning pipeline kept in a TOML file, and written back from a run.
 
 A recipe is an ordered list of ``[[step]]`` tables — a structural step (its keys
-start with ``neuron-`` or are ``round-to``/``min-keep``) or a weight step (``threshold`` or
+start with ``neuron-`` or are ``round-to``/``min-keep``/``norms``) or a weight step (``threshold`` or
 ``sparsity``), each with its own ``scope``/``include``/``exclude`` — optional
 per-layer overrides of a weight step (``[step.layers."<regex>"]``), an optional
 ``[finetune]`` table, and other ``prune`` options at the top level. Keys are the
@@ -36,6 +36,7 @@ STRUCTURAL_KEYS = (
     "neuron-ratio",
     "round-to",
     "min-keep",
+    "norms",
     "scope",
     "include",
     "exclude",
@@ -43,7 +44,7 @@ STRUCTURAL_KEYS = (
 WEIGHT_KEYS = ("threshold", "sparsity", "scope", "include", "exclude")
 LAYER_KEYS = ("threshold", "sparsity")
 PATH_KEYS = ("data", "val-data", "plots", "output", "report", "markdown")
-_STRUCTURAL_ONLY = {"neuron-criterion", "neuron-threshold", "neuron-ratio", "round-to", "min-keep"}
+_STRUCTURAL_ONLY = {"neuron-criterion", "neuron-threshold", "neuron-ratio", "round-to", "min-keep", "norms"}
 _NUMBER, _TEXT, _TEXTS = "a number", "a string", "a list of strings"
 # The TOML type each step and layer key takes (other keys are checked by the option they set).
 KEY_TYPES = {
@@ -54,6 +55,7 @@ KEY_TYPES = {
     "round-to": "an integer",
     "min-keep": _NUMBER,
     "neuron-criterion": _TEXT,
+    "norms": _TEXT,
     "scope": _TEXT,
     "include": _TEXTS,
     "exclude": _TEXTS,
