@@ -75,7 +75,7 @@ def layer_times(model, pruned, batch: np.ndarray, repeats: int = 10) -> list[dic
     for which, m in (("before", model), ("after", pruned)):
         layers = [layer for layer in m.layers if layer.__class__.__name__ != "InputLayer"]
         probe = keras.Model(m.inputs, [layer.input for layer in layers])
-        values = probe(batch, training=False)
+        values = probe(batch if isinstance(batch, list) else [batch], training=False)
         inputs[which] = {layer.name: (layer, value) for layer, value in zip(layers, values)}
     for name, (layer, x) in inputs["before"].items():
         new, x_new = inputs["after"][name]
