@@ -83,9 +83,7 @@ def test_prune_time_commands_write_the_plan_sliced_weights(models, tmp_path):
         k: v.tobytes() for k, v in before.items()
     }
     plan = plan_structure(keras.models.load_model(source, compile=False), NeuronPruning(ratio=0.5))
-    kept = {
-        g.producers[0]: np.setdiff1d(np.arange(g.units_before), g.dropped) for g in plan.groups if not g.frozen
-    }
+    kept = {g.producers[0]: np.setdiff1d(np.arange(g.units_before), g.dropped) for g in plan.groups if not g.frozen}
     assert len(kept["conv"]) == 2 and len(kept["fc"]) == 4
     # Sliced here with numpy, not by apply_plan: bit-identical values, only the planned units gone.
     np.testing.assert_array_equal(after["conv/0"], before["conv/0"][..., kept["conv"]])
