@@ -42,7 +42,7 @@ def build_model(name: str, size: int, path: Path) -> Path:
         "import os, sys; os.environ.setdefault('KERAS_BACKEND', 'tensorflow'); import keras; "
         f"keras.applications.{name}(input_shape=({size}, {size}, 3), weights=None).save(sys.argv[1])"
     )
-    subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, stderr=subprocess.DEVNULL)
     return path
 
 
@@ -73,7 +73,9 @@ def time_processes(named: dict[str, list[str]], repeats: int) -> dict[str, list[
     for round_ in range(repeats):
         for name in names if round_ % 2 == 0 else names[::-1]:
             start = time.perf_counter()
-            subprocess.run(named[name], check=True, env=env, stdout=subprocess.DEVNULL)
+            done = subprocess.run(named[name], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if done.returncode:
+                raise SystemExit(f"{name} failed ({done.returncode}):\n{done.stderr[-2000:]}")
             spent[name].append(time.perf_counter() - start)
     return spent
 

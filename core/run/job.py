@@ -8,7 +8,10 @@ failure leaves no output behind.
 Two engines run the steps. The ``file`` engine (weight steps only, same format)
 reads and writes weights with h5py and never imports TensorFlow. The ``keras``
 engine loads the model in Keras, runs the steps on the live model, and saves it;
-steps that change the model's structure or train it run there.
+steps that change the model's structure or train it run there. A structural
+step alone, ``.keras`` to ``.keras``, is written as the input file edited
+(``core/structure/rewrite.py``): the same model, without rebuilding and
+re-saving it in Keras.
 """
 
 from __future__ import annotations
@@ -192,7 +195,7 @@ def _write_rewrite(model: ModelFile, target: Path, rewrite, level: int, progress
         model,
         target,
         level,
-        counts.counting(lambda entry, array: rewrite.weight(entry.dataset, array)),
+        counts.counting(rewrite.weight),
         progress=progress,
         members=members,
     )

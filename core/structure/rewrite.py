@@ -27,7 +27,7 @@ import numpy as np
 from prunectl.core.io.modelfile import WeightEntry
 from prunectl.core.structure.plan import StructuralPlan, _take
 
-_DATASET = re.compile(r"^/layers/([^/]+)/vars/(\d+)$")
+_DATASET = re.compile(r"^/layers/[^/]+/vars/(\d+)$")
 _SHAPE_KEYS = ("target_shape", "use_bias")
 
 
@@ -37,27 +37,37 @@ class PlanRewrite:
 
     Attributes:
         config: the saved model config (``config.json``) of the pruned model.
-        slices: per weight dataset path, the ``(axis, block, kept)`` slices that apply to it.
+        slices: per weight ``(layer name, position in its weights)``, the ``(axis, block, kept)`` slices to apply.
     """
 
     config: dict
-    slices: dict[str, tuple]
+    slices: dict[tuple[str, int] | None, tuple]
 
     def entries(self, entries: list[WeightEntry]) -> list[WeightEntry]:
         """``entries`` of the saved model with the pruned shapes."""
         out = []
         for entry in entries:
             shape = list(entry.shape)
-            for axis, block, kept in self.slices.get(entry.dataset, ()):
+            for axis, block, kept in self.slices.get(_position(entry), ()):
                 shape[axis] = len(kept) * block
             out.append(replace(entry, shape=tuple(shape)))
         return out
 
-    def weight(self, dataset: str, array: np.ndarray) -> np.ndarray:
-        """The pruned value of the weight stored at ``dataset``."""
-        for axis, block, kept in self.slices.get(dataset, ()):
+    def weight(self, entry: WeightEntry, array: np.ndarray) -> np.ndarray:
+        """The pruned value of the saved weight ``entry``."""
+        for axis, block, kept in self.slices.get(_position(entry), ()):
             array = _take(array, axis, block, kept)
         return array
+
+
+def _position(entry: WeightEntry) -> tuple[str, int] | None:
+    """``(layer name, index in the layer's weights)`` of a weight a Keras save stored as ``.../<layer>/vars/<i>``.
+
+    The folder is Keras' own attribute name for the layer (``conv2d_3``), not its
+    name; the ``vars`` group's ``name`` attribute, read into ``entry.layer``, is.
+    """
+    match = _DATASET.match(entry.dataset)
+    return (entry.layer, int(match[1])) if match else None
 
 
 def _is_tensor(value) -> bool:
@@ -128,28 +138,36 @@ def rewrite_plan(config: dict, model, plan: StructuralPlan) -> PlanRewrite | Non
                 if index == 0 and "build_config" in entry:
                     entry["build_config"]["input_shape"] = _as_lists(in_shapes)
         # The outputs are never pruned: a different output shape means a shape above was computed wrongly.
-        for (name, index, tensor_index), tensor in zip(config["config"]["output_layers"], model.outputs):
+        outputs = config["config"]["output_layers"]
+        outputs = [outputs] if isinstance(outputs[0], str) else outputs  # one output is saved unnested
+        if len(outputs) != len(model.outputs):
+            return None
+        for (name, index, tensor_index), tensor in zip(outputs, model.outputs):
             if shapes[(name, index, tensor_index)] != tuple(tensor.shape):
                 return None
     except (KeyError, TypeError, ValueError, IndexError, NotImplementedError):
         return None
-    slices: dict[str, tuple] = {}
+    slices: dict[tuple[str, int] | None, tuple] = {}
     for name, edit in plan.edits.items():
         names = [v.name for v in layers[name].weights]
         for weight, axis, block, kept in edit.slices:
             if weight in names:
-                path = f"/layers/{name}/vars/{names.index(weight)}"
-                slices[path] = (*slices.get(path, ()), (axis, block, kept))
+                at = (name, names.index(weight))
+                slices[at] = (*slices.get(at, ()), (axis, block, kept))
     return PlanRewrite(config, slices)
 
 
 def stored_as_expected(entries: list[WeightEntry], model) -> bool:
-    """Whether every weight of the saved model sits at ``/layers/<name>/vars/<i>`` of a layer holding that many."""
+    """Whether every weight of the saved model is the ``i``-th weight of a top-level layer of ``model``, same shape.
+
+    That is where a Keras save puts them (``/layers/<attribute>/vars/<i>``), and
+    what :class:`PlanRewrite` relies on to find each weight's slices.
+    """
     layers = {layer.name: layer for layer in model.layers}
     for entry in entries:
-        match = _DATASET.match(entry.dataset)
-        if match is None or match[1] not in layers or int(match[2]) >= len(layers[match[1]].weights):
+        at = _position(entry)
+        if at is None or at[0] not in layers or at[1] >= len(layers[at[0]].weights):
             return False
-        if tuple(layers[match[1]].weights[int(match[2])].shape) != tuple(entry.shape):
+        if tuple(layers[at[0]].weights[at[1]].shape) != tuple(entry.shape):
             return False
-    return True
+    return len(entries) == sum(len(layer.weights) for layer in model.layers)
