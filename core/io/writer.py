@@ -91,6 +91,7 @@ def write_model(
     transform: EntryTransform | None = None,
     keep_optimizer: bool = False,
     progress: Progress | None = None,
+    members: dict[str, bytes] | None = None,
 ) -> None:
     """Write ``model`` to ``target`` atomically, in the same format.
 
@@ -105,6 +106,7 @@ def write_model(
             at about three times the weights), stale once weights are pruned,
             and the compile settings that rebuild the optimizer are kept.
         progress: called as ``progress(weight_key, done, total)`` per weight written.
+        members: ``.keras`` archive members written instead of the source's (e.g. a new ``config.json``).
     """
     fmt = "keras" if target.suffix.lower() == ".keras" else "h5"
     if fmt != model.format:
@@ -140,7 +142,7 @@ def write_model(
         weights_tmp = tmp.with_name(tmp.name + ".weights")
         try:
             write_h5(model.h5, weights_tmp, level, on_dataset, skip, read)
-            _write_keras_zip(tmp, model.zip_members, weights_tmp, level)
+            _write_keras_zip(tmp, {**model.zip_members, **(members or {})}, weights_tmp, level)
         finally:
             weights_tmp.unlink(missing_ok=True)
 

@@ -8,7 +8,10 @@ failure leaves no output behind.
 Two engines run the steps. The ``file`` engine (weight steps only, same format)
 reads and writes weights with h5py and never imports TensorFlow. The ``keras``
 engine loads the model in Keras, runs the steps on the live model, and saves it;
-steps that change the model's structure or train it run there.
+steps that change the model's structure or train it run there. A structural
+step alone, ``.keras`` to ``.keras``, is written as the input file edited
+(``core/structure/rewrite.py``): the same model, without rebuilding and
+re-saving it in Keras.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING
 from prunectl.core.errors import OptionError, OutputError
 from prunectl.core.io.atomic import check_output, write_text_atomic
 from prunectl.core.io.modelfile import H5_SUFFIXES, KERAS_SUFFIX, ModelFile, model_format, open_model_file
-from prunectl.core.io.writer import Progress, save_keras_model
+from prunectl.core.io.writer import Progress, save_keras_model, write_model
 from prunectl.core.options import COMPRESSION_LEVELS
 from prunectl.core.run.gates import GATES
 from prunectl.core.run.markdown import report_markdown
@@ -104,6 +107,11 @@ def _run_keras(
             before = evaluate(original)
         if request.neurons:  # neurons first, then weights, then fine-tuning
             plan = structural.plan_structure(original, request.neurons, x)
+            if _writes_plan_only(request, model, target, loaded):
+                rewrite = _rewrite(model, original, plan)
+                if rewrite is not None:
+                    counts = _write_rewrite(model, target, rewrite, COMPRESSION_LEVELS[request.compression], progress)
+                    return PruneOutcome("keras", {}, counts, time.perf_counter() - start, notes, None, plan.to_dict())
             loaded = replace(loaded, model=structural.apply_plan(original, plan, unsafe=request.unsafe))
             if loaded.compile_spec and loaded.compile_spec.loss is not None:
                 notes += keras_io.compile_model(loaded.model, loaded.compile_spec)
@@ -140,6 +148,58 @@ def _run_keras(
         timing,
         evaluation,
     )
+
+
+def _writes_plan_only(request: PruneRequest, model: ModelFile, target: Path, loaded) -> bool:
+    """Whether the output is the structural plan alone, .keras to .keras, with nothing that needs the model live."""
+    return (
+        model.format == "keras"
+        and model_format(target) == "keras"
+        and request.weights is None
+        and request.finetune is None
+        and request.evaluation is None
+        and not request.benchmark
+        and not request.keep_optimizer
+        # A compiled model is recompiled after apply_plan; its compile config is Keras's to write.
+        and (loaded.compile_spec is None or loaded.compile_spec.loss is None)
+    )
+
+
+def _rewrite(model: ModelFile, original, plan):
+    from prunectl.core.structure.rewrite import rewrite_plan, stored_as_expected
+
+    if not stored_as_expected(model.entries, original):
+        return None
+    return rewrite_plan(model.config, original, plan)
+
+
+def _write_rewrite(model: ModelFile, target: Path, rewrite, level: int, progress: Progress | None) -> WeightCounts:
+    """Write the pruned model as the input file edited (see ``core.structure.rewrite``): no Keras rebuild or save."""
+    import json
+    from datetime import datetime
+
+    from prunectl.core.io.keras_io import import_keras
+    from prunectl.core.weights.catalog import tag_prunable
+
+    keras = import_keras()
+
+    counts = WeightCounts(tag_prunable(rewrite.entries(model.entries)))
+    members = {
+        "config.json": json.dumps(rewrite.config).encode(),
+        # What a Keras save writes beside the config.
+        "metadata.json": json.dumps(
+            {"keras_version": keras.__version__, "date_saved": datetime.now().strftime("%Y-%m-%d@%H:%M:%S")}
+        ).encode(),
+    }
+    write_model(
+        model,
+        target,
+        level,
+        counts.counting(rewrite.weight),
+        progress=progress,
+        members=members,
+    )
+    return counts
 
 
 def _plan_only(request: PruneRequest, model: ModelFile) -> PlanReport:
