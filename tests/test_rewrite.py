@@ -90,3 +90,32 @@ def test_a_compiled_model_is_rebuilt_in_keras(tmp_path, monkeypatch):
     model.compile(optimizer="adam", loss="mse")
     model.save(source)
     assert _prune_both(tmp_path, monkeypatch, source, "--neuron-ratio", "0.5") == []  # not even tried
+
+
+@pytest.mark.parametrize("op", [False, True])
+def test_rewrite_matches_the_rebuild_through_ops_and_unnamed_variables(tmp_path, monkeypatch, op):
+    """keras.applications' LayerScale holds an unnamed variable (``variable``) and has no ``compute_output_shape``.
+
+    Neither it nor an op node can be written as an edit: the rebuild writes the file, and the result is the same.
+    """
+    from keras.src.applications.convnext import LayerScale
+
+    keras = seeded_keras()
+    inputs = keras.Input((5,), name="x")
+    hidden = keras.layers.Dense(6, name="a")(inputs)
+    scale = LayerScale(0.5, 6, name="scale")
+    hidden = scale(hidden) * 0.5 if op else scale(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="b")(hidden))
+    scale.set_weights([np.linspace(0.1, 1.2, 6).astype("float32")])
+    source = tmp_path / "scaled.keras"
+    model.save(source)
+    assert _prune_both(tmp_path, monkeypatch, source, "--neuron-ratio", "0.5") == [False]
+    fast, rebuilt = tmp_path / "fast.keras", tmp_path / "rebuilt.keras"
+    weights = [read_weights(p) for p in (fast, rebuilt)]
+    assert weights[0].keys() == weights[1].keys()
+    for key, value in weights[0].items():
+        assert value.tobytes() == weights[1][key].tobytes(), key
+    x = np.random.default_rng(0).random((4, 5), dtype=np.float32)
+    outputs = [keras.models.load_model(p).predict_on_batch(x) for p in (fast, rebuilt)]
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert outputs[0].shape == (4, 2)
