@@ -70,8 +70,12 @@ class Trace:
     """What the tracer learned about one model.
 
     Attributes:
+        model: the traced model.
+        uf: the union-find over channel labels.
         producers: per producer layer name, the label of each output channel.
         zero_sites: per BatchNormalization/DepthwiseConv layer name, the label of each channel it carries.
+        fixed: labels that may not be removed (model input or output, or an unknown layer's).
+        not_zero: labels some Conv/Dense reads where they would not be exactly zero once killed.
         unknown: names of the layers the tracer did not understand (their channels are fixed).
     """
 
@@ -94,10 +98,6 @@ class Trace:
         for root, names in made_by.items():
             groups[frozenset(names)].add(root)
         return {names: sorted(r for r in roots if r not in fixed) for names, roots in groups.items()}
-
-    def group_sizes(self) -> dict[frozenset, int]:
-        """Channels per group of coupled producers (the labels of one producer's outputs)."""
-        return {names: len(self.producers[next(iter(names))]) for names in self.killable()}
 
 
 def _last(tensor) -> int:
@@ -175,7 +175,12 @@ def trace(model) -> Trace:
             result.zero_sites[op.name] = labels[id(out)]
             zero[id(out)] = np.full(_last(out), _activation_keeps_zero(op))
             continue
-        if is_layer and cls == "BatchNormalization" and single and np.ravel(config["axis"]).tolist() in ([-1], [len(out.shape) - 1]):
+        if (
+            is_layer
+            and cls == "BatchNormalization"
+            and single
+            and np.ravel(config["axis"]).tolist() in ([-1], [len(out.shape) - 1])
+        ):
             labels[id(out)] = labels[id(ins[0])]
             result.zero_sites[op.name] = labels[id(out)]
             # gamma = beta = 0 makes the channel exactly zero, whatever came in; without both it cannot.
@@ -186,7 +191,7 @@ def trace(model) -> Trace:
             labels[id(out)] = np.tile(labels[id(ins[0])], positions)
             zero[id(out)] = np.tile(zero[id(ins[0])], positions)
             continue
-        tensors = [a for a in node.arguments.keras_tensors]
+        tensors = list(node.arguments.keras_tensors)
         scalar_op = (
             not is_layer
             and (cls in OP_UNARY or cls in OP_ELEMENTWISE)
