@@ -36,7 +36,7 @@ def test_bench_io_helpers_prune_the_prunable_weights(models):
     assert [r["level"] for r in rows] == [0, 1, 2, 3, 4, 6, 9]
 
 
-@pytest.mark.parametrize("name", ["structural", "finetune_accuracy"])
+@pytest.mark.parametrize("name", ["structural", "finetune_accuracy", "applications_table"])
 def test_benchmark_scripts_import(name):
     module = _load(name)
     assert callable(module.main)
