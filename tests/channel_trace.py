@@ -183,8 +183,9 @@ def trace(model) -> Trace:
         ):
             labels[id(out)] = labels[id(ins[0])]
             result.zero_sites[op.name] = labels[id(out)]
-            # gamma = beta = 0 makes the channel exactly zero, whatever came in; without both it cannot.
-            zero[id(out)] = np.full(_last(out), bool(config["center"] and config["scale"]))
+            # Killing zeroes gamma, beta and the moving mean: gamma = 0 makes the channel zero whatever came
+            # in; without gamma (scale=False, as in InceptionV3) a zero input stays (0 - 0) / sd + 0 = 0.
+            zero[id(out)] = np.ones(_last(out), bool) if config["scale"] else zero[id(ins[0])]
             continue
         if is_layer and cls == "Flatten" and len(ins) == 1:
             positions = math.prod(ins[0].shape[1:-1])
@@ -234,7 +235,7 @@ def kill_channels(model, seed: int = 0, fraction: float = 0.25) -> dict[str, lis
     Per group of coupled producers it kills between one and ``fraction`` of the
     group's channels (never all; none in a group under 4 channels), picked among
     the killable ones: zeroes their kernel slices and biases in every producer,
-    and gamma/beta and depthwise kernel/bias in every BatchNormalization and
+    and gamma/beta/moving mean and depthwise kernel/bias in every BatchNormalization and
     DepthwiseConv they pass.
 
     Returns:
@@ -268,7 +269,7 @@ def kill_channels(model, seed: int = 0, fraction: float = 0.25) -> dict[str, lis
         layer = model.get_layer(name)
         for variable in layer.weights:
             value = variable.numpy()
-            if variable.name in ("gamma", "beta", "bias"):
+            if variable.name in ("gamma", "beta", "moving_mean", "bias"):
                 value[mask] = 0
             elif variable.name == "depthwise_kernel":
                 value[..., mask, :] = 0

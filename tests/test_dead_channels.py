@@ -25,6 +25,8 @@ ARCHITECTURES = {
     "DenseNet121": 32,
     "Xception": 71,
     "MobileNetV3Small": 32,
+    "InceptionV3": 75,  # BatchNormalization without gamma (scale=False)
+    "VGG16": 32,  # Flatten into Dense
 }
 # The only layer the tracer leaves alone in these models: EfficientNet's input Normalization.
 KNOWN_UNKNOWN = {"EfficientNetB0": ["normalization"]}
