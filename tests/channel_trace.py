@@ -279,23 +279,25 @@ def kill_channels(model, seed: int = 0, fraction: float = 0.25) -> dict[str, lis
     return expected
 
 
-def jitter_batchnorm(model, seed: int = 0) -> None:
-    """Give every BatchNormalization random statistics and scales, so that signals keep a useful size.
+def jitter_batchnorm(model, x: np.ndarray, seed: int = 0) -> None:
+    """Give every BatchNormalization random scales and offsets, and the moving statistics of the batch ``x``.
 
-    An untrained network's BatchNormalization layers are identities (mean 0, variance 1, gamma 1, beta 0);
-    many of them in a row leave outputs of 1e-13, where an absolute tolerance would check nothing.
+    An untrained network's BatchNormalization layers are identities, and a deep
+    stack of them leaves outputs that hardly depend on the input, where agreeing
+    outputs would check little. One forward pass in training mode with momentum
+    0 sets each layer's moving statistics to those its input has on ``x``.
     """
     rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if layer.__class__.__name__ != "BatchNormalization":
-            continue
+    norms = [layer for layer in model.layers if layer.__class__.__name__ == "BatchNormalization"]
+    for layer in norms:
         for variable in layer.weights:
-            shape = variable.shape
-            value = {
-                "gamma": rng.uniform(0.5, 1.5, shape),
-                "beta": rng.normal(0.1, 0.2, shape),
-                "moving_mean": rng.normal(0.0, 0.1, shape),
-                "moving_variance": rng.uniform(0.1, 0.5, shape),
-            }.get(variable.name)
-            if value is not None:
-                variable.assign(value.astype(variable.dtype))
+            if variable.name == "gamma":
+                variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype(variable.dtype))
+            elif variable.name == "beta":
+                variable.assign(rng.normal(0.0, 0.1, variable.shape).astype(variable.dtype))
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(x, training=True)
+    for layer, momentum in zip(norms, momenta):
+        layer.momentum = momentum

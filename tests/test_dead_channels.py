@@ -5,7 +5,8 @@ itself and makes a seeded subset of its removable channels exactly dead. The
 CLI then prunes with ``--neuron-criterion l1 --neuron-threshold 1e-12``, under
 which only dead units score below the threshold. The pruned model must have
 each producer's units minus its dead ones, the report must drop exactly the
-dead indices, and the outputs must not change.
+dead indices, and the outputs must not change (the models are float64, so "not
+change" means to within float64 rounding).
 """
 
 from __future__ import annotations
@@ -30,6 +31,24 @@ ARCHITECTURES = {
 }
 # The only layer the tracer leaves alone in these models: EfficientNet's input Normalization.
 KNOWN_UNKNOWN = {"EfficientNetB0": ["normalization"]}
+
+
+@pytest.fixture
+def float64():
+    """Models built in float64: pruning dead channels is exact, so outputs must agree to float64 rounding.
+
+    In float32 the reordered sums of a smaller layer differ by about 1e-7, which
+    BatchNormalization with real statistics amplifies to 1e-4 at the logits:
+    far above the rounding the check is about, and too close to a real error.
+    """
+    keras = seeded_keras()
+    # Layers follow the global dtype policy, inputs floatx; the policy stays fixed once a layer was built.
+    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    yield keras
+    keras.config.set_floatx(floatx)
+    keras.config.set_dtype_policy(policy)
 
 
 def _units(layer) -> int:
@@ -87,27 +106,29 @@ def check_dead_channels_removed(keras, model, folder, x) -> None:
 
     before = keras.ops.convert_to_numpy(model(x, training=False))
     after = keras.ops.convert_to_numpy(pruned(x, training=False))
-    assert np.abs(before).max() > 1e-2  # outputs of a useful size, so the tolerance below means something
-    np.testing.assert_allclose(after, before, rtol=0, atol=1e-5 * np.abs(before).max())
+    # Outputs that depend on the input, so that agreeing on them means something; the tolerance is relative.
+    assert not np.allclose(before[0], before[1], rtol=1e-3, atol=0)
+    assert before.dtype == after.dtype == np.float64
+    np.testing.assert_allclose(after, before, rtol=0, atol=1e-9 * np.abs(before).max())
 
 
-def test_dead_channels_of_a_tiny_model_are_removed_exactly(tmp_path):
+def test_dead_channels_of_a_tiny_model_are_removed_exactly(tmp_path, float64):
     model = tiny_model()
-    jitter_batchnorm(model, seed=1)
-    x = np.random.default_rng(3).random((4, 8, 8, 3)).astype("float32")
-    check_dead_channels_removed(seeded_keras(), model, tmp_path, x)
+    x = np.random.default_rng(3).random((4, 8, 8, 3))
+    jitter_batchnorm(model, x, seed=1)
+    check_dead_channels_removed(float64, model, tmp_path, x)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ARCHITECTURES)
-def test_pruning_removes_exactly_the_dead_channels(tmp_path, name):
-    keras = seeded_keras()
+def test_pruning_removes_exactly_the_dead_channels(tmp_path, float64, name):
+    keras = float64
     side = ARCHITECTURES[name]
     # Logits, not softmax: a softmax would hide differences in its saturation.
     model = getattr(keras.applications, name)(
         weights=None, input_shape=(side, side, 3), classes=10, classifier_activation=None
     )
-    jitter_batchnorm(model, seed=1)
+    x = np.random.default_rng(3).random((4, side, side, 3))
+    jitter_batchnorm(model, x, seed=1)
     assert trace(model).unknown == KNOWN_UNKNOWN.get(name, [])
-    x = np.random.default_rng(3).random((4, side, side, 3)).astype("float32")
     check_dead_channels_removed(keras, model, tmp_path, x)
