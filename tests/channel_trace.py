@@ -38,6 +38,7 @@ PER_CHANNEL = {
     "UpSampling3D", "Identity", "Rescaling", "Reshape",
 }  # fmt: skip
 MERGES = {"Add": "and", "Subtract": "and", "Average": "and", "Maximum": "and", "Minimum": "and", "Multiply": "or"}
+MERGES["CustomScaleLayer"] = "and"  # InceptionResNetV2's x + scale * y
 # keras.ops nodes (``x + 3.0``, ``x * gate``): elementwise with a scalar, or between two tensors.
 OP_ELEMENTWISE = {"Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum"}
 OP_MERGES = {"Add": "and", "Subtract": "and", "Multiply": "or", "Maximum": "and", "Minimum": "and"}

@@ -119,11 +119,27 @@ def test_dead_channels_of_a_tiny_model_are_removed_exactly(tmp_path, float64):
     check_dead_channels_removed(float64, model, tmp_path, x)
 
 
+# prunectl leaves these groups whole where this check removes their dead channels: a merge whose inputs
+# have different layouts (the segments of a Concatenate on one side, one producer's group on the other)
+# freezes them ("inputs of ... do not line up"), where a position-wise union would couple the channels.
+NOT_LINED_UP = "prunectl freezes merges whose input layouts differ (position-wise union would prune them)"
+CONSERVATIVE = {"InceptionResNetV2": 75, "NASNetMobile": 32}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize(
+    "name",
+    [
+        *ARCHITECTURES,
+        *(
+            pytest.param(n, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=NOT_LINED_UP))
+            for n in CONSERVATIVE
+        ),
+    ],
+)
 def test_pruning_removes_exactly_the_dead_channels(tmp_path, float64, name):
     keras = float64
-    side = ARCHITECTURES[name]
+    side = {**ARCHITECTURES, **CONSERVATIVE}[name]
     # Logits, not softmax: a softmax would hide differences in its saturation.
     model = getattr(keras.applications, name)(
         weights=None, input_shape=(side, side, 3), classes=10, classifier_activation=None
