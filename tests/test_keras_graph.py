@@ -114,3 +114,31 @@ def test_keras_internals_are_touched_in_one_module_only():
         if PRIVATE.search(line)
     ]
     assert found and all(f.startswith("core/structure/keras_graph.py:") for f in found), found
+
+
+def test_op_calls_carry_their_constant_arguments():
+    """``Node.arguments.args``/``kwargs`` hold an op call's non-tensor arguments (the ``1.0`` of ``x + 1.0``)."""
+    import numpy as np
+
+    keras = _keras()
+    inputs = keras.Input((3,))
+    x = keras.layers.Dense(3, name="d")(inputs)
+    x = 2.0 - (x + np.ones(3, "float32"))
+    graph = layer_graph(keras.Model(inputs, keras.ops.relu(x)))
+    ops = [(c.layer.__class__.__name__, c.is_op, c.constants) for c in graph.calls[1:]]
+    assert ops == [("Dense", False, ()), ("Add", True, ((3,),)), ("Subtract", True, ((),)), ("Relu", True, ())]
+    assert all(len(c.inputs) == 1 for c in graph.calls[2:])
+
+
+def test_deserialization_scope_lifts_safe_mode_only_inside():
+    from prunectl.core.structure.keras_graph import deserialization_scope
+
+    keras = _keras()
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda t: t + 1.0)(inputs))
+    with pytest.raises(ValueError, match="safe_mode"):
+        keras.models.clone_model(model)
+    with deserialization_scope(unsafe=True):
+        assert keras.models.clone_model(model) is not None
+    with pytest.raises(ValueError, match="safe_mode"):
+        keras.models.clone_model(model)

@@ -7,6 +7,8 @@ sub-layer, rule axes whose lengths are the layer's channel counts, MAC weights.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from prunectl.core.layers import specs
@@ -41,8 +43,16 @@ KWARGS = {
     "EinsumDense": {"output_shape": 4},
     **{f"SeparableConv{d}D": {"depth_multiplier": 2} for d in (1, 2)},
 }
-MERGES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate")
-LAYER_CLASSES = sorted(name for name, spec in specs().items() if not spec.nested_model)
+MERGES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "CustomScaleLayer")
+# keras.applications' own helper layers, with the module that defines each.
+APPLICATION_LAYERS = {
+    "LayerScale": "convnext",
+    "StochasticDepth": "convnext",
+    "CustomScaleLayer": "inception_resnet_v2",
+}
+ARGS.update({"LayerScale": (1e-6, 6), "StochasticDepth": (0.1,), "CustomScaleLayer": (0.2,)})
+# Operation rules (keys "ops.<Class>") are checked against keras.ops in tests/test_structure_ops.py.
+LAYER_CLASSES = sorted(name for name, spec in specs().items() if not spec.nested_model and not name.startswith("ops."))
 
 
 def _input_shape(class_name: str) -> tuple:
@@ -59,7 +69,14 @@ def _input_shape(class_name: str) -> tuple:
 def _build(class_name: str):
     import keras
 
-    layer = getattr(keras.layers, class_name)(*ARGS.get(class_name, ()), **KWARGS.get(class_name, {}))
+    if class_name in APPLICATION_LAYERS:
+        import importlib
+
+        module = importlib.import_module(f"keras.src.applications.{APPLICATION_LAYERS[class_name]}")
+        cls = getattr(module, class_name)
+    else:
+        cls = getattr(keras.layers, class_name)
+    layer = cls(*ARGS.get(class_name, ()), **KWARGS.get(class_name, {}))
     shape = _input_shape(class_name)
     x = keras.Input(shape, dtype="int32" if class_name == "Embedding" else "float32")
     y = layer([x, x]) if class_name in MERGES else layer(x)
@@ -85,7 +102,8 @@ def test_spec_matches_the_layers_variables(class_name):
             assert variable.path == f"{layer.name}/{owner.name}/{weight.name}"
         else:
             assert variable.path == f"{layer.name}/{weight.name}"
-    by_name = {v.name: v for v in layer.weights}
+    # Keras names an unnamed variable "variable", then "variable_1", ... (LayerScale's gamma).
+    by_name = {re.sub(r"^variable_\d+$", "variable", v.name): v for v in layer.weights}
     assert set(spec.mac_weights) <= set(by_name), (spec.mac_weights, sorted(by_name))
     rule = spec.rule
     if rule is None:

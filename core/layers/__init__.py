@@ -1,7 +1,7 @@
 """The layer table: everything prunectl knows about each Keras layer class (see :mod:`.spec`).
 
 Public API: :class:`LayerSpec`, :class:`WeightSpec`, :class:`Rule`,
-:func:`register_layer`, :func:`layer_spec`, :func:`get_spec`, :func:`specs`,
+:func:`register_layer`, :func:`layer_spec`, :func:`op_key`, :func:`get_spec`, :func:`specs`,
 :func:`load_entry_points`, and the ``prunectl.layers`` entry-point group.
 """
 
@@ -16,6 +16,7 @@ from prunectl.core.layers.spec import (
     is_nested_model,
     layer_spec,
     load_entry_points,
+    op_key,
     prunable_weight,
     register_layer,
     specs,
@@ -33,6 +34,7 @@ __all__ = [
     "is_nested_model",
     "layer_spec",
     "load_entry_points",
+    "op_key",
     "prunable_weight",
     "register_layer",
     "specs",

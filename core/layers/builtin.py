@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prunectl.core.layers.spec import LayerSpec, Rule, WeightSpec
+from prunectl.core.layers.spec import LayerSpec, Rule, WeightSpec, op_key
 
 
 def last_axis_check(key: str) -> Callable[[dict, int], str | None]:
@@ -47,6 +47,16 @@ def activation_check(config: dict, rank: int = 0) -> str | None:
     return None
 
 
+def keras_applications_check(*keys: str) -> Callable[[dict, int], str | None]:
+    """A rule check refusing a same-named class whose config lacks the keys of keras.applications' own."""
+
+    def check(config: dict, rank: int) -> str | None:
+        missing = [key for key in keys if key not in config]
+        return f"not the keras.applications layer (no {', '.join(missing)} in its config)" if missing else None
+
+    return check
+
+
 _KERNEL = (WeightSpec("kernel", 0),)
 _RNN = (WeightSpec("kernel", 0, "cell"), WeightSpec("recurrent_kernel", 1, "cell"))
 _SEPARABLE_WEIGHTS = (WeightSpec("depthwise_kernel", 0), WeightSpec("pointwise_kernel", 1))
@@ -64,6 +74,56 @@ _SEPARABLE = Rule(
 _DEPTHWISE = Rule("passthrough", in_axes=(("kernel", -2, None), ("bias", 0, None)), check=depthwise_check)
 _NORM_PARAMS = tuple((w, 0, None) for w in ("gamma", "beta", "moving_mean", "moving_variance"))
 _PASS = LayerSpec(rule=Rule("passthrough"))
+
+# Graph operations (keras.ops on symbolic tensors). Every one here is elementwise, so
+# a channel kept or dropped stays where it is; a constant argument wider than a scalar
+# is refused in structure.graph (it would keep its old width in the rebuilt model).
+_ELEMENTWISE_BINARY = (
+    "Add",
+    "Subtract",
+    "Multiply",
+    "Divide",
+    "TrueDivide",
+    "Maximum",
+    "Minimum",
+    "Power",
+)
+_ELEMENTWISE_UNARY = (
+    "Relu",
+    "Relu6",
+    "Sigmoid",
+    "HardSigmoid",
+    "Silu",
+    "HardSilu",
+    "Gelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "LeakyRelu",
+    "Softplus",
+    "Softsign",
+    "SparsePlus",
+    "HardTanh",
+    "LogSigmoid",
+    "Tanh",
+    "Exp",
+    "Log",
+    "Absolute",
+    "Square",
+    "Sqrt",
+    "Negative",
+    "Reciprocal",
+    "Sign",
+    "Erf",
+    "Clip",
+    "Cast",
+    "Copy",
+    "StopGradient",
+)
+OPS: dict[str, LayerSpec] = {
+    **{op_key(name): LayerSpec(rule=Rule("merge")) for name in _ELEMENTWISE_BINARY},
+    **{op_key(name): _PASS for name in _ELEMENTWISE_UNARY},
+}
 
 BUILTIN: dict[str, LayerSpec] = {
     "Dense": LayerSpec(_KERNEL, _DENSE, {"kernel": "output"}, foldable=True),
@@ -119,4 +179,16 @@ BUILTIN: dict[str, LayerSpec] = {
     },
     "Concatenate": LayerSpec(rule=Rule("concat")),
     **{name: LayerSpec(nested_model=True) for name in ("Sequential", "Functional", "Model")},
+    # keras.applications' own helper layers (ConvNeXt, InceptionResNetV2).
+    "LayerScale": LayerSpec(
+        rule=Rule(
+            "passthrough",
+            in_axes=(("variable", 0, None),),  # its gamma, created without a name
+            check=keras_applications_check("init_values", "projection_dim"),
+            width="projection_dim",
+        )
+    ),
+    "StochasticDepth": LayerSpec(rule=Rule("passthrough", check=keras_applications_check("drop_path_rate"))),
+    "CustomScaleLayer": LayerSpec(rule=Rule("merge", check=keras_applications_check("scale"))),
+    **OPS,
 }

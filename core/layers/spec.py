@@ -6,7 +6,10 @@ pruning, which weights count towards multiply-adds, whether a BatchNormalization
 after it folds into it, and whether it is a model holding other layers.
 
 The table is keyed by class name, because a saved model names its layers' classes
-by name and is read without importing them. The built-in Keras layers are in
+by name and is read without importing them. Operations a Functional model records
+as graph nodes (``x + 1.0``, ``keras.ops.relu(x)``) have their own entries, keyed
+``"ops.<ClassName>"`` (see :func:`op_key`), so the op ``keras.ops.add`` never takes
+the rule of the layer ``keras.layers.Add``; users register op rules the same way. The built-in Keras layers are in
 :mod:`prunectl.core.layers.builtin`; a user registers their own class with
 :func:`register_layer` (or the :func:`layer_spec` class decorator), and an
 installed package can ship specs under the ``prunectl.layers`` entry-point group,
@@ -64,6 +67,8 @@ class Rule:
             ``transpose`` or ``separable``; see ``structure.plan``).
         check: ``check(config, rank)`` returns why a config cannot be handled
             (the layer is then a boundary, left whole), or None.
+        width: config key holding a pass-through's channel count, set to the kept
+            channels when the layer is rebuilt (e.g. ``projection_dim``).
     """
 
     kind: str
@@ -72,6 +77,19 @@ class Rule:
     out_axes: tuple = ()
     fold: str | None = None
     check: Callable[[dict, int], str | None] | None = None
+    width: str | None = None
+
+
+OP_PREFIX = "ops."
+
+
+def op_key(class_name: str) -> str:
+    """The table key of the graph operation class ``class_name`` (not a Layer), e.g. ``"ops.Add"``.
+
+    Example:
+        >>> register_layer(op_key("Erf"), LayerSpec(rule=Rule("passthrough")))
+    """
+    return f"{OP_PREFIX}{class_name}"
 
 
 RULE_KINDS = ("producer", "passthrough", "flatten", "reshape", "merge", "concat")
@@ -130,7 +148,8 @@ def register_layer(layer: str | type, spec: LayerSpec) -> LayerSpec:
     """Tell prunectl about a layer class: its spec replaces any earlier one.
 
     Args:
-        layer: the class, or its name as a saved model records it (``class_name``).
+        layer: the class, or its name as a saved model records it (``class_name``);
+            for a graph operation (not a Layer), its :func:`op_key`.
         spec: what prunectl should know about it.
 
     Returns:

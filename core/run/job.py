@@ -104,7 +104,7 @@ def _run_keras(
             before = evaluate(original)
         if request.neurons:  # neurons first, then weights, then fine-tuning
             plan = structural.plan_structure(original, request.neurons, x)
-            loaded = replace(loaded, model=structural.apply_plan(original, plan))
+            loaded = replace(loaded, model=structural.apply_plan(original, plan, unsafe=request.unsafe))
             if loaded.compile_spec and loaded.compile_spec.loss is not None:
                 notes += keras_io.compile_model(loaded.model, loaded.compile_spec)
         if request.finetune:

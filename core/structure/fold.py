@@ -20,7 +20,7 @@ import numpy as np
 
 from prunectl.core.errors import StructureError
 from prunectl.core.layers import get_spec
-from prunectl.core.structure.keras_graph import layer_graph
+from prunectl.core.structure.keras_graph import deserialization_scope, layer_graph
 
 
 def foldable_pairs(model) -> dict[str, str]:
@@ -66,11 +66,12 @@ def foldable_pairs(model) -> dict[str, str]:
     return pairs
 
 
-def fold_batchnorm(model):
+def fold_batchnorm(model, unsafe: bool = False):
     """Rebuild ``model`` with each foldable BatchNormalization folded into its producer.
 
     Args:
         model: a Keras model (left unchanged).
+        unsafe: allow Lambda-layer code in ``model`` to be rebuilt (a model loaded with ``unsafe``).
 
     Returns:
         ``(folded model, {batchnorm name: producer name})``; the model is uncompiled,
@@ -99,7 +100,8 @@ def fold_batchnorm(model):
         return layer(*args, **kwargs)
 
     sequential = isinstance(model, keras.Sequential)  # its layers are listed, not called: no call_function
-    folded = keras.models.clone_model(model, clone_function=rebuild, call_function=None if sequential else call)
+    with deserialization_scope(unsafe):
+        folded = keras.models.clone_model(model, clone_function=rebuild, call_function=None if sequential else call)
     for new in folded.layers:
         if new.__class__.__name__ == "InputLayer" or new.name in pairs:
             continue

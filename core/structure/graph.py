@@ -6,7 +6,10 @@ channels of one group. A Dense or convolution layer (a producer) starts a new
 group; pass-through layers (activations, pooling, BatchNormalization, ...) carry
 their input's layout; Flatten tiles it over the spatial positions; Concatenate
 joins layouts; Add and the other merges unify their inputs' groups, so coupled
-producers lose the same indices. A group is frozen (never pruned) when it reaches
+producers lose the same indices. Operations recorded in a Functional graph
+(``x + 1.0``, ``keras.ops.relu``) follow their own ``ops.*`` rules: elementwise
+ones move channels like the layers above; one with a constant argument wider than
+a scalar, or with no rule, is a boundary. A group is frozen (never pruned) when it reaches
 a model output, feeds a layer the graph cannot reason about (a boundary, left
 whole), or holds an excluded layer.
 
@@ -23,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from prunectl.core.layers import Rule, get_spec
+from prunectl.core.layers import Rule, get_spec, op_key
 from prunectl.core.layers.builtin import activation_check
 from prunectl.core.structure.keras_graph import layer_graph
 
@@ -68,6 +71,8 @@ class LayerInfo:
         out_group: a producer's output group id.
         observed: a producer's input tensor (where its input activations are measured).
         shapes: ``(input shape, output shape)`` of its first call.
+        is_op: ``layer`` is a graph operation (``keras.ops``), not a Layer.
+        config: the layer's config, read once (empty where ``get_config`` fails or for an operation).
     """
 
     layer: Any
@@ -77,6 +82,8 @@ class LayerInfo:
     out_group: int | None = None
     observed: Any = None
     shapes: tuple = ((), ())
+    is_op: bool = False
+    config: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -84,7 +91,14 @@ class LayerInfo:
 
     @property
     def class_name(self) -> str:
-        return self.layer.__class__.__name__
+        """The layer's class name; an operation's table key (``ops.Add``), so it never reads as a layer."""
+        name = self.layer.__class__.__name__
+        return op_key(name) if self.is_op else name
+
+    @property
+    def weights(self) -> list:
+        """The layer's variables (none for an operation)."""
+        return [] if self.is_op else list(getattr(self.layer, "weights", None) or [])
 
 
 @dataclass
@@ -129,17 +143,20 @@ def build_graph(model, include: Sequence[str] = (), exclude: Sequence[str] = ())
     graph = layer_graph(model)
     groups = Groups()
     layouts: dict[int, Layout] = {}
-    infos: dict[str, LayerInfo] = {}
-    calls = graph.call_counts()
+    calls: dict[int, int] = {}  # by id(layer): layer names are not unique across layers and operations
+    for call in graph.calls:
+        calls[id(call.layer)] = calls.get(id(call.layer), 0) + 1
+    infos: dict[int, LayerInfo] = {}
     for call in graph.calls:
         layer = call.layer
         ins = [layouts[id(t)] for t in call.inputs]
         outs = list(call.outputs)
-        info = infos.get(layer.name) or LayerInfo(layer, None)
-        infos[layer.name] = info
-        if call.inputs:
+        info = infos.get(id(layer))
+        if info is None:
+            info = infos[id(layer)] = LayerInfo(layer, None, is_op=call.is_op, config=_config(layer))
+        if call.inputs and outs:
             info.shapes = (tuple(call.inputs[0].shape), tuple(outs[0].shape))
-        result = _trace(layer, call, ins, outs, calls[layer.name], groups, info)
+        result = _trace(call, ins, outs, calls[id(layer)], groups, info)
         for tensor, layout in zip(outs, result):
             layouts[id(tensor)] = layout
     for tensor in graph.outputs:
@@ -148,20 +165,39 @@ def build_graph(model, include: Sequence[str] = (), exclude: Sequence[str] = ())
     return _resolve(graph.inputs, list(infos.values()), groups)
 
 
-def _trace(layer, call, ins: list[Layout], outs: list, ncalls: int, groups: Groups, info: LayerInfo) -> list[Layout]:
-    class_name = layer.__class__.__name__
+def _config(layer) -> dict:
+    try:
+        config = layer.get_config()
+    except Exception:  # an operation or custom layer without a config: its rule decides whether that matters
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _trace(call, ins: list[Layout], outs: list, ncalls: int, groups: Groups, info: LayerInfo) -> list[Layout]:
+    layer, class_name = call.layer, info.class_name
     if class_name == "InputLayer":
         return [groups.fresh(_channels(t), "model input") for t in outs]
-    rule, reason = _rule_for(layer, class_name, call, ncalls)
-    info.rule, info.reason = rule, reason
-    if rule is None:
-        for layout in ins:
-            groups.freeze(layout, f"feeds {layer.name} ({class_name})")
-        return [groups.fresh(_channels(t), f"output of {layer.name} ({class_name})") for t in outs]
+    info.rule, info.reason = _rule_for(info, call, ncalls)
+    if info.rule is not None:
+        try:
+            return _follow(info.rule, call, ins, outs, groups, info)
+        except Exception as exc:  # a rule that does not fit this layer (e.g. a user rule naming a missing key)
+            info.rule, info.reason = None, f"its rule does not apply ({type(exc).__name__}: {exc})"
+            info.in_layout, info.observed, info.out_group = None, None, None
+    for layout in ins:
+        groups.freeze(layout, f"feeds {layer.name} ({class_name})")
+    return [groups.fresh(_channels(t), f"output of {layer.name} ({class_name})") for t in outs]
+
+
+def _follow(rule: Rule, call, ins: list[Layout], outs: list, groups: Groups, info: LayerInfo) -> list[Layout]:
+    layer, class_name = call.layer, info.class_name
     out_width = _channels(outs[0])
     if rule.kind == "producer":
+        # Checked before the group exists: a rule that does not fit leaves no trace in the groups.
+        if info.config[rule.units] != out_width:
+            raise ValueError(f"config {rule.units}={info.config[rule.units]} is not the output width {out_width}")
         info.in_layout, info.observed = ins[0], call.inputs[0]
-        frozen = activation_check(layer.get_config(), 0)
+        frozen = activation_check(info.config, 0)
         info.out_group = groups.new(out_width, frozen and f"{layer.name}: {frozen}", producer=layer.name)
         return [(Block(1, ((info.out_group, out_width),)),)]
     if rule.kind in ("passthrough", "reshape"):
@@ -173,7 +209,7 @@ def _trace(layer, call, ins: list[Layout], outs: list, ncalls: int, groups: Grou
             return [ins[0]]
         if len(ins[0]) == 1:
             return [(Block(ins[0][0].tiles * positions, ins[0][0].segments),)]
-    if rule.kind == "concat" and _is_channel_axis(layer.get_config().get("axis", -1), len(outs[0].shape)):
+    if rule.kind == "concat" and _is_channel_axis(info.config.get("axis", -1), len(outs[0].shape)):
         return [concat(ins)]
     full = [layout for layout in ins if layout_width(layout) == out_width]
     if rule.kind == "flatten" or not full:
@@ -198,21 +234,30 @@ def _is_channel_axis(axis: int, rank: int) -> bool:
     return axis % rank == rank - 1
 
 
-def _rule_for(layer, class_name: str, call, ncalls: int) -> tuple[Rule | None, str | None]:
+def _rule_for(info: LayerInfo, call, ncalls: int) -> tuple[Rule | None, str | None]:
+    class_name = info.class_name
     spec = get_spec(class_name)
     rule = spec.rule if spec else None
     if rule is None:
-        return None, f"no rule for class {class_name}"
+        return None, f"no rule for {'operation' if info.is_op else 'class'} {class_name}"
     if ncalls > 1:
-        return None, f"shared layer (called {ncalls} times)"
-    config = layer.get_config()
+        return None, f"shared {'operation' if info.is_op else 'layer'} (called {ncalls} times)"
+    config = info.config
+    if not config and not info.is_op:
+        return None, "get_config() gives no config"
     if config.get("data_format") == "channels_first":
         return None, "data_format=channels_first"
     ins, outs = list(call.inputs), list(call.outputs)
     if len(outs) != 1 or not ins:
         return None, "not one output"
+    wide = [shape for shape in call.constants if math.prod(shape) != 1]
+    if wide:
+        return None, f"constant argument of shape {wide[0]} (per-channel values would keep their old width)"
     rank = len(ins[0].shape)
-    reason = rule.check(config, rank) if rule.check else None
+    try:
+        reason = rule.check(config, rank) if rule.check else None
+    except Exception as exc:  # a check written for another config
+        reason = f"its rule check failed ({type(exc).__name__}: {exc})"
     if reason:
         return None, reason
     if rule.kind in ("passthrough", "reshape") and _channels(ins[0]) != _channels(outs[0]):
@@ -220,7 +265,7 @@ def _rule_for(layer, class_name: str, call, ncalls: int) -> tuple[Rule | None, s
     return rule, None
 
 
-def _select(infos: dict[str, LayerInfo], groups: Groups, include: Sequence[str], exclude: Sequence[str]) -> None:
+def _select(infos: dict[int, LayerInfo], groups: Groups, include: Sequence[str], exclude: Sequence[str]) -> None:
     from prunectl.core.weights.selection import select_names
 
     producers = {i.name: i.out_group for i in infos.values() if i.out_group is not None}

@@ -8,14 +8,23 @@ has several of. ``op.input``/``op.output`` give only a layer's first call, made
 in whatever graph that was, so the calls are read from the graph's private
 ``_nodes_by_depth`` (Keras' own ``Function`` runs them from it); a node's
 ``operation``, ``input_tensors`` and ``output_tensors`` are public properties.
+A call's non-tensor arguments (the ``1.0`` of ``x + 1.0``) are read from the
+node's ``arguments`` (``args``/``kwargs``). Rebuilding a model that holds
+Lambda-layer code needs Keras' safe mode lifted for the rebuild only; Keras'
+public switch (``keras.config.enable_unsafe_deserialization``) is global, so
+:func:`deserialization_scope` uses the scope Keras' own loader uses.
 ``tests/test_keras_graph.py`` pins what this module assumes about them, so a
 Keras upgrade that changes it fails there first.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from prunectl.core.errors import StructureError
 
@@ -25,14 +34,20 @@ class Call:
     """One call of a layer in a model's graph.
 
     Attributes:
-        layer: the Keras layer (an ``InputLayer`` for each model input).
+        layer: the Keras layer (an ``InputLayer`` for each model input), or the
+            operation (``keras.ops``: ``x + 1.0``, ``keras.ops.relu(x)``) a
+            Functional model records as a node of its graph.
         inputs: its symbolic input tensors.
         outputs: its symbolic output tensors.
+        is_op: ``layer`` is an operation, not a Layer (it has no weights and no layer rule).
+        constants: the shapes of its numeric non-tensor arguments (``()`` for a scalar).
     """
 
     layer: Any
     inputs: tuple
     outputs: tuple
+    is_op: bool = False
+    constants: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,47 @@ def layer_graph(model) -> LayerGraph:
     graph = model if isinstance(model, keras.Function) else keras.Function(inputs, outputs)
     by_depth = graph._nodes_by_depth
     nodes = [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
-    return LayerGraph(
-        inputs, outputs, [Call(node.operation, tuple(node.input_tensors), tuple(node.output_tensors)) for node in nodes]
-    )
+    calls = []
+    for node in nodes:
+        is_op = not isinstance(node.operation, keras.layers.Layer)
+        constants = _constant_shapes(keras, node) if is_op else ()
+        calls.append(Call(node.operation, tuple(node.input_tensors), tuple(node.output_tensors), is_op, constants))
+    return LayerGraph(inputs, outputs, calls)
+
+
+def _constant_shapes(keras, node) -> tuple[tuple[int, ...], ...]:
+    arguments = getattr(node, "arguments", None)
+    if arguments is None:
+        return ()
+    shapes = []
+    for value in keras.tree.flatten((arguments.args, arguments.kwargs)):
+        if isinstance(value, keras.KerasTensor) or value is None or isinstance(value, (str, bool)):
+            continue
+        shape = getattr(value, "shape", None)
+        if shape is None:
+            try:
+                shape = np.shape(value)
+            except Exception:  # not array-like (a dtype, a callable): not a numeric constant
+                continue
+        shapes.append(tuple(int(d) if d is not None else -1 for d in shape))
+    return tuple(shapes)
+
+
+@contextlib.contextmanager
+def deserialization_scope(unsafe: bool) -> Iterator[None]:
+    """Within this scope, rebuilding a layer from its config may (``unsafe=True``) run stored Lambda code.
+
+    Args:
+        unsafe: lift Keras' safe mode for the scope; with False, the scope changes nothing.
+
+    Example:
+        >>> with deserialization_scope(unsafe=True):
+        ...     clone = keras.models.clone_model(model)
+    """
+    if not unsafe:
+        yield
+        return
+    from keras.src.saving.serialization_lib import SafeModeScope
+
+    with SafeModeScope(safe_mode=False):
+        yield

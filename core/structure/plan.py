@@ -214,7 +214,7 @@ def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> S
         edit = _edit(info, keep, stats)
         if edit is not None:
             edits[info.name] = edit
-        if info.layer.weights:
+        if info.weights:
             rows.append(_row(info, edit))
     groups = tuple(
         GroupPlan(
@@ -240,13 +240,15 @@ def _edit(info: LayerInfo, keep: dict[int, np.ndarray], stats) -> LayerEdit | No
     config: dict[str, Any] = {}
     slices: list[tuple] = []
     delta = None
-    layer_config = info.layer.get_config()
+    layer_config = info.config
     if info.in_layout is not None:
         kept = kept_features(info.in_layout, keep)
         width = layout_width(info.in_layout)
         if len(kept) < width:
             for weight, axis, block_key in rule.in_axes:
                 slices.append((weight, axis, layer_config[block_key] if block_key else 1, kept))
+            if rule.width:
+                config[rule.width] = len(kept)
             if rule.kind == "reshape" and layer_config["target_shape"][-1] != -1:
                 config["target_shape"] = [*layer_config["target_shape"][:-1], len(kept)]
             if stats is not None and info.name in stats and rule.fold:
@@ -289,48 +291,62 @@ def _take(value: np.ndarray, axis: int, block: int, kept: np.ndarray) -> np.ndar
     return np.take(value, kept, axis=axis)
 
 
-def _new_shapes(info: LayerInfo, edit: LayerEdit | None) -> dict[str, tuple]:
-    shapes: dict[str, list[int]] = {v.name: list(v.shape) for v in info.layer.weights}
+def _new_shapes(info: LayerInfo, edit: LayerEdit | None) -> list[tuple[str, tuple]]:
+    """``(variable name, shape)`` of every variable of the layer after ``edit``.
+
+    A list, not a dict by name: a nested model, MultiHeadAttention or
+    Bidirectional holds several variables of one name, and each one counts.
+    """
+    shapes = [(v.name, list(v.shape)) for v in info.weights]
     if edit is None:
-        return {k: tuple(v) for k, v in shapes.items()}
+        return [(name, tuple(shape)) for name, shape in shapes]
     for weight, axis, block, kept in edit.slices:
-        if weight in shapes:
-            shapes[weight][axis] = len(kept) * block
+        for name, shape in shapes:
+            if _names(name, weight):
+                shape[axis] = len(kept) * block
     units = info.rule.units if info.rule else None
-    if edit.config.get("use_bias") and "bias" not in shapes and units:
-        shapes["bias"] = [edit.config.get(units, info.layer.get_config()[units])]
-    return {k: tuple(v) for k, v in shapes.items()}
+    if edit.config.get("use_bias") and all(name != "bias" for name, _ in shapes) and units:
+        shapes.append(("bias", [edit.config.get(units, info.config[units])]))
+    return [(name, tuple(shape)) for name, shape in shapes]
 
 
 def _row(info: LayerInfo, edit: LayerEdit | None) -> LayerPlan:
-    before, after = _new_shapes(info, None), _new_shapes(info, edit)
+    before_shapes, after_shapes = _new_shapes(info, None), _new_shapes(info, edit)
+    # layer_macs reads kernel-like weights by name; those are unique in the layers it counts.
+    before, after = dict(reversed(before_shapes)), dict(reversed(after_shapes))
     in_shape, out_shape = info.shapes
     key = info.rule.units if info.rule else None
-    units = info.layer.get_config().get(key) if key else None
+    units = info.config.get(key) if key else None
     return LayerPlan(
         info.name,
         info.class_name,
         info.out_group,
         units,
         edit.config.get(key, units) if edit and key and units is not None else units,
-        sum(math.prod(s) for s in before.values()),
-        sum(math.prod(s) for s in after.values()),
+        sum(math.prod(s) for _, s in before_shapes),
+        sum(math.prod(s) for _, s in after_shapes),
         layer_macs(info.class_name, before, in_shape, out_shape),
         layer_macs(info.class_name, after, in_shape, out_shape),
     )
 
 
-def apply_plan(model, plan: StructuralPlan):
+def apply_plan(model, plan: StructuralPlan, unsafe: bool = False):
     """Rebuild ``model`` as a plain Keras model with the plan's units removed.
 
     Every layer is rebuilt from its config (updated where the plan says) by
     ``keras.models.clone_model``; weights are copied, sliced where units were
     removed, and shifted by folded biases. ``model`` is left unchanged.
 
+    Args:
+        model: the model the plan was made for.
+        plan: the plan of :func:`plan_structure`.
+        unsafe: allow Lambda-layer code in ``model`` to be rebuilt (a model loaded with ``unsafe``).
+
     Returns:
         The new, smaller ``keras.Model`` (uncompiled).
     """
     from prunectl.core.io.keras_io import import_keras
+    from prunectl.core.structure.keras_graph import deserialization_scope
 
     keras = import_keras()
 
@@ -339,7 +355,8 @@ def apply_plan(model, plan: StructuralPlan):
         config.update(plan.edits[layer.name].config if layer.name in plan.edits else {})
         return layer.__class__.from_config(config)
 
-    pruned = keras.models.clone_model(model, clone_function=rebuild)
+    with deserialization_scope(unsafe):
+        pruned = keras.models.clone_model(model, clone_function=rebuild)
     for new in pruned.layers:
         if new.__class__.__name__ == "InputLayer":  # clone_model renames inputs; they hold no weights
             continue
@@ -348,16 +365,31 @@ def apply_plan(model, plan: StructuralPlan):
         if edit is None:
             new.set_weights(old.get_weights())
             continue
-        values = {v.name: v.numpy() for v in old.weights}
-        arrays = []
-        for variable in new.weights:
-            value = values.get(variable.name)
-            value = np.zeros(variable.shape, variable.dtype) if value is None else value
-            for weight, axis, block, kept in edit.slices:
-                if weight == variable.name:
-                    value = _take(value, axis, block, kept)
-            if variable.name == "bias" and edit.bias_delta is not None:
-                value = value + edit.bias_delta.astype(value.dtype)
-            arrays.append(value)
-        new.set_weights(arrays)
+        new.set_weights(_edited_weights(old, new, edit))
     return pruned
+
+
+def _edited_weights(old, new, edit: LayerEdit) -> list[np.ndarray]:
+    # The rebuilt layer creates its variables in the old one's order (names may repeat, and
+    # unnamed ones get fresh names); a bias the plan adds (use_bias=True) comes after them.
+    arrays = []
+    for i, variable in enumerate(new.weights):
+        if i < len(old.weights):
+            value = old.weights[i].numpy()
+            for weight, axis, block, kept in edit.slices:
+                if _names(old.weights[i].name, weight):
+                    value = _take(value, axis, block, kept)
+        else:
+            # Created once, at the pruned size: nothing to slice.
+            value = np.zeros(variable.shape, variable.dtype)
+        if variable.name == "bias" and edit.bias_delta is not None:
+            value = value + edit.bias_delta.astype(value.dtype)
+        arrays.append(value)
+    return arrays
+
+
+def _names(variable_name: str, weight: str) -> bool:
+    """Whether a variable is the rule's ``weight``: Keras names an unnamed variable ``variable``, ``variable_1``, ..."""
+    return variable_name == weight or (
+        variable_name.startswith(f"{weight}_") and variable_name[len(weight) + 1 :].isdigit()
+    )
