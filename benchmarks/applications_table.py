@@ -6,14 +6,16 @@ Builds the smallest variant of each keras.applications family with
 ``weights=None`` at a small input (the sizes of ``tests/test_applications.py``),
 plans the structural step the CLI would run, and prints a Markdown table:
 params before -> after, the params and multiply-adds ratios from the plan's
-totals, and the boundaries (layers the channel graph leaves whole) by class and
-reason. A family whose plan fails is printed with the error.
+totals, the boundaries (layers the channel graph leaves whole) by class and
+reason, and the groups of units left whole for another reason than reaching the
+model output. A family whose plan fails is printed with the error.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -49,15 +51,25 @@ def row(name: str, side: int, step: NeuronPruning) -> str:
     try:
         plan = plan_structure(model, step)
     except Exception as error:  # a table row, not a crash: the failure is the figure
-        return f"| {name} | {side}x{side} | failed: {type(error).__name__}: {str(error)[:80]} | | | |"
+        return f"| {name} | {side}x{side} | failed: {type(error).__name__}: {str(error)[:80]} | | | | |"
     totals = plan.totals()
     params, flops = totals["params"], totals["flops"]
     kinds = Counter(f"{cls} ({reason})" for _, cls, reason in plan.boundaries)
-    bounds = "; ".join(f"{n}x {kind}" if n > 1 else kind for kind, n in sorted(kinds.items())) or "none"
+    # Layer names dropped from the reasons, so that the same cause is counted once: "feeds Add", not "feeds add_3".
+    frozen = Counter(
+        re.sub(r"[\w/.-]+ \((\w+)\)", r"\1", g.frozen.split(": ", 1)[-1])
+        for g in plan.groups
+        if g.frozen and g.frozen != "model output"
+    )
     return (
         f"| {name} | {side}x{side} | {params['before']:,} -> {params['after']:,} | x{params['ratio']:.2f} "
-        f"| x{flops['ratio']:.2f} | {len(plan.boundaries)}: {bounds} |"
+        f"| x{flops['ratio']:.2f} | {_counted(kinds)} | {_counted(frozen)} |"
     )
+
+
+def _counted(counts: Counter) -> str:
+    listed = "; ".join(f"{n}x {kind}" if n > 1 else kind for kind, n in sorted(counts.items()))
+    return f"{sum(counts.values())}: {listed}" if counts else "0"
 
 
 def main(argv=None) -> None:
@@ -68,8 +80,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     step = NeuronPruning(ratio=args.ratio, round_to=args.round_to)
     print(f"keras {import_keras().__version__}, --neuron-ratio {args.ratio} --round-to {args.round_to}\n")
-    print("| Architecture | Input | Params before -> after | Params ratio | FLOPs ratio | Boundaries |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| Architecture | Input | Params before -> after | Params ratio | FLOPs ratio | Boundaries "
+        "| Groups left whole (the head is one) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for name, side in SIZES.items():
         if args.names and name not in args.names:
             continue
