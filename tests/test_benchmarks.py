@@ -36,7 +36,9 @@ def test_bench_io_helpers_prune_the_prunable_weights(models):
     assert [r["level"] for r in rows] == [0, 1, 2, 3, 4, 6, 9]
 
 
-@pytest.mark.parametrize("name", ["structural", "finetune_accuracy", "global_scores", "layernorm"])
+@pytest.mark.parametrize(
+    "name", ["structural", "finetune_accuracy", "global_scores", "layernorm", "applications_table"]
+)
 def test_benchmark_scripts_import(name):
     module = _load(name)
     assert callable(module.main)
