@@ -7,13 +7,14 @@ import click
 from prunectl.cli.checks import checked as _checked
 from prunectl.core.options import (
     DEFAULT_MIN_KEEP,
+    DEFAULT_NORMS,
+    NORM_MODES,
     validate_min_keep,
     validate_neuron_ratio,
     validate_neuron_threshold,
     validate_round_to,
 )
 from prunectl.core.structure.criteria import CRITERIA
-from prunectl.core.structure.graph import DEFAULT_NORMS, NORM_MODES
 
 _OPTIONS = (
     click.option(

@@ -34,6 +34,7 @@ from typing import Any
 
 from prunectl.core.layers import Rule, get_spec, op_key
 from prunectl.core.layers.builtin import activation_check
+from prunectl.core.options import DEFAULT_NORMS
 from prunectl.core.structure.keras_graph import layer_graph
 
 # kept_features, layout_width and segment_features are re-exported: callers import them from here.
@@ -47,9 +48,6 @@ from prunectl.core.structure.layout import (
     same_structure,
 )
 
-NORM_MODES = ("boundary", "joint")
-# Leaving them whole recovered more accuracy after fine-tuning at equal params (benchmarks/layernorm.py).
-DEFAULT_NORMS = "boundary"
 NORMALIZES = "normalizes over the channels"
 
 
@@ -144,7 +142,7 @@ def build_graph(
         model: a built Sequential or Functional Keras model.
         include: producer-name patterns (``re.search``) that may be pruned (default: all).
         exclude: producer-name patterns left whole; a group is pruned only if all its producers are selected.
-        norms: one of :data:`NORM_MODES`: leave normalizations over the channels whole as
+        norms: one of :data:`~prunectl.core.options.NORM_MODES`: leave normalizations over the channels whole as
             boundaries (``"boundary"``, the default) or prune through them (``"joint"``).
 
     Returns:

@@ -24,6 +24,8 @@ import numpy as np
 from prunectl.core.errors import OptionError, SelectionError
 from prunectl.core.options import (
     DEFAULT_MIN_KEEP,
+    DEFAULT_NORMS,
+    NORM_MODES,
     SCOPES,
     validate_min_keep,
     validate_neuron_ratio,
@@ -32,7 +34,7 @@ from prunectl.core.options import (
 )
 from prunectl.core.structure.cost import layer_macs
 from prunectl.core.structure.criteria import CRITERIA, calibrate, lamp
-from prunectl.core.structure.graph import DEFAULT_NORMS, NORM_MODES, LayerInfo, build_graph, kept_features, layout_width
+from prunectl.core.structure.graph import LayerInfo, build_graph, kept_features, layout_width
 from prunectl.core.structure.norms import norm_notes
 
 
