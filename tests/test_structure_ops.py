@@ -367,3 +367,24 @@ def test_layers_the_graph_cannot_reason_about_are_boundaries_never_errors():
     assert reasons["noconfig"] == "get_config() gives no config"
     assert reasons["wrong"].startswith("its rule does not apply (KeyError")
     assert {g.producers[0]: len(g.dropped) for g in plan.groups if not g.frozen} == {"pre": 4, "d2": 4}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("criterion", ["activation", "apoz"])
+@pytest.mark.parametrize("name", ["MobileNetV2", "EfficientNetB0"])
+def test_data_criteria_on_conv_batchnorm_networks(name, criterion):
+    """Conv(use_bias=False) -> BatchNorm -> activation everywhere: inputs and outputs of most convs are pruned."""
+    keras = seeded_keras()
+    model = getattr(keras.applications, name)(weights=None, input_shape=(32, 32, 3), classes=10)
+    x = _x((32, 32, 3), n=8)
+    plan = plan_structure(model, NeuronPruning(criterion=criterion, ratio=0.5, round_to=8), x)
+    pruned = apply_plan(model, plan)
+    assert pruned.count_params() == plan.totals()["params"]["after"] < model.count_params()
+    # A removed unit's mean is folded into a bias the bias-free conv did not have: created once, at the new width.
+    folded = [e for e in plan.edits.values() if e.bias_delta is not None and e.config.get("use_bias")]
+    assert folded
+    for layer in pruned.layers:
+        if layer.name in plan.edits and plan.edits[layer.name].config.get("use_bias"):
+            assert layer.bias.shape == (layer.get_config()["filters"],)
+    out = np.asarray(pruned(x))
+    assert out.shape == (8, 10) and np.isfinite(out).all()
