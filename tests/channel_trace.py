@@ -246,9 +246,10 @@ def kill_channels(model, seed: int = 0, fraction: float = 0.25) -> dict[str, lis
     uf = result.uf
     rng = np.random.default_rng(seed)
     killed: set[int] = set()
-    for names, roots in sorted(result.killable().items(), key=lambda item: sorted(item[0])):
-        size = len(result.producers[next(iter(names))])
-        most = min(len(roots), int(size * fraction))
+    for _names, roots in sorted(result.killable().items(), key=lambda item: sorted(item[0])):
+        # A fraction of the group's own channels: where a residual add lines a producer's units up with
+        # several other producers' (a concatenation), each part is a group of its own.
+        most = min(len(roots) - 1, int(len(roots) * fraction))
         if most >= 1:
             killed.update(int(r) for r in rng.choice(roots, rng.integers(1, most + 1), replace=False))
 

@@ -28,6 +28,9 @@ ARCHITECTURES = {
     "MobileNetV3Small": 32,
     "InceptionV3": 75,  # BatchNormalization without gamma (scale=False)
     "VGG16": 32,  # Flatten into Dense
+    # A residual add of a concatenation and one producer: the producer's units are split between groups.
+    "InceptionResNetV2": 75,
+    "NASNetMobile": 32,
 }
 # The only layer the tracer leaves alone in these models: EfficientNet's input Normalization.
 KNOWN_UNKNOWN = {"EfficientNetB0": ["Normalization"]}  # classes: layer names depend on what was built before
@@ -100,8 +103,15 @@ def check_dead_channels_removed(keras, model, folder, x) -> None:
     pruned = keras.models.load_model(output, compile=False)
     expected = {n: _units(model.get_layer(n)) - len(d) for n, d in dead.items()}
     assert {n: _units(pruned.get_layer(n)) for n in dead} == expected
-    groups = json.loads(report.read_text())["structural"]["groups"]
-    dropped = {p: g["dropped"] for g in groups for p in g["producers"]}
+    structural = json.loads(report.read_text())["structural"]
+    groups = {g["id"]: g for g in structural["groups"]}
+    dropped = {}
+    for row in structural["layers"]:
+        # A producer's units are its groups' units in order (several groups where a residual add split them).
+        offset, dropped[row["layer"]] = 0, []
+        for gid in row["groups"]:
+            dropped[row["layer"]] += [offset + i for i in groups[gid]["dropped"]]
+            offset += groups[gid]["units_before"]
     assert {n: dropped.get(n, []) for n in dead} == dead
 
     before = keras.ops.convert_to_numpy(model(x, training=False))
@@ -122,24 +132,11 @@ def test_dead_channels_of_a_tiny_model_are_removed_exactly(tmp_path, float64):
 # prunectl leaves these groups whole where this check removes their dead channels: a merge whose inputs
 # have different layouts (the segments of a Concatenate on one side, one producer's group on the other)
 # freezes them ("inputs of ... do not line up"), where a position-wise union would couple the channels.
-NOT_LINED_UP = "prunectl freezes merges whose input layouts differ (position-wise union would prune them)"
-CONSERVATIVE = {"InceptionResNetV2": 75, "NASNetMobile": 32}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name",
-    [
-        *ARCHITECTURES,
-        *(
-            pytest.param(n, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=NOT_LINED_UP))
-            for n in CONSERVATIVE
-        ),
-    ],
-)
+@pytest.mark.parametrize("name", ARCHITECTURES)
 def test_pruning_removes_exactly_the_dead_channels(tmp_path, float64, name):
     keras = float64
-    side = {**ARCHITECTURES, **CONSERVATIVE}[name]
+    side = ARCHITECTURES[name]
     # Logits, not softmax: a softmax would hide differences in its saturation.
     model = getattr(keras.applications, name)(
         weights=None, input_shape=(side, side, 3), classes=10, classifier_activation=None

@@ -388,3 +388,46 @@ def test_data_criteria_on_conv_batchnorm_networks(name, criterion):
             assert layer.bias.shape == (layer.get_config()["filters"],)
     out = np.asarray(pruned(x))
     assert out.shape == (8, 10) and np.isfinite(out).all()
+
+
+def _concat_residual():
+    """A residual add of a concatenation (4 + 4 channels) and one producer's 8, whose units meet a's and b's."""
+    keras = seeded_keras()
+    inputs = keras.Input((6,))
+    a = keras.layers.Dense(4, name="a")(inputs)
+    b = keras.layers.Dense(4, name="b")(inputs)
+    c = keras.layers.Dense(8, name="c")(inputs)
+    x = keras.layers.Add(name="add")([keras.layers.Concatenate(name="cat")([a, b]), c])
+    return keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
+
+
+def test_add_of_a_concatenation_splits_the_other_producer_between_the_groups():
+    model = _concat_residual()
+    dead = {"a": [1], "b": [2], "c": [1, 4 + 2]}  # c's unit 1 meets a's unit 1, c's unit 6 meets b's unit 2
+    for name, units in dead.items():
+        kernel, bias = model.get_layer(name).get_weights()
+        kernel[:, units], bias[units] = 0, 0
+        model.get_layer(name).set_weights([kernel, bias])
+    plan = plan_structure(model, NeuronPruning(threshold=1e-12, min_keep=0.0))
+    assert plan.boundaries == ()
+    rows = {row.layer: row for row in plan.layers}
+    assert rows["c"].group is None and len(rows["c"].groups) == 2
+    by_group = {g.id: g for g in plan.groups}
+    assert [by_group[g].dropped for g in rows["c"].groups] == [(1,), (2,)]
+    assert {p for g in rows["c"].groups for p in by_group[g].producers} == {"a", "b", "c"}
+    pruned = apply_plan(model, plan)
+    assert {n: pruned.get_layer(n).get_config()["units"] for n in "abc"} == {"a": 3, "b": 3, "c": 6}
+    x = _x((6,))
+    np.testing.assert_allclose(np.asarray(pruned(x)), np.asarray(model(x)), atol=1e-5)
+    assert pruned.count_params() == plan.totals()["params"]["after"]
+    assert plan.totals()["units"]["prunable"] == 16
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_split_producer_prunes_by_ratio(scope):
+    model = _concat_residual()
+    plan = plan_structure(model, NeuronPruning(ratio=0.5, scope=scope))
+    pruned = apply_plan(model, plan)
+    units = {n: pruned.get_layer(n).get_config()["units"] for n in "abc"}
+    assert units["c"] == units["a"] + units["b"] and units["c"] < 8
+    assert pruned.count_params() == plan.totals()["params"]["after"]

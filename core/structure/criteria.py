@@ -122,17 +122,24 @@ class WeightNorm:
         """
         import numpy as np
 
+        from prunectl.core.structure.layout import segment_features
+
         sums: dict[int, np.ndarray] = {}
         counts: dict[int, int] = {}
         for info in graph.layers:
-            if info.out_group is None or info.rule is None or graph.groups[info.out_group].frozen:
+            if info.out_layout is None or info.rule is None:
+                continue
+            segments = [(g, f[0]) for g, f in segment_features(info.out_layout) if not graph.groups[g].frozen]
+            if not segments:
                 continue
             weight, axis = info.rule.out_axes[0]
             kernel = next(v.numpy() for v in info.layer.weights if v.name == weight)
             kernel = np.moveaxis(np.abs(kernel), axis, 0).reshape(kernel.shape[axis], -1)
             norm = (kernel**self.order).sum(1) ** (1 / self.order)
-            sums[info.out_group] = sums.get(info.out_group, 0) + norm
-            counts[info.out_group] = counts.get(info.out_group, 0) + 1
+            # A producer split between groups (a residual add of a concatenation) scores each part in its group.
+            for gid, units in segments:
+                sums[gid] = sums.get(gid, 0) + norm[units]
+                counts[gid] = counts.get(gid, 0) + 1
         return {gid: sums[gid] / counts[gid] for gid in sums}
 
 

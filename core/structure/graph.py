@@ -45,7 +45,6 @@ from prunectl.core.structure.layout import (
     concat,
     kept_features,  # noqa: F401
     layout_width,
-    same_structure,
 )
 
 NORMALIZES = "normalizes over the channels"
@@ -77,7 +76,9 @@ class LayerInfo:
         rule: how it moves channels, or None for a boundary.
         reason: why it is a boundary.
         in_layout: the layout of its (first) input, where weights are sliced by it.
-        out_group: a producer's output group id.
+        out_group: a producer's output group id (None when its units were split between groups).
+        out_layout: a producer's output units as a layout: one group, or the consecutive parts
+            a merge split it into.
         observed: a producer's input tensor (where its input activations are measured).
         shapes: ``(input shape, output shape)`` of its first call.
         is_op: ``layer`` is a graph operation (``keras.ops``), not a Layer.
@@ -89,6 +90,7 @@ class LayerInfo:
     reason: str | None = None
     in_layout: Layout | None = None
     out_group: int | None = None
+    out_layout: Layout | None = None
     observed: Any = None
     shapes: tuple = ((), ())
     is_op: bool = False
@@ -200,7 +202,7 @@ def _trace(
             return _follow(info.rule, call, ins, outs, groups, info)
         except Exception as exc:  # a rule that does not fit this layer (e.g. a user rule naming a missing key)
             info.rule, info.reason = None, f"its rule does not apply ({type(exc).__name__}: {exc})"
-            info.in_layout, info.observed, info.out_group = None, None, None
+            info.in_layout, info.observed, info.out_group, info.out_layout = None, None, None, None
     for layout in ins:
         groups.freeze(layout, f"feeds {layer.name} ({class_name})")
     return [groups.fresh(_channels(t), f"output of {layer.name} ({class_name})") for t in outs]
@@ -216,7 +218,8 @@ def _follow(rule: Rule, call, ins: list[Layout], outs: list, groups: Groups, inf
         info.in_layout, info.observed = ins[0], call.inputs[0]
         frozen = activation_check(info.config, 0)
         info.out_group = groups.new(out_width, frozen and f"{layer.name}: {frozen}", producer=layer.name)
-        return [(Block(1, ((info.out_group, out_width),)),)]
+        info.out_layout = (Block(1, ((info.out_group, out_width),)),)
+        return [info.out_layout]
     if rule.kind in ("passthrough", "normalize", "reshape"):
         info.in_layout = ins[0]
         return [ins[0]]
@@ -236,15 +239,16 @@ def _follow(rule: Rule, call, ins: list[Layout], outs: list, groups: Groups, inf
     for layout in ins:
         if layout_width(layout) != out_width:
             groups.freeze(layout, f"broadcast in {layer.name} ({class_name})")
-    if any(not same_structure(full[0], other) for other in full[1:]):
+    aligned = groups.align(full)
+    if aligned is None:
         for layout in full:
             groups.freeze(layout, f"inputs of {layer.name} ({class_name}) do not line up")
         return [groups.fresh(out_width, f"output of {layer.name} ({class_name})")]
-    for other in full[1:]:
-        for a, b in zip(full[0], other):
+    for other in aligned[1:]:
+        for a, b in zip(aligned[0], other):
             for (ga, _), (gb, _) in zip(a.segments, b.segments):
                 groups.union(ga, gb)
-    return [full[0]]
+    return [aligned[0]]
 
 
 def _is_channel_axis(axis: int, rank: int) -> bool:
@@ -297,6 +301,8 @@ def _resolve(inputs: list, infos: list[LayerInfo], groups: Groups) -> ChannelGra
     resolved: list[Group] = []
     for gid in range(len(groups.parent)):
         root = groups.find(gid)
+        if root in groups.parts:  # split: every layout names its parts instead
+            continue
         if root not in roots:
             roots[root] = len(resolved)
             resolved.append(
@@ -307,10 +313,13 @@ def _resolve(inputs: list, infos: list[LayerInfo], groups: Groups) -> ChannelGra
     def relabel(layout: Layout | None) -> Layout | None:
         if layout is None:
             return None
-        return tuple(Block(b.tiles, tuple((roots[g], n) for g, n in b.segments)) for b in layout)
+        return tuple(Block(b.tiles, tuple((roots[g], n) for g, n in b.segments)) for b in groups.expand(layout))
 
     for info in infos:
         info.in_layout = relabel(info.in_layout)
-        if info.out_group is not None:
-            info.out_group = roots[info.out_group]
+        info.out_layout = relabel(info.out_layout)
+        if info.out_layout is not None:
+            segments = info.out_layout[0].segments
+            # A producer whose units were split between groups (see Groups.align) has no single group.
+            info.out_group = segments[0][0] if len(segments) == 1 else None
     return ChannelGraph(inputs, infos, resolved)

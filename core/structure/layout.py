@@ -35,13 +35,19 @@ def layout_width(layout: Layout) -> int:
 
 
 class Groups:
-    """Union-find over group ids, with frozen reasons and producers per root."""
+    """Union-find over group ids, with frozen reasons and producers per root.
+
+    A group can be split into consecutive parts (:meth:`split`) when a merge
+    lines its channels up with several smaller groups of another input; every
+    layout naming it is then read through :meth:`expand`.
+    """
 
     def __init__(self):
         self.parent: list[int] = []
         self.size: list[int] = []
         self.frozen: dict[int, str] = {}
         self.producers: dict[int, list[str]] = {}
+        self.parts: dict[int, list[int]] = {}
 
     def new(self, size: int, frozen: str | None = None, producer: str | None = None) -> int:
         gid = len(self.parent)
@@ -58,7 +64,25 @@ class Groups:
             gid = self.parent[gid]
         return gid
 
+    def leaves(self, gid: int) -> list[tuple[int, int]]:
+        """``(root, channels)`` of the unsplit groups ``gid`` is made of, in channel order."""
+        root = self.find(gid)
+        if root not in self.parts:
+            return [(root, self.size[root])]
+        return [leaf for part in self.parts[root] for leaf in self.leaves(part)]
+
+    def split(self, gid: int, sizes: Sequence[int]) -> None:
+        """Split unsplit group ``gid`` into consecutive parts of ``sizes`` channels (same producers, same freeze)."""
+        root = self.find(gid)
+        parts = []
+        for size in sizes:
+            part = self.new(size, self.frozen.get(root))
+            self.producers[part] = list(self.producers[root])
+            parts.append(part)
+        self.parts[root] = parts
+
     def union(self, a: int, b: int) -> None:
+        """Join two unsplit groups of the same size (see :meth:`align` for groups that must be split first)."""
         a, b = self.find(a), self.find(b)
         if a == b:
             return
@@ -67,13 +91,54 @@ class Groups:
         if b in self.frozen:
             self.frozen.setdefault(a, self.frozen.pop(b))
 
+    def expand(self, layout: Layout) -> Layout:
+        """``layout`` with every split group replaced by its parts."""
+        return tuple(Block(b.tiles, tuple(leaf for g, _ in b.segments for leaf in self.leaves(g))) for b in layout)
+
+    def align(self, layouts: Sequence[Layout]) -> list[Layout] | None:
+        """Split groups until ``layouts`` line up segment by segment, so that they can be joined pairwise.
+
+        A residual add of a concatenation (groups of 32, 32 and 64 channels) and one
+        producer's 128 channels splits the producer's group into parts of 32, 32 and 64.
+
+        Returns:
+            The expanded, lined-up layouts, or None when their blocks differ (tiles or widths).
+        """
+        while True:
+            layouts = [self.expand(layout) for layout in layouts]
+            if len({tuple((b.tiles, b.width) for b in layout) for layout in layouts}) != 1:
+                return None
+            if all(same_structure(layouts[0], other) for other in layouts[1:]):
+                return layouts
+            changed = False
+            for index in range(len(layouts[0])):
+                blocks = [layout[index] for layout in layouts]
+                cuts = set().union(*(_cuts(block.segments) for block in blocks))
+                for block in blocks:
+                    offset = 0
+                    for gid, size in block.segments:
+                        inner = sorted(c - offset for c in cuts if offset < c < offset + size)
+                        # A group met twice in one pass is cut once; the next pass sees its parts.
+                        if inner and self.find(gid) not in self.parts:
+                            self.split(gid, [int(n) for n in np.diff([0, *inner, size])])
+                            changed = True
+                        offset += size
+            if not changed:
+                return None
+
     def freeze(self, layout: Layout, reason: str) -> None:
         for block in layout:
             for gid, _ in block.segments:
-                self.frozen.setdefault(self.find(gid), reason)
+                for leaf, _ in self.leaves(gid):
+                    self.frozen.setdefault(leaf, reason)
 
     def fresh(self, width: int, reason: str) -> Layout:
         return (Block(1, ((self.new(width, reason), width),)),)
+
+
+def _cuts(segments: Sequence[tuple[int, int]]) -> set[int]:
+    """The offsets inside a run of segments where one segment ends and the next begins."""
+    return {int(c) for c in np.cumsum([n for _, n in segments])[:-1]}
 
 
 def same_structure(a: Layout, b: Layout) -> bool:

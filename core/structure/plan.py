@@ -122,7 +122,11 @@ class GroupPlan:
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """One layer's size before and after (units only for producers)."""
+    """One layer's size before and after (units only for producers).
+
+    ``group`` is a producer's group; ``groups`` every group its units belong to, in unit order: more than
+    one (and ``group`` None) when a residual add lined its units up with several producers' groups.
+    """
 
     layer: str
     class_name: str
@@ -133,6 +137,7 @@ class LayerPlan:
     params_after: int
     flops_before: int
     flops_after: int
+    groups: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -168,8 +173,8 @@ class StructuralPlan:
         ``units`` also has ``prunable``, the units of the layers the step may prune (not left whole), and
         its ``removed`` is over those: the figure a ratio aims at.
         """
-        pruned_groups = {g.id for g in self.groups if not g.frozen}
-        prunable = sum(r.units_before or 0 for r in self.layers if r.group in pruned_groups)
+        sizes = {g.id: g.units_before for g in self.groups if not g.frozen}
+        prunable = sum(sizes.get(g, 0) for r in self.layers for g in r.groups)
         out: dict[str, dict] = {}
         for key in ("units", "params", "flops"):
             before = sum(getattr(r, f"{key}_before") or 0 for r in self.layers)
@@ -337,10 +342,11 @@ def _edit(info: LayerInfo, keep: dict[int, np.ndarray], stats) -> LayerEdit | No
                 delta = stats[info.name].mean[dropped] @ input_map(info)[dropped]
                 if not layer_config.get("use_bias", True):
                     config["use_bias"] = True
-    if info.out_group in keep and rule.units and len(keep[info.out_group]) < layer_config[rule.units]:
-        config[rule.units] = len(keep[info.out_group])
-        slices += [(weight, axis, 1, keep[info.out_group]) for weight, axis in rule.out_axes]
-        delta = None if delta is None else delta[keep[info.out_group]]
+    kept_out = kept_features(info.out_layout, keep) if info.out_layout is not None else None
+    if kept_out is not None and rule.units and len(kept_out) < layer_config[rule.units]:
+        config[rule.units] = len(kept_out)
+        slices += [(weight, axis, 1, kept_out) for weight, axis in rule.out_axes]
+        delta = None if delta is None else delta[kept_out]
     if not (config or slices):
         return None
     return LayerEdit(config, tuple(slices), delta)
@@ -408,6 +414,7 @@ def _row(info: LayerInfo, edit: LayerEdit | None) -> LayerPlan:
         sum(math.prod(s) for _, s in after_shapes),
         layer_macs(info.class_name, before, in_shape, out_shape),
         layer_macs(info.class_name, after, in_shape, out_shape),
+        tuple(g for g, _ in info.out_layout[0].segments) if info.out_layout else (),
     )
 
 
