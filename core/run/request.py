@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prunectl.core.errors import OptionError
-from prunectl.core.options import COMPRESSION_LEVELS, DEFAULT_COMPRESSION, DEFAULT_MIN_KEEP, ENGINES, check_stdout
+from prunectl.core.options import COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES, check_stdout
 from prunectl.core.run.gates import GATES
 from prunectl.core.structure.criteria import CRITERIA
 from prunectl.core.structure.plan import NeuronPruning
@@ -269,10 +269,10 @@ def _neuron_step(values: Mapping, dry_run: bool) -> NeuronPruning | None:
         ratio=ratio,
         scope=values.get("scope", "layer"),
         round_to=values.get("round_to") or 1,
-        min_keep=DEFAULT_MIN_KEEP if values.get("min_keep") is None else values["min_keep"],
         include=tuple(values.get("include", ())),
         exclude=tuple(values.get("exclude", ())),
-        **({"norms": values["norms"]} if values.get("norms") else {}),
+        # Left out when not given, so NeuronPruning's defaults apply.
+        **{name: values[name] for name in ("min_keep", "norms") if values.get(name) is not None},
     )
 
 

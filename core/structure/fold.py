@@ -40,15 +40,15 @@ def foldable_pairs(model) -> dict[str, str]:
         return {}
     calls = graph.call_counts()
     source_of = graph.sources()
-    consumers: dict[str, int] = {}
+    consumers: dict[int, int] = {}  # by id(layer), as call_counts
     for call in graph.calls:
         for tensor in call.inputs:
-            source = source_of[id(tensor)].name
+            source = id(source_of[id(tensor)])
             consumers[source] = consumers.get(source, 0) + 1
     pairs = {}
     for call in graph.calls:
         layer = call.layer
-        if layer.__class__.__name__ != "BatchNormalization" or calls[layer.name] != 1 or len(call.inputs) != 1:
+        if layer.__class__.__name__ != "BatchNormalization" or calls[id(layer)] != 1 or len(call.inputs) != 1:
             continue
         (tensor,) = call.inputs
         source = source_of[id(tensor)]
@@ -58,8 +58,8 @@ def foldable_pairs(model) -> dict[str, str]:
             spec is not None
             and spec.foldable
             and source.get_config().get("activation") == "linear"
-            and calls[source.name] == 1
-            and consumers[source.name] == 1
+            and calls[id(source)] == 1
+            and consumers[id(source)] == 1
             and layer.axis in (-1, rank - 1)
         ):
             pairs[layer.name] = source.name

@@ -158,9 +158,7 @@ def build_graph(
     graph = layer_graph(model)
     groups = Groups()
     layouts: dict[int, Layout] = {}
-    calls: dict[int, int] = {}  # by id(layer): layer names are not unique across layers and operations
-    for call in graph.calls:
-        calls[id(call.layer)] = calls.get(id(call.layer), 0) + 1
+    calls = graph.call_counts()
     infos: dict[int, LayerInfo] = {}
     for call in graph.calls:
         layer = call.layer

@@ -64,11 +64,14 @@ class LayerGraph:
     outputs: list
     calls: list[Call]
 
-    def call_counts(self) -> dict[str, int]:
-        """How many times each layer is called in this graph, by layer name."""
-        counts: dict[str, int] = {}
+    def call_counts(self) -> dict[int, int]:
+        """How many times each layer is called in this graph, by ``id(layer)``.
+
+        By identity, not name: a layer and an operation of the graph may share a name.
+        """
+        counts: dict[int, int] = {}
         for call in self.calls:
-            counts[call.layer.name] = counts.get(call.layer.name, 0) + 1
+            counts[id(call.layer)] = counts.get(id(call.layer), 0) + 1
         return counts
 
     def sources(self) -> dict[int, Any]:
