@@ -13,6 +13,22 @@ class ModelFileError(PrunectlError):
     """A model file is missing, unreadable, or not a saved Keras model."""
 
 
+class InvalidModelError(ModelFileError):
+    """A model file is damaged, crafted, or disagrees with itself: the input's fault, not prunectl's.
+
+    The message reads ``<file> is not a valid Keras model: <what>``, where ``what``
+    names the member, dataset or layer at fault and what was found there.
+
+    Example:
+        >>> InvalidModelError("m.h5", "dataset /model_weights/d/kernel is stored in an external file")
+    """
+
+    def __init__(self, path, what: str):
+        self.path = str(path)
+        self.what = what
+        super().__init__(f"{self.path} is not a valid Keras model: {what}")
+
+
 class UnsafeModelError(PrunectlError):
     """Loading the model would run Python code stored in the file."""
 
@@ -64,3 +80,15 @@ class SetupError(PrunectlError):
 
 class StructureError(PrunectlError):
     """A model's layer graph cannot be pruned structurally."""
+
+
+class Terminated(BaseException):
+    """The process was asked to stop (SIGTERM): raised like KeyboardInterrupt so every temporary file is removed.
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that no ``except Exception`` swallows it.
+    The library never installs the signal handler that raises it; the CLI does.
+    """
+
+    def __init__(self, signum: int = 15):
+        self.signum = signum
+        super().__init__(f"terminated by signal {signum}")
