@@ -5,6 +5,8 @@ Exit codes (also in ``prunectl --help`` and the README):
   1  error: a bad model file, a bad report, an output that cannot be written
   2  usage error: a bad option, option value or combination of options
   3  a quality gate failed (the outputs are written; the report lists every gate)
+  130  interrupted (SIGINT, Ctrl-C): no temporary file is left; outputs already complete stay
+  143  terminated (SIGTERM, e.g. a cancelled CI job or ``docker stop``): as for 130
 
 Every error is one line, ``Error: ...``, on stderr; a traceback is shown only
 with ``-v`` and only for a fault in prunectl itself.
@@ -17,7 +19,8 @@ import sys
 import click
 
 from prunectl import __version__
-from prunectl.core.errors import OptionError, PrunectlError
+from prunectl.core.errors import OptionError, PrunectlError, Terminated
+from prunectl.core.io.atomic import remove_leftovers
 
 EXIT_CODES = """\b
 Exit codes:
@@ -25,6 +28,7 @@ Exit codes:
   1  error (bad model file, bad report, output not writable)
   2  usage error (bad option, value or combination)
   3  a quality gate failed (--min-sparsity, --max-params, --max-size, --max-accuracy-drop)
+  130  interrupted (Ctrl-C); 143  terminated (SIGTERM): no temporary file is left
 
 \b
 Every option can also come from the environment: PRUNECTL_<COMMAND>_<OPTION>,
@@ -54,11 +58,15 @@ class PrunectlGroup(click.Group):
             raise click.ClickException(str(exc)) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except KeyboardInterrupt:
+            # Out of click's reach: it would print a blank line and turn it into Abort.
+            raise _Interrupted from None
         except OSError as exc:
             if ctx.obj and ctx.obj.get("verbose"):
                 raise
             where = f" Received: {exc.filename!r}" if exc.filename else ""
-            raise click.ClickException(f"{exc.strerror or exc}.{where}") from None
+            text = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise click.ClickException(f"{text.rstrip('.')}.{where}") from None
         except Exception as exc:
             if ctx.obj and ctx.obj.get("verbose"):
                 raise
@@ -71,17 +79,32 @@ class PrunectlGroup(click.Group):
     def main(self, args=None, prog_name=None, **extra):
         extra.pop("standalone_mode", None)
         try:
-            code = super().main(args, prog_name, standalone_mode=False, **extra)
+            try:
+                code = super().main(args, prog_name, standalone_mode=False, **extra)
+            finally:
+                remove_leftovers()  # what a signal kept from being removed where it was created
         except click.ClickException as exc:
             click.echo(f"Error: {exc.format_message()}", err=True)
             sys.exit(exc.exit_code)
-        except click.Abort:
+        except click.Abort as exc:
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                _stop("interrupted", 130)
             click.echo("Error: aborted.", err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("Error: interrupted.", err=True)
-            sys.exit(130)
+        except (KeyboardInterrupt, _Interrupted):
+            _stop("interrupted", 130)
+        except Terminated as exc:
+            _stop("terminated", 128 + exc.signum)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+class _Interrupted(BaseException):
+    """KeyboardInterrupt, carried past click (which would print a blank line and raise Abort)."""
+
+
+def _stop(what: str, code: int) -> None:
+    click.echo(f"Error: {what}.", err=True)
+    sys.exit(code)
 
 
 @click.group(
@@ -122,5 +145,8 @@ _register()
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: installs the SIGINT/SIGTERM handlers, then runs the command."""
+    from prunectl.cli.signals import install
+
+    install()
     cli(prog_name="prunectl")

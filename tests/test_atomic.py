@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from prunectl.core.errors import OutputError
 from prunectl.core.io import atomic
 
 
@@ -53,7 +54,7 @@ def test_a_failed_flush_keeps_the_target(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic.os, "fsync", fsync)
     target = tmp_path / "out.txt"
     target.write_text("old")
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match=r"^cannot write .*out\.txt: Input/output error\. Received: "):
         atomic.write_text_atomic(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]

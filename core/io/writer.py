@@ -11,7 +11,6 @@ datasets are already compressed and Keras reads it fastest that way.
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ import h5py
 import numpy as np
 
 from prunectl.core.errors import ModelFileError
-from prunectl.core.io.atomic import atomic_path
+from prunectl.core.io.atomic import atomic_path, discard, register, temporary_file, write_error
 from prunectl.core.io.compress import ChunkWriter
 from prunectl.core.io.modelfile import OPTIMIZER_GROUPS, WEIGHTS_MEMBER, ModelFile, WeightEntry
 
@@ -139,12 +138,12 @@ def write_model(
         if fmt == "h5":
             write_h5(model.h5, tmp, level, on_dataset, skip, read)
             return
-        weights_tmp = tmp.with_name(tmp.name + ".weights")
+        weights_tmp = register(tmp.with_name(tmp.name + ".weights"))  # before h5py creates it
         try:
             write_h5(model.h5, weights_tmp, level, on_dataset, skip, read)
             _write_keras_zip(tmp, {**model.zip_members, **(members or {})}, weights_tmp, level)
         finally:
-            weights_tmp.unlink(missing_ok=True)
+            discard(weights_tmp)
 
 
 def _write_keras_zip(target: Path, members: dict[str, bytes], weights: Path, level: int) -> None:
@@ -182,13 +181,19 @@ def save_keras_model(
     from prunectl.core.io.keras_io import save_model
     from prunectl.core.io.modelfile import open_model_file
 
-    fd, raw_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    raw = Path(raw_name)
+    # Beside the file the output names (through a link), where write_model puts its own temporary file.
+    directory = Path(os.path.realpath(target)).parent
     try:
-        save_model(model, raw)
+        raw = temporary_file(directory, f".{target.stem}.", target.suffix)
+    except OSError as exc:
+        raise write_error(target, exc) from None
+    try:
+        try:
+            save_model(model, raw)
+        except OSError as exc:
+            raise write_error(target, exc) from None
         with open_model_file(raw) as saved:
             transform = transform_for(saved) if transform_for is not None else None
             write_model(saved, target, level, transform, keep_optimizer, progress)
     finally:
-        raw.unlink(missing_ok=True)
+        discard(raw)

@@ -110,10 +110,17 @@ def run_report(request: ReportRequest) -> tuple[ModelReport, ModelReport | None]
         The report (baseline rows, evaluation and gate verdicts included) and the baseline's own report, or None.
 
     Raises:
+        OutputError: the ``markdown`` path is not a regular file, or is an input
+            (checked before any work; an existing file is replaced, as a CI summary is).
         PrunectlError: an unreadable model, report or data file.
     """
     from dataclasses import replace
 
+    from prunectl.core.io.atomic import check_output
+
+    if request.markdown is not None and str(request.markdown) != "-":
+        inputs = [Path(p) if p not in (None, "-") else None for p in (request.target, request.baseline)]
+        check_output(Path(request.markdown), force=True, inputs=(*inputs, request.data))
     current = read_report(request.target, request.all_weights)
     before = read_report(request.baseline, request.all_weights) if request.baseline else None
     extra: dict[str, Any] = {}

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prunectl.core.errors import OptionError, OutputError
-from prunectl.core.io.atomic import check_output, write_text_atomic
+from prunectl.core.io.atomic import check_distinct, check_output, same_file, write_text_atomic
 from prunectl.core.io.modelfile import H5_SUFFIXES, KERAS_SUFFIX, ModelFile, model_format, open_model_file
 from prunectl.core.io.writer import Progress, save_keras_model, write_model
 from prunectl.core.options import COMPRESSION_LEVELS
@@ -214,33 +214,44 @@ def _plan_only(request: PruneRequest, model: ModelFile) -> PlanReport:
     return plan_report(model, request.options(), structural.plan_structure(loaded.model, request.neurons, x))
 
 
+def input_files(request: PruneRequest) -> tuple[Path | None, ...]:
+    """Every file ``request`` reads: the model, its data files and its recipe (None where not given)."""
+    finetune, evaluation = request.finetune, request.evaluation
+    return (
+        request.model,
+        request.data,
+        request.recipe,
+        finetune.val_data if finetune else None,
+        evaluation.data if evaluation else None,
+    )
+
+
 def check_outputs(request: PruneRequest) -> tuple[Path, Path]:
     """Check every output path of ``request`` before any work: each writable and distinct from the others.
+
+    Outputs are compared with each other and with every input through symbolic
+    and hard links (see :func:`~prunectl.core.io.atomic.check_output`).
 
     Returns:
         The output model's path and the report's path (defaults resolved).
 
     Raises:
         OutputError: a path that cannot or must not be written (a missing folder, an
-            existing file without ``force``, the input, or another output's path).
+            existing file without ``force``, anything but a regular file, an input,
+            or another output's path).
     """
     output = request.output or default_output(request.model)
     if output.suffix.lower() not in H5_SUFFIXES + (KERAS_SUFFIX,):
         raise OutputError(f"output must end in .h5, .hdf5 or .keras. Received: {str(output)!r}")
     report_path = request.report or default_report(output)
-    check_output(output, request.force, inputs=(request.model,))
-    check_output(report_path, request.force, inputs=(request.model,))
-    if report_path.resolve() == output.resolve():
+    named = (("output", output), ("report", report_path), ("markdown", request.markdown), ("recipe-out", request.recipe_out))
+    inputs = input_files(request)
+    for _, path in named:
+        if path is not None:
+            check_output(path, request.force, inputs=inputs)
+    if same_file(report_path, output):
         raise OutputError(f"report path is the output model's path. Received: {str(report_path)!r}")
-    taken = [output, report_path]
-    for path, name in ((request.markdown, "markdown"), (request.recipe_out, "recipe-out")):
-        if path is None:
-            continue
-        # Named as what it collides with: another output (the input is check_output's to name).
-        if path.resolve() in [p.resolve() for p in taken]:
-            raise OutputError(f"{name} path is another output's path. Received: {str(path)!r}")
-        check_output(path, request.force, inputs=(request.model,))
-        taken.append(path)
+    check_distinct(named)
     return output, report_path
 
 
