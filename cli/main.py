@@ -146,7 +146,18 @@ _register()
 
 def main() -> None:
     """Console-script entry point: installs the SIGINT/SIGTERM handlers, then runs the command."""
-    from prunectl.cli.signals import install
+    from prunectl.cli import signals
 
-    install()
-    cli(prog_name="prunectl")
+    signals.install()
+    try:
+        cli(prog_name="prunectl")
+    except KeyboardInterrupt:  # the signal came after the command's own error handling, on the way out
+        remove_leftovers()
+        _stop("interrupted", 130)
+    except Terminated as exc:
+        remove_leftovers()
+        _stop("terminated", 128 + exc.signum)
+    finally:
+        # Python restores the default handlers when it shuts down (TensorFlow's can take a second),
+        # and a SIGTERM then would kill the process with no exit code of ours; ignored ones stay ignored.
+        signals.ignore()

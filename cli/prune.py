@@ -154,10 +154,11 @@ def _request(ctx, params: dict):
 
 
 def _run_with_progress(request, console):
+    from prunectl.cli.signals import checked
     from prunectl.core.run.job import run_prune
 
     if console is None or not console.is_terminal:
-        return run_prune(request, training=epoch_lines(console) if request.finetune else None)
+        return run_prune(request, training=checked(epoch_lines(console)) if request.finetune else None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     with Progress(
@@ -168,7 +169,7 @@ def _run_with_progress(request, console):
         def progress(key: str, done: int, total: int) -> None:
             bar.update(task, completed=done, total=total, description=f"writing {key}")
 
-        return run_prune(request, progress, training_bars(bar) if request.finetune else None)
+        return run_prune(request, checked(progress), checked(training_bars(bar)) if request.finetune else None)
 
 
 def _summarize(console, report: dict) -> None:

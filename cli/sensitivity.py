@@ -113,9 +113,12 @@ def sensitivity(
 
 
 def _run_with_progress(model, options, recipe_out, force, unsafe, console):
+    from prunectl.cli.signals import checked
     from prunectl.core.run.sensitivity import run_sensitivity
 
-    run = lambda progress=None: run_sensitivity(model, options, recipe_out, force, unsafe, progress)  # noqa: E731
+    def run(progress=lambda *args: None):
+        return run_sensitivity(model, options, recipe_out, force, unsafe, checked(progress))
+
     if console is None:
         return run()
     if not console.is_terminal:

@@ -20,14 +20,46 @@ import signal
 from prunectl.core.errors import Terminated
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_received: list[int] = []
+
+
+def ignore() -> None:
+    """Ignore SIGINT and SIGTERM from now on (while cleaning up and exiting)."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _stop(signum, frame) -> None:
-    for sig in SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    if signum == signal.SIGINT:
+    ignore()
+    _received.append(signum)
+    stop_if_signalled()
+
+
+def stop_if_signalled() -> None:
+    """Raise again for a signal already received, should its first exception have been swallowed.
+
+    The handler raises wherever Python happens to be; inside TensorFlow's C++
+    calling back into Python the exception can come out as a ``SystemError`` that
+    TensorFlow catches, logs and goes on from. Progress callbacks call this, so
+    the run stops at the next step at the latest.
+    """
+    if not _received:
+        return
+    if _received[0] == signal.SIGINT:
         raise KeyboardInterrupt
-    raise Terminated(signum)
+    raise Terminated(_received[0])
+
+
+def checked(callback):
+    """``callback`` (a progress callback, or None) made to call :func:`stop_if_signalled` first."""
+    if callback is None:
+        return None
+
+    def call(*args, **kwargs):
+        stop_if_signalled()
+        return callback(*args, **kwargs)
+
+    return call
 
 
 def install() -> None:

@@ -25,6 +25,7 @@ import re
 import secrets
 import shutil
 import stat
+import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,17 +107,27 @@ def check_distinct(named: Iterable[tuple[str, Path | None]]) -> None:
         taken.append(path)
 
 
-def write_error(path: Path, exc: OSError) -> OutputError:
+# How libhdf5 reports a failed system call: "... errno = 27, error message = 'File too large' ...".
+_HDF5_OS_ERROR = re.compile(r"error message = '([^']*)'")
+
+
+def is_write_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the OS refusing a write: an ``OSError``, or h5py's ``RuntimeError`` that wraps one."""
+    return isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and bool(_HDF5_OS_ERROR.search(str(exc))))
+
+
+def write_error(path: Path, exc: BaseException) -> OutputError:
     """The one-line :class:`OutputError` for an OS error while writing ``path`` (h5py's text spans lines)."""
     text = str(exc)
-    found = re.search(r"error message = '([^']*)'", text)  # libhdf5's "file write failed: ..., error message = '...'"
+    found = _HDF5_OS_ERROR.search(text)
+    strerror, errno = getattr(exc, "strerror", None), getattr(exc, "errno", None)
     reason = (
         found.group(1)
         if found
-        else exc.strerror
-        if exc.strerror
-        else os.strerror(exc.errno)
-        if exc.errno
+        else strerror
+        if strerror
+        else os.strerror(errno)
+        if errno
         else (text.strip().splitlines() or [type(exc).__name__])[0]
     )
     return OutputError(f"cannot write {path}: {reason}. Received: {str(path)!r}")
@@ -159,6 +170,24 @@ def temporary_directory(directory: Path, prefix: str) -> Path:
             _LIVE.pop(str(path), None)
             raise
         return path
+
+
+@contextmanager
+def scratch_tempdir() -> Iterator[Path]:
+    """Point :mod:`tempfile` at a registered folder of our own for the ``with`` body, then remove the folder.
+
+    For third-party code that makes temporary folders of its own and leaves them
+    behind when it fails or is interrupted (Keras's ``.keras`` save and load keep
+    assets in ``tempfile.mkdtemp()`` folders, closed only on success).
+    """
+    folder = temporary_directory(Path(tempfile.gettempdir()), "prunectl-")
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = previous
+        discard(folder)
 
 
 def register(path: Path) -> Path:
@@ -250,8 +279,10 @@ def atomic_path(target: Path) -> Iterator[Path]:
         os.chmod(tmp_path, 0o666 & ~umask)
         _fsync(tmp_path)
         os.replace(tmp_path, real)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
         discard(tmp_path)
+        if not is_write_error(exc):
+            raise
         raise write_error(target, exc) from None
     except BaseException:
         discard(tmp_path)

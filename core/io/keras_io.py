@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from prunectl.core.errors import ModelFileError, UnsafeModelError
+from prunectl.core.io.atomic import scratch_tempdir
 from prunectl.core.io.modelfile import ModelFile
 
 
@@ -127,7 +128,8 @@ def load_model(model_file: ModelFile, unsafe: bool = False) -> LoadedModel:
     load_entry_points()
     path = model_file.path
     try:
-        model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)
+        with scratch_tempdir():  # Keras's asset folder outlives a failed or interrupted load otherwise
+            model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)
     except Exception as exc:  # Keras raises bare ValueError/TypeError for many causes
         message = " ".join(str(exc).split())
         if "safe_mode" in message or "unsafe" in message.lower():

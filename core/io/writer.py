@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from prunectl.core.errors import ModelFileError
-from prunectl.core.io.atomic import atomic_path, discard, register, temporary_file, write_error
+from prunectl.core.io.atomic import atomic_path, discard, is_write_error, register, scratch_tempdir, temporary_file, write_error
 from prunectl.core.io.compress import ChunkWriter
 from prunectl.core.io.modelfile import OPTIMIZER_GROUPS, WEIGHTS_MEMBER, ModelFile, WeightEntry
 
@@ -189,8 +189,11 @@ def save_keras_model(
         raise write_error(target, exc) from None
     try:
         try:
-            save_model(model, raw)
-        except OSError as exc:
+            with scratch_tempdir():
+                save_model(model, raw)
+        except (OSError, RuntimeError) as exc:
+            if not is_write_error(exc):
+                raise
             raise write_error(target, exc) from None
         with open_model_file(raw) as saved:
             transform = transform_for(saved) if transform_for is not None else None
