@@ -150,7 +150,7 @@ def temporary_file(directory: Path, prefix: str, suffix: str = ".tmp") -> Path:
         except FileExistsError:
             _LIVE.pop(str(path), None)  # someone else's file: forget it, never remove it
             continue
-        except BaseException:
+        except OSError:  # not created; a signal instead leaves it registered, created or not
             _LIVE.pop(str(path), None)
             raise
         return path
@@ -166,7 +166,7 @@ def temporary_directory(directory: Path, prefix: str) -> Path:
         except FileExistsError:
             _LIVE.pop(str(path), None)
             continue
-        except BaseException:
+        except OSError:  # not created; a signal instead leaves it registered, created or not
             _LIVE.pop(str(path), None)
             raise
         return path
