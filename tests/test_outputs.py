@@ -18,7 +18,6 @@ from pathlib import Path
 
 import h5py
 import pytest
-
 from conftest import invoke, run
 
 SPARSE = ("--sparsity", "0.5")
@@ -59,7 +58,9 @@ def test_a_fifo_or_a_socket_is_never_replaced(models):
     try:
         sock.bind(str(sock_path))
         for target, kind in ((fifo, "a FIFO"), (sock_path, "a socket")):
-            result = invoke("prune", models / "sequential.h5", *SPARSE, "-o", models / "o.h5", "--report", target, "--force")
+            result = invoke(
+                "prune", models / "sequential.h5", *SPARSE, "-o", models / "o.h5", "--report", target, "--force"
+            )
             assert result.exit_code == 1
             assert result.stderr.strip() == f"Error: output path is {kind}. {_received(target)}"
         assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and stat.S_ISSOCK(os.lstat(sock_path).st_mode)
@@ -107,7 +108,9 @@ def test_outputs_that_are_one_file_through_links_collide(models):
     assert result.stderr.strip() == f"Error: report path is the output model's path. {_received(report)}"
     markdown = models / "md.md"
     markdown.symlink_to(models / "fresh.json")  # a dangling link to the (not yet written) report
-    result = invoke("prune", model, *SPARSE, "-o", models / "p.h5", "--report", models / "fresh.json", "--markdown", markdown)
+    result = invoke(
+        "prune", model, *SPARSE, "-o", models / "p.h5", "--report", models / "fresh.json", "--markdown", markdown
+    )
     assert result.exit_code == 1
     assert result.stderr.strip() == f"Error: markdown path is another output's path. {_received(markdown)}"
     assert out.read_bytes() == b"old" and not (models / "p.h5").exists() and not (models / "fresh.json").exists()

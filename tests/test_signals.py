@@ -22,15 +22,17 @@ from pathlib import Path
 
 import h5py
 import pytest
-
 from conftest import SAMPLES, invoke, seeded_keras
+
 from prunectl.core.errors import Terminated
 from prunectl.core.io import atomic
 
 EXPECTED = {signal.SIGINT: (130, "Error: interrupted."), signal.SIGTERM: (143, "Error: terminated.")}
 
 
-@pytest.mark.parametrize(("raised", "code", "line"), [(KeyboardInterrupt, 130, "interrupted"), (Terminated, 143, "terminated")])
+@pytest.mark.parametrize(
+    ("raised", "code", "line"), [(KeyboardInterrupt, 130, "interrupted"), (Terminated, 143, "terminated")]
+)
 def test_the_cli_maps_an_interrupt_and_a_termination(models, monkeypatch, raised, code, line):
     from prunectl.core.run import job
 
@@ -50,7 +52,7 @@ def test_a_file_is_registered_before_it_exists(tmp_path, monkeypatch):
     real_open = os.open
 
     def open_then_interrupt(path, *args):
-        fd = real_open(path, *args)
+        os.close(real_open(path, *args))
         created.append(Path(path))
         raise KeyboardInterrupt  # between the creation and the code that would have looked after it
 
@@ -87,7 +89,9 @@ def large(tmp_path_factory) -> Path:
     """A model of about 50 MB (three 2048x2048 Dense layers), saved as big.h5 and big.keras."""
     keras = seeded_keras()
     folder = tmp_path_factory.mktemp("large")
-    model = keras.Sequential([keras.Input((2048,)), *(keras.layers.Dense(2048) for _ in range(3)), keras.layers.Dense(4)])
+    model = keras.Sequential(
+        [keras.Input((2048,)), *(keras.layers.Dense(2048) for _ in range(3)), keras.layers.Dense(4)]
+    )
     model.save(folder / "big.h5")
     model.save(folder / "big.keras")
     return folder

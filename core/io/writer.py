@@ -19,7 +19,15 @@ import h5py
 import numpy as np
 
 from prunectl.core.errors import ModelFileError
-from prunectl.core.io.atomic import atomic_path, discard, is_write_error, register, scratch_tempdir, temporary_file, write_error
+from prunectl.core.io.atomic import (
+    atomic_path,
+    discard,
+    is_write_error,
+    register,
+    scratch_tempdir,
+    temporary_file,
+    write_error,
+)
 from prunectl.core.io.compress import ChunkWriter
 from prunectl.core.io.modelfile import OPTIMIZER_GROUPS, WEIGHTS_MEMBER, ModelFile, WeightEntry
 

@@ -244,7 +244,12 @@ def check_outputs(request: PruneRequest) -> tuple[Path, Path]:
     if output.suffix.lower() not in H5_SUFFIXES + (KERAS_SUFFIX,):
         raise OutputError(f"output must end in .h5, .hdf5 or .keras. Received: {str(output)!r}")
     report_path = request.report or default_report(output)
-    named = (("output", output), ("report", report_path), ("markdown", request.markdown), ("recipe-out", request.recipe_out))
+    named = (
+        ("output", output),
+        ("report", report_path),
+        ("markdown", request.markdown),
+        ("recipe-out", request.recipe_out),
+    )
     inputs = input_files(request)
     for _, path in named:
         if path is not None:
