@@ -11,6 +11,7 @@ datasets are already compressed and Keras reads it fastest that way.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from prunectl.core.errors import ModelFileError
+from prunectl.core.errors import InvalidModelError
 from prunectl.core.io.atomic import atomic_path
 from prunectl.core.io.compress import ChunkWriter
 from prunectl.core.io.modelfile import OPTIMIZER_GROUPS, WEIGHTS_MEMBER, ModelFile, WeightEntry
@@ -54,8 +55,8 @@ def _copy_tree(
             continue
         link = src.get(name, getlink=True)
         if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
-            dst[name] = link
-            continue
+            # open_model_file refuses links; never copy one into an output if a file slips past it.
+            raise InvalidModelError(src.file.filename, f"{src.name.rstrip('/')}/{name} is a link")
         obj = src[name]
         if isinstance(obj, h5py.Group):
             _copy_tree(obj, dst.create_group(name), writer, transform, skip, read)
@@ -121,8 +122,8 @@ def write_model(
             return model.read(entry, reuse=True)
         try:
             return dataset[()]
-        except (OSError, ValueError) as exc:
-            raise ModelFileError(f"cannot read {dataset.name} ({exc}). Received: {str(model.path)!r}") from None
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise InvalidModelError(model.path, f"cannot read dataset {dataset.name} ({exc})") from None
 
     def on_dataset(path: str, data: np.ndarray) -> np.ndarray:
         entry = by_path.get(path)
@@ -142,18 +143,34 @@ def write_model(
         weights_tmp = tmp.with_name(tmp.name + ".weights")
         try:
             write_h5(model.h5, weights_tmp, level, on_dataset, skip, read)
-            _write_keras_zip(tmp, {**model.zip_members, **(members or {})}, weights_tmp, level)
+            written_members = {**model.zip_members, **(members or {})}
+            assets = [name for name in model.assets if name not in written_members]
+            _write_keras_zip(tmp, written_members, weights_tmp, level, model.path, assets)
         finally:
             weights_tmp.unlink(missing_ok=True)
 
 
-def _write_keras_zip(target: Path, members: dict[str, bytes], weights: Path, level: int) -> None:
+def _write_keras_zip(
+    target: Path, members: dict[str, bytes], weights: Path, level: int, source: Path, assets: list[str]
+) -> None:
     deflate = zipfile.ZIP_DEFLATED if level else zipfile.ZIP_STORED
     order = ["metadata.json", "config.json"]
     names = [n for n in order if n in members] + sorted(n for n in members if n not in order)
     with zipfile.ZipFile(target, "w") as archive:
         for name in names:
             archive.writestr(name, members[name], compress_type=deflate)
+        if assets:
+            # Assets are streamed from the source archive, never held whole in memory.
+            with zipfile.ZipFile(source) as original:
+                for name in sorted(assets):
+                    info = original.getinfo(name)
+                    copy = zipfile.ZipInfo(name, date_time=info.date_time)
+                    copy.compress_type = deflate
+                    if info.is_dir():
+                        archive.writestr(copy, b"")
+                        continue
+                    with original.open(info) as src, archive.open(copy, "w", force_zip64=True) as dst:
+                        shutil.copyfileobj(src, dst, 4 << 20)
         archive.write(weights, WEIGHTS_MEMBER, compress_type=zipfile.ZIP_STORED)
 
 
@@ -187,7 +204,7 @@ def save_keras_model(
     raw = Path(raw_name)
     try:
         save_model(model, raw)
-        with open_model_file(raw) as saved:
+        with open_model_file(raw, isolate=False) as saved:
             transform = transform_for(saved) if transform_for is not None else None
             write_model(saved, target, level, transform, keep_optimizer, progress)
     finally:
