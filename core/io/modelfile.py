@@ -357,6 +357,9 @@ def _open_keras(path: Path, isolate: bool) -> ModelFile:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
+        with open(path, "rb") as raw:
+            if raw.read(8) == b"\x89HDF\r\n\x1a\n":
+                raise InvalidModelError(path, "an HDF5 file, not a zip archive (rename it .h5)") from None
         raise InvalidModelError(path, "not a zip archive, as a .keras file is") from None
     except FILE_ERRORS as exc:
         raise InvalidModelError(path, f"cannot read the zip archive ({_short(exc)})") from None
