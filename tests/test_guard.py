@@ -377,3 +377,134 @@ def test_deflated_weights_member_is_extracted_to_the_temp_dir_and_removed(folder
     assert seen and seen[0] and all(name.startswith("prunectl-") for name in seen[0])
     assert os.listdir(tmp) == []
     assert set(os.listdir(folder)) - before <= {"deflated.pruned.keras", "deflated.pruned.report.json"}
+
+
+# --- a read that hangs inside libhdf5 --------------------------------------------------------
+
+
+def hanging_h5(folder: Path) -> Path:
+    """A model .h5 on which libhdf5 loops for ever reading an attribute (found by fuzzing).
+
+    d1's ``weight_names`` is rewritten as variable-length strings (kept in the file's
+    global heap), then the heap object holding ``d1/kernel:0`` is given a length of 255:
+    reading the attribute then never returns, and h5py holds the GIL meanwhile.
+    """
+    path = folder / "hang.h5"
+    shutil.copy(folder / "sequential.h5", path)
+    with h5py.File(path, "a") as h5:
+        h5["model_weights/d1"].attrs["weight_names"] = ["d1/kernel:0", "d1/bias:0"]
+    data = bytearray(path.read_bytes())
+    at = data.find(b"d1/kernel:0\0")
+    # A global heap object: index (2 bytes), reference count (2), reserved (4), size (8), data.
+    assert data[at - 8 : at] == (11).to_bytes(8, "little")
+    data[at - 8] = 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+HANG_AT = "attribute weight_names of /model_weights/d1"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_hang_ends_at_the_read_timeout(folder, command, monkeypatch):
+    path = hanging_h5(folder)
+    monkeypatch.setenv("PRUNECTL_READ_TIMEOUT", "1")
+    fails(
+        folder,
+        *command(path),
+        line=invalid_line(path, f"reading {HANG_AT} did not finish in 1 s"),
+    )
+
+
+def test_interrupt_kills_and_reaps_the_reading_child(folder):
+    """Ctrl-C while libhdf5 loops in the child: KeyboardInterrupt reaches the caller, the child is gone."""
+    path = hanging_h5(folder)
+    pid_file = folder.parent / f"{folder.name}-child.pid"
+
+    def work(note):
+        pid_file.write_text(str(os.getpid()))
+        guard.inspect_model(path, "h5", None, note)
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 2.0)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_guarded(work, path, timeout=600)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    child = int(pid_file.read_text())
+    with pytest.raises(ChildProcessError):  # already reaped: not a zombie, not running
+        os.waitpid(child, os.WNOHANG)
+    assert not Path(f"/proc/{child}").exists()
+
+
+def test_child_crash_names_the_object():
+    def work(note):
+        note("dataset /model_weights/d1/kernel")
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    with pytest.raises(InvalidModelError) as caught:
+        run_guarded(work, "m.h5", timeout=60)
+    assert str(caught.value) == (
+        "m.h5 is not a valid Keras model: reading dataset /model_weights/d1/kernel crashed the file reader (signal 11)"
+    )
+
+
+def test_fault_in_the_inspection_is_not_blamed_on_the_file():
+    def work(note):
+        raise ZeroDivisionError("a bug")
+
+    with pytest.raises(RuntimeError, match="ZeroDivisionError: a bug"):
+        run_guarded(work, "m.h5", timeout=60)
+
+
+def test_inspection_without_fork_refuses_the_same(folder):
+    path, name = craft(folder, ".h5", lambda h5, n: (replace_dataset(h5, n), h5.__setitem__(n, h5py.SoftLink("/x"))))
+    with pytest.raises(InvalidModelError, match="soft link"):
+        run_guarded(lambda note: guard.inspect_model(path, "h5", None, note), path, timeout=60, isolate=False)
+
+
+def _processes_reading(path: Path) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(path).encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_a_hanging_read(folder, signum):
+    """prunectl in its own process, stuck in libhdf5: the signal ends it and its reading child, long before the timeout."""
+    path = hanging_h5(folder)
+    env = {**os.environ, "PRUNECTL_READ_TIMEOUT": "600", "TMPDIR": str(folder / "tmp")}
+    before = snapshot(folder)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prunectl", "report", str(path)], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        for _ in range(600):  # until the child is forked (two processes name the file), then into the hang
+            if len(_processes_reading(path)) >= 2:
+                break
+            time.sleep(0.1)
+        assert len(_processes_reading(path)) >= 2
+        time.sleep(1)
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=120)  # a hang guard only: the read timeout is 600 s
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert "Traceback" not in stderr
+    for _ in range(100):
+        if not _processes_reading(path):
+            break
+        time.sleep(0.1)
+    assert _processes_reading(path) == []
+    assert snapshot(folder) == before

@@ -106,12 +106,14 @@ def run_guarded(
         return
     crumb = mmap.mmap(-1, _CRUMB_BYTES)
     read_end, write_end = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: never returns into the caller's code
         status = 1
         try:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _die_with(parent)
             os.close(read_end)
 
             def note(what: str) -> None:
@@ -168,6 +170,23 @@ def run_guarded(
 def _last(crumb: mmap.mmap) -> str:
     size = int.from_bytes(crumb[:4], "little")
     return crumb[4 : 4 + size].decode("utf-8", "replace") if size else "the file"
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel SIGKILL this child when its parent dies (Linux), whatever the parent's signal handlers do.
+
+    A parent killed by a signal it does not handle would otherwise leave the
+    child looping in libhdf5 for ever.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _kill(pid: int) -> None:
