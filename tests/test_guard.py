@@ -126,7 +126,9 @@ def test_external_storage_is_refused_and_never_read(folder, fmt, command):
 
     path, name = craft(folder, fmt, edit)
     line = fails(
-        folder, *command(path), line=invalid_line(path, f"dataset {name} is stored in an external file ({str(secret)!r})")
+        folder,
+        *command(path),
+        line=invalid_line(path, f"dataset {name} is stored in an external file ({str(secret)!r})"),
     )
     assert "TOPSECRET" not in line
     assert not any(p.is_file() and b"TOPSECRET" in p.read_bytes() for p in folder.rglob("*"))
@@ -144,7 +146,11 @@ def test_virtual_dataset_is_refused(folder, fmt, command):
         h5.create_virtual_dataset(name, layout)
 
     path, name = craft(folder, fmt, edit)
-    fails(folder, *command(path), line=invalid_line(path, f"dataset {name} is a virtual dataset (its data lives in other files)"))
+    fails(
+        folder,
+        *command(path),
+        line=invalid_line(path, f"dataset {name} is a virtual dataset (its data lives in other files)"),
+    )
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -175,7 +181,11 @@ def test_soft_link_is_refused(folder, fmt, command, target):
         h5[name] = h5py.SoftLink(resolved)
 
     path, name = craft(folder, fmt, edit)
-    fails(folder, *command(path), line=invalid_line(path, f"{name} is a soft link to {edit.target} (Keras writes no links)"))
+    fails(
+        folder,
+        *command(path),
+        line=invalid_line(path, f"{name} is a soft link to {edit.target} (Keras writes no links)"),
+    )
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -192,7 +202,11 @@ def test_user_defined_filter_is_refused(folder, fmt, command):
         h5[name][...] = np.ones(shape, dtype)
 
     path, name = craft(folder, fmt, edit)
-    fails(folder, *command(path), line=invalid_line(path, f"dataset {name} uses filter 32004 (unnamed), which needs a plugin"))
+    fails(
+        folder,
+        *command(path),
+        line=invalid_line(path, f"dataset {name} uses filter 32004 (unnamed), which needs a plugin"),
+    )
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -308,12 +322,19 @@ def write_bomb(path: Path, source: Path, size: int = 2 << 30) -> None:
             member.write(zeros)
 
 
+@pytest.fixture(scope="module")
+def bomb(model_dir, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("bomb") / "bomb.keras"
+    write_bomb(path, model_dir / "sequential.keras")
+    return path
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["report", "prune"])
-def test_zip_bomb_member_is_refused_in_bounded_memory(folder, command):
+def test_zip_bomb_member_is_refused_in_bounded_memory(folder, bomb, command):
     """A few-MB .keras holding a 2 GiB asset: refused without reading it, peak memory far below its size."""
     path = folder / "bomb.keras"
-    write_bomb(path, folder / "sequential.keras")
+    shutil.copy(bomb, path)
     with zipfile.ZipFile(path) as archive:
         info = archive.getinfo("assets/big.bin")
     assert path.stat().st_size < 8 << 20
@@ -330,7 +351,11 @@ def test_zip_bomb_member_is_refused_in_bounded_memory(folder, command):
     )
     before = snapshot(folder)
     code, line, peak_kb = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env={**os.environ, "TMPDIR": str(folder / "tmp")}
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TMPDIR": str(folder / "tmp")},
     ).stdout.splitlines()
     assert (code, line) == (
         "1",
@@ -482,7 +507,7 @@ def _processes_reading(path: Path) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_a_hanging_read(folder, signum):
-    """prunectl in its own process, stuck in libhdf5: the signal ends it and its reading child, long before the timeout."""
+    """prunectl in its own process, stuck in libhdf5: the signal ends it and its child, long before the timeout."""
     path = hanging_h5(folder)
     env = {**os.environ, "PRUNECTL_READ_TIMEOUT": "600", "TMPDIR": str(folder / "tmp")}
     before = snapshot(folder)

@@ -163,7 +163,9 @@ def check_archive(path: Path, archive: zipfile.ZipFile) -> None:
     """
     infos = archive.infolist()
     if len(infos) > MAX_ZIP_MEMBERS:
-        raise InvalidModelError(path, f"archive holds {len(infos):,} members, more than the limit of {MAX_ZIP_MEMBERS:,}")
+        raise InvalidModelError(
+            path, f"archive holds {len(infos):,} members, more than the limit of {MAX_ZIP_MEMBERS:,}"
+        )
     seen: set[str] = set()
     for info in infos:
         if info.filename in seen:
@@ -195,7 +197,9 @@ def check_archive(path: Path, archive: zipfile.ZipFile) -> None:
             )
 
 
-def read_member(path: Path, archive: zipfile.ZipFile, name: str, sink: Callable[[bytes], None] | None = None) -> bytes:
+def read_member(
+    path: Path, archive: zipfile.ZipFile, name: str, sink: Callable[[bytes], object] | None = None
+) -> bytes:
     """Read one member to its end in bounded pieces, so zipfile checks its CRC-32 and size.
 
     Args:
@@ -218,7 +222,9 @@ def read_member(path: Path, archive: zipfile.ZipFile, name: str, sink: Callable[
         while piece := _read_piece(path, name, member):
             got += len(piece)
             if got > info.file_size:  # zipfile stops at the declared size; never rely on that alone
-                raise InvalidModelError(path, f"zip member {name} holds more than its declared {info.file_size:,} bytes")
+                raise InvalidModelError(
+                    path, f"zip member {name} holds more than its declared {info.file_size:,} bytes"
+                )
             if sink is None:
                 pieces.append(piece)
             else:

@@ -16,7 +16,6 @@ the size of the largest tensor.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -357,8 +356,8 @@ def _open_keras(path: Path, isolate: bool) -> ModelFile:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
-        with open(path, "rb") as raw:
-            if raw.read(8) == b"\x89HDF\r\n\x1a\n":
+        with open(path, "rb") as head:
+            if head.read(8) == b"\x89HDF\r\n\x1a\n":
                 raise InvalidModelError(path, "an HDF5 file, not a zip archive (rename it .h5)") from None
         raise InvalidModelError(path, "not a zip archive, as a .keras file is") from None
     except FILE_ERRORS as exc:
@@ -374,7 +373,9 @@ def _open_keras(path: Path, isolate: bool) -> ModelFile:
         _inspect(path, "keras", isolate, extracted)
         kept = [n for n in (guard.CONFIG_MEMBER, guard.METADATA_MEMBER) if n in archive.NameToInfo]
         members = {n: guard.read_member(path, archive, n) for n in kept}
-        assets = tuple(i.filename for i in archive.infolist() if i.filename not in members and i.filename != WEIGHTS_MEMBER)
+        assets = tuple(
+            i.filename for i in archive.infolist() if i.filename not in members and i.filename != WEIGHTS_MEMBER
+        )
         config = guard.parse_config(path, members[CONFIG_MEMBER], CONFIG_MEMBER)
         if not isinstance(config, dict):
             raise InvalidModelError(path, f"{CONFIG_MEMBER} is not a JSON object")
