@@ -150,6 +150,25 @@ def member_data_offset(path: Path, info: zipfile.ZipInfo, file_size: int) -> int
     return start
 
 
+def check_member_count(path: Path) -> None:
+    """Refuse an archive whose end record declares too many members, before zipfile parses its directory.
+
+    zipfile builds an object per member as it opens an archive: a crafted
+    directory of millions of entries would cost gigabytes before any check ran.
+
+    Raises:
+        InvalidModelError: more than :data:`MAX_ZIP_MEMBERS` members.
+    """
+    try:
+        with open(path, "rb") as raw:
+            end = zipfile._EndRecData(raw)  # type: ignore[attr-defined]  # no public API reads the end record
+        count = int(end[zipfile._ECD_ENTRIES_TOTAL]) if end else 0  # type: ignore[attr-defined]
+    except (OSError, AttributeError, IndexError, TypeError, struct.error):
+        return  # zipfile itself reports an unreadable end record; check_archive counts what it parsed
+    if count > MAX_ZIP_MEMBERS:
+        raise InvalidModelError(path, f"archive holds {count:,} members, more than the limit of {MAX_ZIP_MEMBERS:,}")
+
+
 def check_archive(path: Path, archive: zipfile.ZipFile) -> None:
     """Refuse a ``.keras`` archive whose directory is inconsistent or promises more than it holds.
 
@@ -331,6 +350,8 @@ def inspect_h5(path, h5: h5py.File, size: int, where: str = "", note: Note = _qu
             problem = _dataset_problem(obj, size)
             if problem:
                 raise InvalidModelError(path, f"dataset {where}{obj.name} {problem}")
+            continue
+        if not isinstance(obj, h5py.Group):  # a committed datatype: its attributes are all it holds
             continue
         for name in obj:
             child = f"{obj.name.rstrip('/')}/{name}"

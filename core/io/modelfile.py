@@ -353,6 +353,7 @@ def _extract(path: Path, archive: zipfile.ZipFile) -> tuple[str, str]:
 
 
 def _open_keras(path: Path, isolate: bool) -> ModelFile:
+    guard.check_member_count(path)
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
