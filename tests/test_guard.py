@@ -533,3 +533,18 @@ def test_signal_stops_a_hanging_read(folder, signum):
         time.sleep(0.1)
     assert _processes_reading(path) == []
     assert snapshot(folder) == before
+
+
+def test_inspecting_child_has_bounded_memory():
+    """A crafted length cannot make the child map more than CHILD_MEMORY (mapped, never touched, if it could)."""
+    import mmap
+
+    from prunectl.core.io.watchdog import CHILD_MEMORY
+
+    def work(note):
+        note("a huge attribute")
+        mmap.mmap(-1, CHILD_MEMORY + (1 << 30))
+
+    with pytest.raises(InvalidModelError) as caught:
+        run_guarded(work, "m.h5", timeout=60)
+    assert str(caught.value).startswith("m.h5 is not a valid Keras model: reading a huge attribute failed (OSError")

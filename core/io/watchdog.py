@@ -28,6 +28,9 @@ from prunectl.core.errors import InvalidModelError
 TIMEOUT_S = 60.0
 TIMEOUT_PER_GB = 30.0
 TIMEOUT_ENV = "PRUNECTL_READ_TIMEOUT"
+#: Address space the inspecting child may map beyond what it inherits: the inspection reads
+#: metadata and attributes only, never weights.
+CHILD_MEMORY = 4 << 30
 #: Errors of a damaged file, as h5py, zipfile and json raise them.
 FILE_ERRORS = (
     OSError,
@@ -114,6 +117,7 @@ def run_guarded(
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             _die_with(parent)
+            _bound_memory()
             os.close(read_end)
 
             def note(what: str) -> None:
@@ -170,6 +174,25 @@ def run_guarded(
 def _last(crumb: mmap.mmap) -> str:
     size = int.from_bytes(crumb[:4], "little")
     return crumb[4 : 4 + size].decode("utf-8", "replace") if size else "the file"
+
+
+def _bound_memory() -> None:
+    """Cap the child's address space at :data:`CHILD_MEMORY` beyond what it has mapped already (Linux).
+
+    A crafted variable-length attribute can declare gigabytes; libhdf5 then
+    fails its allocation (a refused file) instead of exhausting the machine.
+    """
+    try:
+        import resource
+
+        with open("/proc/self/statm") as statm:
+            mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = mapped + CHILD_MEMORY
+        if hard == resource.RLIM_INFINITY or limit < hard:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (OSError, ValueError, ImportError):
+        pass
 
 
 def _die_with(parent: int) -> None:
