@@ -89,6 +89,16 @@ def exact(line: str) -> dict:
     return {"line": line}
 
 
+def invalid(path: Path, what: str) -> dict:
+    """The line for a damaged or crafted file: ``Error: <path> is not a valid Keras model: <what>``."""
+    return exact(f"Error: {path} is not a valid Keras model: {what}")
+
+
+def invalid_matching(path: Path, what: str) -> dict:
+    """As :func:`invalid`, where ``what`` is a pattern (part of the wording comes from h5py)."""
+    return {"pattern": rf"Error: {re.escape(str(path))} is not a valid Keras model: {what}"}
+
+
 def matching(prefix: str, path: Path) -> dict:
     """A line that starts with ``prefix``, then h5py's reason in parentheses, then what was received."""
     return {"pattern": rf"{prefix} \(.+\)\. {re.escape(received(path))}"}
@@ -111,25 +121,23 @@ def _truncated(folder, fmt):
     data = (folder / f"functional{fmt}").read_bytes()
     path.write_bytes(data[: len(data) // 2])
     if fmt == ".h5":
-        return path, matching(
-            r"Error: (not a readable HDF5 file|corrupt Keras HDF5 model|cannot read weight \S+)", path
-        )
-    return path, exact(f"Error: not a .keras archive (not a zip file). {received(path)}")
+        return path, invalid_matching(path, r"(not a readable HDF5 file|cannot read weight \S+) \(.+\)")
+    return path, invalid(path, "not a zip archive, as a .keras file is")
 
 
 def _random_bytes(folder, fmt):
     path = folder / f"random{fmt}"
     path.write_bytes(np.random.default_rng(0).bytes(4096))
     if fmt == ".h5":
-        return path, matching("Error: not a readable HDF5 file", path)
-    return path, exact(f"Error: not a .keras archive (not a zip file). {received(path)}")
+        return path, invalid_matching(path, r"not a readable HDF5 file \(.+\)")
+    return path, invalid(path, "not a zip archive, as a .keras file is")
 
 
 def _h5_renamed_keras(folder, fmt):
     """A legacy HDF5 model renamed to .keras, a common mistake: a .keras that is not a zip."""
     path = folder / "renamed.keras"
     shutil.copy(folder / "sequential.h5", path)
-    return path, exact(f"Error: not a .keras archive (not a zip file). {received(path)}")
+    return path, invalid(path, "an HDF5 file, not a zip archive (rename it .h5)")
 
 
 def weights_only_error(path: Path) -> dict:
@@ -167,7 +175,7 @@ def _zip_without_weights(folder, fmt):
         for name in src.namelist():
             if name != "model.weights.h5":
                 dst.writestr(name, src.read(name))
-    return path, exact(f"Error: .keras archive lacks model.weights.h5. {received(path)}")
+    return path, invalid(path, "archive lacks model.weights.h5")
 
 
 def _unsupported_suffix(folder, fmt):
@@ -285,7 +293,7 @@ def test_unreadable_weight_data(models, name, command):
         models,
         *command(path),
         code=1,
-        pattern=rf"Error: cannot read weight \S+/kernel \(.+\)\. {re.escape(received(path))}",
+        **invalid_matching(path, r"cannot read weight \S+/kernel \(.+\)"),
     )
 
 

@@ -16,9 +16,7 @@ the size of the largest tensor.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -28,15 +26,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from prunectl.core.errors import ModelFileError
+from prunectl.core.errors import InvalidModelError, ModelFileError
+from prunectl.core.io import guard
+from prunectl.core.io.atomic import discard, temporary_directory
 from prunectl.core.io.slabs import RawSlabReader
+from prunectl.core.io.watchdog import FILE_ERRORS, read_timeout, run_guarded
 from prunectl.core.io.zipmember import StoredZipMember
 from prunectl.core.layers import is_nested_model, variable_name
 
 H5_SUFFIXES = (".h5", ".hdf5")
 KERAS_SUFFIX = ".keras"
-WEIGHTS_MEMBER = "model.weights.h5"
-CONFIG_MEMBER = "config.json"
+WEIGHTS_MEMBER = guard.WEIGHTS_MEMBER
+CONFIG_MEMBER = guard.CONFIG_MEMBER
 # Where each format keeps the optimizer's saved state.
 OPTIMIZER_GROUPS = {"h5": "/optimizer_weights", "keras": "/optimizer"}
 
@@ -120,7 +121,10 @@ class ModelFile:
     h5: h5py.File
     entries: list[WeightEntry]
     training_config: dict | None = None
+    #: ``config.json`` and ``metadata.json`` of a ``.keras``, as read.
     zip_members: dict[str, bytes] = field(default_factory=dict)
+    #: The other members of a ``.keras`` but the weights (assets): never read whole, the writer streams them.
+    assets: tuple[str, ...] = ()
     _closers: list = field(default_factory=list)
     #: (file descriptor, offset of the weights file in it), for raw reads of plain datasets.
     raw: tuple[int, int] | None = None
@@ -134,8 +138,8 @@ class ModelFile:
             self._scratch = np.empty(nbytes, dtype=np.uint8)
         return self._scratch[:nbytes]
 
-    def _failed(self, entry: WeightEntry, exc: BaseException) -> ModelFileError:
-        return ModelFileError(f"cannot read weight {entry.key} ({exc}). Received: {str(self.path)!r}")
+    def _failed(self, entry: WeightEntry, exc: BaseException) -> InvalidModelError:
+        return InvalidModelError(self.path, f"cannot read weight {entry.key} ({_short(exc)})")
 
     def read(self, entry: WeightEntry, reuse: bool = False) -> np.ndarray:
         """Read one weight tensor into memory.
@@ -149,7 +153,7 @@ class ModelFile:
                 not once per tensor (page faults cost more than the copy).
 
         Raises:
-            ModelFileError: when the data cannot be read (a truncated file).
+            InvalidModelError: when the data cannot be read (a truncated file).
         """
         try:
             dataset = self.h5[entry.dataset]
@@ -158,7 +162,7 @@ class ModelFile:
             out = self._buffer(dataset.size * dataset.dtype.itemsize).view(dataset.dtype).reshape(dataset.shape)
             dataset.read_direct(out)
             return out
-        except (OSError, KeyError, ValueError, TypeError) as exc:
+        except FILE_ERRORS as exc:
             raise self._failed(entry, exc) from None
 
     def slabs(self, entry: WeightEntry, slab_bytes: int = 4 << 20) -> Iterator[np.ndarray]:
@@ -170,7 +174,7 @@ class ModelFile:
         one whole chunks at a time, so each chunk is decompressed once.
 
         Raises:
-            ModelFileError: when the data cannot be read.
+            InvalidModelError: when the data cannot be read.
         """
         try:
             dataset = self.h5[entry.dataset]
@@ -194,7 +198,7 @@ class ModelFile:
                 out = buffer[: n * row_bytes].view(dataset.dtype).reshape((n,) + dataset.shape[1:])
                 dataset.read_direct(out, np.s_[start : start + n])
                 yield out
-        except (OSError, KeyError, ValueError, TypeError) as exc:
+        except FILE_ERRORS as exc:
             raise self._failed(entry, exc) from None
 
     def close(self) -> None:
@@ -221,19 +225,30 @@ def _check_path(path: Path) -> None:
         raise ModelFileError(f"model path is a directory, not a file. Received: {str(path)!r}")
 
 
-def _decode_attr(value) -> dict | None:
+def _decode_attr(path: Path, value, name: str, limit: int = guard.MAX_CONFIG_BYTES):
     if value is None:
         return None
-    if isinstance(value, bytes):
-        value = value.decode("utf-8")
-    return json.loads(value)
+    if not isinstance(value, (bytes, str)):
+        raise InvalidModelError(path, f"attribute {name} is not text (found {type(value).__name__})")
+    return guard.parse_config(path, value, f"attribute {name}", limit)
 
 
-def _open_h5(path: Path) -> ModelFile:
+def _inspect(path: Path, fmt: str, isolate: bool, extracted: str | None = None) -> None:
+    """Run the whole :mod:`~prunectl.core.io.guard` inspection, in a child process unless ``isolate`` is False."""
+    run_guarded(
+        lambda note: guard.inspect_model(path, fmt, extracted, note),
+        path,
+        read_timeout(path.stat().st_size),
+        isolate=isolate,
+    )
+
+
+def _open_h5(path: Path, isolate: bool) -> ModelFile:
+    _inspect(path, "h5", isolate)
     try:
         h5 = h5py.File(path, "r")
-    except OSError as exc:
-        raise ModelFileError(f"not a readable HDF5 file ({_short(exc)}). Received: {str(path)!r}") from None
+    except FILE_ERRORS as exc:
+        raise InvalidModelError(path, f"not a readable HDF5 file ({_short(exc)})") from None
     try:
         if "model_config" not in h5.attrs:
             if "layer_names" in h5.attrs or "vars" in h5 or "layers" in h5:
@@ -242,21 +257,19 @@ def _open_h5(path: Path) -> ModelFile:
                     f"not model.save_weights(...). Received: {str(path)!r}"
                 )
             raise ModelFileError(f"HDF5 file is not a saved Keras model (no model_config). Received: {str(path)!r}")
-        config = _decode_attr(h5.attrs["model_config"])
+        config = _decode_attr(path, h5.attrs["model_config"], "model_config")
         if not isinstance(config, dict):
-            raise ModelFileError(
-                f"corrupt Keras HDF5 model (model_config is not a JSON object). Received: {str(path)!r}"
-            )
-        training = _decode_attr(h5.attrs.get("training_config"))
+            raise InvalidModelError(path, "attribute model_config is not a JSON object")
+        training = _decode_attr(path, h5.attrs.get("training_config"), "training_config", guard.MAX_METADATA_BYTES)
         if "model_weights" not in h5:
             raise ModelFileError(f"saved model has no model_weights group. Received: {str(path)!r}")
         entries = _h5_entries(h5, layer_classes(config))
     except ModelFileError:
         h5.close()
         raise
-    except (OSError, KeyError, ValueError, TypeError) as exc:
+    except FILE_ERRORS as exc:
         h5.close()
-        raise ModelFileError(f"corrupt Keras HDF5 model ({_short(exc)}). Received: {str(path)!r}") from None
+        raise InvalidModelError(path, f"cannot read the model's structure ({_short(exc)})") from None
     fd = os.open(path, os.O_RDONLY)
     return ModelFile(
         path, "h5", config, h5, entries, training_config=training, _closers=[lambda: os.close(fd)], raw=(fd, 0)
@@ -322,64 +335,110 @@ def _keras_entries(h5: h5py.File, classes: dict[str, tuple[str, int]]) -> list[W
     return entries
 
 
-def _open_keras(path: Path) -> ModelFile:
+def _extract(path: Path, archive: zipfile.ZipFile) -> tuple[Path, str]:
+    """Extract a compressed weights member into a new folder under the system temp dir, size bounded.
+
+    Returns:
+        (the folder, the extracted file); the caller removes the folder.
+    """
+    # Registered before it exists, so that a signal at any point cannot leave it behind (see core.io.atomic).
+    folder = temporary_directory(Path(tempfile.gettempdir()), "prunectl-")
+    target = os.path.join(folder, WEIGHTS_MEMBER)
+    try:
+        with open(target, "wb") as out:
+            guard.read_member(path, archive, WEIGHTS_MEMBER, sink=out.write)
+    except BaseException:
+        discard(folder)
+        raise
+    return folder, target
+
+
+def _open_keras(path: Path, isolate: bool) -> ModelFile:
+    guard.check_member_count(path)
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
-        raise ModelFileError(f"not a .keras archive (not a zip file). Received: {str(path)!r}") from None
-    except OSError as exc:
-        raise ModelFileError(f"cannot read .keras archive ({_short(exc)}). Received: {str(path)!r}") from None
-    closers = [archive.close]
+        with open(path, "rb") as head:
+            if head.read(8) == b"\x89HDF\r\n\x1a\n":
+                raise InvalidModelError(path, "an HDF5 file, not a zip archive (rename it .h5)") from None
+        raise InvalidModelError(path, "not a zip archive, as a .keras file is") from None
+    except FILE_ERRORS as exc:
+        raise InvalidModelError(path, f"cannot read the zip archive ({_short(exc)})") from None
+    closers: list = [archive.close]
     try:
-        names = set(archive.namelist())
-        missing = [m for m in (CONFIG_MEMBER, WEIGHTS_MEMBER) if m not in names]
-        if missing:
-            raise ModelFileError(f".keras archive lacks {', '.join(missing)}. Received: {str(path)!r}")
-        members = {n: archive.read(n) for n in names if n != WEIGHTS_MEMBER}
-        config = json.loads(members[CONFIG_MEMBER])
+        guard.check_archive(path, archive)
         info = archive.getinfo(WEIGHTS_MEMBER)
-        if info.compress_type == zipfile.ZIP_STORED:
+        extracted = None
+        if info.compress_type != zipfile.ZIP_STORED:
+            folder, extracted = _extract(path, archive)
+            closers.append(lambda: discard(folder))
+        _inspect(path, "keras", isolate, extracted)
+        kept = [n for n in (guard.CONFIG_MEMBER, guard.METADATA_MEMBER) if n in archive.NameToInfo]
+        members = {n: guard.read_member(path, archive, n) for n in kept}
+        assets = tuple(
+            i.filename for i in archive.infolist() if i.filename not in members and i.filename != WEIGHTS_MEMBER
+        )
+        config = guard.parse_config(path, members[CONFIG_MEMBER], CONFIG_MEMBER)
+        if not isinstance(config, dict):
+            raise InvalidModelError(path, f"{CONFIG_MEMBER} is not a JSON object")
+        if extracted is None:
             source = StoredZipMember(path, info)
             closers.append(source.close)
             h5 = h5py.File(source, "r")
             raw = source.raw
         else:
-            tmpdir = tempfile.mkdtemp(prefix=".prunectl-", dir=path.parent)
-            closers.append(lambda: shutil.rmtree(tmpdir, ignore_errors=True))
-            h5 = h5py.File(archive.extract(WEIGHTS_MEMBER, tmpdir), "r")
+            h5 = h5py.File(extracted, "r")
             raw = None
+        closers.append(h5.close)
         entries = _keras_entries(h5, layer_classes(config))
-    except ModelFileError:
+    except BaseException as exc:
         for closer in reversed(closers):
             closer()
+        if isinstance(exc, FILE_ERRORS) and not isinstance(exc, ModelFileError):
+            raise InvalidModelError(path, f"cannot read the model's structure ({_short(exc)})") from None
         raise
-    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile, EOFError) as exc:
-        for closer in reversed(closers):
-            closer()
-        raise ModelFileError(f"corrupt .keras archive ({_short(exc)}). Received: {str(path)!r}") from None
+    closers.remove(h5.close)  # ModelFile.close closes it first
     training = config.get("compile_config")
     return ModelFile(
-        path, "keras", config, h5, entries, training_config=training, zip_members=members, _closers=closers, raw=raw
+        path,
+        "keras",
+        config,
+        h5,
+        entries,
+        training_config=training,
+        zip_members=members,
+        assets=assets,
+        _closers=closers,
+        raw=raw,
     )
 
 
-def open_model_file(path: str | os.PathLike) -> ModelFile:
-    """Open a saved Keras model for reading with h5py (no TensorFlow).
+def open_model_file(path: str | os.PathLike, isolate: bool = True) -> ModelFile:
+    """Open a saved Keras model for reading with h5py (no TensorFlow), after inspecting all of it.
+
+    The whole file is first inspected by :func:`prunectl.core.io.guard.inspect_model`
+    (links, external storage, filters, declared sizes, zip members and their
+    CRC-32s, config size and depth), in a child process watched by
+    :func:`prunectl.core.io.watchdog.run_guarded`, so a read that loops inside
+    libhdf5 ends in an error, and Ctrl-C and SIGTERM are honoured meanwhile.
 
     Args:
         path: a ``.h5``/``.hdf5`` or ``.keras`` file saved by ``model.save``.
+        isolate: inspect in a child process. False inspects in this process:
+            only for files prunectl itself has just written.
 
     Returns:
         An open :class:`ModelFile`; close it or use it as a context manager.
 
     Raises:
-        ModelFileError: missing path, directory, wrong suffix, weights-only or
-            corrupt file.
+        ModelFileError: missing path, directory, wrong suffix or weights-only file.
+        InvalidModelError: a damaged or crafted file; the message names the object at fault.
+        KeyboardInterrupt, Terminated: while the inspection runs (the child is killed first).
     """
     path = Path(path)
     _check_path(path)
     fmt = model_format(path)
-    return _open_h5(path) if fmt == "h5" else _open_keras(path)
+    return _open_h5(path, isolate) if fmt == "h5" else _open_keras(path, isolate)
 
 
 def _str_list(values) -> list[str]:

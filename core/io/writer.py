@@ -11,6 +11,7 @@ datasets are already compressed and Keras reads it fastest that way.
 from __future__ import annotations
 
 import os
+import shutil
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from prunectl.core.errors import ModelFileError
+from prunectl.core.errors import InvalidModelError
 from prunectl.core.io.atomic import (
     atomic_path,
     discard,
@@ -61,8 +62,8 @@ def _copy_tree(
             continue
         link = src.get(name, getlink=True)
         if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
-            dst[name] = link
-            continue
+            # open_model_file refuses links; never copy one into an output if a file slips past it.
+            raise InvalidModelError(src.file.filename, f"{src.name.rstrip('/')}/{name} is a link")
         obj = src[name]
         if isinstance(obj, h5py.Group):
             _copy_tree(obj, dst.create_group(name), writer, transform, skip, read)
@@ -128,8 +129,8 @@ def write_model(
             return model.read(entry, reuse=True)
         try:
             return dataset[()]
-        except (OSError, ValueError) as exc:
-            raise ModelFileError(f"cannot read {dataset.name} ({exc}). Received: {str(model.path)!r}") from None
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise InvalidModelError(model.path, f"cannot read dataset {dataset.name} ({exc})") from None
 
     def on_dataset(path: str, data: np.ndarray) -> np.ndarray:
         entry = by_path.get(path)
@@ -149,18 +150,34 @@ def write_model(
         weights_tmp = register(tmp.with_name(tmp.name + ".weights"))  # before h5py creates it
         try:
             write_h5(model.h5, weights_tmp, level, on_dataset, skip, read)
-            _write_keras_zip(tmp, {**model.zip_members, **(members or {})}, weights_tmp, level)
+            written_members = {**model.zip_members, **(members or {})}
+            assets = [name for name in model.assets if name not in written_members]
+            _write_keras_zip(tmp, written_members, weights_tmp, level, model.path, assets)
         finally:
             discard(weights_tmp)
 
 
-def _write_keras_zip(target: Path, members: dict[str, bytes], weights: Path, level: int) -> None:
+def _write_keras_zip(
+    target: Path, members: dict[str, bytes], weights: Path, level: int, source: Path, assets: list[str]
+) -> None:
     deflate = zipfile.ZIP_DEFLATED if level else zipfile.ZIP_STORED
     order = ["metadata.json", "config.json"]
     names = [n for n in order if n in members] + sorted(n for n in members if n not in order)
     with zipfile.ZipFile(target, "w") as archive:
         for name in names:
             archive.writestr(name, members[name], compress_type=deflate)
+        if assets:
+            # Assets are streamed from the source archive, never held whole in memory.
+            with zipfile.ZipFile(source) as original:
+                for name in sorted(assets):
+                    info = original.getinfo(name)
+                    copy = zipfile.ZipInfo(name, date_time=info.date_time)
+                    copy.compress_type = deflate
+                    if info.is_dir():
+                        archive.writestr(copy, b"")
+                        continue
+                    with original.open(info) as src, archive.open(copy, "w", force_zip64=True) as dst:
+                        shutil.copyfileobj(src, dst, 4 << 20)
         archive.write(weights, WEIGHTS_MEMBER, compress_type=zipfile.ZIP_STORED)
 
 
@@ -203,7 +220,7 @@ def save_keras_model(
             if not is_write_error(exc):
                 raise
             raise write_error(target, exc) from None
-        with open_model_file(raw) as saved:
+        with open_model_file(raw, isolate=False) as saved:
             transform = transform_for(saved) if transform_for is not None else None
             write_model(saved, target, level, transform, keep_optimizer, progress)
     finally:

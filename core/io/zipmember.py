@@ -8,7 +8,7 @@ import struct
 import zipfile
 from pathlib import Path
 
-from prunectl.core.errors import ModelFileError
+from prunectl.core.errors import InvalidModelError
 
 
 class StoredZipMember(io.RawIOBase):
@@ -24,7 +24,7 @@ class StoredZipMember(io.RawIOBase):
         header = os.pread(self._fd, 30, info.header_offset)
         if len(header) != 30 or header[:4] != b"PK\x03\x04":
             os.close(self._fd)
-            raise ModelFileError(f"corrupt .keras archive (bad member header). Received: {str(path)!r}")
+            raise InvalidModelError(path, f"zip member {info.filename} has no local header")
         name_len, extra_len = struct.unpack("<HH", header[26:30])
         self._start = info.header_offset + 30 + name_len + extra_len
         self._size = info.file_size
