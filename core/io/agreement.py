@@ -120,8 +120,7 @@ def _class_problems(layer: _Layer, legacy: bool) -> Iterator[str]:
             if get_spec(layer.class_name) is None:
                 yield f"{layer.label}: unknown class; keras.layers has no {layer.class_name!r}"
             return
-        names = keras_api.module_names(layer.module)
-        if names is not None and layer.class_name not in names:
+        if keras_api.has_name(layer.module, layer.class_name) is False:
             yield f"{layer.label}: unknown class; {layer.module} has no {layer.class_name!r}"
             return
         if not (is_nested_model(layer.class_name) or "layers" in layer.config):
@@ -149,8 +148,7 @@ def _object_problems(layer: _Layer, key: str, value) -> Iterator[str]:
     class_name, module = value.get("class_name"), value.get("module")
     if isinstance(class_name, str) and isinstance(module, str) and class_name not in _NOT_CLASSES:
         module, keras = _resolve(value, legacy=False)
-        names = keras_api.module_names(module) if keras and module else None
-        if names is not None and class_name not in names:
+        if keras and module and keras_api.has_name(module, class_name) is False:
             yield f"{layer.label}: {key} names an unknown class; {module} has no {class_name!r}"
             return
     for item in value.values():

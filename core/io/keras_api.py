@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import re
 from functools import cache
 from pathlib import Path
 
@@ -50,14 +51,94 @@ def _source_file(module: str) -> Path | None:
 
 
 @cache
-def _module_ast(module: str) -> ast.Module | None:
+def _source_text(module: str) -> str | None:
     path = _source_file(module)
     if path is None:
         return None
     try:
-        return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
         return None
+
+
+@cache
+def _module_ast(module: str) -> ast.Module | None:
+    text = _source_text(module)
+    if text is None:
+        return None
+    try:
+        return ast.parse(text)
+    except (SyntaxError, ValueError):
+        return None
+
+
+# Parsing a whole module costs tens of milliseconds (keras/src/layers/layer.py is
+# thousands of lines), so a class defined, or a name imported, at column 0 is parsed
+# alone; anything else (conditional imports, star imports) falls back to the whole module.
+_NEXT_TOP_LEVEL = re.compile(r"^[^\s#)\]}]", re.MULTILINE)
+_TOP_IMPORT = re.compile(r"^from [\w.]+ import (?:\([^)]*\)|[^\n]*)", re.MULTILINE)
+
+
+_METHOD = re.compile(r"^    def (__init__|from_config)\(", re.MULTILINE)
+_METHOD_END = re.compile(r"^ {0,4}[^\s#)\]}]", re.MULTILINE)
+
+
+def _skeleton(segment: str) -> str | None:
+    """A class's header with only its ``__init__`` and ``from_config``: what :func:`accepted_keys` reads."""
+    lines = segment.split("\n")
+    for end in range(1, min(len(lines), 20) + 1):
+        header = "\n".join(lines[:end])
+        if header.rstrip().endswith(":"):
+            try:
+                ast.parse(header + "\n    pass")
+            except SyntaxError:
+                continue
+            break
+    else:
+        return None
+    methods = []
+    for found in _METHOD.finditer(segment):
+        stop = _METHOD_END.search(segment, segment.index("\n", found.start()) + 1)
+        methods.append(segment[found.start() : stop.start() if stop else len(segment)])
+    return "\n".join([header, *methods, "    pass", ""])
+
+
+@cache
+def _own_class(module: str, name: str) -> ast.ClassDef | None:
+    """The ``class name`` statement at column 0 of ``module``'s source, parsed on its own; None where there is none."""
+    text = _source_text(module)
+    found = re.search(rf"^class {re.escape(name)}\b", text or "", re.MULTILINE)
+    if text is None or found is None:
+        return None
+    line_end = text.find("\n", found.start())
+    end = _NEXT_TOP_LEVEL.search(text, line_end + 1) if line_end >= 0 else None
+    segment = text[found.start() : end.start() if end else len(text)]
+    for source in (_skeleton(segment), segment):
+        if source is None:
+            continue
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:  # cut inside a string: try the whole class, then the whole module
+            continue
+        node = tree.body[0] if len(tree.body) == 1 else None
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return node
+    return None
+
+
+@cache
+def _top_imports(module: str) -> dict[str, tuple[str, str]]:
+    """``name -> (module, name there)`` for the ``from X import ...`` statements at column 0 of ``module``."""
+    names: dict[str, tuple[str, str]] = {}
+    for statement in _TOP_IMPORT.finditer(_source_text(module) or ""):
+        try:
+            node = ast.parse(statement.group(0)).body[0]
+        except SyntaxError:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            source = _absolute(module, node)
+            names.update({a.asname or a.name: (source, a.name) for a in node.names if a.name != "*"})
+    return names
 
 
 def _absolute(module: str, node: ast.ImportFrom) -> str:
@@ -118,6 +199,14 @@ def _bindings(module: str) -> dict[str, tuple[str, str | None]] | None:
     return names if visit(tree.body) else None
 
 
+def has_name(module: str, name: str) -> bool | None:
+    """Whether Keras would find ``name`` in ``module``; None when Keras is not installed or the source cannot tell."""
+    if _own_class(module, name) is not None or name in _top_imports(module):
+        return True
+    names = _bindings(module)
+    return None if names is None else name in names
+
+
 def module_names(module: str) -> frozenset[str] | None:
     """The names Keras would find in ``module`` (``"keras.layers"``, ``"keras.src.models.functional"``).
 
@@ -132,6 +221,12 @@ def module_names(module: str) -> frozenset[str] | None:
 @cache
 def _class_def(module: str, name: str, depth: int = 0) -> tuple[str, ast.ClassDef] | None:
     """Follow ``from X import Y as name`` chains to the ``ClassDef`` of ``module.name``."""
+    own = _own_class(module, name)
+    if own is not None:
+        return module, own
+    imported = _top_imports(module).get(name)
+    if imported is not None and depth <= 20:
+        return _class_def(*imported, depth + 1)
     bindings = _bindings(module)
     if depth > 20 or not bindings or name not in bindings:
         return None
@@ -267,7 +362,6 @@ def layer_class_module(class_name: str) -> str | None:
         The module naming it, or None when neither does (or the source cannot tell).
     """
     for module in ("keras.layers", "keras.src.models.functional", "keras.models"):
-        names = module_names(module)
-        if names is not None and class_name in names:
+        if has_name(module, class_name):
             return module
     return None
