@@ -276,6 +276,15 @@ def test_file_engine_refuses_disagreeing_file(tmp_path, case, fmt):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+def test_report_refuses_it_too(tmp_path, fmt):
+    _, sample, config_edit, weights_edit, whats = CASES[0]
+    path = crafted(tmp_path, sample, fmt, config_edit, weights_edit)
+    before = snapshot(path.parent)
+    assert_error(invoke("report", path), 1, f"Error: {path} is not a valid Keras model: {whats[fmt]}")
+    assert snapshot(path.parent) == before
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_keras_refuses_the_same_file(tmp_path, case, fmt):
     keras = pytest.importorskip("keras")
