@@ -372,11 +372,16 @@ def build_menagerie():
     )
     x = inner(keras.layers.GlobalAveragePooling1D(name="gap")(x))
     vol = keras.Input((4, 4, 4, 1), name="vol")
-    v = keras.layers.Conv3D(2, (1, 2, 3), name="conv3d")(vol)
+    v = keras.layers.Conv3DTranspose(2, 2, name="conv3dt")(vol)
+    v = keras.layers.Conv3D(2, (2, 3, 4), name="conv3d")(v)
     v = keras.layers.SeparableConv1D(3, 2, depth_multiplier=2, name="sep1")(keras.layers.Reshape((-1, 2))(v))
     v = keras.layers.DepthwiseConv1D(2, depth_multiplier=3, name="dw1")(v)
-    out = keras.layers.Dense(1, name="out")(keras.layers.Concatenate()([x, keras.layers.Flatten()(v)]))
-    return keras.Model([seq, vol], out, name="menagerie")
+    image = keras.Input((4, 4, 2), name="image")
+    i = keras.layers.Conv2DTranspose(3, 2, use_bias=False, name="conv2dt")(image)
+    i = keras.layers.BatchNormalization(renorm=True, name="bn_renorm")(i)
+    i = keras.layers.GlobalMaxPooling2D()(i)
+    out = keras.layers.Dense(1, name="out")(keras.layers.Concatenate()([x, keras.layers.Flatten()(v), i]))
+    return keras.Model([seq, vol, image], out, name="menagerie")
 
 
 @pytest.fixture(scope="module")
@@ -426,7 +431,7 @@ RESIZED = [
         "conv3d",
         "kernel_size",
         [1, 3, 3],
-        "layer 'conv3d' (Conv3D): config says kernel_size=[1, 3, 3] but its kernel has shape (1, 2, 3, 1, 2)",
+        "layer 'conv3d' (Conv3D): config says kernel_size=[1, 3, 3] but its kernel has shape (2, 3, 4, 2, 2)",
     ),
     (
         "sep1",
@@ -446,6 +451,20 @@ RESIZED = [
         True,
         "layer 'bn' (BatchNormalization): config implies weights gamma, beta, moving_mean, moving_variance "
         "(center=True, renorm=False, scale=True) but the file holds gamma, moving_mean, moving_variance",
+    ),
+    (
+        "conv2dt",
+        "filters",
+        4,
+        "layer 'conv2dt' (Conv2DTranspose): config says filters=4 but its kernel has shape (2, 2, 3, 2)",
+    ),
+    (
+        "bn_renorm",
+        "renorm",
+        False,
+        "layer 'bn_renorm' (BatchNormalization): config implies weights gamma, beta, moving_mean, moving_variance "
+        "(center=True, renorm=False, scale=True) but the file holds gamma, beta, moving_mean, moving_variance, "
+        "moving_stddev, renorm_mean, renorm_stddev",
     ),
     (
         "inner_dense",
@@ -477,7 +496,8 @@ def test_menagerie_resized_disagrees(menagerie, tmp_path, fmt, layer, key, value
     with open_model_file(path) as model:
         found = list(disagreements(model))
     if fmt == ".keras":  # positions, not names: the weight a .keras file holds where a bias would be is vars/1
-        what = what.replace("gamma, moving_mean, moving_variance", "gamma, beta, moving_mean")
+        what = what.replace("holds gamma, moving_mean, moving_variance", "holds gamma, beta, moving_mean")
+        what = what.replace("moving_stddev, renorm_mean, renorm_stddev", "vars/4, vars/5, vars/6")
     assert found[:1] == [what]
 
 

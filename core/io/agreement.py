@@ -47,6 +47,7 @@ class _Layer:
     config: dict
     module: str | None  # the Keras module its class resolves in; None outside Keras
     keras: bool  # its class is Keras's own (so Keras's rules, and the built-in table, apply)
+    legacy: bool  # no module recorded: Keras's legacy loader reads it
 
     @property
     def label(self) -> str:
@@ -80,27 +81,28 @@ def disagreements(model: ModelFile) -> Iterator[str]:
         One line per disagreement, e.g.
         ``layer 'dense_1' (Dense): config says units=257 but its kernel has shape (64, 256)``.
     """
-    legacy = model.format == "h5"
-    layers = list(_walk(model.config, legacy))
+    by_name = model.format == "h5"  # a .h5 file names each weight; a .keras file stores them by position
+    layers = list(_walk(model.config))
     for layer in layers:
-        yield from _class_problems(layer, legacy)
-    yield from _weight_problems(layers, model.entries, legacy)
+        yield from _class_problems(layer)
+    yield from _weight_problems(layers, model.entries, by_name)
 
 
-def _walk(config: dict, legacy: bool) -> Iterator[_Layer]:
+def _walk(config: dict) -> Iterator[_Layer]:
     """The model itself and every layer below it, nested models included."""
     if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
         return
     inner = config.get("config")
     inner = inner if isinstance(inner, dict) else {}
     class_name = config["class_name"]
-    module, keras = _resolve(config, legacy)
-    yield _Layer(inner.get("name", config.get("name")), class_name, inner, module, keras)
+    module, keras = _resolve(config)
+    legacy = "module" not in config
+    yield _Layer(inner.get("name", config.get("name")), class_name, inner, module, keras, legacy)
     for layer in inner.get("layers", []) if isinstance(inner.get("layers"), list) else []:
-        yield from _walk(layer, legacy)
+        yield from _walk(layer)
 
 
-def _resolve(obj: dict, legacy: bool) -> tuple[str | None, bool]:
+def _resolve(obj: dict) -> tuple[str | None, bool]:
     """The Keras module a serialized object's class resolves in, and whether the class is Keras's own."""
     class_name = obj["class_name"]
     registered = obj.get("registered_name")
@@ -113,7 +115,7 @@ def _resolve(obj: dict, legacy: bool) -> tuple[str | None, bool]:
     return keras_api.layer_class_module(class_name), True
 
 
-def _class_problems(layer: _Layer, legacy: bool) -> Iterator[str]:
+def _class_problems(layer: _Layer) -> Iterator[str]:
     if layer.keras and keras_api.package_dir() is not None:
         if layer.module is None:
             # A plain name Keras lacks loads only as a custom object; one prunectl's table knows may be one.
@@ -126,7 +128,7 @@ def _class_problems(layer: _Layer, legacy: bool) -> Iterator[str]:
         if not (is_nested_model(layer.class_name) or "layers" in layer.config):
             accepted = keras_api.accepted_keys(layer.module, layer.class_name)
             if accepted is not None:
-                unknown = sorted(set(layer.config) - accepted - (_LEGACY_KEYS if legacy else frozenset()))
+                unknown = sorted(set(layer.config) - accepted - (_LEGACY_KEYS if layer.legacy else frozenset()))
                 if unknown:
                     yield (
                         f"{layer.label}: config key {unknown[0]!r} is not an argument of "
@@ -147,7 +149,7 @@ def _object_problems(layer: _Layer, key: str, value) -> Iterator[str]:
         return
     class_name, module = value.get("class_name"), value.get("module")
     if isinstance(class_name, str) and isinstance(module, str) and class_name not in _NOT_CLASSES:
-        module, keras = _resolve(value, legacy=False)
+        module, keras = _resolve(value)
         if keras and module and keras_api.has_name(module, class_name) is False:
             yield f"{layer.label}: {key} names an unknown class; {module} has no {class_name!r}"
             return
@@ -155,7 +157,7 @@ def _object_problems(layer: _Layer, key: str, value) -> Iterator[str]:
         yield from _object_problems(layer, key, item)
 
 
-def _weight_problems(layers: list[_Layer], entries: list[WeightEntry], legacy: bool) -> Iterator[str]:
+def _weight_problems(layers: list[_Layer], entries: list[WeightEntry], by_name: bool) -> Iterator[str]:
     named = Counter(layer.name for layer in layers)
     by_owner: dict[str, list[WeightEntry]] = defaultdict(list)
     for entry in entries:
@@ -171,7 +173,7 @@ def _weight_problems(layers: list[_Layer], entries: list[WeightEntry], legacy: b
         known = _weight_shapes(layer)
         if known is None or named[layer.name] != 1:
             continue
-        yield from _layer_weight_problems(layer, *known, by_owner.get(layer.name or "", []), legacy)
+        yield from _layer_weight_problems(layer, *known, by_owner.get(layer.name or "", []), by_name)
 
 
 def _weight_shapes(layer: _Layer) -> tuple[tuple[WeightShape, ...], tuple[str, ...]] | None:
@@ -211,10 +213,10 @@ def _position(entry: WeightEntry) -> tuple[str, int] | None:
 
 
 def _layer_weight_problems(
-    layer: _Layer, shapes: tuple[WeightShape, ...], switches: tuple[str, ...], held: list[WeightEntry], legacy: bool
+    layer: _Layer, shapes: tuple[WeightShape, ...], switches: tuple[str, ...], held: list[WeightEntry], by_name: bool
 ) -> Iterator[str]:
     expected = ", ".join(s.name for s in shapes) or "none"
-    if legacy:
+    if by_name:
         found = {_weight_name(e): e for e in held}
         matched = {s.name: found[s.name] for s in shapes if s.name in found}
         complete = len(matched) == len(shapes) == len(found)
