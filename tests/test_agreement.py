@@ -119,6 +119,10 @@ def _renamed_key(config):
     layer["unitz"] = layer.pop("units")
 
 
+def _unknown_activation(config):
+    _layer(config, "fc1")["config"]["activation"] = "reluX"
+
+
 def _unknown_initializer(config):
     _layer(config, "fc1")["config"]["kernel_initializer"]["class_name"] = "GlorotUniformX"
 
@@ -185,6 +189,13 @@ CASES = [
         _renamed_key,
         None,
         {fmt: "layer 'fc1' (Dense): config key 'unitz' is not an argument of keras.layers.Dense" for fmt in FORMATS},
+    ),
+    (
+        "unknown-activation",
+        "digits_cnn",
+        _unknown_activation,
+        None,
+        {fmt: "layer 'fc1' (Dense): activation 'reluX' is not a Keras activation" for fmt in FORMATS},
     ),
     (
         "unknown-initializer",
@@ -364,6 +375,7 @@ def build_menagerie():
     x = keras.layers.SimpleRNN(5, return_sequences=True, name="rnn")(x)
     x = keras.layers.GRU(3, reset_after=False, return_sequences=True, name="gru")(x)
     x = keras.layers.Conv1DTranspose(4, 2, name="convt")(x)
+    x = keras.layers.Conv1D(4, 1, activation="swish", name="conv1d")(x)
     x = keras.layers.EinsumDense("abc,cd->abd", output_shape=(None, 2), bias_axes="d", name="einsum")(x)
     x = keras.layers.BatchNormalization(center=False, name="bn")(x)
     x = keras.layers.ReLU(name="relu")(x)
@@ -427,6 +439,7 @@ RESIZED = [
         5,
         "layer 'convt' (Conv1DTranspose): config says filters=5 but its kernel has shape (2, 4, 3)",
     ),
+    ("conv1d", "filters", 3, "layer 'conv1d' (Conv1D): config says filters=3 but its kernel has shape (1, 4, 4)"),
     (
         "conv3d",
         "kernel_size",
@@ -577,6 +590,13 @@ def test_a_key_not_read_from_source_is_refused_by_from_config(cls, config):
     assert "unitz" not in keras_api.accepted_keys("keras.layers", cls)
     with pytest.raises(Exception, match="unitz"):
         getattr(keras.layers, cls).from_config({**config, "unitz": 1})
+
+
+def test_activation_names_match_keras():
+    pytest.importorskip("keras")
+    from keras.src.activations import ALL_OBJECTS_DICT
+
+    assert keras_api.activation_names() == set(ALL_OBJECTS_DICT)
 
 
 def test_public_names_match_keras():

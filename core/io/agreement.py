@@ -37,6 +37,8 @@ from prunectl.core.layers.builtin import BUILTIN
 _LEGACY_KEYS = frozenset({"batch_input_shape"})
 # Objects in a config that are no Keras class: a tensor reference, a plain function.
 _NOT_CLASSES = frozenset({"__keras_tensor__", "function"})
+# Config keys a Keras layer passes to keras.activations.get, which takes a string only from its own table.
+_ACTIVATION_KEYS = ("activation", "recurrent_activation")
 _PLAIN_POLICIES = frozenset({"DTypePolicy", "FloatDTypePolicy"})
 
 
@@ -134,6 +136,11 @@ def _class_problems(layer: _Layer) -> Iterator[str]:
                         f"{layer.label}: config key {unknown[0]!r} is not an argument of "
                         f"{layer.module}.{layer.class_name}"
                     )
+        known = keras_api.activation_names()
+        for key in _ACTIVATION_KEYS:
+            value = layer.config.get(key)
+            if known is not None and isinstance(value, str) and value not in known:
+                yield f"{layer.label}: {key} {value!r} is not a Keras activation"
     for key, value in layer.config.items():
         if key != "layers":
             yield from _object_problems(layer, key, value)

@@ -365,3 +365,47 @@ def layer_class_module(class_name: str) -> str | None:
         if has_name(module, class_name):
             return module
     return None
+
+
+@cache
+def activation_names() -> frozenset[str] | None:
+    """The names ``keras.activations.get`` accepts as a string: its ``ALL_OBJECTS_DICT`` keys.
+
+    That dictionary maps each function in ``ALL_OBJECTS`` by its ``__name__`` (the
+    name of the ``def`` it was imported from) and adds a few aliases by subscript.
+
+    Returns:
+        The names, or None when the source cannot tell.
+    """
+    module = "keras.src.activations"
+    tree = _module_ast(module)
+    bindings = _bindings(module)
+    if tree is None or not bindings:
+        return None
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "ALL_OBJECTS" for t in node.targets
+        ):
+            if not isinstance(node.value, (ast.Set, ast.List, ast.Tuple)):
+                return None
+            for element in node.value.elts:
+                bound = bindings.get(element.id) if isinstance(element, ast.Name) else None
+                if bound is None or not bound[1]:
+                    return None
+                source, original = bound
+                defined = _source_text(source) or ""
+                if not re.search(rf"^def {re.escape(original)}\(", defined, re.MULTILINE):
+                    return None  # not a plain function: its __name__ is not known from here
+                names.add(original)
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                if (
+                    isinstance(target, ast.Subscript)
+                    and isinstance(target.value, ast.Name)
+                    and target.value.id == "ALL_OBJECTS_DICT"
+                    and isinstance(target.slice, ast.Constant)
+                    and isinstance(target.slice.value, str)
+                ):
+                    names.add(target.slice.value)
+    return frozenset(names) if names else None
