@@ -390,10 +390,9 @@ def activation_names() -> frozenset[str] | None:
             if not isinstance(node.value, (ast.Set, ast.List, ast.Tuple)):
                 return None
             for element in node.value.elts:
-                bound = bindings.get(element.id) if isinstance(element, ast.Name) else None
-                if bound is None or not bound[1]:
+                source, original = bindings.get(element.id, ("", None)) if isinstance(element, ast.Name) else ("", None)
+                if not original:
                     return None
-                source, original = bound
                 defined = _source_text(source) or ""
                 if not re.search(rf"^def {re.escape(original)}\(", defined, re.MULTILINE):
                     return None  # not a plain function: its __name__ is not known from here
