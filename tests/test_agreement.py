@@ -545,7 +545,7 @@ def _accepted_by_inspection(cls) -> set[str] | None:
         source = inspect.getsource(init)
         keys |= set(re.findall(rf"{var}\.(?:pop|get)\(\s*[\"'](\w+)[\"']", source))
         keys |= set(re.findall(rf"{var}\[[\"'](\w+)[\"']\]", source))
-        if not re.search(rf"\*\*{var}\b", source.split(":", 1)[1].split("\n", 1)[1]):
+        if len(re.findall(rf"\*\*{var}\b", source)) < 2:  # once in the signature: never passed on
             return keys if re.search(rf"if {var}:\s*\n\s*raise", source) else None
     return keys
 
