@@ -98,8 +98,9 @@ def _walk(config: dict) -> Iterator[_Layer]:
     inner = inner if isinstance(inner, dict) else {}
     class_name = config["class_name"]
     module, keras = _resolve(config)
-    legacy = "module" not in config
-    yield _Layer(inner.get("name", config.get("name")), class_name, inner, module, keras, legacy)
+    name = inner.get("name", config.get("name"))
+    name = name if isinstance(name, str) else None  # a crafted name (a list, a number) names nothing
+    yield _Layer(name, class_name, inner, module, keras, "module" not in config)
     for layer in inner.get("layers", []) if isinstance(inner.get("layers"), list) else []:
         yield from _walk(layer)
 
@@ -196,7 +197,7 @@ def _weight_shapes(layer: _Layer) -> tuple[tuple[WeightShape, ...], tuple[str, .
     config = layer.config
     dtype = config.get("dtype")
     policy = dtype.get("class_name") if isinstance(dtype, dict) else None
-    if config.get("lora_rank") or config.get("quantization_config") or (policy and policy not in _PLAIN_POLICIES):
+    if config.get("lora_rank") or config.get("quantization_config") or (policy and str(policy) not in _PLAIN_POLICIES):
         return None  # LoRA and quantized layers hold other weights
     if isinstance(dtype, str) and not re.fullmatch(r"(mixed_)?(b?float\d+|float\d+_from_\w+)", dtype):
         return None
