@@ -1,6 +1,6 @@
 """The layer table: everything prunectl knows about each Keras layer class (see :mod:`.spec`).
 
-Public API: :class:`LayerSpec`, :class:`WeightSpec`, :class:`Rule`,
+Public API: :class:`LayerSpec`, :class:`WeightSpec`, :class:`WeightShape`, :class:`Rule`,
 :func:`register_layer`, :func:`layer_spec`, :func:`op_key`, :func:`get_spec`, :func:`specs`,
 :func:`load_entry_points`, and the ``prunectl.layers`` entry-point group.
 """
@@ -10,6 +10,7 @@ from prunectl.core.layers.spec import (
     ENTRY_POINT_GROUP,
     LayerSpec,
     Rule,
+    WeightShape,
     WeightSpec,
     _register_builtin,
     get_spec,
@@ -29,6 +30,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "LayerSpec",
     "Rule",
+    "WeightShape",
     "WeightSpec",
     "get_spec",
     "is_nested_model",

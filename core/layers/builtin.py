@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prunectl.core.layers.spec import LayerSpec, Rule, WeightSpec, op_key
+from prunectl.core.layers.spec import LayerSpec, Rule, WeightShape, WeightSpec, op_key
 
 
 def last_axis_check(key: str) -> Callable[[dict, int], str | None]:
@@ -84,6 +84,55 @@ _SEPARABLE = Rule(
     "separable",
 )
 _DEPTHWISE = Rule("passthrough", in_axes=(("kernel", -2, None), ("bias", 0, None)), check=depthwise_check)
+
+
+def _kernel_dims(rank: int, channels: tuple[tuple[int, str], ...]) -> tuple[tuple[int, str], ...]:
+    """A convolution kernel's sizes: ``kernel_size`` on the spatial axes, then ``channels``."""
+    return tuple((axis, f"kernel_size[{axis}]") for axis in range(rank)) + channels
+
+
+_BIAS = WeightShape("bias", ((0, "filters"),), when="use_bias")
+
+
+def _conv_shapes(rank: int) -> tuple[WeightShape, ...]:
+    return (WeightShape("kernel", _kernel_dims(rank, ((-1, "filters"),))), _BIAS)
+
+
+def _transpose_shapes(rank: int) -> tuple[WeightShape, ...]:
+    return (WeightShape("kernel", _kernel_dims(rank, ((-2, "filters"),))), _BIAS)
+
+
+def _depthwise_shapes(rank: int) -> tuple[WeightShape, ...]:
+    kernel = WeightShape("kernel", _kernel_dims(rank, ((-2, "@in"), (-1, "depth_multiplier"))))
+    return (kernel, WeightShape("bias", when="use_bias"))
+
+
+def _separable_shapes(rank: int) -> tuple[WeightShape, ...]:
+    return (
+        WeightShape("depthwise_kernel", _kernel_dims(rank, ((-2, "@in"), (-1, "depth_multiplier")))),
+        WeightShape("pointwise_kernel", tuple((a, "1") for a in range(rank)) + ((-1, "filters"),)),
+        _BIAS,
+    )
+
+
+def _rnn_shapes(gates: int) -> tuple[WeightShape, ...]:
+    width = f"units*{gates}" if gates > 1 else "units"
+    return (
+        WeightShape("kernel", ((-1, width),), sublayer="cell"),
+        WeightShape("recurrent_kernel", ((0, "units"), (-1, width)), sublayer="cell"),
+        WeightShape("bias", ((-1, width),), when="use_bias", sublayer="cell"),
+    )
+
+
+_BN_SHAPES = (
+    WeightShape("gamma", ((0, "@channels"),), when="scale"),
+    WeightShape("beta", ((0, "@channels"),), when="center"),
+    WeightShape("moving_mean", ((0, "@channels"),)),
+    WeightShape("moving_variance", ((0, "@channels"),)),
+    WeightShape("moving_stddev", ((0, "@channels"),), when="renorm"),
+    WeightShape("renorm_mean", ((0, "@channels"),), when="renorm"),
+    WeightShape("renorm_stddev", ((0, "@channels"),), when="renorm"),
+)
 _NORM_PARAMS = tuple((w, 0, None) for w in ("gamma", "beta", "moving_mean", "moving_variance"))
 _PASS = LayerSpec(rule=Rule("passthrough"))
 
@@ -138,20 +187,49 @@ OPS: dict[str, LayerSpec] = {
 }
 
 BUILTIN: dict[str, LayerSpec] = {
-    "Dense": LayerSpec(_KERNEL, _DENSE, {"kernel": "output"}, foldable=True),
-    "EinsumDense": LayerSpec(_KERNEL),
-    **{f"Conv{d}D": LayerSpec(_KERNEL, _CONV, {"kernel": "output"}, foldable=True) for d in (1, 2, 3)},
-    **{f"Conv{d}DTranspose": LayerSpec(_KERNEL, _TRANSPOSE, {"kernel": "input"}) for d in (1, 2, 3)},
-    **{f"DepthwiseConv{d}D": LayerSpec(_KERNEL, _DEPTHWISE, {"kernel": "output"}) for d in (1, 2)},
+    "Dense": LayerSpec(
+        _KERNEL,
+        _DENSE,
+        {"kernel": "output"},
+        foldable=True,
+        weight_shapes=(
+            WeightShape("kernel", ((-1, "units"),)),
+            WeightShape("bias", ((0, "units"),), when="use_bias"),
+        ),
+    ),
+    "EinsumDense": LayerSpec(_KERNEL, weight_shapes=(WeightShape("kernel"), WeightShape("bias", when="bias_axes"))),
+    **{
+        f"Conv{d}D": LayerSpec(_KERNEL, _CONV, {"kernel": "output"}, foldable=True, weight_shapes=_conv_shapes(d))
+        for d in (1, 2, 3)
+    },
+    **{
+        f"Conv{d}DTranspose": LayerSpec(_KERNEL, _TRANSPOSE, {"kernel": "input"}, weight_shapes=_transpose_shapes(d))
+        for d in (1, 2, 3)
+    },
+    **{
+        f"DepthwiseConv{d}D": LayerSpec(_KERNEL, _DEPTHWISE, {"kernel": "output"}, weight_shapes=_depthwise_shapes(d))
+        for d in (1, 2)
+    },
     **{
         f"SeparableConv{d}D": LayerSpec(
-            _SEPARABLE_WEIGHTS, _SEPARABLE, {"depthwise_kernel": "output", "pointwise_kernel": "output"}
+            _SEPARABLE_WEIGHTS,
+            _SEPARABLE,
+            {"depthwise_kernel": "output", "pointwise_kernel": "output"},
+            weight_shapes=_separable_shapes(d),
         )
         for d in (1, 2)
     },
-    "Embedding": LayerSpec((WeightSpec("embeddings", 0),)),
-    **{name: LayerSpec(_RNN) for name in ("SimpleRNN", "GRU", "LSTM")},
-    "BatchNormalization": LayerSpec(rule=Rule("passthrough", in_axes=_NORM_PARAMS, check=last_axis_check("axis"))),
+    "Embedding": LayerSpec(
+        (WeightSpec("embeddings", 0),),
+        weight_shapes=(WeightShape("embeddings", ((0, "input_dim"), (1, "output_dim"))),),
+    ),
+    **{
+        name: LayerSpec(_RNN, weight_shapes=_rnn_shapes(gates))
+        for name, gates in (("SimpleRNN", 1), ("GRU", 3), ("LSTM", 4))
+    },
+    "BatchNormalization": LayerSpec(
+        rule=Rule("passthrough", in_axes=_NORM_PARAMS, check=last_axis_check("axis")), weight_shapes=_BN_SHAPES
+    ),
     "LayerNormalization": LayerSpec(rule=Rule("normalize", in_axes=_NORM_PARAMS[:2], check=last_axis_check("axis"))),
     "GroupNormalization": LayerSpec(rule=Rule("normalize", in_axes=_NORM_PARAMS[:2], check=group_norm_check)),
     "RMSNormalization": LayerSpec(rule=Rule("normalize", in_axes=(("scale", 0, None),), check=last_axis_check("axis"))),

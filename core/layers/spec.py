@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -49,6 +50,29 @@ class WeightSpec:
 
     name: str
     index: int
+    sublayer: str = ""
+
+
+@dataclass(frozen=True)
+class WeightShape:
+    """One weight a layer's config implies, for checking a saved file's weights against its config.
+
+    A layer's ``weight_shapes`` list every weight it creates, in creation order
+    (a ``.keras`` file stores them by that position, per sub-layer).
+
+    Attributes:
+        name: the Keras variable name, e.g. ``"kernel"``.
+        dims: ``(axis, size)`` pairs, ``size`` saying what the config fixes that axis to:
+            a product of config keys, items ``key[i]`` and integers (``"units*4"``,
+            ``"kernel_size[0]"``), or ``"@label"``, the same size in every weight of
+            the layer naming ``@label``.
+        when: config key whose truth says whether the layer has the weight (``"use_bias"``).
+        sublayer: path of the owning sub-layer below the layer, e.g. ``"cell"``.
+    """
+
+    name: str
+    dims: tuple[tuple[int, str], ...] = ()
+    when: str | None = None
     sublayer: str = ""
 
 
@@ -113,6 +137,8 @@ class LayerSpec:
         foldable: an inference-mode BatchNormalization right after the layer can be
             folded into it (its kernel's last axis is the output channel, and it has a bias option).
         nested_model: the layer is a model whose own layers hold the weights.
+        weight_shapes: every weight the layer creates and the sizes its config fixes,
+            or None when prunectl does not know them (the saved weights are then not checked against the config).
     """
 
     prunable: tuple[WeightSpec, ...] = ()
@@ -120,6 +146,7 @@ class LayerSpec:
     mac_weights: Mapping[str, str] = field(default_factory=dict)
     foldable: bool = False
     nested_model: bool = False
+    weight_shapes: tuple[WeightShape, ...] | None = None
 
     def prunable_weight(self, name: str) -> WeightSpec | None:
         """The spec of weight ``name`` if it is prunable, else None."""
@@ -129,6 +156,9 @@ class LayerSpec:
         """The name of prunable variable ``index`` of ``sublayer``, where the spec knows it."""
         return next((w.name for w in self.prunable if w.sublayer == sublayer and w.index == index), None)
 
+
+_FACTOR = r"(?:\d+|[A-Za-z_]\w*(?:\[\d+\])?)"
+_DIM = re.compile(rf"@\w+|{_FACTOR}(?:\*{_FACTOR})*")
 
 _TABLE: dict[str, LayerSpec] = {}
 _entry_points_loaded = False
@@ -141,6 +171,12 @@ def _validate(name: str, spec: LayerSpec) -> None:
         raise OptionError(f"rule kind must be one of {', '.join(RULE_KINDS)}. Received: {name} kind={spec.rule.kind!r}")
     if spec.rule is not None and spec.rule.kind == "producer" and not spec.rule.units:
         raise OptionError(f"a producer rule names the config key of its unit count. Received: {name} units=None")
+    for shape in spec.weight_shapes or ():
+        if not isinstance(shape, WeightShape) or not all(_DIM.fullmatch(str(size)) for _, size in shape.dims):
+            raise OptionError(
+                "weight_shapes are WeightShape with sizes like 'units', 'kernel_size[0]', 'units*4' or '@label'. "
+                f"Received: {name} {shape!r}"
+            )
     wrong = {w: at for w, at in spec.mac_weights.items() if at not in MAC_POSITIONS}
     if wrong:
         raise OptionError(f"mac_weights positions must be 'input' or 'output'. Received: {name} {wrong}")

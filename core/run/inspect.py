@@ -88,8 +88,10 @@ def read_report(target: str, all_weights: bool = False) -> ModelReport:
     """The report of ``target``: a model file, a JSON report, or ``-`` (a report on stdin).
 
     Raises:
-        ModelFileError, ReportError: an unreadable model or report.
+        ModelFileError, ReportError: an unreadable model or report, or one whose
+            config and weights disagree (:class:`~prunectl.core.errors.InvalidModelError`).
     """
+    from prunectl.core.io.agreement import check_agreement
     from prunectl.core.io.modelfile import open_model_file
 
     if target == "-":
@@ -100,6 +102,7 @@ def read_report(target: str, all_weights: bool = False) -> ModelReport:
             raise ReportError(f"report file not found. Received: {target!r}")
         return ModelReport.from_saved(load_report(path.read_text(encoding="utf-8", errors="replace"), target))
     with open_model_file(path) as model:
+        check_agreement(model)  # a file Keras cannot load is refused here as by prune: no report of a non-model
         return model_report(model, all_weights=all_weights)
 
 

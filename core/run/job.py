@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prunectl.core.errors import OptionError, OutputError
+from prunectl.core.io.agreement import check_agreement
 from prunectl.core.io.atomic import check_distinct, check_output, same_file, write_text_atomic
 from prunectl.core.io.modelfile import H5_SUFFIXES, KERAS_SUFFIX, ModelFile, model_format, open_model_file
 from prunectl.core.io.writer import Progress, save_keras_model, write_model
@@ -71,6 +72,7 @@ def _run_file(request: PruneRequest, model: ModelFile, target: Path, progress: P
     start = time.perf_counter()
     if request.weights is None:  # choose_engine picks the file engine only for a weight step
         raise OptionError("the file engine needs a weight step. Received: no threshold or sparsity")
+    check_agreement(model)  # the config is copied verbatim: it must be one Keras can load with these weights
     results, counts = prune_file(
         model, target, request.weights, COMPRESSION_LEVELS[request.compression], request.keep_optimizer, progress
     )
