@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prunectl.core.errors import OptionError
+from prunectl.core.errors import DataError, OptionError
 from prunectl.core.io.keras_io import LoadedModel, compile_model, import_keras
 from prunectl.core.options import check_reader
 from prunectl.core.training import data as datamod
@@ -206,7 +206,7 @@ def _callbacks(
     steps: int,
     progress: TrainingProgress | None,
 ) -> list:
-    """Keras callbacks: prune and recompute the masks where the schedule says; report progress.
+    """Keras callbacks: prune where the schedule says, stop at a non-finite loss, report progress.
 
     ``prune_at(step)`` prunes the live model if the schedule updates at ``step``.
     """
@@ -219,17 +219,34 @@ def _callbacks(
             if prune_at(self.first_step + batch) is not None:
                 masks.refresh()
 
-    class Report(keras.callbacks.Callback):
+    class Watch(keras.callbacks.Callback):
+        """Stop at the first non-finite loss; report progress.
+
+        The loss is the value Keras already fetched for the step's logs (a running
+        mean over the epoch, so it stays non-finite once a step's loss is), so the
+        check adds no device round trip beyond the one progress needs.
+        """
+
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch + 1
 
         def on_train_batch_end(self, batch, logs=None):
-            progress(TrainingEvent("step", self.epoch, epochs, batch + 1, steps, _floats(logs)))
+            values = _floats(logs)
+            loss = values.get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise DataError(
+                    f"fine-tuning stopped: the loss became {loss} at epoch {self.epoch}/{epochs}, "
+                    f"step {batch + 1}/{steps}; nothing was written. Lower the learning rate or check the data "
+                    f"and the loss. Received: loss={loss}"
+                )
+            if progress:
+                progress(TrainingEvent("step", self.epoch, epochs, batch + 1, steps, values))
 
         def on_epoch_end(self, epoch, logs=None):
-            progress(TrainingEvent("epoch", self.epoch, epochs, steps, steps, _floats(logs)))
+            if progress:
+                progress(TrainingEvent("epoch", self.epoch, epochs, steps, steps, _floats(logs)))
 
-    return [Schedule()] + ([Report()] if progress else [])
+    return [Schedule(), Watch()]
 
 
 def _floats(logs) -> dict:
@@ -273,7 +290,7 @@ def finetune_model(
         The per-weight pruning results, the report section and notes.
 
     Raises:
-        DataError: unreadable data, or data that does not fit the model.
+        DataError: unreadable data, data that does not fit the model, or a loss that became NaN or infinite.
         OptionError: an undeterminable loss, or a schedule the step cannot follow.
         SelectionError: the step selects no weights.
     """
