@@ -25,7 +25,7 @@ import numpy as np
 
 from prunectl.core.errors import DataError, OptionError
 from prunectl.core.io.keras_io import LoadedModel, compile_model, import_keras
-from prunectl.core.options import check_reader
+from prunectl.core.options import check_number, check_reader, validate_seed
 from prunectl.core.training import data as datamod
 from prunectl.core.training.evaluate import identifier_name, resolve_compile
 from prunectl.core.weights.catalog import keras_weight_entries
@@ -87,19 +87,20 @@ class FinetuneOptions:
         checks = [
             (self.epochs >= 0, f"epochs must be >= 0. Received: epochs={self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1. Received: batch_size={self.batch_size}"),
-            (self.l1 >= 0 and math.isfinite(self.l1), f"l1 must be a finite number >= 0. Received: l1={self.l1}"),
-            (
-                self.learning_rate is None or (self.learning_rate > 0 and math.isfinite(self.learning_rate)),
-                f"learning_rate must be a finite number > 0. Received: learning_rate={self.learning_rate}",
-            ),
-            (
-                self.val_split is None or 0 < self.val_split < 1,
-                f"val_split must be in (0, 1). Received: val_split={self.val_split}",
-            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise OptionError(message)
+        check_number(self.l1, "l1", 0)
+        check_number(self.initial_sparsity, "initial_sparsity", 0, 1, high_open=True)
+        check_number(self.prune_begin, "prune_begin", 0, 1)
+        check_number(self.prune_end, "prune_end", 0, 1)
+        if self.learning_rate is not None:
+            check_number(self.learning_rate, "learning_rate", 0, low_open=True)
+        if self.val_split is not None:
+            check_number(self.val_split, "val_split", 0, 1, low_open=True, high_open=True)
+        if self.seed is not None:
+            validate_seed(self.seed)
         if self.val_split is not None and self.val_data is not None:
             raise OptionError(
                 "give only one of {val_data} and {val_split}. "
