@@ -229,9 +229,16 @@ def check_reader(data, reader) -> None:
         reader: ``(name, value)`` pairs (``x_key``, ``y_key``, ``label_col``).
 
     Raises:
-        OptionError: array keys given for a ``.csv`` file.
+        OptionError: array keys given for a ``.csv`` file, or a label column for another file.
     """
     keys = dict(reader)
+    if not str(data).lower().endswith(".csv") and keys.get("label_col") is not None:
+        raise OptionError(
+            f"{{label_col}} applies to .csv data; .npz and .h5 data take {{x_key}} and {{y_key}}. Received: {data}",
+            "label_col",
+            "x_key",
+            "y_key",
+        )
     if str(data).lower().endswith(".csv") and (keys.get("x_key") or keys.get("y_key")):
         raise OptionError(
             f"{{x_key}} and {{y_key}} apply to .npz and .h5 data; a .csv takes {{label_col}}. Received: {data}",
