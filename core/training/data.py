@@ -261,7 +261,8 @@ def check_values(data: Dataset, path: str | Path) -> None:
         bad = non_finite_count(array)
         if bad:
             raise DataError(
-                f"{name}: {label} holds {bad:,} non-finite values (NaN or inf); fix or drop those rows. "
+                f"{name}: {label} holds {bad:,} non-finite value{'s' if bad > 1 else ''} (NaN or inf); "
+                "fix or drop those rows. "
                 f"Received: {bad:,} of {array.size:,} values of {label}"
             )
 
