@@ -410,3 +410,22 @@ def test_a_clean_fine_tune_still_runs(folder):
 
     run(*_tune(folder, folder / "train.npz", "--seed", "0", "-o", folder / "out.keras"))
     assert (folder / "out.keras").is_file()
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("seed = 1.5", "seed must be an integer. Received: seed = 1.5"),
+        ("seed = true", "seed must be an integer. Received: seed = true"),
+        ("batch-size = 8.0", "batch-size must be an integer. Received: batch-size = 8.0"),
+        ("learning-rate = true", "learning-rate must be a number. Received: learning-rate = true"),
+        ("plots = 5", "plots must be a string. Received: plots = 5"),
+        ("metrics = [1, 2]", "metrics must be a string or a list of them. Received: metrics = [1, 2]"),
+    ],
+)
+def test_recipe_values_must_have_the_options_type(folder, value, message):
+    # Click would convert these silently (int(1.5) == 1, True == 1) or fail inside prunectl (a path of 5).
+    text = f"[[step]]\nsparsity = 0.5\n[finetune]\nfinetune-epochs = 1\ndata = 'train.npz'\n{value}\n"
+    path = _recipe(folder, text)
+    line = f"Error: recipe {path} line 6, [finetune]: {message}"
+    fails(folder, "prune", folder / "digits_mlp.h5", "--recipe", path, code=2, line=line)
