@@ -37,7 +37,7 @@ def test_bench_io_helpers_prune_the_prunable_weights(models):
 
 
 @pytest.mark.parametrize(
-    "name", ["structural", "finetune_accuracy", "global_scores", "layernorm", "applications_table"]
+    "name", ["structural", "finetune_accuracy", "global_scores", "layernorm", "applications_table", "data_checks"]
 )
 def test_benchmark_scripts_import(name):
     module = _load(name)
