@@ -146,7 +146,19 @@ def _nan_csv(folder):
     )
 
 
+def _declared_not_stored(folder):
+    with h5py.File(folder / "bad.h5", "w") as f:
+        f.create_dataset("x", shape=(10**9, 8, 8, 1), dtype="f4", chunks=(1024, 8, 8, 1))  # 256 GB, never written
+        f["y"] = np.zeros(64, np.int64)
+    return (
+        "bad.h5",
+        "dataset 'x' of data file declares shape (1000000000, 8, 8, 1) (256,000,000,000 bytes) "
+        "but the file stores 0 bytes of it. Received: '{path}'",
+    )
+
+
 BAD_DATA = [
+    _declared_not_stored,
     _nan_x,
     _inf_y,
     _nan_h5,
@@ -214,6 +226,16 @@ def test_non_finite_count_reads_in_chunks(tmp_path, monkeypatch):
         assert datamod.non_finite_count(f["x"]) == 17
     assert datamod.non_finite_count(x) == 17
     assert datamod.non_finite_count(np.arange(10)) == 0
+
+
+def test_compressed_constant_data_is_not_taken_for_a_declared_shape(tmp_path):
+    # Zeros deflate about 1000:1, the most any real data file compresses.
+    with h5py.File(tmp_path / "zeros.h5", "w") as f:
+        zeros = np.zeros((20_000, 64, 8), np.float32)
+        f.create_dataset("x", data=zeros, compression="gzip", compression_opts=9, chunks=(2000, 64, 8))
+        stored = f["x"].id.get_storage_size()
+    assert stored < zeros.nbytes / 1000  # it really is compressed about 1000 times
+    assert datamod.read_dataset(tmp_path / "zeros.h5").x.shape == (20_000, 64, 8)
 
 
 def test_a_directory_is_not_a_data_file(tmp_path):

@@ -112,14 +112,34 @@ class H5Reader:
                 names = ", ".join(k for k in handle if isinstance(handle[k], h5py.Dataset)) or "none"
                 handle.close()
                 raise _fail(f"data file has no dataset {key!r} (datasets: {names})", path)
+            _check_stored(item, key, path, handle)
             try:
                 arrays.append(item if self.lazy else item[()])
-            except (OSError, ValueError, TypeError) as exc:
+            except (OSError, ValueError, TypeError, MemoryError) as exc:
                 handle.close()
                 raise _fail(f"cannot read dataset {key!r} of data file ({_first_line(exc)})", path) from None
         if not self.lazy:
             handle.close()
         return Dataset(*arrays)
+
+
+# Deflate, HDF5's usual filter, compresses at most about 1032:1; more than this (and more than a few MB)
+# means a declared shape the file does not hold: reading it would return fill values for as long as it takes.
+_MAX_EXPANSION = 1100
+_SLACK_BYTES = 1 << 20
+
+
+def _check_stored(item, key: str, path: Path, handle) -> None:
+    """Refuse an HDF5 dataset that declares far more bytes than the file stores for it."""
+    declared = int(item.size) * item.dtype.itemsize
+    stored = item.id.get_storage_size()
+    if declared > _MAX_EXPANSION * stored + _SLACK_BYTES:
+        handle.close()
+        raise _fail(
+            f"dataset {key!r} of data file declares shape {tuple(item.shape)} ({declared:,} bytes) but the file "
+            f"stores {stored:,} bytes of it",
+            path,
+        )
 
 
 def _numeric(row: list[str]) -> bool:
