@@ -451,3 +451,18 @@ def test_recipe_values_must_have_the_options_type(folder, value, message):
     path = _recipe(folder, text)
     line = f"Error: recipe {path} line 6, [finetune]: {message}"
     fails(folder, "prune", folder / "digits_mlp.h5", "--recipe", path, code=2, line=line)
+
+
+@pytest.mark.slow
+def test_weights_that_overflow_on_the_last_step_stop_fine_tuning(folder):
+    # One step: its loss is computed before the update, so only the weights show that the update overflowed
+    # (1e300 is a finite float but inf as the optimizer's float32 learning rate).
+    extra = ["--batch-size", "64", "--learning-rate", "1e300", "--optimizer", "sgd", "--seed", "0"]
+    fails(
+        folder,
+        *_tune(folder, folder / "train.npz", *extra),
+        code=1,
+        pattern=r"Error: fine-tuning stopped: 16,384 weights of (digits_mlp/)?fc1/kernel became NaN or inf in epoch "
+        r"1/1; nothing was written\. Lower the learning rate or check the data and the loss\. "
+        r"Received: 16,384 of 16,384 values",
+    )

@@ -244,6 +244,16 @@ def _callbacks(
                 progress(TrainingEvent("step", self.epoch, epochs, batch + 1, steps, values))
 
         def on_epoch_end(self, epoch, logs=None):
+            # The last step's update is applied after its loss is computed, so a finite loss can still
+            # leave NaN or inf weights behind (a learning rate that overflows float32, say): once an epoch.
+            for variable in self.model.weights:
+                bad = int(np.count_nonzero(~np.isfinite(variable.numpy())))
+                if bad:
+                    raise DataError(
+                        f"fine-tuning stopped: {bad:,} weights of {variable.path} became NaN or inf in epoch "
+                        f"{self.epoch}/{epochs}; nothing was written. Lower the learning rate or check the data "
+                        f"and the loss. Received: {bad:,} of {int(np.prod(variable.shape)):,} values"
+                    )
             if progress:
                 progress(TrainingEvent("epoch", self.epoch, epochs, steps, steps, _floats(logs)))
 
