@@ -7,7 +7,7 @@ Measured side by side in one run, each the best of --repeat:
 * one epoch of batches read from the same data as a lazy ``.h5`` vs the check on it
   (which reads the file once more, in chunks);
 * ``model.fit`` of a small MLP with no callbacks (Keras dispatches them asynchronously)
-  vs with fine-tuning's callbacks, whose loss check reads each step's loss.
+  vs with fine-tuning's callbacks, which read each step's loss and check the weights once an epoch.
 
 Usage:
     python benchmarks/data_checks.py [--workdir /tmp/prunectl-bench-data] [--rows 50000] [--repeat 3]

@@ -54,7 +54,7 @@ class FinetuneOptions:
         initial_sparsity, prune_begin, prune_end: the polynomial schedule's start
             sparsity and window (fractions of the run's steps).
         l1: L1 penalty on the pruned kernels during training (0: none).
-        seed: makes the run reproducible.
+        seed: makes the run reproducible; an integer in [0, 2**32 - 1].
         strategy: a name in ``distribute.STRATEGIES`` (applied by the pipeline).
         plots: folder for PNG figures, or None.
 
