@@ -466,3 +466,35 @@ def test_weights_that_overflow_on_the_last_step_stop_fine_tuning(folder):
         r"1/1; nothing was written\. Lower the learning rate or check the data and the loss\. "
         r"Received: 16,384 of 16,384 values",
     )
+
+
+def test_a_device_is_neither_a_recipe_nor_a_data_file(folder):
+    # /dev/zero would be read without end.
+    model = folder / "digits_mlp.h5"
+    fails(
+        folder,
+        "prune",
+        model,
+        "--recipe",
+        "/dev/zero",
+        code=2,
+        line="Error: recipe is not a regular file. Received: '/dev/zero'",
+    )
+    fails(
+        folder,
+        *_tune(folder, folder / "train.npz", "--val-data", "/dev/null"),
+        line="Error: data file is not a regular file (a device or a pipe). Received: '/dev/null'",
+    )
+
+
+def test_an_oversized_recipe_is_refused_before_parsing(folder):
+    path = _recipe(folder, "[[step]]\nsparsity = 0.5\n" + "# padding\n" * 120_000)
+    fails(
+        folder,
+        "prune",
+        folder / "digits_mlp.h5",
+        "--recipe",
+        path,
+        code=2,
+        line=f"Error: recipe is {path.stat().st_size:,} bytes; a recipe is at most 1,048,576. Received: '{path}'",
+    )

@@ -144,6 +144,8 @@ class Recipe:
             raise _error(self.path, line, f"step {self.steps.index(step) + 1}", str(exc)) from None
 
 
+# Far more than any recipe needs (one with a per-layer override for each of 1,000 layers is about 50 KB).
+MAX_RECIPE_BYTES = 1 << 20
 # Deeper than any recipe needs ([step.layers."<regex>"] is 3 levels), far below Python's recursion limit.
 MAX_DEPTH = 16
 
@@ -234,6 +236,14 @@ def load_recipe(path: str | os.PathLike, finetune_keys: set[str], option_keys: s
     """
     path = Path(path)
     try:
+        if path.exists() and not path.is_file():
+            # A device or FIFO (/dev/zero) would be read without end.
+            raise OptionError(f"recipe is not a regular file. Received: {str(path)!r}")
+        if path.exists() and path.stat().st_size > MAX_RECIPE_BYTES:
+            raise OptionError(
+                f"recipe is {path.stat().st_size:,} bytes; a recipe is at most {MAX_RECIPE_BYTES:,}. "
+                f"Received: {str(path)!r}"
+            )
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise OptionError(f"recipe file not found. Received: {str(path)!r}") from None

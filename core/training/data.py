@@ -218,6 +218,8 @@ def read_dataset(path: str | Path, lazy: bool = False, **options) -> Dataset:
     path = Path(path)
     if path.is_dir():
         raise DataError(f"data file is a directory. Received: {str(path)!r}")
+    if path.exists() and not path.is_file():
+        raise DataError(f"data file is not a regular file (a device or a pipe). Received: {str(path)!r}")
     if not path.is_file():
         raise DataError(f"data file not found. Received: {str(path)!r}")
     suffix = path.suffix.lower()
