@@ -17,7 +17,7 @@ def checked(validate):
         try:
             return validate(value)
         except OptionError as exc:
-            raise click.BadParameter(str(exc), ctx, param) from None
+            raise click.BadParameter(exc.render(lambda field: "--" + field.replace("_", "-")), ctx, param) from None
 
     return callback
 

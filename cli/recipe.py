@@ -38,6 +38,30 @@ def explicit(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
 
+def _toml_repr(value, limit: int = 80) -> str:
+    """``value`` much as the recipe wrote it (``true``, not ``True``), shortened to stay one line."""
+    text = str(value).lower() if isinstance(value, bool) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _toml_type(param: click.Parameter) -> tuple[tuple[type, ...], str]:
+    """The TOML value types a recipe may give for ``param``, and how to name them.
+
+    Click converts leniently (``int(1.5)``, ``"yes"`` as true, any value as a path's
+    string); a recipe value must already have the option's type.
+    """
+    kind = param.type
+    if isinstance(kind, click.types.BoolParamType):
+        return (bool,), "true or false"
+    if isinstance(kind, click.types.IntParamType):
+        return (int,), "an integer"
+    if isinstance(kind, click.types.FloatParamType):
+        return (int, float), "a number"
+    if param.name == "label_col":  # a header name or a column index
+        return (str, int), "a string or an integer"
+    return (str,), "a string"
+
+
 def merge_recipe(ctx: click.Context, path, finetune_names: AbstractSet[str]) -> tuple[Recipe, dict, dict, dict]:
     """Load ``path`` and merge it with the command's values.
 
@@ -57,6 +81,14 @@ def merge_recipe(ctx: click.Context, path, finetune_names: AbstractSet[str]) -> 
     def convert(where: str, key: str, value: Value):
         param = options[key]
         raw = value.value if not param.multiple or isinstance(value.value, list) else [value.value]
+        kinds, kind = _toml_type(param)
+        items = raw if param.multiple and isinstance(raw, list) else [raw]
+        if not all(isinstance(item, kinds) and (bool in kinds or not isinstance(item, bool)) for item in items):
+            shown = _toml_repr(value.value)
+            kind = f"{kind} or a list of them" if param.multiple else kind
+            raise click.UsageError(
+                f"recipe {recipe.path} line {value.line}, {where}: {key} must be {kind}. Received: {key} = {shown}"
+            )
         try:
             return param.process_value(ctx, raw)
         except click.BadParameter as exc:

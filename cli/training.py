@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from prunectl.cli.checks import checked
+from prunectl.core.options import validate_seed
 from prunectl.core.training.distribute import STRATEGIES
 from prunectl.core.weights.schedules import SCHEDULES
 
@@ -103,7 +105,9 @@ OPTIONS = [
         show_default=True,
         help="L1 penalty on the pruned layers' kernels while fine-tuning.",
     ),
-    click.option("--seed", type=int, help="Seed for a reproducible run."),
+    click.option(
+        "--seed", type=int, callback=checked(validate_seed), help="Seed in [0, 2**32 - 1] for a reproducible run."
+    ),
     click.option(
         "--strategy",
         type=click.Choice(STRATEGIES.names()),

@@ -31,6 +31,71 @@ def _finite_non_negative(value: float, name: str) -> float:
     return number
 
 
+def check_number(
+    value,
+    field: str,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Return ``value`` as float if it is a finite number within the given bounds.
+
+    The one check every float option goes through, so that NaN and infinity,
+    which pass any comparison-based range check, are refused everywhere.
+
+    Args:
+        value: the value given.
+        field: the option's field name, shown as ``{field}`` (the CLI shows its flag).
+        low, high: the bounds, or None for none.
+        low_open, high_open: exclude the bound itself.
+
+    Returns:
+        The value as a float.
+
+    Raises:
+        OptionError: a value that is not a number, NaN, infinite, or out of bounds.
+
+    Example:
+        >>> check_number(0.5, "initial_sparsity", 0, 1, high_open=True)
+        0.5
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    below = low is not None and (number <= low if low_open else number < low)
+    above = high is not None and (number >= high if high_open else number > high)
+    if not math.isfinite(number) or below or above:
+        if low is not None and high is not None:
+            where = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        elif low is not None:
+            where = f"{'>' if low_open else '>='} {low:g}"
+        elif high is not None:
+            where = f"{'<' if high_open else '<='} {high:g}"
+        else:
+            where = ""
+        raise OptionError(
+            f"{{{field}}} must be a finite number{' ' + where if where else ''}. Received: {{{field}}}={value}", field
+        )
+    return number
+
+
+# numpy's and Python's generators, which keras.utils.set_random_seed seeds, take seeds in [0, 2**32).
+SEED_MAX = 2**32 - 1
+
+
+def validate_seed(seed) -> int:
+    """Return ``seed`` if it is an integer in [0, 2**32 - 1].
+
+    Raises:
+        OptionError: a negative, too large or non-integer seed.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise OptionError(f"{{seed}} must be an integer in [0, {SEED_MAX}]. Received: {{seed}}={seed}", "seed")
+    return seed
+
+
 def validate_threshold(threshold: float) -> float:
     """Return ``threshold`` as float if it is a finite, non-negative number.
 
@@ -164,9 +229,16 @@ def check_reader(data, reader) -> None:
         reader: ``(name, value)`` pairs (``x_key``, ``y_key``, ``label_col``).
 
     Raises:
-        OptionError: array keys given for a ``.csv`` file.
+        OptionError: array keys given for a ``.csv`` file, or a label column for another file.
     """
     keys = dict(reader)
+    if not str(data).lower().endswith(".csv") and keys.get("label_col") is not None:
+        raise OptionError(
+            f"{{label_col}} applies to .csv data; .npz and .h5 data take {{x_key}} and {{y_key}}. Received: {data}",
+            "label_col",
+            "x_key",
+            "y_key",
+        )
     if str(data).lower().endswith(".csv") and (keys.get("x_key") or keys.get("y_key")):
         raise OptionError(
             f"{{x_key}} and {{y_key}} apply to .npz and .h5 data; a .csv takes {{label_col}}. Received: {data}",

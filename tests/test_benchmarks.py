@@ -37,7 +37,17 @@ def test_bench_io_helpers_prune_the_prunable_weights(models):
 
 
 @pytest.mark.parametrize(
-    "name", ["structural", "finetune_accuracy", "global_scores", "layernorm", "applications_table", "agreement_cost"]
+    "name",
+    [
+        "structural",
+        "finetune_accuracy",
+        "global_scores",
+        "layernorm",
+        "applications_table",
+        "agreement_cost",
+        "data_checks",
+        "guard",
+    ],
 )
 def test_benchmark_scripts_import(name):
     module = _load(name)

@@ -91,7 +91,7 @@ def test_csv_unknown_label_column(tmp_path):
     [
         ("missing.npz", None, "data file not found"),
         ("data.txt", b"1", r"unsupported data file type \(known: .csv, .h5, .npz\)"),
-        ("broken.npz", b"not a zip", "cannot read data file"),
+        ("broken.npz", b"not a zip", r"data file is not an .npz archive \(not a zip file"),
         ("broken.h5", b"not hdf5", "cannot read data file"),
     ],
 )

@@ -144,6 +144,31 @@ class Recipe:
             raise _error(self.path, line, f"step {self.steps.index(step) + 1}", str(exc)) from None
 
 
+# Far more than any recipe needs (one with a per-layer override for each of 1,000 layers is about 50 KB).
+MAX_RECIPE_BYTES = 1 << 20
+# Deeper than any recipe needs ([step.layers."<regex>"] is 3 levels), far below Python's recursion limit.
+MAX_DEPTH = 16
+
+
+def _depth(value) -> int:
+    """How deeply ``value`` nests lists and dicts (a plain value: 0), counted without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level + 1)
+            stack.extend((child, level + 1) for child in item)
+    return deepest
+
+
+def _shown(value, limit: int = 80) -> str:
+    """``repr(value)``, shortened so that an error stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _error(path: Path, line: int | None, where: str, message: str) -> OptionError:
     at = f" line {line}" if line else ""
     return OptionError(f"recipe {path}{at}{', ' + where if where else ''}: {message}")
@@ -211,6 +236,14 @@ def load_recipe(path: str | os.PathLike, finetune_keys: set[str], option_keys: s
     """
     path = Path(path)
     try:
+        if path.exists() and not path.is_file():
+            # A device or FIFO (/dev/zero) would be read without end.
+            raise OptionError(f"recipe is not a regular file. Received: {str(path)!r}")
+        if path.exists() and path.stat().st_size > MAX_RECIPE_BYTES:
+            raise OptionError(
+                f"recipe is {path.stat().st_size:,} bytes; a recipe is at most {MAX_RECIPE_BYTES:,}. "
+                f"Received: {str(path)!r}"
+            )
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise OptionError(f"recipe file not found. Received: {str(path)!r}") from None
@@ -220,6 +253,15 @@ def load_recipe(path: str | os.PathLike, finetune_keys: set[str], option_keys: s
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise OptionError(f"recipe {path} is not valid TOML ({exc}). Received: {str(path)!r}") from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively.
+        raise OptionError(f"recipe {path} nests arrays or tables too deeply to read. Received: {str(path)!r}") from None
+    depth = _depth(data)
+    if depth > MAX_DEPTH:
+        raise OptionError(
+            f"recipe {path} nests arrays or tables {depth} levels deep; a recipe needs at most {MAX_DEPTH}. "
+            f"Received: {str(path)!r}"
+        )
     lines = _key_lines(text)
     folder = path.parent
 
@@ -229,12 +271,14 @@ def load_recipe(path: str | os.PathLike, finetune_keys: set[str], option_keys: s
             line = lines.get(context + (key,))
             if key not in allowed:
                 known = ", ".join(sorted(allowed))
-                raise _error(path, line, where, f"unknown key {key!r} (known: {known}). Received: {key} = {value!r}")
-            if isinstance(value, float) and math.isnan(value):
-                raise _error(path, line, where, f"{key} must be a number. Received: {key} = nan")
+                raise _error(
+                    path, line, where, f"unknown key {key!r} (known: {known}). Received: {key} = {_shown(value)}"
+                )
+            if isinstance(value, float) and not math.isfinite(value):
+                raise _error(path, line, where, f"{key} must be a finite number. Received: {key} = {value}")
             typed = _typed(key, value)
             if typed is None:
-                raise _error(path, line, where, f"{key} must be {KEY_TYPES[key]}. Received: {key} = {value!r}")
+                raise _error(path, line, where, f"{key} must be {KEY_TYPES[key]}. Received: {key} = {_shown(value)}")
             out[key] = Value(typed, line or 0)
         return out
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import csv
 import math
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,13 +59,27 @@ class NpzReader:
 
     def read(self, path: Path) -> Dataset:
         try:
+            # np.load reads any non-zip file as .npy or as a pickle (refused): neither is an .npz.
+            is_zip = zipfile.is_zipfile(path)
+        except OSError as exc:
+            raise _fail(f"cannot read data file ({_first_line(exc)})", path) from None
+        if not is_zip:
+            raise _fail("data file is not an .npz archive (not a zip file, or a truncated one)", path)
+        try:
             with np.load(path, allow_pickle=False) as archive:
+                if not archive.files:
+                    raise _fail("data file holds no arrays (an empty .npz archive)", path)
                 if self.x_key not in archive:
                     raise _fail(f"data file has no array {self.x_key!r} (arrays: {', '.join(archive.files)})", path)
                 y = archive[self.y_key] if self.y_key in archive else None
                 return Dataset(archive[self.x_key], y)
-        except (OSError, ValueError) as exc:
-            raise _fail(f"cannot read data file ({exc})", path) from None
+        # A damaged archive fails as a bad zip, a bad CRC, a truncated stream or a bad .npy header.
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise _fail(f"cannot read data file ({_first_line(exc)})", path) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 @READERS.register(".h5")
@@ -96,10 +112,34 @@ class H5Reader:
                 names = ", ".join(k for k in handle if isinstance(handle[k], h5py.Dataset)) or "none"
                 handle.close()
                 raise _fail(f"data file has no dataset {key!r} (datasets: {names})", path)
-            arrays.append(item if self.lazy else item[()])
+            _check_stored(item, key, path, handle)
+            try:
+                arrays.append(item if self.lazy else item[()])
+            except (OSError, ValueError, TypeError, MemoryError) as exc:
+                handle.close()
+                raise _fail(f"cannot read dataset {key!r} of data file ({_first_line(exc)})", path) from None
         if not self.lazy:
             handle.close()
         return Dataset(*arrays)
+
+
+# Deflate, HDF5's usual filter, compresses at most about 1032:1; more than this (and more than a few MB)
+# means a declared shape the file does not hold: reading it would return fill values for as long as it takes.
+_MAX_EXPANSION = 1100
+_SLACK_BYTES = 1 << 20
+
+
+def _check_stored(item, key: str, path: Path, handle) -> None:
+    """Refuse an HDF5 dataset that declares far more bytes than the file stores for it."""
+    declared = int(item.size) * item.dtype.itemsize
+    stored = item.id.get_storage_size()
+    if declared > _MAX_EXPANSION * stored + _SLACK_BYTES:
+        handle.close()
+        raise _fail(
+            f"dataset {key!r} of data file declares shape {tuple(item.shape)} ({declared:,} bytes) but the file "
+            f"stores {stored:,} bytes of it",
+            path,
+        )
 
 
 def _numeric(row: list[str]) -> bool:
@@ -171,15 +211,82 @@ def read_dataset(path: str | Path, lazy: bool = False, **options) -> Dataset:
         The :class:`Dataset`.
 
     Raises:
-        DataError: missing file, unknown suffix, or unreadable content.
+        DataError: missing file, unknown suffix, unreadable content, or content no
+            step can use: an empty or non-numeric array, x and y of different
+            lengths, or NaN or infinity in x or y (see :func:`check_values`).
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"data file is a directory. Received: {str(path)!r}")
+    if path.exists() and not path.is_file():
+        raise DataError(f"data file is not a regular file (a device or a pipe). Received: {str(path)!r}")
     if not path.is_file():
         raise DataError(f"data file not found. Received: {str(path)!r}")
     suffix = path.suffix.lower()
     if suffix not in READERS.names():
         raise DataError(f"unsupported data file type (known: {', '.join(READERS.names())}). Received: {str(path)!r}")
-    return READERS.get(suffix)(lazy=lazy, **options).read(path)
+    data = READERS.get(suffix)(lazy=lazy, **options).read(path)
+    check_values(data, path)
+    return data
+
+
+# Elements per np.isfinite call: bounds the temporary boolean array (and a lazy read) to a few MB.
+_CHUNK = 1 << 22
+
+
+def non_finite_count(array) -> int:
+    """How many NaN or infinite values ``array`` (a numpy array or an h5py dataset) holds.
+
+    Integer and boolean arrays cannot hold either, so only float arrays are read,
+    in chunks of whole rows: a lazy (on-disk) array is read once, never whole.
+    """
+    if np.dtype(array.dtype).kind not in "fc" or array.size == 0:
+        return 0
+    if array.ndim == 0:
+        return int(not np.isfinite(array[()]))
+    rows = max(1, _CHUNK // max(1, array.size // len(array)))
+    return sum(int(np.count_nonzero(~np.isfinite(array[start : start + rows]))) for start in range(0, len(array), rows))
+
+
+def check_values(data: Dataset, path: str | Path) -> None:
+    """Check that ``data`` holds samples every step can use.
+
+    Args:
+        data: the arrays read from ``path``.
+        path: the data file, named in the error.
+
+    Raises:
+        DataError: an array that is a scalar, empty or non-numeric, x and y of
+            different lengths, or NaN or infinity in x or y; the message names
+            the file, the array and what was found.
+    """
+    name = str(path)
+    arrays = [(label, array) for label, array in (("x", data.x), ("y", data.y)) if array is not None]
+    for label, array in arrays:
+        dtype = np.dtype(array.dtype)
+        if dtype.kind not in "biuf":
+            raise DataError(f"{name}: {label} must hold numbers. Received: {label} of dtype {dtype}")
+        if array.ndim == 0:
+            raise DataError(
+                f"{name}: {label} is a single value, not an array of samples. Received: {label} of shape ()"
+            )
+        if array.size == 0:
+            raise DataError(
+                f"{name}: {label} is empty; the file holds no samples. Received: {label} of shape {tuple(array.shape)}"
+            )
+    if data.y is not None and len(data.y) != len(data.x):
+        raise DataError(
+            f"{name}: x and y hold different numbers of samples. "
+            f"Received: x of shape {tuple(data.x.shape)}, y of shape {tuple(data.y.shape)}"
+        )
+    for label, array in arrays:
+        bad = non_finite_count(array)
+        if bad:
+            raise DataError(
+                f"{name}: {label} holds {bad:,} non-finite value{'s' if bad > 1 else ''} (NaN or inf); "
+                "fix or drop those rows. "
+                f"Received: {bad:,} of {array.size:,} values of {label}"
+            )
 
 
 def calibration_inputs(path: Path, model) -> np.ndarray:

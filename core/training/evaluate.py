@@ -119,11 +119,14 @@ def resolve_compile(
         (keras.metrics, "metrics", metrics),
         (keras.optimizers, "optimizer", [optimizer]),
     ):
-        for name in filter(None, names):
+        for name in (n for n in names if n is not None):
             try:
-                module.get(name)
+                known = bool(name.strip()) and module.get(name) is not None
             except (ValueError, TypeError):
-                raise OptionError(f"unknown Keras {kind} name. Received: --{kind} {name}") from None
+                known = False
+            if not known:
+                shown = name if name.strip() else repr(name)
+                raise OptionError(f"unknown Keras {kind} name. Received: --{kind} {shown}") from None
     saved = saved or CompileSpec()
     if loss:
         source = "option"

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from prunectl.core.errors import OptionError
+from prunectl.core.errors import DataError, OptionError
 from prunectl.core.io.keras_io import LoadedModel, compile_model, import_keras
-from prunectl.core.options import check_reader
+from prunectl.core.options import check_number, check_reader, validate_seed
 from prunectl.core.training import data as datamod
 from prunectl.core.training.evaluate import identifier_name, resolve_compile
 from prunectl.core.weights.catalog import keras_weight_entries
@@ -54,7 +54,7 @@ class FinetuneOptions:
         initial_sparsity, prune_begin, prune_end: the polynomial schedule's start
             sparsity and window (fractions of the run's steps).
         l1: L1 penalty on the pruned kernels during training (0: none).
-        seed: makes the run reproducible.
+        seed: makes the run reproducible; an integer in [0, 2**32 - 1].
         strategy: a name in ``distribute.STRATEGIES`` (applied by the pipeline).
         plots: folder for PNG figures, or None.
 
@@ -87,19 +87,20 @@ class FinetuneOptions:
         checks = [
             (self.epochs >= 0, f"epochs must be >= 0. Received: epochs={self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1. Received: batch_size={self.batch_size}"),
-            (self.l1 >= 0 and math.isfinite(self.l1), f"l1 must be a finite number >= 0. Received: l1={self.l1}"),
-            (
-                self.learning_rate is None or (self.learning_rate > 0 and math.isfinite(self.learning_rate)),
-                f"learning_rate must be a finite number > 0. Received: learning_rate={self.learning_rate}",
-            ),
-            (
-                self.val_split is None or 0 < self.val_split < 1,
-                f"val_split must be in (0, 1). Received: val_split={self.val_split}",
-            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise OptionError(message)
+        check_number(self.l1, "l1", 0)
+        check_number(self.initial_sparsity, "initial_sparsity", 0, 1, high_open=True)
+        check_number(self.prune_begin, "prune_begin", 0, 1)
+        check_number(self.prune_end, "prune_end", 0, 1)
+        if self.learning_rate is not None:
+            check_number(self.learning_rate, "learning_rate", 0, low_open=True)
+        if self.val_split is not None:
+            check_number(self.val_split, "val_split", 0, 1, low_open=True, high_open=True)
+        if self.seed is not None:
+            validate_seed(self.seed)
         if self.val_split is not None and self.val_data is not None:
             raise OptionError(
                 "give only one of {val_data} and {val_split}. "
@@ -206,7 +207,7 @@ def _callbacks(
     steps: int,
     progress: TrainingProgress | None,
 ) -> list:
-    """Keras callbacks: prune and recompute the masks where the schedule says; report progress.
+    """Keras callbacks: prune where the schedule says, stop at a non-finite loss, report progress.
 
     ``prune_at(step)`` prunes the live model if the schedule updates at ``step``.
     """
@@ -219,17 +220,44 @@ def _callbacks(
             if prune_at(self.first_step + batch) is not None:
                 masks.refresh()
 
-    class Report(keras.callbacks.Callback):
+    class Watch(keras.callbacks.Callback):
+        """Stop at the first non-finite loss; report progress.
+
+        The loss is the value Keras already fetched for the step's logs (a running
+        mean over the epoch, so it stays non-finite once a step's loss is), so the
+        check adds no device round trip beyond the one progress needs.
+        """
+
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch + 1
 
         def on_train_batch_end(self, batch, logs=None):
-            progress(TrainingEvent("step", self.epoch, epochs, batch + 1, steps, _floats(logs)))
+            values = _floats(logs)
+            loss = values.get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise DataError(
+                    f"fine-tuning stopped: the loss became {loss} at epoch {self.epoch}/{epochs}, "
+                    f"step {batch + 1}/{steps}; nothing was written. Lower the learning rate or check the data "
+                    f"and the loss. Received: loss={loss}"
+                )
+            if progress:
+                progress(TrainingEvent("step", self.epoch, epochs, batch + 1, steps, values))
 
         def on_epoch_end(self, epoch, logs=None):
-            progress(TrainingEvent("epoch", self.epoch, epochs, steps, steps, _floats(logs)))
+            # The last step's update is applied after its loss is computed, so a finite loss can still
+            # leave NaN or inf weights behind (a learning rate that overflows float32, say): once an epoch.
+            for variable in self.model.weights:
+                bad = int(np.count_nonzero(~np.isfinite(variable.numpy())))
+                if bad:
+                    raise DataError(
+                        f"fine-tuning stopped: {bad:,} weights of {variable.path} became NaN or inf in epoch "
+                        f"{self.epoch}/{epochs}; nothing was written. Lower the learning rate or check the data "
+                        f"and the loss. Received: {bad:,} of {int(np.prod(variable.shape)):,} values"
+                    )
+            if progress:
+                progress(TrainingEvent("epoch", self.epoch, epochs, steps, steps, _floats(logs)))
 
-    return [Schedule()] + ([Report()] if progress else [])
+    return [Schedule(), Watch()]
 
 
 def _floats(logs) -> dict:
@@ -273,7 +301,7 @@ def finetune_model(
         The per-weight pruning results, the report section and notes.
 
     Raises:
-        DataError: unreadable data, or data that does not fit the model.
+        DataError: unreadable data, data that does not fit the model, or a loss that became NaN or infinite.
         OptionError: an undeterminable loss, or a schedule the step cannot follow.
         SelectionError: the step selects no weights.
     """
