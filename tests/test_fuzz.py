@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile import SAMPLES, SOURCES, Variant, make_variant
+from hostile import SAMPLES, SOURCES, Variant, make_variant, weights_intact
 
-SEED = int(os.environ.get("PRUNECTL_FUZZ_SEED", "11"))
-COUNT = int(os.environ.get("PRUNECTL_FUZZ_COUNT", "300"))
+SUITE_SEED, SUITE_COUNT = 11, 300
+SEED = int(os.environ.get("PRUNECTL_FUZZ_SEED", SUITE_SEED))
+COUNT = int(os.environ.get("PRUNECTL_FUZZ_COUNT", SUITE_COUNT))
 TIMEOUT = 60
 PRUNECTL = Path(sys.executable).with_name("prunectl")
 HOSTILE = Path(__file__).with_name("hostile.py")
@@ -138,15 +139,19 @@ def _child_json(args: list[str]) -> dict | None:
     return json.loads(done.stdout)
 
 
-def _load_all(paths: list[Path]) -> dict[Path, list[np.ndarray] | str]:
-    """Load every model in a child process, restarting it past one that hangs or crashes it."""
+def _load_all(paths: list[Path], tmpdir: Path) -> dict[Path, list[np.ndarray] | str]:
+    """Load every model in a child process, restarting it past one that hangs or crashes it.
+
+    Keras unpacks a ``.keras`` file under TMPDIR and, for some hostile archives, leaves it there: ``tmpdir`` keeps
+    that out of the machine's /tmp.
+    """
     results: dict[Path, list[np.ndarray] | str] = {}
     pending = list(paths)
     while pending:
         try:
             subprocess.run(
                 [sys.executable, str(HOSTILE), "--load", *map(str, pending)],
-                env=_env(Path(os.environ.get("TMPDIR", "/tmp"))),
+                env=_env(tmpdir),
                 capture_output=True,
                 timeout=120 + TIMEOUT * len(pending) // 4,
             )
@@ -177,11 +182,12 @@ def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
     )
 
 
-def _table(outcomes: list[Outcome]) -> str:
-    rows = [(o, f) for o in outcomes for f in o.failures]
-    counts = Counter(category for _, (_, category, _) in rows)
-    variants = sorted({o.label for o, _ in rows})
-    lines = [f"{len(variants)} of {len(outcomes)} variants failed (seed {SEED}, count {COUNT}):"]
+def _table(outcomes: list[Outcome], exercised: str = "") -> str:
+    counts = Counter(category for o in outcomes for category in {f[1] for f in o.failures})
+    failed = sum(1 for o in outcomes if o.failures)
+    lines = [
+        f"{failed} of {len(outcomes)} variants failed (seed {SEED}, count {COUNT}){exercised}; variants per failure:"
+    ]
     lines += [f"  {category}: {n}" for category, n in counts.most_common()]
     for outcome in outcomes:
         if not outcome.failures:
@@ -195,6 +201,27 @@ def _table(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def test_variants_are_reproducible_and_cover_every_kind(tmp_path):
+    kinds: Counter[str] = Counter()
+    for index in range(SUITE_COUNT):
+        variant = make_variant(SUITE_SEED, index)
+        assert make_variant(SUITE_SEED, index).data == variant.data, variant.recipe
+        kinds[variant.recipe.split(" ")[0].rstrip(":") + variant.suffix] += 1
+        if variant.weights_intact:
+            # The harness compares these with a clean run: their weights must really be the source's.
+            path = tmp_path / f"v{index}{variant.suffix}"
+            path.write_bytes(variant.data)
+            assert weights_intact(path, SAMPLES / variant.source), variant.recipe
+            path.unlink()
+    h5 = ["flip-random", "flip-superblock", "flip-header", "flip-btree-heap", "flip-attr-heap", "flip-metadata"]
+    h5 += ["truncate", "truncate-metadata", "zero-range", "zero-metadata", "config"]
+    archive = ["flip-random", "crc-field", "local-sizes", "central-directory", "flip-config", "flip-weights"]
+    archive += ["h5-damage-in-valid-zip", "duplicate-member", "missing-member", "extra-member", "redeflate"]
+    archive += ["truncate", "zero-range", "config"]
+    expected = {kind + ".h5" for kind in h5} | {kind + ".keras" for kind in archive}
+    assert set(kinds) == expected, kinds
+
+
 @pytest.mark.slow
 def test_hostile_variants(tmp_path):
     clean = []
@@ -204,24 +231,30 @@ def test_hostile_variants(tmp_path):
         clean.append(outcome)
     with ThreadPoolExecutor(2) as pool:
         outcomes = list(pool.map(lambda i: _check_variant(make_variant(SEED, i), tmp_path / str(i)), range(COUNT)))
-    loaded = _load_all([o.output for o in clean + outcomes if o.output is not None])
+    (tmp_path / "keras-tmp").mkdir()
+    loaded = _load_all([o.output for o in clean + outcomes if o.output is not None], tmp_path / "keras-tmp")
     reference = {}
     for source, outcome in zip(SOURCES, clean):
         assert outcome.output is not None and not outcome.failures, _table([outcome])
         weights = loaded[outcome.output]
         assert not isinstance(weights, str), f"the clean output of {source} does not load: {weights}"
         reference[source] = weights
+    written = compared = 0
     for outcome in outcomes:
         if outcome.output is None:
             continue
+        written += 1
         weights = loaded[outcome.output]
         variant = outcome.variant
         assert variant is not None
         if isinstance(weights, str):
             outcome.failures.append(("prune", "exit 0 but output does not load", weights[:160]))
-        elif variant.weights_intact and not _same(weights, reference[variant.source]):
-            outcome.failures.append(("prune", "weights differ from clean run", "input weights intact"))
-    table = _table(outcomes)
+        elif variant.weights_intact:
+            compared += 1
+            if not _same(weights, reference[variant.source]):
+                outcome.failures.append(("prune", "weights differ from clean run", "input weights intact"))
+    exercised = f"; {written} prunes exited 0, {compared} of them loaded and compared with a clean run"
+    table = _table(outcomes, exercised)
     if os.environ.get("PRUNECTL_FUZZ_LOG"):
         Path(os.environ["PRUNECTL_FUZZ_LOG"]).write_text(table + "\n")
     assert not any(o.failures for o in outcomes), table
