@@ -211,14 +211,15 @@ def damage_keras(data: bytes, rng: random.Random) -> tuple[bytes, str, bool | No
     if kind in ("flip-config", "flip-weights"):
         name = "config.json" if kind == "flip-config" else "model.weights.h5"
         info = infos[name]
-        start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
-        where = _flip(out, rng, start, start + info.compress_size, rng.choice([1, 2, 8]))
-        return bytes(out), f"{kind}: bytes of {name} (CRC not updated) at {where}", None
+        name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)  # the local header's own
+        start = info.header_offset + 30 + name_len + extra_len
+        flipped = _flip(out, rng, start, start + info.compress_size, rng.choice([1, 2, 8]))
+        return bytes(out), f"{kind}: bytes of {name} (CRC not updated) at {flipped}", None
     if kind == "h5-damage-in-valid-zip":
         weights = dict((i.filename, p) for i, p in members)["model.weights.h5"]
         damaged, recipe = damage_h5(weights, rng)
-        rebuilt = [(i, damaged if i.filename == "model.weights.h5" else p) for i, p in members]
-        return _zip(rebuilt), f"{kind}: model.weights.h5 {recipe}, zip rebuilt with valid CRCs", None
+        replaced = [(i, damaged if i.filename == "model.weights.h5" else p) for i, p in members]
+        return _zip(replaced), f"{kind}: model.weights.h5 {recipe}, zip rebuilt with valid CRCs", None
     if kind == "duplicate-member":
         name = rng.choice(list(infos))
         payload = dict((i.filename, p) for i, p in members)[name]
@@ -312,9 +313,9 @@ def _edit_config(config: dict, rng: random.Random) -> tuple[str, str]:
     if kind == "kernel-size":
         convs = [lay for lay in layers if "kernel_size" in lay["config"]]
         layer = rng.choice(convs or layers)
-        value = rng.choice([[2, 2], [5, 5], [3], [0, 0], 3])
-        layer["config"]["kernel_size"] = value
-        return json.dumps(config), f"config kernel_size of {layer['config']['name']} -> {value!r}"
+        kernel = rng.choice([[2, 2], [5, 5], [3], [0, 0], 3])
+        layer["config"]["kernel_size"] = kernel
+        return json.dumps(config), f"config kernel_size of {layer['config']['name']} -> {kernel!r}"
     if kind == "drop-layer":
         inner = config["config"].get("layers", [])
         victim = rng.randrange(len(inner))

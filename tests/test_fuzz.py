@@ -157,7 +157,7 @@ def _load_all(paths: list[Path], tmpdir: Path) -> dict[Path, list[np.ndarray] | 
             )
         except subprocess.TimeoutExpired:
             pass
-        rest = []
+        rest: list[Path] = []
         for path in pending:
             npz, err = Path(f"{path}.npz"), Path(f"{path}.err")
             if npz.exists():
