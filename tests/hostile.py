@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load", nargs="+", type=Path, metavar="MODEL")
     args = parser.parse_args(argv)
     if args.intact:
-        print(json.dumps({"intact": weights_intact(*args.intact), "crc": crc_failures(args.intact[0])}))
+        print(json.dumps({"intact": weights_intact(*args.intact)}))
         return 0
     if args.load:
         load_models(args.load)

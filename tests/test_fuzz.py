@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile import SAMPLES, SOURCES, Variant, make_variant, weights_intact
+from hostile import SAMPLES, SOURCES, Variant, crc_failures, make_variant, weights_intact
 
 SUITE_SEED, SUITE_COUNT = 11, 300
 SEED = int(os.environ.get("PRUNECTL_FUZZ_SEED", SUITE_SEED))
@@ -116,25 +116,26 @@ def _check_variant(variant: Variant, root: Path) -> Outcome:
     codes = [
         _run_one(outcome, variant.data, variant.suffix, command, root / command) for command in ("report", "prune")
     ]
-    if 0 in codes and (variant.weights_intact is None or variant.suffix == ".keras"):
-        path = root / f"variant{variant.suffix}"
-        path.write_bytes(variant.data)
+    if 0 not in codes:
+        return outcome
+    path = root / f"variant{variant.suffix}"
+    path.write_bytes(variant.data)
+    if variant.weights_intact is None:
+        # h5py in a child: it can hang or crash on the variant, which then counts as unreadable, so not intact.
         info = _child_json([str(HOSTILE), "--intact", str(path), str(SAMPLES / variant.source)])
-        if info is None:  # h5py itself hangs on it: unreadable, so not intact
-            info = {"intact": False, "crc": None}
-        if variant.weights_intact is None:
-            outcome.variant = replace(variant, weights_intact=info["intact"])
-        if info["crc"] is not None:
-            for command, code in zip(("report", "prune"), codes):
-                if code == 0:
-                    outcome.failures.append((command, "exit 0 on bad CRC", f"member {info['crc']} fails its CRC"))
+        outcome.variant = replace(variant, weights_intact=bool(info and info["intact"]))
+    bad_member = crc_failures(path) if variant.suffix == ".keras" else None
+    if bad_member is not None:
+        for command, code in zip(("report", "prune"), codes):
+            if code == 0:
+                outcome.failures.append((command, "exit 0 on bad CRC", f"member {bad_member} fails its CRC"))
     return outcome
 
 
 def _child_json(args: list[str]) -> dict | None:
     try:
         done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=TIMEOUT, check=True)
-    except subprocess.TimeoutExpired:
+    except (subprocess.TimeoutExpired, subprocess.CalledProcessError):
         return None
     return json.loads(done.stdout)
 
