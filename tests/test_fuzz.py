@@ -259,3 +259,49 @@ def test_hostile_variants(tmp_path):
     if os.environ.get("PRUNECTL_FUZZ_LOG"):
         Path(os.environ["PRUNECTL_FUZZ_LOG"]).write_text(table + "\n")
     assert not any(o.failures for o in outcomes), table
+
+
+FAKE = """#!/bin/bash
+# A stand-in for prunectl that misbehaves as FAKE_MODE says, to prove the harness sees each failure.
+model="$2"
+case "$FAKE_MODE" in
+  traceback) printf 'Traceback (most recent call last):\\n  File "x"\\nValueError: x\\n' >&2; exit 1;;
+  unexpected) echo "Error: unexpected ValueError: x" >&2; exit 1;;
+  exit2) echo "Error: bad value" >&2; exit 2;;
+  leftover) touch ".$model.tmp"; echo "Error: x" >&2; exit 1;;
+  tmpdir) mkdir "$TMPDIR/extracted"; echo "Error: x" >&2; exit 1;;
+  modify) echo x >> "$model"; echo "Error: x" >&2; exit 1;;
+  hang) sleep 60;;
+  badjson) echo "not json";;
+  noout) :;;
+  clean) echo "Error: $model is not a valid Keras model: x" >&2; exit 1;;
+esac
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("mode", "command", "expected"),
+    [
+        ("traceback", "prune", {"traceback", "stderr not one Error: line"}),
+        ("unexpected", "prune", {"unexpected"}),
+        ("exit2", "report", {"exit code"}),
+        ("leftover", "prune", {"leftover file"}),
+        ("tmpdir", "report", {"TMPDIR not empty"}),
+        ("modify", "prune", {"input modified"}),
+        ("hang", "prune", {"hang"}),
+        ("badjson", "report", {"report --json not JSON"}),
+        ("noout", "prune", {"no output on exit 0"}),
+        ("clean", "prune", set()),
+    ],
+)
+def test_harness_sees_each_failure(tmp_path, monkeypatch, mode, command, expected):
+    fake = tmp_path / "prunectl"
+    fake.write_text(FAKE)
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys.modules[__name__], "PRUNECTL", fake)
+    monkeypatch.setattr(sys.modules[__name__], "TIMEOUT", 5)
+    monkeypatch.setenv("FAKE_MODE", mode)
+    outcome = Outcome(None, mode)
+    _run_one(outcome, b"model bytes", ".h5", command, tmp_path / "run")
+    assert {category for _, category, _ in outcome.failures} == expected, outcome.failures
