@@ -145,7 +145,9 @@ def run_guarded(
             if remaining <= 0:
                 _kill(pid)
                 raise InvalidModelError(path, f"reading {_last(crumb)} did not finish in {timeout:.0f} s")
-            ready, _, _ = select.select([read_end], [], [], remaining)
+            # Short waits: a signal delivered to another thread (rich's refresh thread, say) does not interrupt
+            # this select, and Python runs its handler only when the main thread comes back to bytecode.
+            ready, _, _ = select.select([read_end], [], [], min(remaining, 0.1))
             if ready:
                 piece = os.read(read_end, 65536)
                 if not piece:
