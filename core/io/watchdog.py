@@ -12,6 +12,7 @@ Where ``os.fork`` does not exist the work runs in this process.
 
 from __future__ import annotations
 
+import gc
 import json
 import mmap
 import os
@@ -114,6 +115,9 @@ def run_guarded(
     if pid == 0:  # the child: never returns into the caller's code
         status = 1
         try:
+            # No collection in the child: a cycle of the parent's (a TensorFlow object, say) could run a
+            # finalizer that waits for a thread fork did not copy, and hang a file that is fine.
+            gc.disable()
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             _die_with(parent)

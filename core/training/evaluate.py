@@ -14,6 +14,7 @@ sees every later change to the model's weights.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,12 +276,11 @@ def evaluate_files(model: Path, baseline: Path | None, options: EvalOptions) -> 
     from prunectl.core.io.keras_io import load_model
     from prunectl.core.io.modelfile import open_model_file
 
-    def load(path: Path) -> LoadedModel:
-        with open_model_file(path) as source:
-            return load_model(source)
-
-    judged = load(model)
-    reference = load(baseline) if baseline is not None else None
+    # Both files are opened (inspected in a child process, see core.io.watchdog) before Keras is imported.
+    with ExitStack() as files:
+        sources = [files.enter_context(open_model_file(path)) for path in (model, baseline) if path is not None]
+        judged = load_model(sources[0])
+        reference = load_model(sources[1]) if baseline is not None else None
     evaluate = Evaluator(reference or judged, options)
     before = (f"baseline {baseline}", evaluate(reference.model)) if reference is not None else None
     return evaluation_block(evaluate.describe(), before, (str(model), evaluate(judged.model)))
