@@ -299,6 +299,31 @@ def test_duplicate_members_are_refused(folder, command):
 
 
 @pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize(
+    "name, what",
+    [
+        ("config.json/", "would make member 'config.json' a folder"),
+        ("model.weights.h5/x", "would make member 'model.weights.h5' a folder"),
+        ("/etc/evil", "has an absolute path"),
+        ("assets/../../evil", "has a path that leaves the archive ('..')"),
+        ("assets\\evil", "has a backslash in its name"),
+    ],
+)
+def test_member_names_that_leave_the_archive_are_refused(folder, command, name, what):
+    path = folder / "escape.keras"
+    rewrite_keras(folder / "sequential.keras", path, extra=[(name, b"")])
+    fails(folder, *command(path), line=invalid_line(path, f"zip member {name!r} {what}"))
+
+
+def test_keras_refuses_a_folder_shadowing_a_member(folder):
+    keras = pytest.importorskip("keras")
+    path = folder / "escape.keras"
+    rewrite_keras(folder / "sequential.keras", path, extra=[("config.json/", b"")])
+    with pytest.raises(OSError):
+        keras.models.load_model(path, compile=False)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_too_many_members_are_refused(folder, command):
     path = folder / "crowded.keras"
     count = guard.MAX_ZIP_MEMBERS + 1 - 3
