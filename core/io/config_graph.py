@@ -34,6 +34,7 @@ class _Out:
 
 _UNKNOWN = _Out()
 _Ref = tuple[str, object, object]  # (layer name, node index, tensor index)
+_Key = tuple[str, object]  # (layer name, node index): one call of a layer
 
 
 def graph_problems(config: object, weights: Weights) -> Iterator[str]:
@@ -142,7 +143,7 @@ def _functional(config: dict, inner: dict, layers: list[dict], weights: Weights)
 
 def _functional_sizes(layers: list[dict], weights: Weights) -> Iterator[str]:
     """Carry each node's output size along the graph in dependency order (Kahn), checking each call."""
-    calls: dict[tuple[str, int], tuple[dict, list[_Ref] | None]] = {}
+    calls: dict[_Key, tuple[dict, list[_Ref] | None]] = {}
     for layer in layers:
         name = _name(layer)
         if name is None:
@@ -152,22 +153,22 @@ def _functional_sizes(layers: list[dict], weights: Weights) -> Iterator[str]:
             continue
         for index, node in enumerate(_nodes(layer)):
             calls[(name, index)] = (layer, _node_refs(node, kwargs=False))
-    waiting: dict[tuple[str, int], int] = {}
-    dependents: dict[tuple[str, int], list[tuple[str, int]]] = defaultdict(list)
+    waiting: dict[_Key, int] = {}
+    dependents: dict[_Key, list[_Key]] = defaultdict(list)
     for key, (_, refs) in calls.items():
         inputs = [(r[0], r[1]) for r in refs or () if (r[0], r[1]) in calls]
         waiting[key] = len(inputs)
         for source in inputs:
-            dependents[source].append(key)  # type: ignore[index]
+            dependents[source].append(key)
     ready = [key for key, count in waiting.items() if count == 0]
-    outs: dict[tuple[str, int], _Out] = {}
+    outs: dict[_Key, _Out] = {}
     while ready:
         key = ready.pop()
         layer, refs = calls[key]
         if refs is None:
             outs[key] = _input_out(layer.get("config"))
         else:
-            ins = [outs.get((r[0], r[1]), _UNKNOWN) if r[2] == 0 else _UNKNOWN for r in refs]  # type: ignore[call-overload]
+            ins = [outs.get((r[0], r[1]), _UNKNOWN) if r[2] == 0 else _UNKNOWN for r in refs]
             out, problem = _call(layer, ins, weights)
             if problem:
                 yield problem

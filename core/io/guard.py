@@ -170,7 +170,7 @@ def check_member_count(path: Path) -> None:
 
 
 def _member_name_problem(name: str, names: set[str]) -> str | None:
-    """Why a member name cannot be extracted beside the others (Keras extracts assets, and a copy is written), or None."""
+    """Why a member name cannot be extracted beside the others (Keras extracts assets), or None."""
     if "\\" in name:
         return "has a backslash in its name"
     if name.startswith("/") or re.match(r"[A-Za-z]:", name):
