@@ -136,6 +136,10 @@ def _removed_layer(config):
     layers.remove(_layer(config, "fc2"))
 
 
+def _numeric_activation(config):
+    _layer(config, "fc1")["config"]["activation"] = 7
+
+
 def _dtype_key_renamed(config):
     policy = _layer(config, "conv1")["config"]["dtype"]["config"]
     policy["name_x"] = policy.pop("name")
@@ -301,6 +305,13 @@ CASES = [
 
 
 CASES += [
+    (
+        "numeric-activation",
+        "digits_cnn",
+        _numeric_activation,
+        None,
+        {fmt: "layer 'fc1' (Dense): activation 7 is not a Keras activation" for fmt in FORMATS},
+    ),
     (
         "dtype-key-renamed",
         "digits_cnn",

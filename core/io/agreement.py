@@ -144,6 +144,9 @@ def _class_problems(layer: _Layer) -> Iterator[str]:
             value = layer.config.get(key)
             if known is not None and isinstance(value, str) and value not in known:
                 yield f"{layer.label}: {key} {value!r} is not a Keras activation"
+            elif key in layer.config and not isinstance(value, (str, dict, type(None))):
+                # keras.activations.get takes None, a name or a serialized function; a number or list it refuses
+                yield f"{layer.label}: {key} {value!r} is not a Keras activation"
     for key, value in layer.config.items():
         if key != "layers":
             yield from _object_problems(layer, key, value)
