@@ -9,11 +9,15 @@ load. :func:`check_agreement` refuses such a file before anything is written:
 1. every layer, and every nested object of a layer config (initializers,
    regularizers, dtype policies), whose class is in Keras's namespace names a
    class the installed Keras has;
-2. every Keras layer's config keys are arguments its constructor accepts;
+2. every Keras layer's config keys, and those of every nested Keras object
+   (dtype policy, initializer, regularizer, constraint), are arguments its constructor accepts;
 3. the weights in the file are those the config implies: no weights for a layer
    the config lacks, and, for the classes whose ``weight_shapes`` the layer table
    knows, the same weights (``use_bias``, ``center``/``scale``) with the sizes the
-   config fixes (``units``, ``filters``, ``kernel_size``, ...).
+   config fixes (``units``, ``filters``, ``kernel_size``, ...);
+4. the graph holds together: every layer a node, ``input_layers`` or
+   ``output_layers`` names is in the config, and each layer's input channels are
+   those its weights read (:mod:`prunectl.core.io.config_graph`).
 
 What Keras accepts is read from its installed source by
 :mod:`prunectl.core.io.keras_api`. Classes outside Keras (custom layers,
