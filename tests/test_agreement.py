@@ -140,6 +140,10 @@ def _numeric_activation(config):
     _layer(config, "fc1")["config"]["activation"] = 7
 
 
+def _tensor_without_dtype(config):
+    del _layer(config, "head")["inbound_nodes"][0]["args"][0]["config"]["dtype"]
+
+
 def _dtype_key_renamed(config):
     policy = _layer(config, "conv1")["config"]["dtype"]["config"]
     policy["name_x"] = policy.pop("name")
@@ -305,6 +309,13 @@ CASES = [
 
 
 CASES += [
+    (
+        "tensor-without-dtype",
+        "digits_cnn",
+        _tensor_without_dtype,
+        None,
+        {fmt: "layer 'head' (Dense): an input tensor of its inbound_nodes lacks 'dtype'" for fmt in FORMATS},
+    ),
     (
         "numeric-activation",
         "digits_cnn",

@@ -91,6 +91,24 @@ def _tensor_refs(value: object) -> Iterator[_Ref]:
             yield from _tensor_refs(item)
 
 
+# The keys Keras's deserializer reads from a serialized Keras tensor (``serialization_lib``).
+_TENSOR_KEYS = ("shape", "dtype", "keras_history")
+
+
+def _tensor_missing(value: object) -> str | None:
+    """A key Keras reads that a serialized Keras tensor in ``value`` lacks, or None."""
+    if isinstance(value, list):
+        return next((m for m in map(_tensor_missing, value) if m), None)
+    if not isinstance(value, dict):
+        return None
+    inner = value.get("config")
+    if value.get("class_name") == "__keras_tensor__":
+        if not isinstance(inner, dict):
+            return "config"
+        return next((key for key in _TENSOR_KEYS if key not in inner), None)
+    return next((m for m in map(_tensor_missing, value.values()) if m), None)
+
+
 def _node_refs(node: object, kwargs: bool = True) -> list[_Ref]:
     """The tensors one inbound node calls its layer on: the ``.keras`` form, or the legacy ``[name, node, tensor]``."""
     if isinstance(node, dict):
@@ -126,6 +144,10 @@ def _functional(config: dict, inner: dict, layers: list[dict], weights: Weights)
     names = {_name(layer) for layer in layers} - {None}
     for layer in layers:
         for node in _nodes(layer):
+            missing = _tensor_missing(node)
+            if missing:
+                yield f"{_label(layer)}: an input tensor of its inbound_nodes lacks {missing!r}"
+                return
             for ref in _node_refs(node):
                 if ref[0] not in names:
                     yield f"{_label(layer)}: its input names layer {ref[0]!r}, which the config does not have"

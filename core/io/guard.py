@@ -341,6 +341,16 @@ def _dataset_problem(dataset: h5py.Dataset, size: int) -> str | None:
     return None
 
 
+def _non_ascii_text(attrs: h5py.AttributeManager, name: str) -> bool:
+    """Whether an ASCII-typed string attribute holds a byte over 127 (reading decodes it, writing it back fails)."""
+    value = attrs[name]
+    info = h5py.check_string_dtype(attrs.get_id(name).dtype)
+    if info is None or info.encoding != "ascii":
+        return False
+    texts = value.ravel().tolist() if isinstance(value, np.ndarray) else [value]
+    return any(isinstance(text, str) and not text.isascii() for text in texts)
+
+
 def inspect_h5(path, h5: h5py.File, size: int, where: str = "", note: Note = _quiet) -> None:
     """Walk every link, group, dataset and attribute of an open HDF5 file; refuse what leaves it.
 
@@ -363,7 +373,10 @@ def inspect_h5(path, h5: h5py.File, size: int, where: str = "", note: Note = _qu
         obj = pending.pop()
         for name in obj.attrs:
             note(f"attribute {name} of {where}{obj.name}")
-            obj.attrs[name]
+            if _non_ascii_text(obj.attrs, name):
+                raise InvalidModelError(
+                    path, f"attribute {name} of {where}{obj.name} is ASCII text holding a byte that is not ASCII"
+                )
         if isinstance(obj, h5py.Dataset):
             note(f"dataset {where}{obj.name}")
             problem = _dataset_problem(obj, size)
