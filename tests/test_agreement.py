@@ -144,6 +144,11 @@ def _tensor_without_dtype(config):
     del _layer(config, "head")["inbound_nodes"][0]["args"][0]["config"]["dtype"]
 
 
+def _dtype_without_class_name(config):
+    policy = _layer(config, "head")["config"]["dtype"]
+    policy["cless_name"] = policy.pop("class_name")
+
+
 def _dtype_key_renamed(config):
     policy = _layer(config, "conv1")["config"]["dtype"]["config"]
     policy["name_x"] = policy.pop("name")
@@ -309,6 +314,13 @@ CASES = [
 
 
 CASES += [
+    (
+        "dtype-without-class-name",
+        "digits_cnn",
+        _dtype_without_class_name,
+        None,
+        {fmt: "layer 'head' (Dense): dtype is a serialized object without a class_name" for fmt in FORMATS},
+    ),
     (
         "tensor-without-dtype",
         "digits_cnn",

@@ -143,6 +143,10 @@ def _class_problems(layer: _Layer) -> Iterator[str]:
                         f"{layer.label}: config key {unknown[0]!r} is not an argument of "
                         f"{layer.module}.{layer.class_name}"
                     )
+        for key, value in layer.config.items():
+            if _built_by_get(key) and isinstance(value, dict) and not isinstance(value.get("class_name"), str):
+                # keras.{initializers,regularizers,constraints,dtype_policies,activations}.get refuse such a dict
+                yield f"{layer.label}: {key} is a serialized object without a class_name"
         known = keras_api.activation_names()
         for key in _ACTIVATION_KEYS:
             value = layer.config.get(key)
@@ -154,6 +158,11 @@ def _class_problems(layer: _Layer) -> Iterator[str]:
     for key, value in layer.config.items():
         if key != "layers":
             yield from _object_problems(layer, key, value)
+
+
+def _built_by_get(key: str) -> bool:
+    """Whether a Keras layer builds config ``key``'s value with a ``keras.<kind>.get``, which needs a class_name."""
+    return key == "dtype" or key in _ACTIVATION_KEYS or key.endswith(("_initializer", "_regularizer", "_constraint"))
 
 
 def _holds_layers(class_name: str, config: dict) -> bool:
