@@ -55,7 +55,7 @@ def graph_problems(config: object, weights: Weights) -> Iterator[str]:
         return
     layers = [layer for layer in inner["layers"] if isinstance(layer, dict)]
     if "input_layers" in inner or "output_layers" in inner or any("inbound_nodes" in layer for layer in layers):
-        yield from _functional(config, inner, layers, weights)
+        yield from _functional_graph(config, inner, layers, weights)
     else:
         yield from _sequential(layers, weights)
     for layer in layers:
@@ -140,7 +140,7 @@ def _nodes(layer: dict) -> list:
     return nodes if isinstance(nodes, list) else []
 
 
-def _functional(config: dict, inner: dict, layers: list[dict], weights: Weights) -> Iterator[str]:
+def _functional_graph(config: dict, inner: dict, layers: list[dict], weights: Weights) -> Iterator[str]:
     names = {_name(layer) for layer in layers} - {None}
     for layer in layers:
         for node in _nodes(layer):
