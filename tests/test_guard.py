@@ -340,7 +340,20 @@ def test_ascii_attribute_holding_other_bytes_is_refused(folder, command):
     fails(
         folder,
         *command(path),
-        line=invalid_line(path, "attribute model_config of / is ASCII text holding a byte that is not ASCII"),
+        line=invalid_line(path, "attribute model_config of / is ASCII text holding bytes that are not ASCII"),
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_utf8_attribute_holding_other_bytes_is_refused(folder, command):
+    path = folder / "flipped.h5"
+    shutil.copy(folder / "sequential.h5", path)
+    with h5py.File(path, "r+") as h5:
+        h5.attrs.create("keras_version", b"3.1\xb5.1", dtype=h5py.string_dtype("utf-8"))
+    fails(
+        folder,
+        *command(path),
+        line=invalid_line(path, "attribute keras_version of / is UTF-8 text holding bytes that are not UTF-8"),
     )
 
 

@@ -341,14 +341,24 @@ def _dataset_problem(dataset: h5py.Dataset, size: int) -> str | None:
     return None
 
 
-def _non_ascii_text(attrs: h5py.AttributeManager, name: str) -> bool:
-    """Whether an ASCII-typed string attribute holds a byte over 127 (reading decodes it, writing it back fails)."""
+def _misencoded_text(attrs: h5py.AttributeManager, name: str) -> str | None:
+    """The encoding of a string attribute whose bytes it does not hold (a flipped bit), or None.
+
+    h5py decodes such bytes to lone surrogates, which no writer can encode back: the copy would fail.
+    """
     value = attrs[name]
     info = h5py.check_string_dtype(attrs.get_id(name).dtype)
-    if info is None or info.encoding != "ascii":
-        return False
+    if info is None:
+        return None
+    encoding = "ASCII" if info.encoding == "ascii" else "UTF-8"
     texts = value.ravel().tolist() if isinstance(value, np.ndarray) else [value]
-    return any(isinstance(text, str) and not text.isascii() for text in texts)
+    for text in texts:
+        if isinstance(text, str):
+            try:
+                text.encode(info.encoding)
+            except UnicodeEncodeError:
+                return encoding
+    return None
 
 
 def inspect_h5(path, h5: h5py.File, size: int, where: str = "", note: Note = _quiet) -> None:
@@ -373,9 +383,11 @@ def inspect_h5(path, h5: h5py.File, size: int, where: str = "", note: Note = _qu
         obj = pending.pop()
         for name in obj.attrs:
             note(f"attribute {name} of {where}{obj.name}")
-            if _non_ascii_text(obj.attrs, name):
+            encoding = _misencoded_text(obj.attrs, name)
+            if encoding:
                 raise InvalidModelError(
-                    path, f"attribute {name} of {where}{obj.name} is ASCII text holding a byte that is not ASCII"
+                    path,
+                    f"attribute {name} of {where}{obj.name} is {encoding} text holding bytes that are not {encoding}",
                 )
         if isinstance(obj, h5py.Dataset):
             note(f"dataset {where}{obj.name}")
