@@ -341,26 +341,6 @@ def _dataset_problem(dataset: h5py.Dataset, size: int) -> str | None:
     return None
 
 
-def _misencoded_text(attrs: h5py.AttributeManager, name: str) -> str | None:
-    """The encoding of a string attribute whose bytes it does not hold (a flipped bit), or None.
-
-    h5py decodes such bytes to lone surrogates, which no writer can encode back: the copy would fail.
-    """
-    value = attrs[name]
-    info = h5py.check_string_dtype(attrs.get_id(name).dtype)
-    if info is None:
-        return None
-    encoding = "ASCII" if info.encoding == "ascii" else "UTF-8"
-    texts = value.ravel().tolist() if isinstance(value, np.ndarray) else [value]
-    for text in texts:
-        if isinstance(text, str):
-            try:
-                text.encode(info.encoding)
-            except UnicodeEncodeError:
-                return encoding
-    return None
-
-
 def inspect_h5(path, h5: h5py.File, size: int, where: str = "", note: Note = _quiet) -> None:
     """Walk every link, group, dataset and attribute of an open HDF5 file; refuse what leaves it.
 
@@ -383,12 +363,7 @@ def inspect_h5(path, h5: h5py.File, size: int, where: str = "", note: Note = _qu
         obj = pending.pop()
         for name in obj.attrs:
             note(f"attribute {name} of {where}{obj.name}")
-            encoding = _misencoded_text(obj.attrs, name)
-            if encoding:
-                raise InvalidModelError(
-                    path,
-                    f"attribute {name} of {where}{obj.name} is {encoding} text holding bytes that are not {encoding}",
-                )
+            obj.attrs[name]
         if isinstance(obj, h5py.Dataset):
             note(f"dataset {where}{obj.name}")
             problem = _dataset_problem(obj, size)
