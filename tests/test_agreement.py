@@ -136,6 +136,59 @@ def _removed_layer(config):
     layers.remove(_layer(config, "fc2"))
 
 
+def _numeric_activation(config):
+    _layer(config, "fc1")["config"]["activation"] = 7
+
+
+def _tensor_without_dtype(config):
+    del _layer(config, "head")["inbound_nodes"][0]["args"][0]["config"]["dtype"]
+
+
+def _dtype_without_class_name(config):
+    policy = _layer(config, "head")["config"]["dtype"]
+    policy["cless_name"] = policy.pop("class_name")
+
+
+def _dtype_key_renamed(config):
+    policy = _layer(config, "conv1")["config"]["dtype"]["config"]
+    policy["name_x"] = policy.pop("name")
+
+
+def _dtype_extra_key(config):
+    _layer(config, "conv1")["config"]["dtype"]["config"]["kernel_size"] = [3]
+
+
+def _short_kernel_size(config):
+    _layer(config, "conv1")["config"]["kernel_size"] = [3]
+
+
+def _dropped_referenced_layer(config):
+    config["config"]["layers"].remove(_layer(config, "pool"))
+
+
+def _output_names_missing_layer(config):
+    config["config"]["output_layers"] = ["head_x", 0, 0]
+
+
+def _legacy_nodes(config):
+    """The Keras 2 form of inbound_nodes, ``[[[name, node, tensor, kwargs]]]``, with one naming a dropped layer."""
+    for layer in config["config"]["layers"]:
+        layer["inbound_nodes"] = [
+            [[t["config"]["keras_history"][0], 0, 0, {}] for t in node["args"] if isinstance(t, dict)]
+            for node in layer["inbound_nodes"]
+        ]
+    config["config"]["layers"].remove(_layer(config, "pool"))
+
+
+def _dropped_flatten(config):
+    config["config"]["layers"].remove(_layer(config, "flatten"))
+
+
+def _conv_reads_the_image(config):
+    """conv2 (a 32-channel kernel) now reads the 1-channel image."""
+    _layer(config, "conv2")["inbound_nodes"][0]["args"][0]["config"]["keras_history"] = ["image", 0, 0]
+
+
 def _extra_weight(fmt):
     def edit(h5, layer):
         group, names = layer("fc1")
@@ -254,6 +307,114 @@ CASES = [
         _bn_mismatch,
         {
             fmt: "layer 'bn1' (BatchNormalization): its gamma has shape (32,) but its moving_mean has shape (31,)"
+            for fmt in FORMATS
+        },
+    ),
+]
+
+
+CASES += [
+    (
+        "dtype-without-class-name",
+        "digits_cnn",
+        _dtype_without_class_name,
+        None,
+        {fmt: "layer 'head' (Dense): dtype is a serialized object without a class_name" for fmt in FORMATS},
+    ),
+    (
+        "tensor-without-dtype",
+        "digits_cnn",
+        _tensor_without_dtype,
+        None,
+        {fmt: "layer 'head' (Dense): an input tensor of its inbound_nodes lacks 'dtype'" for fmt in FORMATS},
+    ),
+    (
+        "numeric-activation",
+        "digits_cnn",
+        _numeric_activation,
+        None,
+        {fmt: "layer 'fc1' (Dense): activation 7 is not a Keras activation" for fmt in FORMATS},
+    ),
+    (
+        "dtype-key-renamed",
+        "digits_cnn",
+        _dtype_key_renamed,
+        None,
+        {
+            fmt: "layer 'conv1' (Conv2D): dtype config key 'name_x' is not an argument of keras.DTypePolicy"
+            for fmt in FORMATS
+        },
+    ),
+    (
+        "dtype-extra-key",
+        "digits_cnn",
+        _dtype_extra_key,
+        None,
+        {
+            fmt: "layer 'conv1' (Conv2D): dtype config key 'kernel_size' is not an argument of keras.DTypePolicy"
+            for fmt in FORMATS
+        },
+    ),
+    (
+        "short-kernel-size",
+        "digits_cnn",
+        _short_kernel_size,
+        None,
+        {
+            fmt: "layer 'conv1' (Conv2D): config says kernel_size=[3] but its kernel has shape (3, 3, 1, 32)"
+            for fmt in FORMATS
+        },
+    ),
+    (
+        "dropped-referenced-layer",
+        "digits_cnn",
+        _dropped_referenced_layer,
+        None,
+        {
+            fmt: "layer 'flatten' (Flatten): its input names layer 'pool', which the config does not have"
+            for fmt in FORMATS
+        },
+    ),
+    (
+        "legacy-nodes-dropped-layer",
+        "digits_cnn",
+        _legacy_nodes,
+        None,
+        {
+            fmt: "layer 'flatten' (Flatten): its input names layer 'pool', which the config does not have"
+            for fmt in FORMATS
+        },
+    ),
+    (
+        "output-names-missing-layer",
+        "digits_cnn",
+        _output_names_missing_layer,
+        None,
+        {
+            fmt: "model 'digits_cnn' (Functional): its output_layers name layer 'head_x', "
+            "which the config does not have"
+            for fmt in FORMATS
+        },
+    ),
+    (
+        "conv-reads-the-image",
+        "digits_cnn",
+        _conv_reads_the_image,
+        None,
+        {
+            fmt: "layer 'conv2' (Conv2D): its input's last axis has size 1 but its kernel has shape (3, 3, 32, 64), "
+            "which takes 32"
+            for fmt in FORMATS
+        },
+    ),
+    (
+        "dropped-flatten",
+        "digits_mlp",
+        _dropped_flatten,
+        None,
+        {
+            fmt: "layer 'fc1' (Dense): its input's last axis has size 1 but its kernel has shape (64, 256), "
+            "which takes 64"
             for fmt in FORMATS
         },
     ),
@@ -535,6 +696,8 @@ def _accepted_by_inspection(cls) -> set[str] | None:
     keys: set[str] = set()
     for klass in cls.__mro__:
         init = vars(klass).get("__init__")
+        if klass is object:  # object() takes no keyword at all
+            return keys
         if init is None:
             continue
         params = list(inspect.signature(init).parameters.values())[1:]
@@ -623,3 +786,23 @@ def test_keras_applications_agree(tmp_path, name):
         model.save(path)
         with open_model_file(path) as opened:
             assert list(disagreements(opened)) == [], fmt
+
+
+@pytest.mark.parametrize("module", ["initializers", "regularizers", "constraints", "dtype_policies"])
+def test_accepted_keys_match_keras_for_nested_object_classes(module):
+    keras = pytest.importorskip("keras")
+    namespace = getattr(keras, module)
+    names = sorted(n for n in dir(namespace) if isinstance(getattr(namespace, n), type) and n[0].isupper())
+    assert names  # the namespace lists classes at all
+    wrong = []
+    for name in names:
+        cls = getattr(namespace, name)
+        expected = _accepted_by_inspection(cls)
+        read = keras_api.accepted_keys(f"keras.{module}", name)
+        extra = set(read or ()) - set(expected or ())
+        from_config = inspect.getsource(vars(cls)["from_config"]) if "from_config" in vars(cls) else ""
+        if (expected is None) != (read is None) or (
+            expected is not None and (expected - set(read or ()) or any(f'"{k}"' not in from_config for k in extra))
+        ):
+            wrong.append(f"{name}: inspection {sorted(expected or ['ANY'])} vs source {sorted(read or ['ANY'])}")
+    assert wrong == [], "\n".join(wrong)

@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import invoke
+from conftest import invoke, run
 from test_cli_errors import fails, snapshot
 
 from prunectl.core.errors import InvalidModelError
@@ -296,6 +296,47 @@ def test_duplicate_members_are_refused(folder, command):
     with pytest.warns(UserWarning, match="Duplicate name"):
         rewrite_keras(folder / "sequential.keras", path, extra=[("config.json", b"{}")])
     fails(folder, *command(path), line=invalid_line(path, "zip member config.json appears more than once"))
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize(
+    "name, what",
+    [
+        ("config.json/", "would make member 'config.json' a folder"),
+        ("model.weights.h5/x", "would make member 'model.weights.h5' a folder"),
+        ("/etc/evil", "has an absolute path"),
+        ("assets/../../evil", "has a path that leaves the archive ('..')"),
+        ("assets\\evil", "has a backslash in its name"),
+    ],
+)
+def test_member_names_that_leave_the_archive_are_refused(folder, command, name, what):
+    path = folder / "escape.keras"
+    rewrite_keras(folder / "sequential.keras", path, extra=[(name, b"")])
+    fails(folder, *command(path), line=invalid_line(path, f"zip member {name!r} {what}"))
+
+
+def test_keras_refuses_a_folder_shadowing_a_member(folder):
+    keras = pytest.importorskip("keras")
+    path = folder / "escape.keras"
+    rewrite_keras(folder / "sequential.keras", path, extra=[("config.json/", b"")])
+    with pytest.raises(OSError):
+        keras.models.load_model(path, compile=False)
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "utf-8"])
+def test_string_attribute_holding_bytes_outside_its_encoding_is_copied_as_is(folder, encoding):
+    """A flipped bit in a text attribute: Keras reads the file, so prune copies the bytes rather than failing."""
+    keras = pytest.importorskip("keras")
+    path, output = folder / "flipped.h5", folder / "out.h5"
+    shutil.copy(folder / "sequential.h5", path)
+    with h5py.File(path, "r+") as h5:
+        h5.attrs.create("keras_version", b"3.1\xb5.1", dtype=h5py.string_dtype(encoding))
+    run("prune", path, "--threshold", "0.1", "-o", output)
+    with h5py.File(output, "r") as h5:
+        copied = h5.attrs["keras_version"]
+        assert h5py.check_string_dtype(h5.attrs.get_id("keras_version").dtype).encoding == encoding
+    assert copied.encode("utf-8", "surrogateescape") == b"3.1\xb5.1"
+    keras.models.load_model(output, compile=False)
 
 
 @pytest.mark.parametrize("command", COMMANDS)

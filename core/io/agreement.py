@@ -9,11 +9,15 @@ load. :func:`check_agreement` refuses such a file before anything is written:
 1. every layer, and every nested object of a layer config (initializers,
    regularizers, dtype policies), whose class is in Keras's namespace names a
    class the installed Keras has;
-2. every Keras layer's config keys are arguments its constructor accepts;
+2. every Keras layer's config keys, and those of every nested Keras object
+   (dtype policy, initializer, regularizer, constraint), are arguments its constructor accepts;
 3. the weights in the file are those the config implies: no weights for a layer
    the config lacks, and, for the classes whose ``weight_shapes`` the layer table
    knows, the same weights (``use_bias``, ``center``/``scale``) with the sizes the
-   config fixes (``units``, ``filters``, ``kernel_size``, ...).
+   config fixes (``units``, ``filters``, ``kernel_size``, ...);
+4. the graph holds together: every layer a node, ``input_layers`` or
+   ``output_layers`` names is in the config, and each layer's input channels are
+   those its weights read (:mod:`prunectl.core.io.config_graph`).
 
 What Keras accepts is read from its installed source by
 :mod:`prunectl.core.io.keras_api`. Classes outside Keras (custom layers,
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 
 from prunectl.core.errors import InvalidModelError
 from prunectl.core.io import keras_api
+from prunectl.core.io.config_graph import Weights, graph_problems
 from prunectl.core.io.modelfile import ModelFile, WeightEntry
 from prunectl.core.layers import WeightShape, get_spec, is_nested_model
 from prunectl.core.layers.builtin import BUILTIN
@@ -88,6 +93,7 @@ def disagreements(model: ModelFile) -> Iterator[str]:
     for layer in layers:
         yield from _class_problems(layer)
     yield from _weight_problems(layers, model.entries, by_name)
+    yield from graph_problems(model.config, _known_weights(layers, model.entries, by_name))
 
 
 def _walk(config: dict) -> Iterator[_Layer]:
@@ -128,7 +134,7 @@ def _class_problems(layer: _Layer) -> Iterator[str]:
         if keras_api.has_name(layer.module, layer.class_name) is False:
             yield f"{layer.label}: unknown class; {layer.module} has no {layer.class_name!r}"
             return
-        if not (is_nested_model(layer.class_name) or "layers" in layer.config):
+        if not _holds_layers(layer.class_name, layer.config):
             accepted = keras_api.accepted_keys(layer.module, layer.class_name)
             if accepted is not None:
                 unknown = sorted(set(layer.config) - accepted - (_LEGACY_KEYS if layer.legacy else frozenset()))
@@ -137,14 +143,31 @@ def _class_problems(layer: _Layer) -> Iterator[str]:
                         f"{layer.label}: config key {unknown[0]!r} is not an argument of "
                         f"{layer.module}.{layer.class_name}"
                     )
+        for key, value in layer.config.items():
+            if _built_by_get(key) and isinstance(value, dict) and not isinstance(value.get("class_name"), str):
+                # keras.{initializers,regularizers,constraints,dtype_policies,activations}.get refuse such a dict
+                yield f"{layer.label}: {key} is a serialized object without a class_name"
         known = keras_api.activation_names()
         for key in _ACTIVATION_KEYS:
             value = layer.config.get(key)
             if known is not None and isinstance(value, str) and value not in known:
                 yield f"{layer.label}: {key} {value!r} is not a Keras activation"
+            elif key in layer.config and not isinstance(value, (str, dict, type(None))):
+                # keras.activations.get takes None, a name or a serialized function; a number or list it refuses
+                yield f"{layer.label}: {key} {value!r} is not a Keras activation"
     for key, value in layer.config.items():
         if key != "layers":
             yield from _object_problems(layer, key, value)
+
+
+def _built_by_get(key: str) -> bool:
+    """Whether a Keras layer builds config ``key``'s value with a ``keras.<kind>.get``, which needs a class_name."""
+    return key == "dtype" or key in _ACTIVATION_KEYS or key.endswith(("_initializer", "_regularizer", "_constraint"))
+
+
+def _holds_layers(class_name: str, config: dict) -> bool:
+    """Whether a config is a model's: its keys are the model's constructor's, not read from one class's source."""
+    return is_nested_model(class_name) or "layers" in config
 
 
 def _object_problems(layer: _Layer, key: str, value) -> Iterator[str]:
@@ -161,6 +184,14 @@ def _object_problems(layer: _Layer, key: str, value) -> Iterator[str]:
         if keras and module and keras_api.has_name(module, class_name) is False:
             yield f"{layer.label}: {key} names an unknown class; {module} has no {class_name!r}"
             return
+        config = value.get("config")
+        if keras and module and isinstance(config, dict) and not _holds_layers(class_name, config):
+            # Keras builds a nested object (a dtype policy, an initializer) with cls.from_config(config).
+            accepted = keras_api.accepted_keys(module, class_name)
+            unknown = sorted(set(config) - accepted) if accepted is not None else []
+            if unknown:
+                yield (f"{layer.label}: {key} config key {unknown[0]!r} is not an argument of {module}.{class_name}")
+                return
     for item in value.values():
         yield from _object_problems(layer, key, item)
 
@@ -220,10 +251,27 @@ def _position(entry: WeightEntry) -> tuple[str, int] | None:
     return sublayer, int(parts[-1])
 
 
-def _layer_weight_problems(
-    layer: _Layer, shapes: tuple[WeightShape, ...], switches: tuple[str, ...], held: list[WeightEntry], by_name: bool
-) -> Iterator[str]:
-    expected = ", ".join(s.name for s in shapes) or "none"
+def _known_weights(layers: list[_Layer], entries: list[WeightEntry], by_name: bool) -> Weights:
+    """The shapes of each uniquely named layer's weights by name, where the layer table names them all."""
+    named = Counter(layer.name for layer in layers)
+    by_owner: dict[str, list[WeightEntry]] = defaultdict(list)
+    for entry in entries:
+        by_owner[entry.layer].append(entry)
+    shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+    for layer in layers:
+        known = _weight_shapes(layer)
+        if known is None or layer.name is None or named[layer.name] != 1:
+            continue
+        matched, complete, _ = _match(known[0], by_owner.get(layer.name, []), by_name)
+        if complete:
+            shapes[layer.name] = {name: tuple(entry.shape) for name, entry in matched.items()}
+    return shapes.get
+
+
+def _match(
+    shapes: tuple[WeightShape, ...], held: list[WeightEntry], by_name: bool
+) -> tuple[dict[str, WeightEntry], bool, str]:
+    """The held weights matched to ``shapes`` by name, whether they are exactly those, and the held weights' names."""
     if by_name:
         found = {_weight_name(e): e for e in held}
         matched = {s.name: found[s.name] for s in shapes if s.name in found}
@@ -239,6 +287,14 @@ def _layer_weight_problems(
         matched = {wanted[p].name: e for p, e in positions.items() if p in wanted}
         complete = len(matched) == len(wanted) == len(positions)
         held_names = ", ".join(wanted[p].name if p in wanted else _weight_name(e) for p, e in positions.items())
+    return matched, complete, held_names
+
+
+def _layer_weight_problems(
+    layer: _Layer, shapes: tuple[WeightShape, ...], switches: tuple[str, ...], held: list[WeightEntry], by_name: bool
+) -> Iterator[str]:
+    expected = ", ".join(s.name for s in shapes) or "none"
+    matched, complete, held_names = _match(shapes, held, by_name)
     if not complete:
         said = ", ".join(f"{key}={layer.config[key]}" for key in switches)
         yield (
@@ -269,8 +325,15 @@ def _layer_weight_problems(
                 return
 
 
+# A size no axis has: the config list lacks the item a weight axis reads.
+_TOO_SHORT = -1
+
+
 def _size(expression: str, config: dict) -> tuple[int | None, list[str]]:
-    """The value of a ``weight_shapes`` size in ``config`` (None where the config does not fix it), and its keys."""
+    """The value of a ``weight_shapes`` size in ``config`` (None where the config does not fix it), and its keys.
+
+    The value is ``-1``, which no axis matches, where a ``key[i]`` item lies past the end of the config's list.
+    """
     value, keys = 1, []
     for factor in expression.split("*"):
         if factor.isdigit():
@@ -281,7 +344,9 @@ def _size(expression: str, config: dict) -> tuple[int | None, list[str]]:
         item = config.get(key)
         if index and isinstance(item, (list, tuple)):
             position = int(index.rstrip("]"))
-            item = item[position] if position < len(item) else None
+            if position >= len(item):
+                return _TOO_SHORT, keys  # Keras refuses a kernel_size of fewer items than the kernel's axes
+            item = item[position]
         if isinstance(item, bool) or not isinstance(item, int):
             return None, keys
         value *= item

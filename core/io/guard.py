@@ -169,6 +169,21 @@ def check_member_count(path: Path) -> None:
         raise InvalidModelError(path, f"archive holds {count:,} members, more than the limit of {MAX_ZIP_MEMBERS:,}")
 
 
+def _member_name_problem(name: str, names: set[str]) -> str | None:
+    """Why a member name cannot be extracted beside the others (Keras extracts assets), or None."""
+    if "\\" in name:
+        return "has a backslash in its name"
+    if name.startswith("/") or re.match(r"[A-Za-z]:", name):
+        return "has an absolute path"
+    parts = name.split("/")
+    if ".." in parts:
+        return "has a path that leaves the archive ('..')"
+    for end in range(1, len(parts)):
+        if "/".join(parts[:end]) in names:
+            return f"would make member {'/'.join(parts[:end])!r} a folder"
+    return None
+
+
 def check_archive(path: Path, archive: zipfile.ZipFile) -> None:
     """Refuse a ``.keras`` archive whose directory is inconsistent or promises more than it holds.
 
@@ -190,6 +205,10 @@ def check_archive(path: Path, archive: zipfile.ZipFile) -> None:
         if info.filename in seen:
             raise InvalidModelError(path, f"zip member {info.filename} appears more than once")
         seen.add(info.filename)
+    for name in seen:
+        problem = _member_name_problem(name, seen)
+        if problem:
+            raise InvalidModelError(path, f"zip member {name!r} {problem}")
     missing = [m for m in (CONFIG_MEMBER, WEIGHTS_MEMBER) if m not in seen]
     if missing:
         raise InvalidModelError(path, f"archive lacks {', '.join(missing)}")

@@ -41,7 +41,22 @@ Progress = Callable[[str, int, int], None]
 def _copy_attrs(src: h5py.HLObject, dst: h5py.HLObject) -> None:
     for name in src.attrs:
         attr = src.attrs.get_id(name)
-        dst.attrs.create(name, src.attrs[name], shape=attr.shape, dtype=attr.dtype)
+        dst.attrs.create(name, _raw_text(src.attrs[name]), shape=attr.shape, dtype=attr.dtype)
+
+
+def _raw_text(value):
+    """A string attribute's value as the bytes the file held, so text that is not valid in its encoding copies too.
+
+    h5py decodes a byte its encoding lacks to a lone surrogate, which it cannot encode back; Keras reads such
+    text, so the copy keeps the bytes rather than refusing the file.
+    """
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        raw = np.empty(value.shape, dtype=object)
+        raw.ravel()[:] = [v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v for v in value.ravel()]
+        return raw
+    return value
 
 
 def _read(dataset: h5py.Dataset) -> np.ndarray:
