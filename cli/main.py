@@ -14,6 +14,8 @@ with ``-v`` and only for a fault in prunectl itself.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 import click
@@ -50,6 +52,20 @@ class PrunectlGroup(click.Group):
     """A group that translates library errors in one place and prints them as one line."""
 
     def invoke(self, ctx: click.Context):
+        from prunectl.cli import signals
+
+        try:
+            return self._translated(ctx)
+        except click.ClickException:
+            # A signal can surface as another error (inside TensorFlow's import, a KeyboardInterrupt comes
+            # out as an ImportError): after one, the run was interrupted, whatever it failed with.
+            if signals.received():
+                if signals.first() == signal.SIGINT:
+                    raise _Interrupted from None
+                raise Terminated(signals.first()) from None
+            raise
+
+    def _translated(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except OptionError as exc:
@@ -150,13 +166,28 @@ def main() -> None:
 
     signals.install()
     try:
-        cli(prog_name="prunectl")
-    except KeyboardInterrupt:  # the signal came after the command's own error handling, on the way out
-        remove_leftovers()
-        _stop("interrupted", 130)
-    except Terminated as exc:
-        remove_leftovers()
-        _stop("terminated", 128 + exc.signum)
+        try:
+            cli(prog_name="prunectl")
+        except KeyboardInterrupt:  # the signal came after the command's own error handling, on the way out
+            remove_leftovers()
+            _stop("interrupted", 130)
+        except Terminated as exc:
+            remove_leftovers()
+            _stop("terminated", 128 + exc.signum)
+    except SystemExit as exc:
+        if not signals.received():
+            raise
+        # Interrupted: everything of ours is cleaned up, so leave now. Python's own shutdown would run
+        # TensorFlow's (seconds), and CPython kills itself with SIGINT at exit (status -2, not 130) once a
+        # KeyboardInterrupt has escaped code run through PyRun_String, as TensorFlow's import does.
+        signals.ignore()
+        code = exc.code if isinstance(exc.code, int) else 1
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
     finally:
         # Python restores the default handlers when it shuts down (TensorFlow's can take a second),
         # and a SIGTERM then would kill the process with no exit code of ours; ignored ones stay ignored.

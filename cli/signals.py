@@ -50,6 +50,16 @@ def stop_if_signalled() -> None:
     raise Terminated(_received[0])
 
 
+def received() -> bool:
+    """Whether SIGINT or SIGTERM has reached this process's handler."""
+    return bool(_received)
+
+
+def first() -> int:
+    """The first signal received (call only after :func:`received`)."""
+    return _received[0]
+
+
 def checked(callback):
     """``callback`` (a progress callback, or None) made to call :func:`stop_if_signalled` first."""
     if callback is None:
