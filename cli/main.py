@@ -21,7 +21,7 @@ import sys
 import click
 
 from prunectl import __version__
-from prunectl.core.errors import OptionError, PrunectlError, Terminated
+from prunectl.core.errors import OptionError, PrunectlError, Terminated, first_line
 from prunectl.core.io.atomic import remove_leftovers
 
 EXIT_CODES = """\b
@@ -81,7 +81,7 @@ class PrunectlGroup(click.Group):
             if ctx.obj and ctx.obj.get("verbose"):
                 raise
             where = f" Received: {exc.filename!r}" if exc.filename else ""
-            text = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            text = exc.strerror or first_line(exc)
             raise click.ClickException(f"{text.rstrip('.')}.{where}") from None
         except Exception as exc:
             if ctx.obj and ctx.obj.get("verbose"):

@@ -5,6 +5,11 @@ each of them into a one-line ``Error: ...`` and exit code 1 (see ``cli/main.py``
 """
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (libraries such as h5py write several), or its type's name."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 class PrunectlError(Exception):
     """Base class: a problem with the user's input, reported as one line."""
 

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from prunectl.core.errors import OutputError
+from prunectl.core.errors import OutputError, first_line
 
 # Temporary paths that may exist on disk: path -> True for a folder. Insertion-ordered.
 _LIVE: dict[str, bool] = {}
@@ -118,18 +118,9 @@ def is_write_error(exc: BaseException) -> bool:
 
 def write_error(path: Path, exc: BaseException) -> OutputError:
     """The one-line :class:`OutputError` for an OS error while writing ``path`` (h5py's text spans lines)."""
-    text = str(exc)
-    found = _HDF5_OS_ERROR.search(text)
+    found = _HDF5_OS_ERROR.search(str(exc))
     strerror, errno = getattr(exc, "strerror", None), getattr(exc, "errno", None)
-    reason = (
-        found.group(1)
-        if found
-        else strerror
-        if strerror
-        else os.strerror(errno)
-        if errno
-        else (text.strip().splitlines() or [type(exc).__name__])[0]
-    )
+    reason = found.group(1) if found else strerror if strerror else os.strerror(errno) if errno else first_line(exc)
     return OutputError(f"cannot write {path}: {reason}. Received: {str(path)!r}")
 
 

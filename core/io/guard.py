@@ -35,7 +35,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from prunectl.core.errors import InvalidModelError
+from prunectl.core.errors import InvalidModelError, first_line
 
 # --- limits ------------------------------------------------------------------------------------
 #: Largest model config (``model_config`` attribute, ``config.json``) read, in bytes.
@@ -255,7 +255,7 @@ def read_member(
     try:
         member = archive.open(info)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
-        raise InvalidModelError(path, f"zip member {name} is damaged ({_short(exc)})") from None
+        raise InvalidModelError(path, f"zip member {name} is damaged ({first_line(exc)})") from None
     with member:
         while piece := _read_piece(path, name, member):
             got += len(piece)
@@ -279,7 +279,7 @@ def _read_piece(path: Path, name: str, member) -> bytes:
         what = "fails its CRC-32 check" if "CRC" in str(exc) else f"is damaged ({exc})"
         raise InvalidModelError(path, f"zip member {name} {what}") from None
     except (OSError, EOFError, ValueError, zlib.error) as exc:
-        raise InvalidModelError(path, f"zip member {name} is damaged ({_short(exc)})") from None
+        raise InvalidModelError(path, f"zip member {name} is damaged ({first_line(exc)})") from None
 
 
 def check_crcs(path: Path, archive: zipfile.ZipFile, skip: frozenset[str] = frozenset(), note: Note = _quiet) -> None:
@@ -411,7 +411,7 @@ def inspect_model(path: str | Path, fmt: str, extracted: str | None = None, note
         try:
             h5 = h5py.File(path, "r")
         except OSError as exc:
-            raise InvalidModelError(path, f"not a readable HDF5 file ({_short(exc)})") from None
+            raise InvalidModelError(path, f"not a readable HDF5 file ({first_line(exc)})") from None
         with h5:
             for name, limit in (("model_config", MAX_CONFIG_BYTES), ("training_config", MAX_METADATA_BYTES)):
                 note(f"attribute {name} of /")
@@ -435,8 +435,3 @@ def inspect_model(path: str | Path, fmt: str, extracted: str | None = None, note
         else:
             with StoredZipMember(path, info) as source, h5py.File(source, "r") as h5:
                 inspect_h5(path, h5, info.file_size, f"{WEIGHTS_MEMBER} ", note)
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

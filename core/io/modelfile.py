@@ -26,7 +26,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from prunectl.core.errors import InvalidModelError, ModelFileError
+from prunectl.core.errors import InvalidModelError, ModelFileError, first_line
 from prunectl.core.io import guard
 from prunectl.core.io.atomic import discard, temporary_directory
 from prunectl.core.io.slabs import RawSlabReader
@@ -139,7 +139,7 @@ class ModelFile:
         return self._scratch[:nbytes]
 
     def _failed(self, entry: WeightEntry, exc: BaseException) -> InvalidModelError:
-        return InvalidModelError(self.path, f"cannot read weight {entry.key} ({_short(exc)})")
+        return InvalidModelError(self.path, f"cannot read weight {entry.key} ({first_line(exc)})")
 
     def read(self, entry: WeightEntry, reuse: bool = False) -> np.ndarray:
         """Read one weight tensor into memory.
@@ -248,7 +248,7 @@ def _open_h5(path: Path, isolate: bool) -> ModelFile:
     try:
         h5 = h5py.File(path, "r")
     except FILE_ERRORS as exc:
-        raise InvalidModelError(path, f"not a readable HDF5 file ({_short(exc)})") from None
+        raise InvalidModelError(path, f"not a readable HDF5 file ({first_line(exc)})") from None
     try:
         if "model_config" not in h5.attrs:
             if "layer_names" in h5.attrs or "vars" in h5 or "layers" in h5:
@@ -269,7 +269,7 @@ def _open_h5(path: Path, isolate: bool) -> ModelFile:
         raise
     except FILE_ERRORS as exc:
         h5.close()
-        raise InvalidModelError(path, f"cannot read the model's structure ({_short(exc)})") from None
+        raise InvalidModelError(path, f"cannot read the model's structure ({first_line(exc)})") from None
     fd = os.open(path, os.O_RDONLY)
     return ModelFile(
         path, "h5", config, h5, entries, training_config=training, _closers=[lambda: os.close(fd)], raw=(fd, 0)
@@ -363,7 +363,7 @@ def _open_keras(path: Path, isolate: bool) -> ModelFile:
                 raise InvalidModelError(path, "an HDF5 file, not a zip archive (rename it .h5)") from None
         raise InvalidModelError(path, "not a zip archive, as a .keras file is") from None
     except FILE_ERRORS as exc:
-        raise InvalidModelError(path, f"cannot read the zip archive ({_short(exc)})") from None
+        raise InvalidModelError(path, f"cannot read the zip archive ({first_line(exc)})") from None
     closers: list = [archive.close]
     try:
         guard.check_archive(path, archive)
@@ -395,7 +395,7 @@ def _open_keras(path: Path, isolate: bool) -> ModelFile:
         for closer in reversed(closers):
             closer()
         if isinstance(exc, FILE_ERRORS) and not isinstance(exc, ModelFileError):
-            raise InvalidModelError(path, f"cannot read the model's structure ({_short(exc)})") from None
+            raise InvalidModelError(path, f"cannot read the model's structure ({first_line(exc)})") from None
         raise
     closers.remove(h5.close)  # ModelFile.close closes it first
     training = config.get("compile_config")
@@ -443,8 +443,3 @@ def open_model_file(path: str | os.PathLike, isolate: bool = True) -> ModelFile:
 
 def _str_list(values) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

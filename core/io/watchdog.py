@@ -22,7 +22,7 @@ import time
 import zipfile
 from collections.abc import Callable
 
-from prunectl.core.errors import InvalidModelError
+from prunectl.core.errors import InvalidModelError, first_line
 
 #: Seconds an inspection may take before the file is refused, plus :data:`TIMEOUT_PER_GB` per GB of file.
 #: ``PRUNECTL_READ_TIMEOUT`` (seconds) replaces the base.
@@ -61,8 +61,8 @@ def read_timeout(nbytes: int) -> float:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    """``exc``'s type and the first line of its message."""
+    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
 
 
 def _outcome(work: Callable[[Callable[[str], None]], None], note: Callable[[str], None], at: list[str]) -> dict:

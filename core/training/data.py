@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from prunectl.core.errors import DataError
+from prunectl.core.errors import DataError, first_line
 from prunectl.core.registry import Registry
 
 READERS: Registry[Any] = Registry("data reader")
@@ -62,7 +62,7 @@ class NpzReader:
             # np.load reads any non-zip file as .npy or as a pickle (refused): neither is an .npz.
             is_zip = zipfile.is_zipfile(path)
         except OSError as exc:
-            raise _fail(f"cannot read data file ({_first_line(exc)})", path) from None
+            raise _fail(f"cannot read data file ({first_line(exc)})", path) from None
         if not is_zip:
             raise _fail("data file is not an .npz archive (not a zip file, or a truncated one)", path)
         try:
@@ -75,11 +75,7 @@ class NpzReader:
                 return Dataset(archive[self.x_key], y)
         # A damaged archive fails as a bad zip, a bad CRC, a truncated stream or a bad .npy header.
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-            raise _fail(f"cannot read data file ({_first_line(exc)})", path) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise _fail(f"cannot read data file ({first_line(exc)})", path) from None
 
 
 @READERS.register(".h5")
@@ -117,7 +113,7 @@ class H5Reader:
                 arrays.append(item if self.lazy else item[()])
             except (OSError, ValueError, TypeError, MemoryError) as exc:
                 handle.close()
-                raise _fail(f"cannot read dataset {key!r} of data file ({_first_line(exc)})", path) from None
+                raise _fail(f"cannot read dataset {key!r} of data file ({first_line(exc)})", path) from None
         if not self.lazy:
             handle.close()
         return Dataset(*arrays)
