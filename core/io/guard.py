@@ -36,6 +36,7 @@ import h5py
 import numpy as np
 
 from prunectl.core.errors import InvalidModelError, first_line
+from prunectl.core.io.zipmember import StoredZipMember, member_data_offset
 
 # --- limits ------------------------------------------------------------------------------------
 #: Largest model config (``model_config`` attribute, ``config.json``) read, in bytes.
@@ -128,28 +129,6 @@ def parse_config(path, data: bytes | str, what: str, limit: int = MAX_CONFIG_BYT
 # --- zip archives ------------------------------------------------------------------------------
 
 
-def member_data_offset(path: Path, info: zipfile.ZipInfo, file_size: int) -> int:
-    """Offset of a member's first data byte, from its local header.
-
-    Raises:
-        InvalidModelError: the local header is missing or the data runs past the end of the file.
-    """
-    with open(path, "rb") as raw:
-        raw.seek(info.header_offset)
-        header = raw.read(30)
-    if len(header) != 30 or header[:4] != b"PK\x03\x04":
-        raise InvalidModelError(path, f"zip member {info.filename} has no local header")
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    start = info.header_offset + 30 + name_len + extra_len
-    if start + info.compress_size > file_size:
-        raise InvalidModelError(
-            path,
-            f"zip member {info.filename} declares {info.compress_size:,} stored bytes at offset {start:,}, "
-            f"past the end of the {file_size:,}-byte file",
-        )
-    return start
-
-
 def check_member_count(path: Path) -> None:
     """Refuse an archive whose end record declares too many members, before zipfile parses its directory.
 
@@ -214,25 +193,30 @@ def check_archive(path: Path, archive: zipfile.ZipFile) -> None:
         raise InvalidModelError(path, f"archive lacks {', '.join(missing)}")
     file_size = path.stat().st_size
     caps = {CONFIG_MEMBER: MAX_CONFIG_BYTES, METADATA_MEMBER: MAX_METADATA_BYTES}
-    for info in infos:
-        name = info.filename
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise InvalidModelError(path, f"zip member {name} uses compression method {info.compress_type}")
-        member_data_offset(path, info, file_size)
-        if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
-            raise InvalidModelError(
-                path, f"stored zip member {name} declares {info.file_size:,} bytes but holds {info.compress_size:,}"
-            )
-        if info.file_size > ZIP_RATIO_FLOOR and info.file_size > ZIP_MAX_RATIO * info.compress_size:
-            raise InvalidModelError(
-                path,
-                f"zip member {name} declares {info.file_size:,} bytes from {info.compress_size:,} compressed "
-                f"(more than {ZIP_MAX_RATIO}x, a zip bomb)",
-            )
-        if name in caps and info.file_size > caps[name]:
-            raise InvalidModelError(
-                path, f"zip member {name} declares {info.file_size:,} bytes, more than the limit of {caps[name]:,}"
-            )
+    with open(path, "rb") as archive_file:  # one descriptor for every member's local header
+        for info in infos:
+            _check_member(path, info, file_size, archive_file.fileno(), caps)
+
+
+def _check_member(path: Path, info: zipfile.ZipInfo, file_size: int, fd: int, caps: dict[str, int]) -> None:
+    name = info.filename
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise InvalidModelError(path, f"zip member {name} uses compression method {info.compress_type}")
+    member_data_offset(path, info, file_size, fd)
+    if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+        raise InvalidModelError(
+            path, f"stored zip member {name} declares {info.file_size:,} bytes but holds {info.compress_size:,}"
+        )
+    if info.file_size > ZIP_RATIO_FLOOR and info.file_size > ZIP_MAX_RATIO * info.compress_size:
+        raise InvalidModelError(
+            path,
+            f"zip member {name} declares {info.file_size:,} bytes from {info.compress_size:,} compressed "
+            f"(more than {ZIP_MAX_RATIO}x, a zip bomb)",
+        )
+    if name in caps and info.file_size > caps[name]:
+        raise InvalidModelError(
+            path, f"zip member {name} declares {info.file_size:,} bytes, more than the limit of {caps[name]:,}"
+        )
 
 
 def read_member(
@@ -420,8 +404,6 @@ def inspect_model(path: str | Path, fmt: str, extracted: str | None = None, note
                     parse_config(path, value, f"attribute {name}", limit)
             inspect_h5(path, h5, path.stat().st_size, "", note)
         return
-    from prunectl.core.io.zipmember import StoredZipMember
-
     with zipfile.ZipFile(path) as archive:
         check_archive(path, archive)
         check_crcs(path, archive, frozenset({WEIGHTS_MEMBER}) if extracted else frozenset(), note)

@@ -11,6 +11,38 @@ from pathlib import Path
 from prunectl.core.errors import InvalidModelError
 
 
+def member_data_offset(path: Path, info: zipfile.ZipInfo, file_size: int, fd: int | None = None) -> int:
+    """Offset of a member's first data byte, from its local header.
+
+    Args:
+        path: the archive.
+        info: the member, as the central directory lists it.
+        file_size: the archive's size in bytes.
+        fd: an open descriptor of the archive to read with (else ``path`` is opened).
+
+    Raises:
+        InvalidModelError: the local header is missing or the data runs past the end of the file.
+    """
+    own = fd is None
+    descriptor = os.open(path, os.O_RDONLY) if fd is None else fd
+    try:
+        header = os.pread(descriptor, 30, info.header_offset)
+    finally:
+        if own:
+            os.close(descriptor)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise InvalidModelError(path, f"zip member {info.filename} has no local header")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    start = info.header_offset + 30 + name_len + extra_len
+    if start + info.compress_size > file_size:
+        raise InvalidModelError(
+            path,
+            f"zip member {info.filename} declares {info.compress_size:,} stored bytes at offset {start:,}, "
+            f"past the end of the {file_size:,}-byte file",
+        )
+    return start
+
+
 class StoredZipMember(io.RawIOBase):
     """Read-only, seekable view of an uncompressed (stored) zip member.
 
@@ -21,12 +53,11 @@ class StoredZipMember(io.RawIOBase):
     def __init__(self, path: Path, info: zipfile.ZipInfo):
         super().__init__()
         self._fd = os.open(path, os.O_RDONLY)
-        header = os.pread(self._fd, 30, info.header_offset)
-        if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        try:
+            self._start = member_data_offset(path, info, os.fstat(self._fd).st_size, self._fd)
+        except BaseException:
             os.close(self._fd)
-            raise InvalidModelError(path, f"zip member {info.filename} has no local header")
-        name_len, extra_len = struct.unpack("<HH", header[26:30])
-        self._start = info.header_offset + 30 + name_len + extra_len
+            raise
         self._size = info.file_size
         self._pos = 0
 
