@@ -33,10 +33,9 @@ from dataclasses import dataclass
 
 from prunectl.core.errors import InvalidModelError
 from prunectl.core.io import keras_api
-from prunectl.core.io.config_graph import Weights, graph_problems
+from prunectl.core.io.config_graph import Weights, graph_problems, table_spec
 from prunectl.core.io.modelfile import ModelFile, WeightEntry
 from prunectl.core.layers import WeightShape, get_spec, is_nested_model
-from prunectl.core.layers.builtin import BUILTIN
 
 # Keras's legacy loader turns a layer's batch_input_shape into input_shape before the constructor sees it.
 _LEGACY_KEYS = frozenset({"batch_input_shape"})
@@ -103,25 +102,12 @@ def _walk(config: dict) -> Iterator[_Layer]:
     inner = config.get("config")
     inner = inner if isinstance(inner, dict) else {}
     class_name = config["class_name"]
-    module, keras = _resolve(config)
+    module, keras = keras_api.resolve_class(config)
     name = inner.get("name", config.get("name"))
     name = name if isinstance(name, str) else None  # a crafted name (a list, a number) names nothing
     yield _Layer(name, class_name, inner, module, keras, "module" not in config)
     for layer in inner.get("layers", []) if isinstance(inner.get("layers"), list) else []:
         yield from _walk(layer)
-
-
-def _resolve(obj: dict) -> tuple[str | None, bool]:
-    """The Keras module a serialized object's class resolves in, and whether the class is Keras's own."""
-    class_name = obj["class_name"]
-    registered = obj.get("registered_name")
-    if registered not in (None, class_name) or ">" in class_name:
-        return None, False  # registered custom objects take precedence over Keras's own
-    module = obj.get("module")
-    if isinstance(module, str):
-        return (module, True) if module == "keras" or module.startswith("keras.") else (None, False)
-    # No module: Keras's legacy loader looks the name up among keras.layers (a .h5 file, or an old .keras one).
-    return keras_api.layer_class_module(class_name), True
 
 
 def _class_problems(layer: _Layer) -> Iterator[str]:
@@ -180,7 +166,7 @@ def _object_problems(layer: _Layer, key: str, value) -> Iterator[str]:
         return
     class_name, module = value.get("class_name"), value.get("module")
     if isinstance(class_name, str) and isinstance(module, str) and class_name not in _NOT_CLASSES:
-        module, keras = _resolve(value)
+        module, keras = keras_api.resolve_class(value)
         if keras and module and keras_api.has_name(module, class_name) is False:
             yield f"{layer.label}: {key} names an unknown class; {module} has no {class_name!r}"
             return
@@ -220,11 +206,9 @@ def _weight_shapes(layer: _Layer) -> tuple[tuple[WeightShape, ...], tuple[str, .
 
     None where the table does not know them or something in the config changes them.
     """
-    spec = get_spec(layer.class_name)
+    spec = table_spec(layer.class_name, layer.keras)
     if spec is None or spec.weight_shapes is None:
         return None
-    if not layer.keras and spec is BUILTIN.get(layer.class_name):
-        return None  # a custom class that only shares a Keras class's name
     config = layer.config
     dtype = config.get("dtype")
     policy = dtype.get("class_name") if isinstance(dtype, dict) else None

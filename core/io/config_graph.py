@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from prunectl.core.io import keras_api
 from prunectl.core.layers import get_spec, is_nested_model, op_key
 from prunectl.core.layers.builtin import BUILTIN
 
@@ -227,21 +228,27 @@ def _input_out(config: object) -> _Out:
     return _Out(len(shape), last if isinstance(last, int) and not isinstance(last, bool) else None)
 
 
+def table_spec(class_name: str, keras: bool):
+    """The layer table's spec for a layer of ``class_name``; None for a custom class that only shares a Keras name.
+
+    Args:
+        class_name: the class as the config names it.
+        keras: whether the config means Keras's own class (see :func:`keras_api.resolve_class`).
+    """
+    spec = get_spec(class_name)
+    if spec is not None and not keras and spec is BUILTIN.get(class_name):
+        return None
+    return spec
+
+
 def _spec(layer: dict):
     class_name = layer.get("class_name")
     if not isinstance(class_name, str) or is_nested_model(class_name):
         return None
     module = layer.get("module")
-    registered = layer.get("registered_name")
-    keras = registered in (None, class_name) and (
-        not isinstance(module, str) or module == "keras" or module.startswith("keras.")
-    )
     if isinstance(module, str) and ".ops" in module:
         return get_spec(op_key(class_name))
-    spec = get_spec(class_name)
-    if spec is not None and not keras and spec is BUILTIN.get(class_name):
-        return None  # a custom class that only shares a Keras class's name
-    return spec
+    return table_spec(class_name, keras_api.resolve_class(layer)[1])
 
 
 def _call(layer: dict, ins: list[_Out], weights: Weights) -> tuple[_Out, str | None]:

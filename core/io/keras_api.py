@@ -408,3 +408,24 @@ def activation_names() -> frozenset[str] | None:
                 ):
                     names.add(target.slice.value)
     return frozenset(names) if names else None
+
+
+def resolve_class(obj: dict) -> tuple[str | None, bool]:
+    """The Keras module a serialized object's class resolves in, and whether the class is Keras's own.
+
+    Args:
+        obj: a serialized object (``class_name``, maybe ``module`` and ``registered_name``).
+
+    Returns:
+        ``(module, keras)``: the module (None outside Keras, or where it cannot be told) and
+        whether Keras's own class is meant.
+    """
+    class_name = obj["class_name"]
+    registered = obj.get("registered_name")
+    if registered not in (None, class_name) or ">" in class_name:
+        return None, False  # registered custom objects take precedence over Keras's own
+    module = obj.get("module")
+    if isinstance(module, str):
+        return (module, True) if module == "keras" or module.startswith("keras.") else (None, False)
+    # No module: Keras's legacy loader looks the name up among keras.layers (a .h5 file, or an old .keras one).
+    return layer_class_module(class_name), True
