@@ -50,8 +50,7 @@ _CRUMB_BYTES = 4096
 def read_timeout(nbytes: int) -> float:
     """The time allowed to inspect a file of ``nbytes``: the base (or ``$PRUNECTL_READ_TIMEOUT``) plus per GB.
 
-    Raises:
-        InvalidModelError: never; a malformed environment value falls back to the default.
+    A malformed ``$PRUNECTL_READ_TIMEOUT`` falls back to the default base.
     """
     try:
         base = float(os.environ.get(TIMEOUT_ENV, TIMEOUT_S))
