@@ -7,30 +7,41 @@ from pathlib import Path
 import click
 
 from prunectl.cli import render
+from prunectl.cli.help import section
 from prunectl.core.run.gates import GATES
 
 
+GATES_SECTION = "Quality gates"
+
+
 def gate_options(command):
-    """Add one ``--<gate>`` option per registered gate (help text from the gate's docstring)."""
-    for name in reversed(GATES.names()):
+    """Add one ``--<gate>`` option per registered gate (help text from the gate's docstring), in one help section."""
+    options = []
+    for name in GATES.names():
         gate = GATES.get(name)
         summary = gate.__doc__.strip().splitlines()[0].rstrip(".")
-        command = click.option(
-            f"--{name}",
-            type=gate.value_type,
-            default=None,
-            metavar=gate.metavar,
-            help=f"Gate: {summary[0].lower()}{summary[1:]} (else exit 3).",
-        )(command)
-    return command
+        options.append(
+            click.option(
+                f"--{name}",
+                type=gate.value_type,
+                default=None,
+                metavar=gate.metavar,
+                help=f"Gate: {summary[0].lower()}{summary[1:]} (else exit 3).",
+            )
+        )
+    return section(GATES_SECTION, *options)(command)
 
 
 def markdown_option(command):
-    return click.option(
-        "--markdown",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="Also write the report as a Markdown table here (for CI job summaries).",
+    """Add ``--markdown``, in the Output help section."""
+    return section(
+        "Output",
+        click.option(
+            "--markdown",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Also write the report as a Markdown table here (for CI job summaries).",
+        ),
     )(command)
 
 

@@ -17,24 +17,37 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import textwrap
 
 import click
 
 from prunectl import __version__
 from prunectl.core.errors import OptionError, PrunectlError, Terminated, first_line
 from prunectl.core.io.atomic import remove_leftovers
+from prunectl.core.run.gates import GATES
 
-EXIT_CODES = """\b
+def _exit_codes() -> str:
+    """The exit codes and environment variables, for ``prunectl --help`` (the gates named from their registry)."""
+    gates = ", ".join(f"--{name}" for name in GATES.names())
+    failed = textwrap.fill(
+        "3  a quality gate failed (the outputs are written): " + gates,
+        78,  # click indents the epilog by two columns: 80 in all
+        initial_indent="  ",
+        subsequent_indent="     ",
+    )
+    return f"""\b
 Exit codes:
   0  success
   1  error (bad model file, bad report, output not writable)
   2  usage error (bad option, value or combination)
-  3  a quality gate failed (--min-sparsity, --max-params, --max-size, --max-accuracy-drop)
-  130  interrupted (Ctrl-C); 143  terminated (SIGTERM): no temporary file is left
+{failed}
+  130  interrupted (Ctrl-C); 143  terminated (SIGTERM): no temporary file is
+       left
 
 \b
 Every option can also come from the environment: PRUNECTL_<COMMAND>_<OPTION>,
-e.g. PRUNECTL_PRUNE_SPARSITY=0.8 or PRUNECTL_REPORT_MIN_SPARSITY=0.8."""
+e.g. PRUNECTL_PRUNE_SPARSITY=0.8 or PRUNECTL_REPORT_MIN_SPARSITY=0.8.
+Options given on the command line win over the environment."""
 
 
 def _flag_namer(group: click.Group, ctx: click.Context):
@@ -125,26 +138,33 @@ def _stop(what: str, code: int) -> None:
 
 @click.group(
     cls=PrunectlGroup,
-    epilog=EXIT_CODES,
+    epilog=_exit_codes(),
     context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "PRUNECTL"},
 )
 @click.version_option(__version__, "--version", prog_name="prunectl")
-@click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's logs and tracebacks of internal errors.")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Show TensorFlow's logs and tracebacks of internal errors (also after COMMAND)."
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr but errors (also after COMMAND).")
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool) -> None:
-    """Prune saved Keras 3 models: zero small weights, write them compressed, report sparsity.
+def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
+    """Prune saved Keras 3 models: remove neurons and filters, zero small weights, fine-tune, report sparsity.
+
+    Structural pruning removes whole units and filters, so the model gets
+    smaller and faster; weight pruning zeroes the smallest weights, so the
+    compressed file gets smaller; fine-tuning recovers the accuracy lost.
+    Run "prunectl COMMAND --help" for a command's options and examples.
 
     \b
     Examples:
       prunectl prune model.h5 --threshold 0.01
       prunectl prune model.keras --sparsity 0.8 --scope global -o small.keras
+      prunectl prune model.keras --neuron-ratio 0.5 --finetune-epochs 4 \\
+          --data train.npz --val-data test.npz
       prunectl report model.pruned.h5
     """
-    ctx.ensure_object(dict)["verbose"] = verbose
-    if not verbose and ctx.invoked_subcommand is not None:
-        from prunectl.cli.quiet import silence_tensorflow
-
-        silence_tensorflow()
+    # TensorFlow is silenced (or not) when the command starts (help.Command), once its own -v is known too.
+    ctx.ensure_object(dict).update(verbose=verbose, quiet=quiet)
 
 
 def _register() -> None:

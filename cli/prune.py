@@ -10,6 +10,7 @@ from prunectl.cli import render
 from prunectl.cli.checks import checked as _checked
 from prunectl.cli.checks import patterns
 from prunectl.cli.common import finish_with_gates, gate_options, markdown_option
+from prunectl.cli.help import GENERAL, Command, general_options, section
 from prunectl.cli.structural import structural_options
 from prunectl.cli.training import FINETUNE_NAMES, epoch_lines, evaluation_table, finetune_options, training_bars
 from prunectl.core.options import (
@@ -23,109 +24,138 @@ from prunectl.core.options import (
 
 
 @click.command(
-    epilog="""\b
-Examples:
-  prunectl prune model.h5 --threshold 0.01
-  prunectl prune model.keras --sparsity 0.9 --scope global --exclude '^head$'
-  prunectl prune model.h5 --sparsity 0.8 -o small.keras --json | jq .totals
-  prunectl prune model.h5 --sparsity 0.8 --min-sparsity 0.8 --max-size 200000 --markdown - >> summary.md
-  prunectl prune model.keras --sparsity 0.9 --finetune-epochs 8 --data train.npz --val-data test.npz
-  prunectl prune model.keras --sparsity 0.95 --schedule polynomial --finetune-epochs 8 --data train.h5 --val-split 0.1
-  prunectl prune model.keras --neuron-ratio 0.5 --round-to 8 --dry-run
-  prunectl prune model.h5 --neuron-criterion activation --neuron-threshold 0.01 --data train.npz --benchmark
-"""
+    cls=Command,
+    epilog="Every option can also come from the environment as PRUNECTL_PRUNE_<OPTION>, "
+    "e.g. PRUNECTL_PRUNE_SPARSITY=0.8.",
 )
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
-@click.option(
-    "--threshold", type=float, callback=_checked(validate_threshold), help="Zero every prunable weight with |w| < T."
-)
-@click.option(
-    "--sparsity",
-    type=float,
-    callback=_checked(validate_sparsity),
-    help="Zero the fraction S in [0, 1) of smallest-magnitude weights.",
-)
-@click.option(
-    "--scope",
-    type=click.Choice(SCOPES),
-    default="layer",
-    show_default=True,
-    help="With --sparsity: each weight tensor reaches S (layer), or one cut over all (global).",
-)
-@click.option(
-    "--include",
-    multiple=True,
-    metavar="REGEX",
-    callback=patterns,
-    help="Prune only layers whose name matches (repeatable).",
-)
-@click.option(
-    "--exclude", multiple=True, metavar="REGEX", callback=patterns, help="Leave layers whose name matches (repeatable)."
-)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Output model (default: <stem>.pruned<suffix> beside the input; the suffix picks the format).",
-)
-@click.option(
-    "--report",
-    "report_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Where to write the JSON report (default: <output stem>.report.json).",
-)
-@click.option(
-    "--compression",
-    type=click.Choice(list(COMPRESSION_LEVELS)),
-    default=DEFAULT_COMPRESSION,
-    show_default=True,
-    help="gzip level of the output's weights: none=0, fast=1, balanced=4, strong=9 (see the README).",
-)
-@click.option(
-    "--engine",
-    type=click.Choice(ENGINES),
-    default="auto",
-    show_default=True,
-    help="file: h5py only, no TensorFlow; keras: load and save with Keras; auto: file unless converting.",
-)
-@click.option(
-    "--keep-optimizer",
-    is_flag=True,
-    help="Keep the optimizer's saved state (dense, so the file stays large); dropped by default.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON report to stdout (and nothing else there).")
-@click.option("--force", is_flag=True, help="Overwrite an existing output model and report.")
-@click.option(
-    "--unsafe", is_flag=True, help="Allow loading Lambda-layer code stored in the model (trusted files only)."
-)
-@click.option(
-    "-q",
-    "--quiet",
-    is_flag=True,
-    help="Print nothing on stderr but errors (and, when fine-tuning, one plain line per epoch).",
-)
-@click.option(
-    "--recipe",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Read the pipeline (steps, per-layer overrides, [finetune], options) from a TOML recipe; "
-    "options given here override it.",
-)
-@click.option(
-    "--recipe-out",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Write the fully resolved pipeline of this run as a recipe, to repeat it exactly.",
+@section(
+    "Weight pruning",
+    click.option(
+        "--threshold",
+        type=float,
+        callback=_checked(validate_threshold),
+        help="Zero every prunable weight with |w| < T.",
+    ),
+    click.option(
+        "--sparsity",
+        type=float,
+        callback=_checked(validate_sparsity),
+        help="Zero the fraction S in [0, 1) of smallest-magnitude weights.",
+    ),
+    click.option(
+        "--scope",
+        type=click.Choice(SCOPES),
+        default="layer",
+        show_default=True,
+        help="With --sparsity: each weight tensor reaches S (layer), or one cut over all (global).",
+    ),
+    click.option(
+        "--include",
+        multiple=True,
+        metavar="REGEX",
+        callback=patterns,
+        help="Prune only layers whose name matches (repeatable).",
+    ),
+    click.option(
+        "--exclude",
+        multiple=True,
+        metavar="REGEX",
+        callback=patterns,
+        help="Leave layers whose name matches (repeatable).",
+    ),
 )
 @structural_options
 @finetune_options
 @gate_options
+@section(
+    "Recipes",
+    click.option(
+        "--recipe",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="Read the pipeline (steps, per-layer overrides, [finetune], options) from a TOML recipe; "
+        "options given here override it.",
+    ),
+    click.option(
+        "--recipe-out",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="Write the fully resolved pipeline of this run as a recipe, to repeat it exactly.",
+    ),
+)
+@section(
+    "Output",
+    click.option(
+        "-o",
+        "--output",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Output model (default: <stem>.pruned<suffix> beside the input; the suffix picks the format).",
+    ),
+    click.option(
+        "--report",
+        "report_path",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Where to write the JSON report (default: <output stem>.report.json).",
+    ),
+    click.option(
+        "--compression",
+        type=click.Choice(list(COMPRESSION_LEVELS)),
+        default=DEFAULT_COMPRESSION,
+        show_default=True,
+        help="gzip level of the output's weights: none=0, fast=1, balanced=4, strong=9 (see the README).",
+    ),
+    click.option(
+        "--engine",
+        type=click.Choice(ENGINES),
+        default="auto",
+        show_default=True,
+        help="file: h5py only, no TensorFlow; keras: load and save with Keras; auto: file unless converting.",
+    ),
+    click.option(
+        "--keep-optimizer",
+        is_flag=True,
+        help="Keep the optimizer's saved state (dense, so the file stays large); dropped by default.",
+    ),
+    click.option("--json", "as_json", is_flag=True, help="Print the JSON report to stdout (and nothing else there)."),
+)
 @markdown_option
+@section(
+    GENERAL,
+    click.option("--force", is_flag=True, help="Overwrite an existing output model and report."),
+    click.option(
+        "--unsafe", is_flag=True, help="Allow loading Lambda-layer code stored in the model (trusted files only)."
+    ),
+)
+@general_options("Print nothing on stderr but errors (and, when fine-tuning, one plain line per epoch).")
 @click.pass_context
 def prune(ctx, **params):
-    """Remove units and zero small weights of a saved Keras model, write it compressed, with a report."""
+    """Shrink a saved model: remove units, zero weights, fine-tune.
+
+    Runs the steps you ask for, in this order: structural pruning removes whole
+    units and filters (--neuron-ratio, --neuron-threshold), weight pruning zeroes
+    the smallest weights (--threshold, --sparsity), fine-tuning trains the rest
+    with the pruned weights held at zero (--finetune-epochs with --data). The
+    model is written compressed beside the input, with a JSON report; the
+    quality gates then judge the result (exit 3 when one fails).
+
+    \b
+    Examples:
+      prunectl prune model.h5 --threshold 0.01
+      prunectl prune model.keras --sparsity 0.9 --scope global --exclude '^head$'
+      prunectl prune model.h5 --sparsity 0.8 -o small.keras --json | jq .totals
+      prunectl prune model.h5 --sparsity 0.8 --min-sparsity 0.8 \\
+          --max-size 200000 --markdown - >> summary.md
+      prunectl prune model.keras --sparsity 0.9 --finetune-epochs 8 \\
+          --data train.npz --val-data test.npz
+      prunectl prune model.keras --sparsity 0.95 --schedule polynomial \\
+          --finetune-epochs 8 --data train.h5 --val-split 0.1
+      prunectl prune model.keras --neuron-ratio 0.5 --round-to 8 --dry-run
+      prunectl prune model.h5 --neuron-criterion activation \\
+          --neuron-threshold 0.01 --data train.npz --benchmark
+    """
     from prunectl.core.run.markdown import report_markdown
 
     request = _request(ctx, params)

@@ -15,7 +15,7 @@ from click.core import ParameterSource
 from prunectl.core.run.recipe import STRUCTURAL_KEYS, WEIGHT_KEYS, Recipe, Value, load_recipe
 
 # Options that describe the run itself, not a pipeline: never read from a recipe.
-_NOT_IN_RECIPES = {"model", "recipe", "recipe_out", "as_json", "force", "quiet", "dry_run"}
+_NOT_IN_RECIPES = {"model", "recipe", "recipe_out", "as_json", "force", "quiet", "verbose", "dry_run"}
 
 
 def recipe_options(command: click.Command) -> dict[str, click.Option]:

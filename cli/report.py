@@ -8,37 +8,59 @@ import click
 
 from prunectl.cli import render
 from prunectl.cli.common import finish_with_gates, gate_limits, gate_options, markdown_option
+from prunectl.cli.help import Command, general_options, section
 
 
 @click.command(
-    epilog="""\b
-Examples:
-  prunectl report model.h5
-  prunectl report model.pruned.report.json
-  prunectl report model.pruned.keras --baseline model.keras
-  prunectl prune model.h5 --sparsity 0.8 --json | prunectl report - --min-sparsity 0.8
-  prunectl report model.pruned.h5 --baseline model.h5 --data test.npz --max-accuracy-drop 0.01
-"""
+    cls=Command,
+    epilog="Every option can also come from the environment as PRUNECTL_REPORT_<OPTION>, "
+    "e.g. PRUNECTL_REPORT_MIN_SPARSITY=0.8.",
 )
 @click.argument("target", metavar="MODEL_OR_REPORT")
-@click.option(
-    "--baseline",
-    metavar="MODEL_OR_REPORT",
-    default=None,
-    help="Show sparsity before (baseline) and after (target) side by side.",
+@section(
+    "Comparison",
+    click.option(
+        "--baseline",
+        metavar="MODEL_OR_REPORT",
+        default=None,
+        help="Show sparsity before (baseline) and after (target) side by side.",
+    ),
 )
-@click.option(
-    "--data",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Evaluate the model (and --baseline) on this data: .npz or .h5 (arrays x, y) or .csv.",
+@section(
+    "Data",
+    click.option(
+        "--data",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="Evaluate the model (and --baseline) on this data: .npz or .h5 (arrays x, y) or .csv.",
+    ),
 )
-@click.option("--all-weights", is_flag=True, help="Also list biases, normalization and other unprunable weights.")
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON report to stdout (and nothing else there).")
 @gate_options
+@section(
+    "Output",
+    click.option("--all-weights", is_flag=True, help="Also list biases, normalization and other unprunable weights."),
+    click.option("--json", "as_json", is_flag=True, help="Print the JSON report to stdout (and nothing else there)."),
+)
 @markdown_option
-def report(target, baseline, data, all_weights, as_json, markdown, **gates):
-    """Show the per-layer sparsity of a .h5/.keras model or of a saved JSON report."""
+@general_options("Print nothing on stderr but errors (no table, no passed gates).")
+def report(target, baseline, data, all_weights, as_json, markdown, quiet, **gates):
+    """Show the per-layer sparsity of a model or of a saved report.
+
+    Reads a .h5/.keras model (with h5py, no TensorFlow) or a JSON report that
+    prune wrote, from a file or from stdin (-). With --baseline, shows both side
+    by side; with --data, also evaluates them; gates judge the result as prune's
+    do (exit 3 when one fails).
+
+    \b
+    Examples:
+      prunectl report model.h5
+      prunectl report model.pruned.report.json
+      prunectl report model.pruned.keras --baseline model.keras
+      prunectl prune model.h5 --sparsity 0.8 --json | \\
+          prunectl report - --min-sparsity 0.8
+      prunectl report model.pruned.h5 --baseline model.h5 --data test.npz \\
+          --max-accuracy-drop 0.01
+    """
     from prunectl.core.io.atomic import write_text_atomic
     from prunectl.core.run.inspect import ReportRequest, run_report
     from prunectl.core.run.markdown import report_markdown
@@ -51,6 +73,7 @@ def report(target, baseline, data, all_weights, as_json, markdown, **gates):
         render.emit_json(text) if str(markdown) == "-" else write_text_atomic(markdown, text)
     if as_json:
         render.emit_json(result.to_json())
+    if as_json or quiet:
         finish_with_gates(result, quiet=True)
         return
     console = render.stderr_console()

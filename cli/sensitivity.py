@@ -8,69 +8,85 @@ import click
 
 from prunectl.cli import render
 from prunectl.cli.checks import checked, patterns
+from prunectl.cli.help import GENERAL, Command, general_options, section
 from prunectl.core.options import DEFAULT_SPARSITIES, parse_sparsities, validate_budget
 
 _PATH = click.Path(path_type=Path, dir_okay=False)
 
 
 @click.command(
-    epilog="""\b
-Examples:
-  prunectl sensitivity model.keras --data val.npz
-  prunectl sensitivity model.h5 --data val.npz --sparsities 0.5,0.8,0.9 --exclude '^head$'
-  prunectl sensitivity model.h5 --data val.npz --budget 0.01 --recipe-out pipeline.toml
-  prunectl sensitivity model.h5 --data val.npz --json | jq '.layers[] | {layer, trials}'
-"""
+    cls=Command,
+    epilog="Every option can also come from the environment as PRUNECTL_SENSITIVITY_<OPTION>, "
+    "e.g. PRUNECTL_SENSITIVITY_BUDGET=0.01.",
 )
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
-@click.option("--data", type=_PATH, help="Validation data: .npz or .h5 (arrays x, y) or .csv (see --label-col).")
-@click.option(
-    "--sparsities",
-    default=",".join(f"{s:g}" for s in DEFAULT_SPARSITIES),
-    show_default=True,
-    callback=checked(parse_sparsities),
-    metavar="S1,S2,...",
-    help="Sparsities in [0, 1) each layer is pruned to, one at a time.",
+@section(
+    "Trials",
+    click.option(
+        "--sparsities",
+        default=",".join(f"{s:g}" for s in DEFAULT_SPARSITIES),
+        show_default=True,
+        callback=checked(parse_sparsities),
+        metavar="S1,S2,...",
+        help="Sparsities in [0, 1) each layer is pruned to, one at a time.",
+    ),
+    click.option(
+        "--include",
+        multiple=True,
+        metavar="REGEX",
+        callback=patterns,
+        help="Test only layers whose name matches (repeatable).",
+    ),
+    click.option(
+        "--exclude",
+        multiple=True,
+        metavar="REGEX",
+        callback=patterns,
+        help="Leave out layers whose name matches (repeatable).",
+    ),
+    click.option(
+        "--budget",
+        type=float,
+        callback=checked(validate_budget),
+        metavar="D",
+        help="Choose per layer the largest sparsity whose drop is at most D (accuracy, or loss).",
+    ),
 )
-@click.option(
-    "--include",
-    multiple=True,
-    metavar="REGEX",
-    callback=patterns,
-    help="Test only layers whose name matches (repeatable).",
+@section(
+    "Data",
+    click.option("--data", type=_PATH, help="Validation data: .npz or .h5 (arrays x, y) or .csv (see --label-col)."),
+    click.option("--x-key", help="Inputs' array name in .npz/.h5 data [default: x]."),
+    click.option("--y-key", help="Targets' array name in .npz/.h5 data [default: y]."),
+    click.option("--label-col", help="CSV column (header name or 0-based index) holding the targets."),
+    click.option(
+        "--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Evaluation batch size."
+    ),
+    click.option("--loss", help="Keras loss name [default: the model's saved loss, else inferred]."),
+    click.option("--metrics", multiple=True, help="Keras metric name (repeatable) [default: saved, else inferred]."),
 )
-@click.option(
-    "--exclude",
-    multiple=True,
-    metavar="REGEX",
-    callback=patterns,
-    help="Leave out layers whose name matches (repeatable).",
+@section(
+    "Recipes",
+    click.option(
+        "--recipe-out",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="With --budget: write the chosen sparsities as a recipe for prune --recipe (TOML).",
+    ),
 )
-@click.option(
-    "--budget",
-    type=float,
-    callback=checked(validate_budget),
-    metavar="D",
-    help="Choose per layer the largest sparsity whose drop is at most D (accuracy, or loss).",
+@section(
+    "Output",
+    click.option(
+        "--json", "as_json", is_flag=True, help="Print the results as JSON to stdout (and nothing else there)."
+    ),
 )
-@click.option(
-    "--recipe-out",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="With --budget: write the chosen sparsities as a recipe for prune --recipe (TOML).",
+@section(
+    GENERAL,
+    click.option("--force", is_flag=True, help="Overwrite an existing --recipe-out file."),
+    click.option(
+        "--unsafe", is_flag=True, help="Allow loading Lambda-layer code stored in the model (trusted files only)."
+    ),
 )
-@click.option("--x-key", help="Inputs' array name in .npz/.h5 data [default: x].")
-@click.option("--y-key", help="Targets' array name in .npz/.h5 data [default: y].")
-@click.option("--label-col", help="CSV column (header name or 0-based index) holding the targets.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Evaluation batch size.")
-@click.option("--loss", help="Keras loss name [default: the model's saved loss, else inferred].")
-@click.option("--metrics", multiple=True, help="Keras metric name (repeatable) [default: saved, else inferred].")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON to stdout (and nothing else there).")
-@click.option("--force", is_flag=True, help="Overwrite an existing --recipe-out file.")
-@click.option(
-    "--unsafe", is_flag=True, help="Allow loading Lambda-layer code stored in the model (trusted files only)."
-)
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr but errors.")
+@general_options("Print nothing on stderr but errors.")
 def sensitivity(
     model,
     data,
@@ -90,7 +106,25 @@ def sensitivity(
     unsafe,
     quiet,
 ):
-    """Prune each layer alone to each sparsity and show how much the validation metric drops."""
+    """Prune each layer alone and show how much the metric drops.
+
+    Each layer in turn is pruned to each of --sparsities while the others stay
+    dense, and the model is evaluated on --data: the table shows which layers
+    can lose many weights and which are fragile. With --budget, picks each
+    layer's largest sparsity within the budget and can write it as a recipe
+    for prune --recipe.
+
+    \b
+    Examples:
+      prunectl sensitivity model.keras --data val.npz
+      prunectl sensitivity model.h5 --data val.npz --sparsities 0.5,0.8,0.9 \\
+          --exclude '^head$'
+      prunectl sensitivity model.h5 --data val.npz --budget 0.01 \\
+          --recipe-out pipeline.toml
+      prunectl prune model.h5 --recipe pipeline.toml
+      prunectl sensitivity model.h5 --data val.npz --json | \\
+          jq '.layers[] | {layer, trials}'
+    """
     from prunectl.core.run.sensitivity import SensitivityOptions
     from prunectl.core.training.evaluate import EvalOptions
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from prunectl.cli.checks import checked as _checked
+from prunectl.cli.help import section
 from prunectl.core.options import (
     DEFAULT_MIN_KEEP,
     DEFAULT_NORMS,
@@ -71,7 +72,5 @@ _OPTIONS = (
 
 
 def structural_options(command):
-    """Add the structural-pruning options to a click command."""
-    for option in reversed(_OPTIONS):
-        command = option(command)
-    return command
+    """Add the structural-pruning options to a click command, in their own help section."""
+    return section("Structural pruning", *_OPTIONS)(command)

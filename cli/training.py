@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from prunectl.cli.checks import checked
+from prunectl.cli.help import section
 from prunectl.core.options import validate_seed
 from prunectl.core.training.distribute import STRATEGIES
 from prunectl.core.weights.schedules import SCHEDULES
@@ -43,13 +44,7 @@ FINETUNE_NAMES = frozenset(
     }
 )
 
-OPTIONS = [
-    click.option(
-        "--finetune-epochs",
-        type=click.IntRange(min=0),
-        default=None,
-        help="After pruning, fine-tune N epochs with pruned weights held at 0 (0: only evaluate).",
-    ),
+DATA_OPTIONS = [
     click.option(
         "--data",
         type=_PATH,
@@ -66,6 +61,15 @@ OPTIONS = [
     click.option("--y-key", help="Targets' array name in .npz/.h5 data [default: y]."),
     click.option("--label-col", help="CSV column (header name or 0-based index) holding the targets."),
     click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Global batch size."),
+]
+
+OPTIONS = [
+    click.option(
+        "--finetune-epochs",
+        type=click.IntRange(min=0),
+        default=None,
+        help="After pruning, fine-tune N epochs with pruned weights held at 0 (0: only evaluate).",
+    ),
     click.option("--learning-rate", type=click.FloatRange(0, min_open=True), help="Override the learning rate."),
     click.option("--optimizer", help="Keras optimizer name [default: the model's saved one, else adam]."),
     click.option("--loss", help="Keras loss name [default: the model's saved loss, else inferred]."),
@@ -124,10 +128,8 @@ OPTIONS = [
 
 
 def finetune_options(command):
-    """Decorator adding the fine-tuning options to a click command."""
-    for option in reversed(OPTIONS):
-        command = option(command)
-    return command
+    """Decorator adding the fine-tuning options (and the data options they read) to a click command."""
+    return section("Fine-tuning", *OPTIONS)(section("Data", *DATA_OPTIONS)(command))
 
 
 def epoch_lines(console):
