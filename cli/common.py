@@ -10,7 +10,6 @@ from prunectl.cli import render
 from prunectl.cli.help import section
 from prunectl.core.run.gates import GATES
 
-
 GATES_SECTION = "Quality gates"
 
 

@@ -62,9 +62,7 @@ def general_options(quiet_help: str):
     return section(
         GENERAL,
         click.option("-q", "--quiet", is_flag=True, help=quiet_help),
-        click.option(
-            "-v", "--verbose", is_flag=True, help="Show TensorFlow's logs and tracebacks of internal errors."
-        ),
+        click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's logs and tracebacks of internal errors."),
     )
 
 

@@ -26,6 +26,7 @@ from prunectl.core.errors import OptionError, PrunectlError, Terminated, first_l
 from prunectl.core.io.atomic import remove_leftovers
 from prunectl.core.run.gates import GATES
 
+
 def _exit_codes() -> str:
     """The exit codes and environment variables, for ``prunectl --help`` (the gates named from their registry)."""
     gates = ", ".join(f"--{name}" for name in GATES.names())
@@ -143,7 +144,10 @@ def _stop(what: str, code: int) -> None:
 )
 @click.version_option(__version__, "--version", prog_name="prunectl")
 @click.option(
-    "-v", "--verbose", is_flag=True, help="Show TensorFlow's logs and tracebacks of internal errors (also after COMMAND)."
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Show TensorFlow's logs and tracebacks of internal errors (also after COMMAND).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr but errors (also after COMMAND).")
 @click.pass_context

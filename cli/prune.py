@@ -147,9 +147,9 @@ def prune(ctx, **params):
       prunectl prune model.keras --sparsity 0.9 --scope global --exclude '^head$'
       prunectl prune model.h5 --sparsity 0.8 -o small.keras --json | jq .totals
       prunectl prune model.h5 --sparsity 0.8 --min-sparsity 0.8 \\
-          --max-size 200000 --markdown - >> summary.md
+          --max-size 300000 --markdown - >> summary.md
       prunectl prune model.keras --sparsity 0.9 --finetune-epochs 8 \\
-          --data train.npz --val-data test.npz
+          --data train.npz --val-data test.npz -o tuned.keras
       prunectl prune model.keras --sparsity 0.95 --schedule polynomial \\
           --finetune-epochs 8 --data train.h5 --val-split 0.1
       prunectl prune model.keras --neuron-ratio 0.5 --round-to 8 --dry-run

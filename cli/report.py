@@ -58,8 +58,8 @@ def report(target, baseline, data, all_weights, as_json, markdown, quiet, **gate
       prunectl report model.pruned.keras --baseline model.keras
       prunectl prune model.h5 --sparsity 0.8 --json | \\
           prunectl report - --min-sparsity 0.8
-      prunectl report model.pruned.h5 --baseline model.h5 --data test.npz \\
-          --max-accuracy-drop 0.01
+      prunectl report tuned.keras --baseline model.keras --data test.npz \\
+          --max-accuracy-drop 0.02
     """
     from prunectl.core.io.atomic import write_text_atomic
     from prunectl.core.run.inspect import ReportRequest, run_report
