@@ -150,7 +150,9 @@ class PruneRequest:
                 "benchmark",
                 "max_accuracy_drop",
             )
-        if self.weights is None and self.neurons is None:
+        trains_with_l1 = self.finetune is not None and self.finetune.l1 > 0 and self.finetune.epochs > 0
+        # Training with an L1 penalty alone is a step of its own (sparsity by L1, pruned by a later run).
+        if self.weights is None and self.neurons is None and not trains_with_l1:
             raise OptionError(
                 "give a pruning step: {threshold}, {sparsity}, {neuron_threshold} or "
                 "{neuron_ratio} (or a {recipe}). Received: none",

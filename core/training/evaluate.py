@@ -273,7 +273,9 @@ def finetune_evaluation(section: dict) -> Evaluation | None:
     evaluation = section["evaluation"]
     if "before_pruning" not in evaluation:
         return None
-    last = "after_finetuning" if "after_finetuning" in evaluation else "after_pruning"
+    # The evaluations are recorded in the order they ran; the last judged the saved model
+    # (with an L1 penalty, the weight step runs after fine-tuning).
+    last = list(evaluation)[-1]
     settings = {
         "data": section["data"]["validation"],
         "samples": section["data"]["validation_samples"],
@@ -281,7 +283,7 @@ def finetune_evaluation(section: dict) -> Evaluation | None:
         "loss_source": section["compile"]["loss_source"],
         "metrics": section["compile"]["metrics"],
     }
-    label = "after fine-tuning" if last == "after_finetuning" else "after pruning"
+    label = last.replace("_", " ").replace("finetuning", "fine-tuning")
     return evaluation_block(settings, ("before pruning", evaluation["before_pruning"]), (label, evaluation[last]))
 
 
