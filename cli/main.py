@@ -29,7 +29,7 @@ Exit codes:
   0  success
   1  error (bad model file, bad report, output not writable)
   2  usage error (bad option, value or combination)
-  3  a quality gate failed (--min-sparsity, --max-params, --max-size, --max-accuracy-drop)
+  3  a quality gate failed (--min-sparsity, --max-params, --max-size, --max-*-drop, --max-loss-increase)
   130  interrupted (Ctrl-C); 143  terminated (SIGTERM): no temporary file is left
 
 \b

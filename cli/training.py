@@ -103,7 +103,8 @@ OPTIONS = [
         type=click.FloatRange(0),
         default=0.0,
         show_default=True,
-        help="L1 penalty on the pruned layers' kernels while fine-tuning.",
+        help="L1 penalty while fine-tuning, on the pruned kernels (every prunable one without a weight step); "
+        "a one-shot --threshold/--sparsity then prunes the trained weights.",
     ),
     click.option(
         "--seed", type=int, callback=checked(validate_seed), help="Seed in [0, 2**32 - 1] for a reproducible run."

@@ -288,7 +288,7 @@ class MaxLossIncrease(_Worsening):
 
 @GATES.register("max-metric-drop")
 class MaxMetricDrop(_Worsening):
-    """The metric NAME on --data may worsen by at most D (absolute) or D% (relative); repeatable.
+    """The metric NAME on --data may worsen (drop, or rise for errors like mae) by at most D or D%; repeatable.
 
     Worsening follows the metric's direction: a drop for accuracy-like metrics, a
     rise for error-like ones (mae, mse, rmse, loss...).
