@@ -291,13 +291,19 @@ def schedule_is_oneshot(options: FinetuneOptions) -> bool:
     return options.schedule == "oneshot"
 
 
-def _l1_section(l1: float, selected, penalty: float, evaluation: dict, prune_after: bool, weights) -> dict:
+def _l1_section(
+    options: FinetuneOptions, selected, penalty: float, evaluation: dict, prune_after: bool, weights
+) -> dict:
     """The report's account of the L1 penalty: on what, when the step pruned, and the loss with and without it."""
     trained = evaluation.get("after_finetuning", {}).get("loss")
+    step = None
+    if weights is not None:
+        step = "during training" if not schedule_is_oneshot(options) else "before training"
+        step = "after training" if prune_after else step
     return {
-        "lambda": l1,
+        "lambda": options.l1,
         "weights": [e.key for e in selected],
-        "weight_step": None if weights is None else ("after training" if prune_after else "before training"),
+        "weight_step": step,
         # l1 * sum(|w|) over the penalized weights, as they were when training ended.
         "penalty": penalty,
         "loss": trained,
@@ -459,7 +465,7 @@ def finetune_model(
         "mask_updates": updates,
         "replicas": int(model.distribute_strategy.num_replicas_in_sync),
         "evaluation": evaluation,
-        **({"l1": _l1_section(options.l1, selected, penalty, evaluation, prune_after, weights)} if options.l1 else {}),
+        **({"l1": _l1_section(options, selected, penalty, evaluation, prune_after, weights)} if options.l1 else {}),
         "history": history,
         "plots": [],
     }
