@@ -143,6 +143,9 @@ def test_markdown_shows_the_metric_and_percentages():
     report = {"kind": "model", "model": {"path": "m.h5"}, "totals": {}, "layers": [], "gates": [gate.to_dict()]}
     report["totals"] = {k: {"count": 1, "zeros": 0, "sparsity": 0.0} for k in ("prunable", "all")}
     assert "| max-metric-drop mae | +5.00% | 10% | ✅ passed |" in report_markdown(report)
+    loss = GATES.get("max-loss-increase")("0.5").check(Facts({"loss": 0.2}, {"loss": 0.3}))
+    report["gates"] = [loss.to_dict()]
+    assert "| max-loss-increase | 0.1 | 0.5 | ✅ passed |" in report_markdown(report)
 
 
 # --- the sample regressor, end to end ---------------------------------------------------------------

@@ -42,7 +42,8 @@ def report_markdown(report: dict) -> str:
                     ("–" if gate["value"] is None else f"{100 * gate['value']:+.2f}%"),
                     f"{100 * gate['limit']:g}%",
                 )
-            name = f"{gate['name']} {_escape(gate['metric'])}" if gate.get("metric") else gate["name"]
+            metric = gate.get("metric")
+            name = f"{gate['name']} {_escape(metric)}" if metric and metric not in gate["name"] else gate["name"]
             verdict = "✅ passed" if gate["passed"] else "❌ failed"
             lines.append(f"| {name} | {value} | {limit} | {verdict} |")
     lines += ["", "| layer | class | weight | shape | params | zeros | sparsity |", "|---|---|---|---|---:|---:|---:|"]
