@@ -238,3 +238,30 @@ def test_metric_gate_needs_data(samples):
         "Error: --max-metric-drop is measured on evaluation data; add --data EVAL. "
         "Received: --max-metric-drop mae=0.1 without --data"
     ]
+
+
+def test_with_finetuning_the_gates_read_the_validation_evaluation(samples):
+    model, data = samples / "regressor.keras", samples / "regression_test.npz"
+    result = invoke(
+        "prune",
+        model,
+        "--sparsity",
+        "0.5",
+        "--finetune-epochs",
+        "0",
+        "--data",
+        data,
+        "--val-data",
+        data,
+        "--metrics",
+        "mae",
+        "--max-metric-drop",
+        "mae=10",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    [gate] = report["gates"]
+    before, after = errors(model, data), errors(samples / "regressor.pruned.keras", data)
+    assert gate["passed"] and gate["value"] == pytest.approx(after["mae"] - before["mae"], abs=1e-5)
+    assert report["evaluation"]["result"]["label"] == "after pruning"
