@@ -8,7 +8,7 @@ import click
 
 from prunectl.cli import render
 from prunectl.cli.help import section
-from prunectl.core.run.gates import GATES
+from prunectl.core.run.gates import GATES, gate_pairs
 
 GATES_SECTION = "Quality gates"
 
@@ -24,6 +24,7 @@ def gate_options(command):
                 f"--{name}",
                 type=gate.value_type,
                 default=None,
+                multiple=gate.repeatable,
                 metavar=gate.metavar,
                 help=f"Gate: {summary[0].lower()}{summary[1:]} (else exit 3).",
             )
@@ -46,8 +47,7 @@ def markdown_option(command):
 
 def gate_limits(params: dict) -> tuple[tuple[str, float], ...]:
     """The ``(gate, limit)`` pairs given on the command line, in registry order (taken out of ``params``)."""
-    limits = ((name, params.pop(name.replace("-", "_"), None)) for name in GATES.names())
-    return tuple((name, limit) for name, limit in limits if limit is not None)
+    return gate_pairs({field: params.pop(field, None) for field in (n.replace("-", "_") for n in GATES.names())})
 
 
 def finish_with_gates(report, quiet: bool = False) -> None:

@@ -107,7 +107,8 @@ OPTIONS = [
         type=click.FloatRange(0),
         default=0.0,
         show_default=True,
-        help="L1 penalty on the pruned layers' kernels while fine-tuning.",
+        help="L1 penalty while fine-tuning, on the pruned kernels (every prunable one without a weight step); "
+        "a one-shot --threshold/--sparsity then prunes the trained weights.",
     ),
     click.option(
         "--seed", type=int, callback=checked(validate_seed), help="Seed in [0, 2**32 - 1] for a reproducible run."
@@ -165,12 +166,16 @@ def evaluation_table(report: dict):
     """A rich table of the validation loss and metrics before pruning, after pruning and after fine-tuning."""
     from rich.table import Table
 
-    evaluation = report["finetune"]["evaluation"]
+    evaluation, l1 = report["finetune"]["evaluation"], report["finetune"].get("l1")
     table = Table(title="Evaluation on the validation data", title_justify="left")
     names = list(dict.fromkeys(k for values in evaluation.values() for k in values))
     table.add_column("When")
     for name in names:
-        table.add_column(name, justify="right")
+        table.add_column("loss (without L1 penalty)" if l1 and name == "loss" else name, justify="right")
+    if l1:
+        with_penalty = "" if l1["loss_with_penalty"] is None else f", loss with it {l1['loss_with_penalty']:.4f}"
+        table.caption = f"L1 penalty after training: {l1['penalty']:.4f}{with_penalty}"
+        table.caption_justify = "left"
     for when, values in evaluation.items():
         table.add_row(when.replace("_", " "), *(f"{values[n]:.4f}" if n in values else "-" for n in names))
     return table

@@ -121,8 +121,8 @@ def test_a_model_without_accuracy_fails_the_gate_as_not_measured(samples):
     result = invoke("report", model, "--baseline", model, "--data", data, f"--{GATE}", "0.1")
     assert result.exit_code == 3
     assert error_lines(result) == [
-        f"Error: gate {GATE}: not measured (the report has no accuracy evaluated before "
-        "and after; evaluate on --data with an accuracy metric)"
+        f"Error: gate {GATE}: not measured (the evaluation measured loss and no accuracy; gate a model without "
+        "accuracy (a regressor) with --max-loss-increase D or --max-metric-drop NAME=D)"
     ]
 
 

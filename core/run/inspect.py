@@ -9,7 +9,7 @@ from typing import Any
 
 from prunectl.core.errors import OptionError, ReportError
 from prunectl.core.options import check_stdout
-from prunectl.core.run.gates import GATES
+from prunectl.core.run.gates import GATES, gate_metrics
 from prunectl.core.run.report import ModelReport, compare_rows, load_report, model_report
 
 
@@ -139,7 +139,7 @@ def run_report(request: ReportRequest) -> tuple[ModelReport, ModelReport | None]
         extra["evaluation"] = evaluate_files(
             Path(request.target),
             Path(request.baseline) if request.baseline else None,
-            EvalOptions(request.data, need_accuracy=True),
+            EvalOptions(request.data, need_accuracy=True, need_metrics=gate_metrics(request.gates)),
         )
     facts = replace(current, **extra)
     gates = tuple(GATES.get(name)(limit).check(facts) for name, limit in request.gates)

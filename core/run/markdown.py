@@ -36,8 +36,16 @@ def report_markdown(report: dict) -> str:
         lines += ["", "| gate | measured | limit | verdict |", "|---|---:|---:|---|"]
         for gate in gates:
             value = "–" if gate["value"] is None else f"{gate['value']:.6g}"
+            limit = f"{gate['limit']:.6g}"
+            if gate.get("relative"):  # a fraction of the reference value
+                value, limit = (
+                    ("–" if gate["value"] is None else f"{100 * gate['value']:+.2f}%"),
+                    f"{100 * gate['limit']:g}%",
+                )
+            metric = gate.get("metric")
+            name = f"{gate['name']} {_escape(metric)}" if metric and metric not in gate["name"] else gate["name"]
             verdict = "✅ passed" if gate["passed"] else "❌ failed"
-            lines.append(f"| {gate['name']} | {value} | {gate['limit']:.6g} | {verdict} |")
+            lines.append(f"| {name} | {value} | {limit} | {verdict} |")
     lines += ["", "| layer | class | weight | shape | params | zeros | sparsity |", "|---|---|---|---|---:|---:|---:|"]
     for row in report["layers"]:
         shape = "×".join(map(str, row["shape"]))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from prunectl.core.errors import OptionError
 from prunectl.core.options import COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES, check_stdout
-from prunectl.core.run.gates import GATES
+from prunectl.core.run.gates import GATES, gate_config, gate_metrics, gate_pairs
 from prunectl.core.structure.criteria import CRITERIA
 from prunectl.core.structure.plan import NeuronPruning
 from prunectl.core.weights.prune import WeightPruning
@@ -124,7 +124,8 @@ class PruneRequest:
             if self.finetune is None and self.evaluation is None:
                 from prunectl.core.training.evaluate import EvalOptions
 
-                object.__setattr__(self, "evaluation", EvalOptions(self.data, need_accuracy=True))
+                evaluation = EvalOptions(self.data, need_accuracy=True, need_metrics=gate_metrics(self.gates))
+                object.__setattr__(self, "evaluation", evaluation)
             if self.finetune is not None and self.finetune.val_data is None and self.finetune.val_split is None:
                 raise OptionError(
                     f"with {{finetune_epochs}}, {{{field}}} is measured on the validation data; "
@@ -149,7 +150,9 @@ class PruneRequest:
                 "benchmark",
                 "max_accuracy_drop",
             )
-        if self.weights is None and self.neurons is None:
+        trains_with_l1 = self.finetune is not None and self.finetune.l1 > 0 and self.finetune.epochs > 0
+        # Training with an L1 penalty alone is a step of its own (sparsity by L1, pruned by a later run).
+        if self.weights is None and self.neurons is None and not trains_with_l1:
             raise OptionError(
                 "give a pruning step: {threshold}, {sparsity}, {neuron_threshold} or "
                 "{neuron_ratio} (or a {recipe}). Received: none",
@@ -196,7 +199,7 @@ class PruneRequest:
             "keep-optimizer": self.keep_optimizer,
             "unsafe": self.unsafe,
             "benchmark": self.benchmark,
-            **dict(self.gates),
+            **gate_config(self.gates),
         }
         if self.data is not None and finetune is None:
             options["data"] = str(self.data)
@@ -211,7 +214,7 @@ class PruneRequest:
             "force": self.force,
             "unsafe": self.unsafe,
             "keep_optimizer": self.keep_optimizer,
-            "gates": dict(self.gates),
+            "gates": gate_config(self.gates),
             **({"finetune": self.finetune.get_config()} if self.finetune else {}),
             **(self.neurons.get_config() if self.neurons else {}),
             "data": str(self.data) if self.data else None,
@@ -335,11 +338,7 @@ def build_request(values: Mapping, weights: Mapping | None = None, structural: M
             "sparsity",
         )
     neurons = _neuron_step(structural, bool(values.get("dry_run")))
-    gates = tuple(
-        (name, values[name.replace("-", "_")])
-        for name in GATES.names()
-        if values.get(name.replace("-", "_")) is not None
-    )
+    gates = gate_pairs(values)
     finetune = _finetune(values)
     step = (
         None

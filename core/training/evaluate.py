@@ -25,7 +25,7 @@ from prunectl.core.errors import OptionError
 from prunectl.core.io.keras_io import CompileSpec, LoadedModel, import_keras
 from prunectl.core.options import check_reader
 from prunectl.core.training import data as datamod
-from prunectl.core.training.evaluation import Evaluation, accuracy_key  # noqa: F401 (re-exported)
+from prunectl.core.training.evaluation import Evaluation, accuracy_key, same_metric  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class EvalOptions:
         metrics: Keras metric names; default: the saved ones, else inferred.
         need_accuracy: add an ``accuracy`` metric when the targets are class labels
             and the resolved metrics have none (for the accuracy gate).
+        need_metrics: Keras metric names to add where the resolved metrics lack them
+            (for the metric gates); a name Keras does not know is left out.
 
     Raises:
         OptionError: ``batch_size`` below 1.
@@ -51,6 +53,7 @@ class EvalOptions:
     loss: str | None = None
     metrics: tuple[str, ...] = ()
     need_accuracy: bool = False
+    need_metrics: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -65,6 +68,7 @@ class EvalOptions:
             "loss": self.loss,
             "metrics": list(self.metrics),
             "need_accuracy": self.need_accuracy,
+            "need_metrics": list(self.need_metrics),
         }
 
     @classmethod
@@ -76,6 +80,7 @@ class EvalOptions:
                 "data": Path(config["data"]),
                 "reader": tuple(dict(config["reader"]).items()),
                 "metrics": tuple(config["metrics"]),
+                "need_metrics": tuple(config.get("need_metrics", ())),
             }
         )
 
@@ -156,6 +161,28 @@ def _is_accuracy(metric) -> bool:
     return identifier_name(metric).lower().replace("_", "").endswith("accuracy")
 
 
+def _missing_metrics(names: tuple[str, ...], spec: CompileSpec) -> tuple[str, ...]:
+    """The names in ``names`` that Keras knows as metrics and ``spec`` does not compute yet (the loss counts)."""
+    keras = import_keras()
+    have = [identifier_name(m) for m in spec.metrics] + ["loss"]
+    out: list[str] = []
+    for name in names:
+        if any(same_metric(name, h) for h in have + out):
+            continue
+        name = _KERAS_NAMES.get(name.lower(), name)
+        try:
+            known = keras.metrics.get(name) is not None
+        except (ValueError, TypeError):
+            known = False
+        if known:
+            out.append(name)
+    return tuple(out)
+
+
+# Short names Keras's metrics.get does not resolve.
+_KERAS_NAMES = {"rmse": "root_mean_squared_error", "r2": "r2_score"}
+
+
 class Evaluator:
     """Evaluates models on one data file with the compile settings resolved from a reference model.
 
@@ -188,6 +215,9 @@ class Evaluator:
         labels = np.dtype(y.dtype).kind in "biu"
         if options.need_accuracy and labels and not any(_is_accuracy(m) for m in self.spec.metrics):
             self.spec = CompileSpec(self.spec.loss, (*self.spec.metrics, "accuracy"), self.spec.optimizer)
+        wanted = _missing_metrics(options.need_metrics, self.spec)
+        if wanted:
+            self.spec = CompileSpec(self.spec.loss, (*self.spec.metrics, *wanted), self.spec.optimizer)
         dtypes = (np.dtype(model.inputs[0].dtype), np.dtype(y.dtype) if labels else np.float32)
         self.batches = datamod.batches(self.dataset, options.batch_size, dtypes)
         self._view: tuple[Any, Any] | None = None
@@ -243,7 +273,9 @@ def finetune_evaluation(section: dict) -> Evaluation | None:
     evaluation = section["evaluation"]
     if "before_pruning" not in evaluation:
         return None
-    last = "after_finetuning" if "after_finetuning" in evaluation else "after_pruning"
+    # The evaluations are recorded in the order they ran; the last judged the saved model
+    # (with an L1 penalty, the weight step runs after fine-tuning).
+    last = list(evaluation)[-1]
     settings = {
         "data": section["data"]["validation"],
         "samples": section["data"]["validation_samples"],
@@ -251,7 +283,7 @@ def finetune_evaluation(section: dict) -> Evaluation | None:
         "loss_source": section["compile"]["loss_source"],
         "metrics": section["compile"]["metrics"],
     }
-    label = "after fine-tuning" if last == "after_finetuning" else "after pruning"
+    label = last.replace("_", " ").replace("finetuning", "fine-tuning")
     return evaluation_block(settings, ("before pruning", evaluation["before_pruning"]), (label, evaluation[last]))
 
 

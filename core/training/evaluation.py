@@ -15,6 +15,55 @@ def accuracy_key(values: dict) -> str | None:
     return next((key for key in values if key.endswith("accuracy")), None)
 
 
+def _canonical(name: str) -> str:
+    key = name.lower().replace("_", "").replace(" ", "")
+    return _ALIASES.get(key, key)
+
+
+_ALIASES = {
+    "mae": "meanabsoluteerror",
+    "mse": "meansquarederror",
+    "rmse": "rootmeansquarederror",
+    "msle": "meansquaredlogarithmicerror",
+    "mape": "meanabsolutepercentageerror",
+    "kld": "kldivergence",
+    "kullbackleiblerdivergence": "kldivergence",
+    "acc": "accuracy",
+    "r2": "r2score",
+}
+# Which way a Keras metric improves, by canonical name (see _canonical); names
+# ending in "accuracy" improve upwards, "error" and "crossentropy" downwards.
+_LOWER_IS_BETTER = frozenset(
+    {"loss", "hinge", "squaredhinge", "categoricalhinge", "logcosh", "kldivergence", "poisson", "huber"}
+    | {"falsepositives", "falsenegatives"}
+)
+_HIGHER_IS_BETTER = frozenset(
+    {"auc", "precision", "recall", "r2score", "f1score", "fbetascore", "iou", "meaniou", "binaryiou", "onehotiou"}
+    | {"onehotmeaniou", "cosinesimilarity", "truepositives", "truenegatives"}
+    | {"precisionatrecall", "recallatprecision", "sensitivityatspecificity", "specificityatsensitivity"}
+)
+
+
+def metric_better(name: str) -> str | None:
+    """``"higher"`` or ``"lower"``: which way a Keras metric (or loss) named ``name`` improves; None if unknown.
+
+    Example:
+        >>> metric_better("mae"), metric_better("sparse_categorical_accuracy"), metric_better("my_score")
+        ('lower', 'higher', None)
+    """
+    key = _canonical(name)
+    if key in _LOWER_IS_BETTER or key.endswith(("error", "crossentropy")):
+        return "lower"
+    if key in _HIGHER_IS_BETTER or key.endswith("accuracy"):
+        return "higher"
+    return None
+
+
+def same_metric(a: str, b: str) -> bool:
+    """Whether two metric names are one metric (``mae`` and ``mean_absolute_error``)."""
+    return _canonical(a) == _canonical(b)
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """A model judged against a reference on the same data with the same compile settings.
@@ -40,6 +89,17 @@ class Evaluation:
                 return None
             accuracies.append(values[key])
         return accuracies[0] - accuracies[1]
+
+    def measured(self) -> list[str]:
+        """The names of the values measured on both sides (the result's alone without a reference)."""
+        names = list(self.result[1])
+        return [n for n in names if n in self.reference[1]] if self.reference is not None else names
+
+    def pair(self, key: str) -> tuple[float, float] | None:
+        """The reference's and the result's value of ``key``, or None where either lacks it."""
+        if self.reference is None or key not in self.reference[1] or key not in self.result[1]:
+            return None
+        return self.reference[1][key], self.result[1][key]
 
     def to_dict(self) -> dict:
         """The report's ``evaluation`` block."""

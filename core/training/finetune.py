@@ -12,6 +12,13 @@ a plain Keras model whose config never mentions them.
 Order of a run: read data -> check it against the model -> compile ->
 evaluate -> prune -> evaluate -> fit (masks recomputed as the schedule says)
 -> evaluate -> plots.
+
+With an L1 penalty and a one-shot weight step, the step runs *after* training
+instead (the sparsity-by-L1 workflow: the penalty drives weights towards zero,
+then the threshold or sparsity cuts them): evaluate -> fit -> evaluate -> prune
+-> evaluate. With an L1 penalty and no weight step, every prunable kernel is
+penalized and nothing is pruned. Reported losses never include the penalty
+(Keras's training history does; the report says so).
 """
 
 from __future__ import annotations
@@ -53,7 +60,9 @@ class FinetuneOptions:
         schedule: a name in ``schedules.SCHEDULES``.
         initial_sparsity, prune_begin, prune_end: the polynomial schedule's start
             sparsity and window (fractions of the run's steps).
-        l1: L1 penalty on the pruned kernels during training (0: none).
+        l1: L1 penalty during training (0: none) on the pruned kernels, or on every
+            prunable kernel without a weight step; with a one-shot weight step,
+            the step then runs after training.
         seed: makes the run reproducible; an integer in [0, 2**32 - 1].
         strategy: a name in ``distribute.STRATEGIES`` (applied by the pipeline).
         plots: folder for PNG figures, or None.
@@ -277,6 +286,33 @@ def _read(options: FinetuneOptions, model):
     return train, val
 
 
+def schedule_is_oneshot(options: FinetuneOptions) -> bool:
+    """Whether the weight step prunes once (not along a schedule)."""
+    return options.schedule == "oneshot"
+
+
+def _l1_section(
+    options: FinetuneOptions, selected, penalty: float, evaluation: dict, prune_after: bool, weights
+) -> dict:
+    """The report's account of the L1 penalty: on what, when the step pruned, and the loss with and without it."""
+    trained = evaluation.get("after_finetuning", {}).get("loss")
+    step = None
+    if weights is not None:
+        step = "during training" if not schedule_is_oneshot(options) else "before training"
+        step = "after training" if prune_after else step
+    return {
+        "lambda": options.l1,
+        "weights": [e.key for e in selected],
+        "weight_step": step,
+        # l1 * sum(|w|) over the penalized weights, as they were when training ended.
+        "penalty": penalty,
+        "loss": trained,
+        "loss_with_penalty": None if trained is None else trained + penalty,
+        "loss_note": "the evaluation losses and the history's val_loss exclude the L1 penalty; "
+        "the history's (training) loss includes it",
+    }
+
+
 def finetune_model(
     loaded: LoadedModel,
     weights: WeightPruning | None,
@@ -334,8 +370,13 @@ def finetune_model(
     if original is not None:
         compile_model(original, spec)
     pairs = keras_weight_entries(model)
-    # Without a weight step (a structural step alone) there are no masks: plain fine-tuning.
-    selected = select_weights([e for e, _ in pairs], weights.include, weights.exclude) if weights else []
+    # Without a weight step (a structural step alone) there are no masks: plain fine-tuning;
+    # with an L1 penalty, every prunable kernel carries it.
+    if weights:
+        selected = select_weights([e for e, _ in pairs], weights.include, weights.exclude)
+    else:
+        selected = select_weights([e for e, _ in pairs]) if options.l1 else []
+    prune_after = bool(options.l1 and weights is not None and schedule_is_oneshot(options))
     variables = {e.key: v for e, v in pairs}
     zeros_before = {e.key: count_zeros(variables[e.key].numpy()) for e in selected}
     before = {e.key: variables[e.key].numpy() for e in selected} if options.plots else {}
@@ -369,8 +410,9 @@ def finetune_model(
         return pruning
 
     evaluate("before_pruning", original)
-    prune_at(0)
-    evaluate("after_pruning")
+    if not prune_after and (weights is not None or original is not None):  # else nothing was pruned
+        prune_at(0)
+        evaluate("after_pruning")
     held = HeldMasks([variables[e.key] for e in selected], options.l1)
     history = {}
     try:
@@ -388,9 +430,15 @@ def finetune_model(
             history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
     finally:
         held.release()
-    results = {k: replace(r, zeros_before=zeros_before[k]) for k, r in results.items()}
+        # Keras traced the penalty into the evaluation step during fit's validation: trace it anew without.
+        model.test_function = None
+    penalty = options.l1 * sum(float(np.abs(variables[e.key].numpy()).sum()) for e in selected)
     if options.epochs:
         evaluate("after_finetuning")
+    if prune_after:
+        prune_at(0)
+        evaluate("after_pruning")
+    results = {k: replace(r, zeros_before=zeros_before[k]) for k, r in results.items()}
     if val is None:
         notes.append("no validation data (--val-data or --val-split): nothing was evaluated")
     report = {
@@ -417,6 +465,7 @@ def finetune_model(
         "mask_updates": updates,
         "replicas": int(model.distribute_strategy.num_replicas_in_sync),
         "evaluation": evaluation,
+        **({"l1": _l1_section(options, selected, penalty, evaluation, prune_after, weights)} if options.l1 else {}),
         "history": history,
         "plots": [],
     }
