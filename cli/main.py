@@ -35,6 +35,7 @@ def _exit_codes() -> str:
         78,  # click indents the epilog by two columns: 80 in all
         initial_indent="  ",
         subsequent_indent="     ",
+        break_on_hyphens=False,  # never split a flag name
     )
     return f"""\b
 Exit codes:
