@@ -23,8 +23,8 @@ def select_names(names: Sequence[str], include: Sequence[str] = (), exclude: Seq
         OptionError: a pattern is not a valid regular expression.
         SelectionError: a pattern matches no candidate layer.
     """
-    includes = compile_patterns(include, "--include")
-    excludes = compile_patterns(exclude, "--exclude")
+    includes = compile_patterns(include, "include")
+    excludes = compile_patterns(exclude, "exclude")
     for option, raw, compiled in (("--include", include, includes), ("--exclude", exclude, excludes)):
         for text, pattern in zip(raw, compiled):
             if not any(pattern.search(n) for n in names):
