@@ -24,6 +24,11 @@ COMPRESSION_LEVELS = {"none": 0, "fast": 1, "balanced": 4, "strong": 9}
 DEFAULT_COMPRESSION = "fast"
 
 
+def _bound(number: float) -> str:
+    """A range bound as people write it: ``1``, ``0.5``, ``4294967295`` (not ``4.29497e+09``)."""
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
 def check_number(
     value,
     field: str,
@@ -71,11 +76,11 @@ def check_number(
     whole = not integer or (math.isfinite(number) and number == int(number))
     if not math.isfinite(number) or below or above or not whole:
         if low is not None and high is not None:
-            where = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            where = f"in {'(' if low_open else '['}{_bound(low)}, {_bound(high)}{')' if high_open else ']'}"
         elif low is not None:
-            where = f"{'>' if low_open else '>='} {low:g}"
+            where = f"{'>' if low_open else '>='} {_bound(low)}"
         elif high is not None:
-            where = f"{'<' if high_open else '<='} {high:g}"
+            where = f"{'<' if high_open else '<='} {_bound(high)}"
         else:
             where = ""
         kind = "an integer" if integer else "a finite number"
