@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prunectl.core.errors import OptionError
 from prunectl.core.options import check_number
 from prunectl.core.registry import Registry
 

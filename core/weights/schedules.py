@@ -123,7 +123,8 @@ class PolynomialDecay(Registered):
         begin, end = check_number(begin, "prune_begin", 0, 1), check_number(end, "prune_end", 0, 1)
         if begin > end:
             raise OptionError(
-                f"{{prune_begin}} must not exceed {{prune_end}}. Received: {{prune_begin}}={begin}, {{prune_end}}={end}",
+                "{prune_begin} must not exceed {prune_end}. "
+                f"Received: {{prune_begin}}={begin}, {{prune_end}}={end}",
                 "prune_begin",
                 "prune_end",
             )

@@ -8,7 +8,6 @@ from prunectl.core.errors import SelectionError
 from prunectl.core.io.modelfile import WeightEntry
 from prunectl.core.options import compile_patterns
 
-
 # Layer names an error lists before it says how many more there are: enough to spot a naming scheme.
 SHOWN_LAYERS = 20
 
