@@ -79,7 +79,7 @@ def test_min_keep_is_a_floor_for_every_scope_and_threshold():
 
 @pytest.mark.parametrize("value", [1.0, -0.1, float("nan")])
 def test_min_keep_is_checked_in_the_library(value):
-    with pytest.raises(OptionError, match=r"min_keep must be in \[0, 1\)\. Received: min_keep="):
+    with pytest.raises(OptionError, match=r"min_keep must be a finite number in \[0, 1\)\. Received: min_keep="):
         NeuronPruning(ratio=0.5, min_keep=value)
 
 

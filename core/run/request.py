@@ -95,6 +95,10 @@ class PruneRequest:
             raise OptionError(f"engine must be one of {', '.join(ENGINES)}. Received: engine={self.engine!r}")
         for name, limit in self.gates:
             GATES.get(name)(limit)
+        if self.finetune is not None:
+            from prunectl.core.training.distribute import check_cluster
+
+            check_cluster(self.finetune.strategy)  # before TensorFlow is imported, which reads TF_CONFIG
         if self.dry_run and self.neurons is None:
             raise OptionError(
                 "{dry_run} needs {neuron_threshold} or {neuron_ratio}. Received: {dry_run}",
