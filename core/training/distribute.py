@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any
 
-from prunectl.core.errors import OptionError, SetupError
+from prunectl.core.errors import OptionError
 from prunectl.core.registry import Registered, Registry
 
 STRATEGIES: Registry[Any] = Registry("strategy")
@@ -125,7 +125,7 @@ def strategy_scope(name: str):
 
     Raises:
         OptionError: an unknown name (from the registry).
-        SetupError: ``multiworker`` without a usable ``TF_CONFIG``.
+        OptionError: a ``TF_CONFIG`` that :func:`check_cluster` refuses.
     """
     from prunectl.core.io.keras_io import import_keras
 
