@@ -211,14 +211,17 @@ def parse_sparsities(text: str) -> tuple[float, ...]:
     """
     items = [item.strip() for item in str(text).split(",")]
     if not any(items):
-        raise OptionError(f"sparsities must be a comma-separated list of numbers in [0, 1). Received: {text!r}")
+        raise OptionError(
+            f"{{sparsities}} must be a comma-separated list of numbers in [0, 1). Received: {text!r}", "sparsities"
+        )
     values = []
     for item in items:
         try:
             values.append(float(item))
         except ValueError:
             raise OptionError(
-                f"sparsities must be a comma-separated list of numbers in [0, 1). Received: {item!r} in {text!r}"
+                f"{{sparsities}} must be a comma-separated list of numbers in [0, 1). Received: {item!r} in {text!r}",
+                "sparsities",
             ) from None
     return tuple(sorted({validate_sparsity(v, "sparsities") for v in values}))
 

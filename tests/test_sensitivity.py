@@ -190,7 +190,8 @@ def test_loss_where_the_model_has_no_accuracy(tiny):
         (
             ("--data", "{val}", "--sparsities", "abc"),
             2,
-            "Error: Invalid value for '--sparsities': sparsities must be a comma-separated list of numbers in [0, 1). "
+            "Error: Invalid value for '--sparsities': --sparsities must be a comma-separated list of numbers "
+            "in [0, 1). "
             "Received: 'abc' in 'abc'",
         ),
         (

@@ -176,6 +176,17 @@ class PruneRequest:
                 "sparsity",
                 "threshold",
             )
+        if self.finetune is not None and self.weights is not None and self.weights.sparsity is not None:
+            from prunectl.core.weights.schedules import SCHEDULES
+
+            # The schedule's own checks (initial sparsity, window), here rather than after the model is loaded.
+            SCHEDULES.get(self.finetune.schedule).for_run(
+                self.weights.sparsity,
+                1,
+                initial_sparsity=self.finetune.initial_sparsity,
+                begin=self.finetune.prune_begin,
+                end=self.finetune.prune_end,
+            )
 
     def pipeline(self) -> dict:
         """The fully resolved pipeline, keyed by option names: what ``--recipe-out`` writes back."""
