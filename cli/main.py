@@ -56,15 +56,19 @@ def envvar(ctx: click.Context, param: click.Parameter) -> str | None:
 
 def _flag_namer(group: click.Group, ctx: click.Context):
     """Name a library field as the user gave it: the running command's flag (``neuron_ratio`` ->
-    ``--neuron-ratio``), or the ``PRUNECTL_*`` variable its value came from."""
+    ``--neuron-ratio``), the ``PRUNECTL_*`` variable its value came from, or the recipe key that set it."""
     sub = _command_ctx(ctx)
     command = sub.command if sub else group.get_command(ctx, ctx.invoked_subcommand or "")
     flags = checks.flags(command)
     params = {p.name: p for p in (command.params if command else ())}
 
+    from prunectl.cli.recipe import RECIPE_SOURCES
+
+    recipe = ctx.meta.get(RECIPE_SOURCES, {})
+
     def name(field: str) -> str:
         variable = envvar(sub, params[field]) if sub is not None and field in params else None
-        return variable or flags.get(field, "--" + field.replace("_", "-"))
+        return variable or recipe.get(field) or flags.get(field, "--" + field.replace("_", "-"))
 
     return name
 

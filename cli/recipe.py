@@ -38,6 +38,10 @@ def explicit(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
 
+# ``ctx.meta`` key: each parameter name whose value a recipe gave, and how to name it (``seed (r.toml:6)``).
+RECIPE_SOURCES = "prunectl.recipe_sources"
+
+
 def _toml_repr(value, limit: int = 80) -> str:
     """``value`` much as the recipe wrote it (``true``, not ``True``), shortened to stay one line."""
     text = str(value).lower() if isinstance(value, bool) else repr(value)
@@ -102,6 +106,8 @@ def merge_recipe(ctx: click.Context, path, finetune_names: AbstractSet[str]) -> 
 
     def convert(where: str, key: str, value: Value):
         param = options[key]
+        # A later check (build_request's) names this value as the recipe's key where it was set, not as a flag.
+        ctx.meta.setdefault(RECIPE_SOURCES, {})[param.name] = f"{key} ({recipe.path}:{value.line})"
         raw = value.value if not param.multiple or isinstance(value.value, list) else [value.value]
         kinds, kind = _toml_type(param)
         items = raw if param.multiple and isinstance(raw, list) else [raw]

@@ -284,3 +284,16 @@ def test_data_without_targets_says_how_to_name_them(samples, name, advice):
         code=1,
         line=f"Error: training data has no targets (y) to train or evaluate on; {advice}. Received: x shape {shape}",
     )
+
+
+def test_a_later_check_names_the_recipe_key_and_line(models):
+    path = write(models, '[[step]]\nsparsity = 0.5\n\n[finetune]\nepochs = 1\nschedule = "polynomial"\n')
+    fails(
+        models,
+        "prune",
+        models / "sequential.h5",
+        "--recipe",
+        path,
+        code=2,
+        line=f"Error: finetune-epochs ({path}:5) needs --data. Received: finetune-epochs ({path}:5) 1 without --data",
+    )

@@ -132,8 +132,8 @@ class H5Reader:
             item = handle.get(key)
             if item is None and not required:
                 arrays.append(None)
-                names = [k for k in handle if isinstance(handle[k], h5py.Dataset) and k != self.x_key]
-                missing = _name_targets("dataset", key, names, "--y-key")
+                others = [k for k in handle if isinstance(handle[k], h5py.Dataset) and k != self.x_key]
+                missing = _name_targets("dataset", key, others, "--y-key")
                 continue
             if not isinstance(item, h5py.Dataset):
                 names = ", ".join(k for k in handle if isinstance(handle[k], h5py.Dataset)) or "none"
@@ -147,7 +147,7 @@ class H5Reader:
                 raise _fail(f"cannot read dataset {key!r} of data file ({first_line(exc)})", path) from None
         if not self.lazy:
             handle.close()
-        return Dataset(*arrays, no_targets=missing if arrays[1] is None else "")
+        return Dataset(arrays[0], arrays[1], missing)
 
 
 # Deflate, HDF5's usual filter, compresses at most about 1032:1; more than this (and more than a few MB)
