@@ -182,7 +182,7 @@ def test_several_workers_are_refused_before_tensorflow_is_imported(folder, monke
         code=2,
         line="Error: TF_CONFIG lists 2 workers; prunectl fine-tunes on one worker until multi-worker training lands "
         "(Keras 3 cannot fit under MultiWorkerMirroredStrategy with more than one worker, keras-team/keras#20585): "
-        "unset TF_CONFIG, or use --strategy mirrored for the devices of one machine. "
+        "unset TF_CONFIG (and use --strategy mirrored for the devices of one machine). "
         "Received: TF_CONFIG with 2 workers",
     )
 

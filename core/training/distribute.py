@@ -66,7 +66,7 @@ def check_cluster(strategy: str, environ=None) -> None:
         raise OptionError(
             f"TF_CONFIG lists {workers} workers; prunectl fine-tunes on one worker until multi-worker training "
             "lands (Keras 3 cannot fit under MultiWorkerMirroredStrategy with more than one worker, "
-            "keras-team/keras#20585): unset TF_CONFIG, or use {strategy} mirrored for the devices of one machine. "
+            "keras-team/keras#20585): unset TF_CONFIG (and use {strategy} mirrored for the devices of one machine). "
             f"Received: TF_CONFIG with {workers} workers",
             "strategy",
         )
