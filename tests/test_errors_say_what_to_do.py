@@ -297,3 +297,30 @@ def test_a_later_check_names_the_recipe_key_and_line(models):
         code=2,
         line=f"Error: finetune-epochs ({path}:5) needs --data. Received: finetune-epochs ({path}:5) 1 without --data",
     )
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_data_without_inputs_says_how_to_name_them(samples, suffix):
+    import h5py
+
+    path = samples / f"features{suffix}"
+    kind = "array" if suffix == ".npz" else "dataset"
+    if suffix == ".npz":
+        np.savez(path, features=np.zeros((3, 64)), y=np.zeros(3))
+    else:
+        with h5py.File(path, "w") as f:
+            f["features"], f["y"] = np.zeros((3, 64)), np.zeros(3)
+    fails(
+        samples,
+        "prune",
+        samples / "digits_mlp.h5",
+        "--sparsity",
+        "0.5",
+        "--finetune-epochs",
+        "1",
+        "--data",
+        path,
+        code=1,
+        line=f"Error: data file has no {kind} 'x'; name the inputs' {kind} with --x-key NAME "
+        f"({kind}s: features, y). Received: {str(path)!r}",
+    )

@@ -96,7 +96,11 @@ class NpzReader:
                 if not archive.files:
                     raise _fail("data file holds no arrays (an empty .npz archive)", path)
                 if self.x_key not in archive:
-                    raise _fail(f"data file has no array {self.x_key!r} (arrays: {', '.join(archive.files)})", path)
+                    raise _fail(
+                        f"data file has no array {self.x_key!r}; name the inputs' array with --x-key NAME "
+                        f"(arrays: {_names(archive.files)})",
+                        path,
+                    )
                 if self.y_key not in archive:
                     others = [k for k in archive.files if k != self.x_key]
                     return Dataset(archive[self.x_key], None, _name_targets("array", self.y_key, others, "--y-key"))
@@ -136,9 +140,12 @@ class H5Reader:
                 missing = _name_targets("dataset", key, others, "--y-key")
                 continue
             if not isinstance(item, h5py.Dataset):
-                names = ", ".join(k for k in handle if isinstance(handle[k], h5py.Dataset)) or "none"
+                names = _names([k for k in handle if isinstance(handle[k], h5py.Dataset)])
                 handle.close()
-                raise _fail(f"data file has no dataset {key!r} (datasets: {names})", path)
+                raise _fail(
+                    f"data file has no dataset {key!r}; name the inputs' dataset with --x-key NAME (datasets: {names})",
+                    path,
+                )
             _check_stored(item, key, path, handle)
             try:
                 arrays.append(item if self.lazy else item[()])
