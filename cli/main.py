@@ -44,7 +44,7 @@ def _command_ctx(ctx: click.Context) -> click.Context | None:
     return ctx.meta.get(_COMMAND_CTX)
 
 
-def envvar(ctx: click.Context, param: click.Parameter) -> str | None:
+def _envvar(ctx: click.Context, param: click.Parameter) -> str | None:
     """The environment variable ``param``'s value came from, or None when it came from elsewhere."""
     if ctx.get_parameter_source(param.name) != ParameterSource.ENVIRONMENT:
         return None
@@ -57,17 +57,16 @@ def envvar(ctx: click.Context, param: click.Parameter) -> str | None:
 def _flag_namer(group: click.Group, ctx: click.Context):
     """Name a library field as the user gave it: the running command's flag (``neuron_ratio`` ->
     ``--neuron-ratio``), the ``PRUNECTL_*`` variable its value came from, or the recipe key that set it."""
+    from prunectl.cli.recipe import RECIPE_SOURCES
+
     sub = _command_ctx(ctx)
     command = sub.command if sub else group.get_command(ctx, ctx.invoked_subcommand or "")
     flags = checks.flags(command)
     params = {p.name: p for p in (command.params if command else ())}
-
-    from prunectl.cli.recipe import RECIPE_SOURCES
-
     recipe = ctx.meta.get(RECIPE_SOURCES, {})
 
     def name(field: str) -> str:
-        variable = envvar(sub, params[field]) if sub is not None and field in params else None
+        variable = _envvar(sub, params[field]) if sub is not None and field in params else None
         return variable or recipe.get(field) or flags.get(field, "--" + field.replace("_", "-"))
 
     return name
@@ -80,7 +79,7 @@ def _from_environment(exc: click.BadParameter) -> click.BadParameter:
     user wrote it, and its text as given, not as a flag and the value click converted it to.
     """
     ctx, param = exc.ctx, exc.param
-    variable = envvar(ctx, param) if ctx is not None and param is not None and param.name else None
+    variable = _envvar(ctx, param) if ctx is not None and param is not None and param.name else None
     if variable is None:
         return exc
     message = exc.message.rsplit(" Received: ", 1)[0].rstrip()
@@ -93,8 +92,8 @@ _COMMAND_CTX = "prunectl.command_ctx"
 
 
 class _CommandContext(click.Context):
-    """A subcommand's context that leaves itself in ``meta`` (shared with the group's), so that an error
-    raised after the command has returned can still tell which options came from the environment."""
+    """A subcommand's context that leaves itself in ``meta`` (shared with the group's), so that the group,
+    translating an error once click has closed that context, can still tell where each option's value came from."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
