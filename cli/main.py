@@ -20,8 +20,10 @@ import sys
 import textwrap
 
 import click
+from click.core import ParameterSource
 
 from prunectl import __version__
+from prunectl.cli import checks
 from prunectl.core.errors import OptionError, PrunectlError, Terminated, first_line
 from prunectl.core.io.atomic import remove_leftovers
 from prunectl.core.run.gates import GATES
@@ -52,15 +54,65 @@ e.g. PRUNECTL_PRUNE_SPARSITY=0.8 or PRUNECTL_REPORT_MIN_SPARSITY=0.8.
 Options given on the command line win over the environment."""
 
 
+def _command_ctx(ctx: click.Context) -> click.Context | None:
+    """The running subcommand's context (kept in ``ctx.meta`` by :class:`_CommandContext`), if it was made."""
+    return ctx.meta.get(_COMMAND_CTX)
+
+
+def _envvar(ctx: click.Context, param: click.Parameter) -> str | None:
+    """The environment variable ``param``'s value came from, or None when it came from elsewhere."""
+    if ctx.get_parameter_source(param.name) != ParameterSource.ENVIRONMENT:
+        return None
+    names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
+    if isinstance(param, click.Option) and param.allow_from_autoenv and ctx.auto_envvar_prefix:
+        names.append(f"{ctx.auto_envvar_prefix}_{param.name.upper()}")
+    return next((name for name in names if os.environ.get(name)), None)
+
+
 def _flag_namer(group: click.Group, ctx: click.Context):
-    """Name a library field as the running command's flag (``neuron_ratio`` -> ``--neuron-ratio``)."""
-    command = group.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
-    flags = {p.name: max(p.opts, key=len) for p in (command.params if command else ()) if isinstance(p, click.Option)}
+    """Name a library field as the user gave it: the running command's flag (``neuron_ratio`` ->
+    ``--neuron-ratio``), the ``PRUNECTL_*`` variable its value came from, or the recipe key that set it."""
+    from prunectl.cli.recipe import RECIPE_SOURCES
+
+    sub = _command_ctx(ctx)
+    command = sub.command if sub else group.get_command(ctx, ctx.invoked_subcommand or "")
+    flags = checks.flags(command)
+    params = {p.name: p for p in (command.params if command else ())}
+    recipe = ctx.meta.get(RECIPE_SOURCES, {})
 
     def name(field: str) -> str:
-        return flags.get(field, "--" + field.replace("_", "-"))
+        variable = _envvar(sub, params[field]) if sub is not None and field in params else None
+        return variable or recipe.get(field) or flags.get(field, "--" + field.replace("_", "-"))
 
     return name
+
+
+def _from_environment(exc: click.BadParameter) -> click.BadParameter:
+    """``exc`` naming the ``PRUNECTL_*`` variable its value came from (and the flag it sets), when it did.
+
+    ``Invalid value for PRUNECTL_PRUNE_SPARSITY (--sparsity): ... Received: '1.5'``: the variable as the
+    user wrote it, and its text as given, not as a flag and the value click converted it to.
+    """
+    ctx, param = exc.ctx, exc.param
+    variable = _envvar(ctx, param) if ctx is not None and param is not None and param.name else None
+    if variable is None:
+        return exc
+    message = exc.message.rsplit(" Received: ", 1)[0].rstrip()
+    message = message if message.endswith(".") else message + "."
+    shown = f"{variable} ({max(param.opts, key=len)})" if isinstance(param, click.Option) else variable
+    return click.BadParameter(f"{message} Received: {os.environ[variable]!r}", ctx, param, param_hint=shown)
+
+
+_COMMAND_CTX = "prunectl.command_ctx"
+
+
+class _CommandContext(click.Context):
+    """A subcommand's context that leaves itself in ``meta`` (shared with the group's), so that the group,
+    translating an error once click has closed that context, can still tell where each option's value came from."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.meta[_COMMAND_CTX] = self
 
 
 class PrunectlGroup(click.Group):
@@ -83,6 +135,8 @@ class PrunectlGroup(click.Group):
     def _translated(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.BadParameter as exc:
+            raise _from_environment(exc) from None
         except OptionError as exc:
             raise click.UsageError(exc.render(_flag_namer(self, ctx)), ctx) from None
         except PrunectlError as exc:
@@ -177,9 +231,9 @@ def _register() -> None:
     from prunectl.cli.report import report
     from prunectl.cli.sensitivity import sensitivity
 
-    cli.add_command(prune)
-    cli.add_command(report)
-    cli.add_command(sensitivity)
+    for command in (prune, report, sensitivity):
+        command.context_class = _CommandContext
+        cli.add_command(command)
 
 
 _register()

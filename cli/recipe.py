@@ -38,6 +38,10 @@ def explicit(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
 
+# ``ctx.meta`` key: each parameter name whose value a recipe gave, and how to name it (``seed (r.toml:6)``).
+RECIPE_SOURCES = "prunectl.recipe_sources"
+
+
 def _toml_repr(value, limit: int = 80) -> str:
     """``value`` much as the recipe wrote it (``true``, not ``True``), shortened to stay one line."""
     text = str(value).lower() if isinstance(value, bool) else repr(value)
@@ -62,6 +66,27 @@ def _toml_type(param: click.Parameter) -> tuple[tuple[type, ...], str]:
     return (str,), "a string"
 
 
+def _recipe_message(exc: click.BadParameter, key: str, value, keys: dict[str, str]) -> str:
+    """Click's error for a recipe value, worded for the recipe: its keys, not flags, and what it received.
+
+    Args:
+        exc: the error the option's type or check raised.
+        key: the recipe key the value was given as.
+        value: the value as the recipe gave it.
+        keys: each parameter name's recipe key (``report_path`` -> ``report``).
+    """
+    shown = _toml_repr(value)
+    option_error = getattr(exc, "option_error", None)
+    if option_error is not None:
+        return option_error.render(lambda field: keys.get(field, field.replace("_", "-")))
+    kind = exc.param.type if exc.param is not None else None
+    if isinstance(kind, click.Choice):
+        choices = ", ".join(str(choice) for choice in kind.choices)
+        return f"{key} must be one of {choices}. Received: {key} = {shown}"
+    message = exc.message.rstrip()
+    return message if "Received:" in message else f"{message.rstrip('.')}. Received: {key} = {shown}"
+
+
 def merge_recipe(ctx: click.Context, path, finetune_names: AbstractSet[str]) -> tuple[Recipe, dict, dict, dict]:
     """Load ``path`` and merge it with the command's values.
 
@@ -75,11 +100,14 @@ def merge_recipe(ctx: click.Context, path, finetune_names: AbstractSet[str]) -> 
         click.UsageError: a recipe problem, naming the file, line, step and key.
     """
     options = recipe_options(ctx.command)
+    keys = {p.name: key for key, p in options.items()}
     recipe = load_recipe(path, *recipe_vocabulary(options, finetune_names))
     params = dict(ctx.params)
 
     def convert(where: str, key: str, value: Value):
         param = options[key]
+        # A later check (build_request's) names this value as the recipe's key where it was set, not as a flag.
+        ctx.meta.setdefault(RECIPE_SOURCES, {})[param.name] = f"{key} ({recipe.path}:{value.line})"
         raw = value.value if not param.multiple or isinstance(value.value, list) else [value.value]
         kinds, kind = _toml_type(param)
         items = raw if param.multiple and isinstance(raw, list) else [raw]
@@ -92,7 +120,8 @@ def merge_recipe(ctx: click.Context, path, finetune_names: AbstractSet[str]) -> 
         try:
             return param.process_value(ctx, raw)
         except click.BadParameter as exc:
-            raise click.UsageError(f"recipe {recipe.path} line {value.line}, {where}: {exc.message}") from None
+            message = _recipe_message(exc, key, value.value, keys)
+            raise click.UsageError(f"recipe {recipe.path} line {value.line}, {where}: {message}") from None
 
     def step_values(kind: str, keys) -> dict:
         values = {options[k].name: params[options[k].name] for k in keys}

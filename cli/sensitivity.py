@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from prunectl.cli import render
-from prunectl.cli.checks import checked, patterns
+from prunectl.cli.checks import checked, number, patterns
 from prunectl.cli.help import GENERAL, Command, general_options, section
 from prunectl.core.options import DEFAULT_SPARSITIES, parse_sparsities, validate_budget
 
@@ -59,7 +59,12 @@ _PATH = click.Path(path_type=Path, dir_okay=False)
     click.option("--y-key", help="Targets' array name in .npz/.h5 data [default: y]."),
     click.option("--label-col", help="CSV column (header name or 0-based index) holding the targets."),
     click.option(
-        "--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Evaluation batch size."
+        "--batch-size",
+        type=int,
+        callback=number("batch_size", 1, integer=True),
+        default=32,
+        show_default=True,
+        help="Evaluation batch size.",
     ),
     click.option("--loss", help="Keras loss name [default: the model's saved loss, else inferred]."),
     click.option("--metrics", multiple=True, help="Keras metric name (repeatable) [default: saved, else inferred]."),

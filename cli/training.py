@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from prunectl.cli.checks import checked
+from prunectl.cli.checks import checked, number
 from prunectl.cli.help import section
 from prunectl.core.options import validate_seed
 from prunectl.core.training.distribute import STRATEGIES
@@ -54,23 +54,37 @@ DATA_OPTIONS = [
     click.option("--val-data", type=_PATH, help="Validation data (same format options as --data)."),
     click.option(
         "--val-split",
-        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        type=float,
+        callback=number("val_split", 0, 1, low_open=True, high_open=True),
         help="Hold out the last fraction F of --data for validation instead.",
     ),
     click.option("--x-key", help="Inputs' array name in .npz/.h5 data [default: x]."),
     click.option("--y-key", help="Targets' array name in .npz/.h5 data [default: y]."),
     click.option("--label-col", help="CSV column (header name or 0-based index) holding the targets."),
-    click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Global batch size."),
+    click.option(
+        "--batch-size",
+        type=int,
+        callback=number("batch_size", 1, integer=True),
+        default=32,
+        show_default=True,
+        help="Global batch size.",
+    ),
 ]
 
 OPTIONS = [
     click.option(
         "--finetune-epochs",
-        type=click.IntRange(min=0),
+        type=int,
+        callback=number("finetune_epochs", 0, integer=True),
         default=None,
         help="After pruning, fine-tune N epochs with pruned weights held at 0 (0: only evaluate).",
     ),
-    click.option("--learning-rate", type=click.FloatRange(0, min_open=True), help="Override the learning rate."),
+    click.option(
+        "--learning-rate",
+        type=float,
+        callback=number("learning_rate", 0, low_open=True),
+        help="Override the learning rate.",
+    ),
     click.option("--optimizer", help="Keras optimizer name [default: the model's saved one, else adam]."),
     click.option("--loss", help="Keras loss name [default: the model's saved loss, else inferred]."),
     click.option("--metrics", multiple=True, help="Keras metric name (repeatable) [default: saved, else inferred]."),
@@ -83,28 +97,32 @@ OPTIONS = [
     ),
     click.option(
         "--initial-sparsity",
-        type=click.FloatRange(0, 1, max_open=True),
+        type=float,
+        callback=number("initial_sparsity", 0, 1, high_open=True),
         default=0.0,
         show_default=True,
         help="polynomial: sparsity at the start of the pruning window.",
     ),
     click.option(
         "--prune-begin",
-        type=click.FloatRange(0, 1),
+        type=float,
+        callback=number("prune_begin", 0, 1),
         default=0.0,
         show_default=True,
         help="polynomial: window start, as a fraction of the training steps.",
     ),
     click.option(
         "--prune-end",
-        type=click.FloatRange(0, 1),
+        type=float,
+        callback=number("prune_end", 0, 1),
         default=0.5,
         show_default=True,
         help="polynomial: step (fraction) where the final sparsity is reached.",
     ),
     click.option(
         "--l1",
-        type=click.FloatRange(0),
+        type=float,
+        callback=number("l1", 0),
         default=0.0,
         show_default=True,
         help="L1 penalty while fine-tuning, on the pruned kernels (every prunable one without a weight step); "

@@ -24,11 +24,9 @@ COMPRESSION_LEVELS = {"none": 0, "fast": 1, "balanced": 4, "strong": 9}
 DEFAULT_COMPRESSION = "fast"
 
 
-def _finite_non_negative(value: float, name: str) -> float:
-    number = float(value)
-    if not math.isfinite(number) or number < 0:
-        raise OptionError(f"{name} must be a finite number >= 0. Received: {name}={value}")
-    return number
+def _bound(number: float) -> str:
+    """A range bound as people write it: ``1``, ``0.5``, ``4294967295`` (not ``4.29497e+09``)."""
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
 
 def check_number(
@@ -38,47 +36,58 @@ def check_number(
     high: float | None = None,
     low_open: bool = False,
     high_open: bool = False,
+    integer: bool = False,
 ) -> float:
-    """Return ``value`` as float if it is a finite number within the given bounds.
+    """Return ``value`` as float (int with ``integer``) if it is a finite number within the given bounds.
 
-    The one check every float option goes through, so that NaN and infinity,
-    which pass any comparison-based range check, are refused everywhere.
+    The one check every number option goes through, so that NaN and infinity,
+    which pass any comparison-based range check, are refused everywhere, and every
+    range error reads the same: ``{field} must be a finite number in [0, 1).
+    Received: {field}=1.5``, where the CLI shows ``{field}`` as the flag or
+    environment variable the value came from.
 
     Args:
         value: the value given.
         field: the option's field name, shown as ``{field}`` (the CLI shows its flag).
         low, high: the bounds, or None for none.
         low_open, high_open: exclude the bound itself.
+        integer: the value must also be a whole number (not a bool); it is returned as int.
 
     Returns:
-        The value as a float.
+        The value as a float, or an int with ``integer``.
 
     Raises:
-        OptionError: a value that is not a number, NaN, infinite, or out of bounds.
+        OptionError: a value that is not a number, NaN, infinite, out of bounds, or not whole where it must be.
 
     Example:
         >>> check_number(0.5, "initial_sparsity", 0, 1, high_open=True)
         0.5
+        >>> check_number(0.0, "round_to", 1, integer=True)
+        Traceback (most recent call last):
+        ...
+        prunectl.core.errors.OptionError: round_to must be an integer >= 1. Received: round_to=0.0
     """
     try:
-        number = float(value)
-    except (TypeError, ValueError):
+        number = math.nan if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError, OverflowError):
         number = math.nan
     below = low is not None and (number <= low if low_open else number < low)
     above = high is not None and (number >= high if high_open else number > high)
-    if not math.isfinite(number) or below or above:
+    whole = not integer or (math.isfinite(number) and number == int(number))
+    if not math.isfinite(number) or below or above or not whole:
         if low is not None and high is not None:
-            where = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            where = f"in {'(' if low_open else '['}{_bound(low)}, {_bound(high)}{')' if high_open else ']'}"
         elif low is not None:
-            where = f"{'>' if low_open else '>='} {low:g}"
+            where = f"{'>' if low_open else '>='} {_bound(low)}"
         elif high is not None:
-            where = f"{'<' if high_open else '<='} {high:g}"
+            where = f"{'<' if high_open else '<='} {_bound(high)}"
         else:
             where = ""
+        kind = "an integer" if integer else "a finite number"
         raise OptionError(
-            f"{{{field}}} must be a finite number{' ' + where if where else ''}. Received: {{{field}}}={value}", field
+            f"{{{field}}} must be {kind}{' ' + where if where else ''}. Received: {{{field}}}={value}", field
         )
-    return number
+    return int(number) if integer else number
 
 
 # numpy's and Python's generators, which keras.utils.set_random_seed seeds, take seeds in [0, 2**32).
@@ -91,49 +100,56 @@ def validate_seed(seed) -> int:
     Raises:
         OptionError: a negative, too large or non-integer seed.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
-        raise OptionError(f"{{seed}} must be an integer in [0, {SEED_MAX}]. Received: {{seed}}={seed}", "seed")
-    return seed
+    return int(check_number(seed, "seed", 0, SEED_MAX, integer=True))
 
 
-def validate_threshold(threshold: float) -> float:
+def validate_threshold(threshold: float, field: str = "threshold") -> float:
     """Return ``threshold`` as float if it is a finite, non-negative number.
+
+    Args:
+        threshold: the value given.
+        field: the option it was given as, named in the error.
 
     Raises:
         OptionError: for NaN, infinity or a negative value.
     """
-    return _finite_non_negative(threshold, "threshold")
+    return check_number(threshold, field, 0)
 
 
-def validate_sparsity(sparsity: float) -> float:
+def validate_sparsity(sparsity: float, field: str = "sparsity") -> float:
     """Return ``sparsity`` as float if it lies in [0, 1).
+
+    Args:
+        sparsity: the value given.
+        field: the option it was given as (``initial_sparsity``), named in the error.
 
     Raises:
         OptionError: for NaN or a value outside [0, 1).
     """
-    return _fraction(sparsity, "sparsity")
-
-
-def _fraction(value, name: str) -> float:
-    """``value`` as float if it lies in [0, 1), else an OptionError naming ``name``."""
-    number = float(value)
-    if not (0.0 <= number < 1.0):  # also rejects NaN
-        raise OptionError(f"{name} must be in [0, 1). Received: {name}={value}")
-    return number
+    return check_number(sparsity, field, 0, 1, high_open=True)
 
 
 def compile_patterns(patterns: Sequence[str], option: str) -> list[re.Pattern]:
     """Compile layer-name patterns.
 
+    Args:
+        patterns: the regular expressions.
+        option: the field they were given as (``include``; the CLI shows its flag), or a
+            description (``a layer override``).
+
     Raises:
         OptionError: a pattern is not a valid regular expression.
     """
+    fields = (option,) if option.isidentifier() else ()
+    shown = "{" + option + "}" if fields else option
     compiled = []
     for pattern in patterns:
         try:
             compiled.append(re.compile(pattern))
         except re.error as exc:
-            raise OptionError(f"{option} is not a valid regular expression ({exc}). Received: {pattern!r}") from None
+            raise OptionError(
+                f"{shown} is not a valid regular expression ({exc}). Received: {pattern!r}", *fields
+            ) from None
     return compiled
 
 
@@ -143,10 +159,7 @@ def validate_neuron_ratio(ratio: float) -> float:
     Raises:
         OptionError: for NaN or a value outside (0, 1).
     """
-    value = float(ratio)
-    if not (0.0 < value < 1.0):  # also rejects NaN
-        raise OptionError(f"neuron_ratio must be in (0, 1). Received: neuron_ratio={ratio}")
-    return value
+    return check_number(ratio, "neuron_ratio", 0, 1, low_open=True, high_open=True)
 
 
 def validate_neuron_threshold(threshold: float) -> float:
@@ -155,7 +168,7 @@ def validate_neuron_threshold(threshold: float) -> float:
     Raises:
         OptionError: for NaN, infinity or a negative value.
     """
-    return _finite_non_negative(threshold, "neuron_threshold")
+    return check_number(threshold, "neuron_threshold", 0)
 
 
 # A group always keeps this fraction of its units (and at least one). It is a safety net against a layer
@@ -170,7 +183,7 @@ def validate_min_keep(min_keep: float) -> float:
     Raises:
         OptionError: for NaN or a value outside [0, 1).
     """
-    return _fraction(min_keep, "min_keep")
+    return check_number(min_keep, "min_keep", 0, 1, high_open=True)
 
 
 def validate_round_to(round_to: int) -> int:
@@ -179,9 +192,7 @@ def validate_round_to(round_to: int) -> int:
     Raises:
         OptionError: for a value below 1.
     """
-    if int(round_to) != round_to or round_to < 1:
-        raise OptionError(f"round_to must be an integer >= 1. Received: round_to={round_to}")
-    return int(round_to)
+    return int(check_number(round_to, "round_to", 1, integer=True))
 
 
 # Sensitivity analysis (``prunectl sensitivity``).
@@ -200,16 +211,19 @@ def parse_sparsities(text: str) -> tuple[float, ...]:
     """
     items = [item.strip() for item in str(text).split(",")]
     if not any(items):
-        raise OptionError(f"sparsities must be a comma-separated list of numbers in [0, 1). Received: {text!r}")
+        raise OptionError(
+            f"{{sparsities}} must be a comma-separated list of numbers in [0, 1). Received: {text!r}", "sparsities"
+        )
     values = []
     for item in items:
         try:
             values.append(float(item))
         except ValueError:
             raise OptionError(
-                f"sparsities must be a comma-separated list of numbers in [0, 1). Received: {item!r} in {text!r}"
+                f"{{sparsities}} must be a comma-separated list of numbers in [0, 1). Received: {item!r} in {text!r}",
+                "sparsities",
             ) from None
-    return tuple(sorted({validate_sparsity(v) for v in values}))
+    return tuple(sorted({validate_sparsity(v, "sparsities") for v in values}))
 
 
 def validate_budget(budget: float) -> float:
@@ -218,7 +232,7 @@ def validate_budget(budget: float) -> float:
     Raises:
         OptionError: for NaN, infinity or a negative value.
     """
-    return _finite_non_negative(budget, "budget")
+    return check_number(budget, "budget", 0)
 
 
 def check_reader(data, reader) -> None:

@@ -135,7 +135,7 @@ def test_a_model_without_accuracy_fails_the_gate_as_not_measured(samples):
         ),
         (
             ("prune", "{model}", "--sparsity", "0.5", "--data", "{data}", f"--{GATE}", "1.5"),
-            f"Error: {GATE} must be in [0, 1]. Received: {GATE}=1.5",
+            f"Error: --{GATE} must be a finite number in [0, 1]. Received: --{GATE}=1.5",
         ),
         (
             ("prune", "{model}", "--sparsity", "0.5", "--finetune-epochs", "1", "--data", "{data}", f"--{GATE}", "0.1"),
@@ -159,7 +159,7 @@ def test_a_model_without_accuracy_fails_the_gate_as_not_measured(samples):
         ),
         (
             ("report", "{model}", "--baseline", "{model}", "--data", "{data}", f"--{GATE}", "-0.1"),
-            f"Error: {GATE} must be in [0, 1]. Received: {GATE}=-0.1",
+            f"Error: --{GATE} must be a finite number in [0, 1]. Received: --{GATE}=-0.1",
         ),
         (
             ("report", "-", "--data", "{data}"),

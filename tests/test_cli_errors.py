@@ -319,22 +319,22 @@ def _invalid(option: str, message: str) -> str:
 BAD_OPTIONS = [
     pytest.param(
         ["--threshold", "-0.1"],
-        _invalid("--threshold", "threshold must be a finite number >= 0. Received: threshold=-0.1"),
+        _invalid("--threshold", "--threshold must be a finite number >= 0. Received: --threshold=-0.1"),
         id="negative-threshold",
     ),
     pytest.param(
         ["--threshold=-1e-3"],
-        _invalid("--threshold", "threshold must be a finite number >= 0. Received: threshold=-0.001"),
+        _invalid("--threshold", "--threshold must be a finite number >= 0. Received: --threshold=-0.001"),
         id="negative-threshold-equals",
     ),
     pytest.param(
         ["--threshold", "nan"],
-        _invalid("--threshold", "threshold must be a finite number >= 0. Received: threshold=nan"),
+        _invalid("--threshold", "--threshold must be a finite number >= 0. Received: --threshold=nan"),
         id="nan-threshold",
     ),
     pytest.param(
         ["--threshold", "inf"],
-        _invalid("--threshold", "threshold must be a finite number >= 0. Received: threshold=inf"),
+        _invalid("--threshold", "--threshold must be a finite number >= 0. Received: --threshold=inf"),
         id="inf-threshold",
     ),
     pytest.param(
@@ -342,22 +342,22 @@ BAD_OPTIONS = [
     ),
     pytest.param(
         ["--sparsity", "1"],
-        _invalid("--sparsity", "sparsity must be in [0, 1). Received: sparsity=1.0"),
+        _invalid("--sparsity", "--sparsity must be a finite number in [0, 1). Received: --sparsity=1.0"),
         id="sparsity-1",
     ),
     pytest.param(
         ["--sparsity", "1.2"],
-        _invalid("--sparsity", "sparsity must be in [0, 1). Received: sparsity=1.2"),
+        _invalid("--sparsity", "--sparsity must be a finite number in [0, 1). Received: --sparsity=1.2"),
         id="sparsity-1.2",
     ),
     pytest.param(
         ["--sparsity", "-0.1"],
-        _invalid("--sparsity", "sparsity must be in [0, 1). Received: sparsity=-0.1"),
+        _invalid("--sparsity", "--sparsity must be a finite number in [0, 1). Received: --sparsity=-0.1"),
         id="negative-sparsity",
     ),
     pytest.param(
         ["--sparsity", "nan"],
-        _invalid("--sparsity", "sparsity must be in [0, 1). Received: sparsity=nan"),
+        _invalid("--sparsity", "--sparsity must be a finite number in [0, 1). Received: --sparsity=nan"),
         id="nan-sparsity",
     ),
     pytest.param(

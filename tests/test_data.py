@@ -40,7 +40,8 @@ def test_keyed_readers(tmp_path, suffix, lazy):
 def test_missing_x_key_names_what_is_there(tmp_path, suffix):
     path = write(tmp_path, suffix)
     kind = "array" if suffix == ".npz" else "dataset"
-    with pytest.raises(DataError, match=rf"^data file has no {kind} 'inputs' \({kind}s: x, y\)\. Received: "):
+    expected = rf"^data file has no {kind} 'inputs'; name the inputs' {kind} with --x-key NAME \({kind}s: x, y\)\. "
+    with pytest.raises(DataError, match=expected + "Received: "):
         read_dataset(path, x_key="inputs")
 
 

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import invoke
 from test_cli_errors import fails
 
 
@@ -150,24 +151,65 @@ def test_plots_without_matplotlib_names_the_extra(folder, monkeypatch):
     )
 
 
+def _without_tensorflow(monkeypatch) -> None:
+    """Make importing TensorFlow or Keras fail, so that a refusal must come before either is imported."""
+    for name in ("tensorflow", "keras"):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+TWO_WORKERS = '{"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 0}}'
+
+
 def test_multiworker_needs_tf_config(folder, monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
+    _without_tensorflow(monkeypatch)
     fails(
         folder,
         *tune(folder, "--strategy", "multiworker"),
-        code=1,
-        contains=["the multiworker strategy needs TF_CONFIG", "Received: TF_CONFIG=''"],
+        code=2,
+        line="Error: --strategy multiworker needs TF_CONFIG naming a cluster of workers and this task; "
+        "see the README. Received: TF_CONFIG=''",
     )
 
 
-def test_multiworker_with_several_workers_is_refused_up_front(folder, monkeypatch):
-    monkeypatch.setenv(
-        "TF_CONFIG", '{"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 0}}'
-    )
+@pytest.mark.parametrize("strategy", ["multiworker", "default", "mirrored"])
+def test_several_workers_are_refused_before_tensorflow_is_imported(folder, monkeypatch, strategy):
+    monkeypatch.setenv("TF_CONFIG", TWO_WORKERS)
+    _without_tensorflow(monkeypatch)
     fails(
         folder,
-        *tune(folder, "--strategy", "multiworker"),
-        code=1,
-        line="Error: Keras 3 cannot fit under MultiWorkerMirroredStrategy with more than one worker "
-        "(keras-team/keras#20585). Received: 2 workers in TF_CONFIG",
+        *tune(folder, "--strategy", strategy),
+        code=2,
+        line="Error: TF_CONFIG lists 2 workers; prunectl fine-tunes on one worker until multi-worker training lands "
+        "(Keras 3 cannot fit under MultiWorkerMirroredStrategy with more than one worker, keras-team/keras#20585): "
+        "unset TF_CONFIG (and use --strategy mirrored for the devices of one machine). "
+        "Received: TF_CONFIG with 2 workers",
     )
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"cluster": ', "Error: TF_CONFIG is not valid JSON (Expecting value: line 1 column 13 (char 12)). "),
+        (
+            '["worker"]',
+            'Error: TF_CONFIG must be an object {"cluster": {"worker": ["host:port", ...]}, "task": {...}}. ',
+        ),
+    ],
+)
+def test_malformed_tf_config_is_one_line(folder, monkeypatch, text, message):
+    monkeypatch.setenv("TF_CONFIG", text)
+    _without_tensorflow(monkeypatch)
+    fails(folder, *tune(folder), code=2, line=f"{message}Received: TF_CONFIG={text!r}")
+
+
+def test_tf_config_is_read_only_when_fine_tuning(folder, monkeypatch):
+    """A cluster of one worker is what multiworker runs; a prune without fine-tuning never reads TF_CONFIG."""
+    from prunectl.core.training.distribute import check_cluster
+
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 0}}')
+    check_cluster("multiworker")  # no error
+    monkeypatch.setenv("TF_CONFIG", TWO_WORKERS)
+    result = invoke(*prune(folder, "-o", folder / "out.h5", "-q"))
+    assert result.exit_code == 0, result.output
+    assert (folder / "out.h5").is_file()

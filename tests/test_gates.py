@@ -66,8 +66,11 @@ def test_report_gates_on_a_model(models):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (("--min-sparsity", "1.5"), "Error: min-sparsity must be in [0, 1]. Received: min-sparsity=1.5"),
-        (("--max-params", "-3"), "Error: max-params must be >= 0. Received: max-params=-3"),
+        (
+            ("--min-sparsity", "1.5"),
+            "Error: --min-sparsity must be a finite number in [0, 1]. Received: --min-sparsity=1.5",
+        ),
+        (("--max-params", "-3"), "Error: --max-params must be a finite number >= 0. Received: --max-params=-3"),
     ],
 )
 def test_bad_gate_limits_are_usage_errors(models, args, message):

@@ -79,7 +79,7 @@ def test_min_keep_is_a_floor_for_every_scope_and_threshold():
 
 @pytest.mark.parametrize("value", [1.0, -0.1, float("nan")])
 def test_min_keep_is_checked_in_the_library(value):
-    with pytest.raises(OptionError, match=r"min_keep must be in \[0, 1\)\. Received: min_keep="):
+    with pytest.raises(OptionError, match=r"min_keep must be a finite number in \[0, 1\)\. Received: min_keep="):
         NeuronPruning(ratio=0.5, min_keep=value)
 
 
@@ -111,9 +111,18 @@ def _bad(message: str) -> str:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--neuron-ratio", "0.5", "--min-keep", "1"], _bad("min_keep must be in [0, 1). Received: min_keep=1.0")),
-        (["--neuron-ratio", "0.5", "--min-keep", "-0.2"], _bad("min_keep must be in [0, 1). Received: min_keep=-0.2")),
-        (["--neuron-ratio", "0.5", "--min-keep", "nan"], _bad("min_keep must be in [0, 1). Received: min_keep=nan")),
+        (
+            ["--neuron-ratio", "0.5", "--min-keep", "1"],
+            _bad("--min-keep must be a finite number in [0, 1). Received: --min-keep=1.0"),
+        ),
+        (
+            ["--neuron-ratio", "0.5", "--min-keep", "-0.2"],
+            _bad("--min-keep must be a finite number in [0, 1). Received: --min-keep=-0.2"),
+        ),
+        (
+            ["--neuron-ratio", "0.5", "--min-keep", "nan"],
+            _bad("--min-keep must be a finite number in [0, 1). Received: --min-keep=nan"),
+        ),
         (
             ["--threshold", "0.1", "--min-keep", "0.2"],
             "Error: --min-keep needs --neuron-threshold or --neuron-ratio. Received: --min-keep 0.2",

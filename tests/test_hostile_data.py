@@ -269,15 +269,41 @@ def test_clean_data_still_reads(folder):
         (
             "--initial-sparsity",
             "nan",
-            "Error: --initial-sparsity must be a finite number in [0, 1). Received: --initial-sparsity=nan",
+            "Error: Invalid value for '--initial-sparsity': --initial-sparsity must be a finite number in [0, 1). "
+            "Received: --initial-sparsity=nan",
         ),
-        ("--prune-begin", "nan", "Error: --prune-begin must be a finite number in [0, 1]. Received: --prune-begin=nan"),
-        ("--prune-end", "nan", "Error: --prune-end must be a finite number in [0, 1]. Received: --prune-end=nan"),
-        ("--learning-rate", "inf", "Error: --learning-rate must be a finite number > 0. Received: --learning-rate=inf"),
-        ("--learning-rate", "nan", "Error: --learning-rate must be a finite number > 0. Received: --learning-rate=nan"),
-        ("--l1", "inf", "Error: --l1 must be a finite number >= 0. Received: --l1=inf"),
-        ("--l1", "nan", "Error: --l1 must be a finite number >= 0. Received: --l1=nan"),
-        ("--val-split", "nan", "Error: --val-split must be a finite number in (0, 1). Received: --val-split=nan"),
+        (
+            "--prune-begin",
+            "nan",
+            "Error: Invalid value for '--prune-begin': --prune-begin must be a finite number in [0, 1]. "
+            "Received: --prune-begin=nan",
+        ),
+        (
+            "--prune-end",
+            "nan",
+            "Error: Invalid value for '--prune-end': --prune-end must be a finite number in [0, 1]. "
+            "Received: --prune-end=nan",
+        ),
+        (
+            "--learning-rate",
+            "inf",
+            "Error: Invalid value for '--learning-rate': --learning-rate must be a finite number > 0. "
+            "Received: --learning-rate=inf",
+        ),
+        (
+            "--learning-rate",
+            "nan",
+            "Error: Invalid value for '--learning-rate': --learning-rate must be a finite number > 0. "
+            "Received: --learning-rate=nan",
+        ),
+        ("--l1", "inf", "Error: Invalid value for '--l1': --l1 must be a finite number >= 0. Received: --l1=inf"),
+        ("--l1", "nan", "Error: Invalid value for '--l1': --l1 must be a finite number >= 0. Received: --l1=nan"),
+        (
+            "--val-split",
+            "nan",
+            "Error: Invalid value for '--val-split': --val-split must be a finite number in (0, 1). "
+            "Received: --val-split=nan",
+        ),
         (
             "--label-col",
             "0",
@@ -298,29 +324,38 @@ def test_bad_fine_tuning_values_are_usage_errors(folder, flag, value, line):
         (
             "--threshold",
             "nan",
-            "Error: Invalid value for '--threshold': threshold must be a finite number >= 0. Received: threshold=nan",
+            "Error: Invalid value for '--threshold': --threshold must be a finite number >= 0. "
+            "Received: --threshold=nan",
         ),
         (
             "--threshold",
             "inf",
-            "Error: Invalid value for '--threshold': threshold must be a finite number >= 0. Received: threshold=inf",
+            "Error: Invalid value for '--threshold': --threshold must be a finite number >= 0. "
+            "Received: --threshold=inf",
         ),
         (
             "--sparsity",
             "nan",
-            "Error: Invalid value for '--sparsity': sparsity must be in [0, 1). Received: sparsity=nan",
+            "Error: Invalid value for '--sparsity': --sparsity must be a finite number in [0, 1). "
+            "Received: --sparsity=nan",
         ),
         (
             "--neuron-ratio",
             "nan",
-            "Error: Invalid value for '--neuron-ratio': neuron_ratio must be in (0, 1). Received: neuron_ratio=nan",
+            "Error: Invalid value for '--neuron-ratio': --neuron-ratio must be a finite number in (0, 1). "
+            "Received: --neuron-ratio=nan",
         ),
         (
             "--min-keep",
             "nan",
-            "Error: Invalid value for '--min-keep': min_keep must be in [0, 1). Received: min_keep=nan",
+            "Error: Invalid value for '--min-keep': --min-keep must be a finite number in [0, 1). "
+            "Received: --min-keep=nan",
         ),
-        ("--min-sparsity", "nan", "Error: min-sparsity must be in [0, 1]. Received: min-sparsity=nan"),
+        (
+            "--min-sparsity",
+            "nan",
+            "Error: --min-sparsity must be a finite number in [0, 1]. Received: --min-sparsity=nan",
+        ),
     ],
 )
 def test_other_float_options_refuse_nan_and_inf(folder, flag, value, line):
@@ -374,7 +409,7 @@ def _recipe(folder, text):
         ),
         (
             "[[step]]\nsparsity = 0.5\n[finetune]\nfinetune-epochs = 1\ndata = 'train.npz'\nseed = -1\n",
-            "line 6, [finetune]: --seed must be an integer in [0, 4294967295]. Received: --seed=-1",
+            "line 6, [finetune]: seed must be an integer in [0, 4294967295]. Received: seed=-1",
         ),
         (
             "a = " + "[" * 20 + "]" * 20 + "\n",  # the document's table, then 20 arrays

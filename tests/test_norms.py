@@ -267,5 +267,5 @@ def test_recipe_step_takes_norms(tmp_path):
         "--recipe",
         recipe,
         code=2,
-        line=f"Error: recipe {recipe} line 3, step 1: 'both' is not one of 'boundary', 'joint'.",
+        line=f"Error: recipe {recipe} line 3, step 1: norms must be one of boundary, joint. Received: norms = 'both'",
     )

@@ -178,11 +178,12 @@ def test_recipe_out_records_command_line_options(models, tmp_path):
         ),
         (
             "[[step]]\nsparsity = 1.5\n",
-            "Error: recipe {path} line 2, step 1: sparsity must be in [0, 1). Received: sparsity=1.5",
+            "Error: recipe {path} line 2, step 1: sparsity must be a finite number in [0, 1). Received: sparsity=1.5",
         ),
         (
             '[[step]]\nsparsity = 0.5\n[step.layers."^d1$"]\nsparsity = -1\n',
-            "Error: recipe {path} line 4, step 1, layers '^d1$': sparsity must be in [0, 1). Received: sparsity=-1.0",
+            "Error: recipe {path} line 4, step 1, layers '^d1$': sparsity must be a finite number in [0, 1). "
+            "Received: sparsity=-1.0",
         ),
         (
             "[[step]]\nsparsity = 0.5\n\n[[step]]\nthreshold = 0.1\n",

@@ -184,18 +184,20 @@ def test_loss_where_the_model_has_no_accuracy(tiny):
         (
             ("--data", "{val}", "--sparsities", "0.5,1.2"),
             2,
-            "Error: Invalid value for '--sparsities': sparsity must be in [0, 1). Received: sparsity=1.2",
+            "Error: Invalid value for '--sparsities': --sparsities must be a finite number in [0, 1). "
+            "Received: --sparsities=1.2",
         ),
         (
             ("--data", "{val}", "--sparsities", "abc"),
             2,
-            "Error: Invalid value for '--sparsities': sparsities must be a comma-separated list of numbers in [0, 1). "
+            "Error: Invalid value for '--sparsities': --sparsities must be a comma-separated list of numbers "
+            "in [0, 1). "
             "Received: 'abc' in 'abc'",
         ),
         (
             ("--data", "{val}", "--budget", "-1"),
             2,
-            "Error: Invalid value for '--budget': budget must be a finite number >= 0. Received: budget=-1.0",
+            "Error: Invalid value for '--budget': --budget must be a finite number >= 0. Received: --budget=-1.0",
         ),
         (
             ("--data", "{val}", "--recipe-out", "r.toml"),

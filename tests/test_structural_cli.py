@@ -102,25 +102,27 @@ def _bad(option: str, message: str) -> str:
 BAD = [
     pytest.param(
         ["--neuron-ratio", "1.5"],
-        _bad("--neuron-ratio", "neuron_ratio must be in (0, 1). Received: neuron_ratio=1.5"),
+        _bad("--neuron-ratio", "--neuron-ratio must be a finite number in (0, 1). Received: --neuron-ratio=1.5"),
         2,
         id="ratio",
     ),
     pytest.param(
         ["--neuron-ratio", "0"],
-        _bad("--neuron-ratio", "neuron_ratio must be in (0, 1). Received: neuron_ratio=0.0"),
+        _bad("--neuron-ratio", "--neuron-ratio must be a finite number in (0, 1). Received: --neuron-ratio=0.0"),
         2,
         id="ratio0",
     ),
     pytest.param(
         ["--neuron-threshold", "-1"],
-        _bad("--neuron-threshold", "neuron_threshold must be a finite number >= 0. Received: neuron_threshold=-1.0"),
+        _bad(
+            "--neuron-threshold", "--neuron-threshold must be a finite number >= 0. Received: --neuron-threshold=-1.0"
+        ),
         2,
         id="threshold",
     ),
     pytest.param(
         ["--neuron-ratio", "0.5", "--round-to", "0"],
-        _bad("--round-to", "round_to must be an integer >= 1. Received: round_to=0"),
+        _bad("--round-to", "--round-to must be an integer >= 1. Received: --round-to=0"),
         2,
         id="round-to",
     ),

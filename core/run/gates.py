@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prunectl.core.errors import OptionError
+from prunectl.core.options import check_number
 from prunectl.core.registry import Registry
 from prunectl.core.training.evaluation import Evaluation, metric_better, same_metric
 
@@ -68,11 +68,8 @@ class Gate:
     fraction = False
 
     def validate(self, limit: float) -> float:
-        name = self.registered_name
-        if self.fraction and not (0.0 <= limit <= 1.0):  # also rejects NaN
-            raise OptionError(f"{name} must be in [0, 1]. Received: {name}={limit}")
-        if limit != limit or limit < 0:  # NaN or negative
-            raise OptionError(f"{name} must be >= 0. Received: {name}={limit}")
+        field = self.registered_name.replace("-", "_")
+        check_number(limit, field, 0, 1 if self.fraction else None)
         return limit
 
     def get_config(self) -> dict:

@@ -95,6 +95,10 @@ class PruneRequest:
             raise OptionError(f"engine must be one of {', '.join(ENGINES)}. Received: engine={self.engine!r}")
         for name, limit in self.gates:
             GATES.get(name)(limit)
+        if self.finetune is not None:
+            from prunectl.core.training.distribute import check_cluster
+
+            check_cluster(self.finetune.strategy)  # before TensorFlow is imported, which reads TF_CONFIG
         if self.dry_run and self.neurons is None:
             raise OptionError(
                 "{dry_run} needs {neuron_threshold} or {neuron_ratio}. Received: {dry_run}",
@@ -174,6 +178,17 @@ class PruneRequest:
                 "schedule",
                 "sparsity",
                 "threshold",
+            )
+        if self.finetune is not None and self.weights is not None and self.weights.sparsity is not None:
+            from prunectl.core.weights.schedules import SCHEDULES
+
+            # The schedule's own checks (initial sparsity, window), here rather than after the model is loaded.
+            SCHEDULES.get(self.finetune.schedule).for_run(
+                self.weights.sparsity,
+                1,
+                initial_sparsity=self.finetune.initial_sparsity,
+                begin=self.finetune.prune_begin,
+                end=self.finetune.prune_end,
             )
 
     def pipeline(self) -> dict:

@@ -38,9 +38,35 @@ class Dataset:
 
     x: np.ndarray
     y: np.ndarray | None = None
+    #: Where ``y`` is None: why the file gave no targets and how to name them (an error shows it).
+    no_targets: str = ""
 
     def __len__(self) -> int:
         return len(self.x)
+
+
+# Column and array names an error lists before it says how many more there are.
+_SHOWN_NAMES = 8
+
+
+def _names(names, limit: int = _SHOWN_NAMES) -> str:
+    names = [str(n) for n in names]
+    more = len(names) - limit
+    return ", ".join(names[:limit]) + (f" and {more} more" if more > 0 else "") or "none"
+
+
+def _ends(names, head: int = 5, tail: int = 3) -> str:
+    """The first and last of many column names: a table's targets are most often its first or last column."""
+    names = [str(n) for n in names]
+    return ", ".join(names if len(names) <= head + tail else [*names[:head], "...", *names[-tail:]])
+
+
+def _no_targets(data: Dataset, name: str) -> DataError:
+    """The error for data without targets, with the reader's advice on how to name them."""
+    advice = f"; {data.no_targets}" if data.no_targets else ""
+    return DataError(
+        f"{name} has no targets (y) to train or evaluate on{advice}. Received: x shape {tuple(data.x.shape)}"
+    )
 
 
 def _fail(reason: str, path: Path) -> DataError:
@@ -70,9 +96,15 @@ class NpzReader:
                 if not archive.files:
                     raise _fail("data file holds no arrays (an empty .npz archive)", path)
                 if self.x_key not in archive:
-                    raise _fail(f"data file has no array {self.x_key!r} (arrays: {', '.join(archive.files)})", path)
-                y = archive[self.y_key] if self.y_key in archive else None
-                return Dataset(archive[self.x_key], y)
+                    raise _fail(
+                        f"data file has no array {self.x_key!r}; name the inputs' array with --x-key NAME "
+                        f"(arrays: {_names(archive.files)})",
+                        path,
+                    )
+                if self.y_key not in archive:
+                    others = [k for k in archive.files if k != self.x_key]
+                    return Dataset(archive[self.x_key], None, _name_targets("array", self.y_key, others, "--y-key"))
+                return Dataset(archive[self.x_key], archive[self.y_key])
         # A damaged archive fails as a bad zip, a bad CRC, a truncated stream or a bad .npy header.
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise _fail(f"cannot read data file ({first_line(exc)})", path) from None
@@ -99,15 +131,21 @@ class H5Reader:
         except OSError as exc:
             raise _fail(f"cannot read data file ({exc})", path) from None
         arrays: list[Any] = []
+        missing = ""
         for key, required in ((self.x_key, True), (self.y_key, False)):
             item = handle.get(key)
             if item is None and not required:
                 arrays.append(None)
+                others = [k for k in handle if isinstance(handle[k], h5py.Dataset) and k != self.x_key]
+                missing = _name_targets("dataset", key, others, "--y-key")
                 continue
             if not isinstance(item, h5py.Dataset):
-                names = ", ".join(k for k in handle if isinstance(handle[k], h5py.Dataset)) or "none"
+                names = _names([k for k in handle if isinstance(handle[k], h5py.Dataset)])
                 handle.close()
-                raise _fail(f"data file has no dataset {key!r} (datasets: {names})", path)
+                raise _fail(
+                    f"data file has no dataset {key!r}; name the inputs' dataset with --x-key NAME (datasets: {names})",
+                    path,
+                )
             _check_stored(item, key, path, handle)
             try:
                 arrays.append(item if self.lazy else item[()])
@@ -116,7 +154,7 @@ class H5Reader:
                 raise _fail(f"cannot read dataset {key!r} of data file ({first_line(exc)})", path) from None
         if not self.lazy:
             handle.close()
-        return Dataset(*arrays)
+        return Dataset(arrays[0], arrays[1], missing)
 
 
 # Deflate, HDF5's usual filter, compresses at most about 1032:1; more than this (and more than a few MB)
@@ -178,7 +216,12 @@ class CsvReader:
         if table.ndim != 2:
             raise _fail("data file has no data rows", path)
         if self.label_col is None:
-            return Dataset(table.astype(np.float32))
+            if header:
+                advice = f"name the target column with --label-col NAME ({len(header)} columns: {_ends(header)})"
+            else:
+                last = table.shape[1] - 1
+                advice = f"give the target column's 0-based index, e.g. --label-col {last} for the last (no header)"
+            return Dataset(table.astype(np.float32), None, advice)
         column = self._column(header, table.shape[1], path)
         y = table[:, column]
         y = y.astype(np.int64) if np.all(y == np.round(y)) else y.astype(np.float32)
@@ -192,6 +235,13 @@ class CsvReader:
             return int(label) % width
         known = f"columns: {', '.join(header)}" if header else f"{width} columns, no header"
         raise _fail(f"label column {label!r} not in data file ({known})", path)
+
+
+def _name_targets(kind: str, key: str, others, flag: str) -> str:
+    """Advice for an archive without its targets' array: the flag that names them, and the arrays there are."""
+    if not others:
+        return f"it holds no {kind} {key!r} and no other {kind} than the inputs"
+    return f"it holds no {kind} {key!r}; name the targets' {kind} with {flag} NAME ({kind}s: {_names(others)})"
 
 
 def read_dataset(path: str | Path, lazy: bool = False, **options) -> Dataset:
@@ -320,7 +370,7 @@ def check_fits(data: Dataset, input_shape: tuple, output_shape: tuple, name: str
     """
     input_shape, output_shape = tuple(input_shape), tuple(output_shape)
     if data.y is None:
-        raise DataError(f"{name} has no targets (y) to train or evaluate on. Received: x shape {tuple(data.x.shape)}")
+        raise _no_targets(data, name)
     for label, array in (("x", data.x), ("y", data.y)):
         if np.dtype(array.dtype).kind not in "biuf":
             raise DataError(f"{name} {label} must be numeric. Received: dtype {np.dtype(array.dtype)}")
@@ -426,7 +476,7 @@ def batches(data: Dataset, batch_size: int, dtypes: tuple, shuffle: bool = False
             yield np.asarray(data.x[index], dtypes[0]), np.asarray(data.y[index], dtypes[1])
 
     if data.y is None:
-        raise DataError(f"data has no targets (y) to train or evaluate on. Received: x shape {tuple(data.x.shape)}")
+        raise _no_targets(data, "data")
     signature = tuple(tf.TensorSpec((None, *array.shape[1:]), dtype) for array, dtype in zip((data.x, data.y), dtypes))
     steps = math.ceil(n / batch_size)
     dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)

@@ -13,10 +13,69 @@ import json
 import os
 from typing import Any
 
-from prunectl.core.errors import SetupError
+from prunectl.core.errors import OptionError
 from prunectl.core.registry import Registered, Registry
 
 STRATEGIES: Registry[Any] = Registry("strategy")
+
+
+def cluster_workers(environ=None) -> int | None:
+    """How many workers ``TF_CONFIG`` lists, or None when it is unset or empty.
+
+    Args:
+        environ: the environment to read (default: ``os.environ``).
+
+    Raises:
+        OptionError: ``TF_CONFIG`` is not JSON, or not ``{"cluster": {"worker": [...]}, ...}``.
+    """
+    text = (os.environ if environ is None else environ).get("TF_CONFIG", "")
+    if not text.strip():
+        return None
+    shown = text if len(text) <= 120 else text[:117] + "..."
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        raise OptionError(f"TF_CONFIG is not valid JSON ({exc}). Received: TF_CONFIG={shown!r}") from None
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    workers = cluster.get("worker", []) if isinstance(cluster, dict) else None
+    if not isinstance(workers, list):
+        raise OptionError(
+            'TF_CONFIG must be an object {"cluster": {"worker": ["host:port", ...]}, "task": {...}}. '
+            f"Received: TF_CONFIG={shown!r}"
+        )
+    return len(workers)
+
+
+def check_cluster(strategy: str, environ=None) -> None:
+    """Refuse, before TensorFlow is imported, a fine-tuning run that could only fail on a cluster.
+
+    Keras 3's ``fit()`` fails under MultiWorkerMirroredStrategy with more than one worker
+    ("Attempt to convert a value (PerReplica...)", keras-team/keras#20585), after the model
+    is loaded; and TensorFlow reads ``TF_CONFIG`` whatever the strategy, so a cluster of
+    workers is refused with any strategy, and ``multiworker`` needs ``TF_CONFIG``.
+
+    Args:
+        strategy: the strategy's name in :data:`STRATEGIES`.
+        environ: the environment to read (default: ``os.environ``).
+
+    Raises:
+        OptionError: ``TF_CONFIG`` malformed, listing two or more workers, or missing under ``multiworker``.
+    """
+    workers = cluster_workers(environ)
+    if workers is not None and workers > 1:
+        raise OptionError(
+            f"TF_CONFIG lists {workers} workers; prunectl fine-tunes on one worker until multi-worker training "
+            "lands (Keras 3 cannot fit under MultiWorkerMirroredStrategy with more than one worker, "
+            "keras-team/keras#20585): unset TF_CONFIG (and use {strategy} mirrored for the devices of one machine). "
+            f"Received: TF_CONFIG with {workers} workers",
+            "strategy",
+        )
+    if strategy == "multiworker" and not workers:
+        raise OptionError(
+            "{strategy} multiworker needs TF_CONFIG naming a cluster of workers and this task; see the README. "
+            f"Received: TF_CONFIG={(environ if environ is not None else os.environ).get('TF_CONFIG', '')!r}",
+            "strategy",
+        )
 
 
 @STRATEGIES.register("default")
@@ -51,23 +110,9 @@ class MultiWorker(Registered):
     """Synchronous data parallelism over the workers that ``TF_CONFIG`` names (every worker runs the same command)."""
 
     def build(self):
+        check_cluster(self.registered_name)  # also where a library caller skipped PruneRequest's check
         import tensorflow as tf
 
-        try:
-            config = json.loads(os.environ.get("TF_CONFIG", ""))
-            workers = config["cluster"]["worker"]
-        except (ValueError, KeyError, TypeError):
-            raise SetupError(
-                "the multiworker strategy needs TF_CONFIG with a cluster of workers and this task; "
-                f"see the README. Received: TF_CONFIG={os.environ.get('TF_CONFIG', '')!r}"
-            ) from None
-        if len(workers) > 1:
-            # Keras 3's fit() fails under this strategy with 2+ workers ("Attempt to convert a value
-            # (PerReplica...)", keras-team/keras#20585); refuse up front rather than after loading.
-            raise SetupError(
-                "Keras 3 cannot fit under MultiWorkerMirroredStrategy with more than one worker "
-                f"(keras-team/keras#20585). Received: {len(workers)} workers in TF_CONFIG"
-            )
         return tf.distribute.MultiWorkerMirroredStrategy()
 
     def get_config(self) -> dict:
@@ -80,7 +125,7 @@ def strategy_scope(name: str):
 
     Raises:
         OptionError: an unknown name (from the registry).
-        SetupError: ``multiworker`` without a usable ``TF_CONFIG``.
+        OptionError: a ``TF_CONFIG`` that :func:`check_cluster` refuses.
     """
     from prunectl.core.io.keras_io import import_keras
 

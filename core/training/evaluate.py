@@ -23,7 +23,7 @@ import numpy as np
 
 from prunectl.core.errors import OptionError
 from prunectl.core.io.keras_io import CompileSpec, LoadedModel, import_keras
-from prunectl.core.options import check_reader
+from prunectl.core.options import check_number, check_reader
 from prunectl.core.training import data as datamod
 from prunectl.core.training.evaluation import Evaluation, accuracy_key, same_metric  # noqa: F401 (re-exported)
 
@@ -56,8 +56,7 @@ class EvalOptions:
     need_metrics: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if self.batch_size < 1:
-            raise OptionError(f"batch_size must be >= 1. Received: batch_size={self.batch_size}")
+        check_number(self.batch_size, "batch_size", 1, integer=True)
         check_reader(self.data, self.reader)
 
     def get_config(self) -> dict:
@@ -132,7 +131,8 @@ def resolve_compile(
                 known = False
             if not known:
                 shown = name if name.strip() else repr(name)
-                raise OptionError(f"unknown Keras {kind} name. Received: --{kind} {shown}") from None
+                field = "metrics" if kind == "metric" else kind
+                raise OptionError(f"unknown Keras {kind} name. Received: {{{field}}} {shown}", field) from None
     saved = saved or CompileSpec()
     if loss:
         source = "option"

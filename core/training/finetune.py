@@ -93,13 +93,9 @@ class FinetuneOptions:
 
     def __post_init__(self):
         SCHEDULES.get(self.schedule)
-        checks = [
-            (self.epochs >= 0, f"epochs must be >= 0. Received: epochs={self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1. Received: batch_size={self.batch_size}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise OptionError(message)
+        # "finetune_epochs" is the field's name among the prune command's options.
+        check_number(self.epochs, "finetune_epochs", 0, integer=True)
+        check_number(self.batch_size, "batch_size", 1, integer=True)
         check_number(self.l1, "l1", 0)
         check_number(self.initial_sparsity, "initial_sparsity", 0, 1, high_open=True)
         check_number(self.prune_begin, "prune_begin", 0, 1)

@@ -23,7 +23,7 @@ from prunectl.core.io.writer import Progress, write_model
 from prunectl.core.options import SCOPES, compile_patterns, validate_sparsity, validate_threshold
 from prunectl.core.weights import masks
 from prunectl.core.weights.catalog import WeightCounts, keras_weight_entries
-from prunectl.core.weights.selection import select_weights
+from prunectl.core.weights.selection import select_weights, shown_layers
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,14 @@ class WeightResult:
     threshold: float
 
 
+def _layers(selected: Sequence[WeightEntry], others: Sequence[WeightEntry]) -> str:
+    """The layers a per-layer override could name: the selected prunable ones, then the model's others."""
+    chosen = list(dict.fromkeys(e.layer for e in selected))
+    rest = [name for name in dict.fromkeys(e.layer for e in others) if name not in chosen]
+    listed = f"selected prunable layers: {shown_layers(chosen)}"
+    return listed + (f"; other layers: {shown_layers(rest)}" if rest else "")
+
+
 class WeightPruner:
     """Applies a :class:`WeightPruning` to the tensors of ``entries``.
 
@@ -119,9 +127,16 @@ class WeightPruner:
         step: the pruning step.
         entries: the selected weights, in model order.
         read: returns a weight's current values.
+        others: the model's other weights, whose layers an error lists after the selected ones.
     """
 
-    def __init__(self, step: WeightPruning, entries: Sequence[WeightEntry], read: Callable[[WeightEntry], np.ndarray]):
+    def __init__(
+        self,
+        step: WeightPruning,
+        entries: Sequence[WeightEntry],
+        read: Callable[[WeightEntry], np.ndarray],
+        others: Sequence[WeightEntry] = (),
+    ):
         self.step = step
         self.entries = {e.key: e for e in entries}
         self.results: dict[str, WeightResult] = {}
@@ -131,7 +146,8 @@ class WeightPruner:
         for pattern, _, _ in step.layers:
             if not any(re.search(pattern, e.layer) for e in entries):
                 raise SelectionError(
-                    f"layer override pattern matches no selected prunable layer. Received: {pattern!r}"
+                    f"layer override pattern matches no selected prunable layer ({_layers(entries, others)}). "
+                    f"Received: {pattern!r}"
                 )
         entries = [e for e in entries if self._overrides[e.key] is None]
         if step.sparsity is not None and step.scope == "global" and entries:
@@ -191,7 +207,7 @@ def prune_file(
     """
     counts = WeightCounts.of(model)
     selected = select_weights(counts.entries, step.include, step.exclude)
-    pruner = WeightPruner(step, selected, lambda entry: model.read(entry, reuse=True))
+    pruner = WeightPruner(step, selected, lambda entry: model.read(entry, reuse=True), counts.entries)
     write_model(model, target, level, counts.counting(pruner.prune), keep_optimizer, progress)
     return pruner.results, counts
 
@@ -205,7 +221,7 @@ def prune_keras_model(keras_model, step: WeightPruning) -> dict[str, WeightResul
     pairs = keras_weight_entries(keras_model)
     selected = select_weights([e for e, _ in pairs], step.include, step.exclude)
     variables = {e.key: v for e, v in pairs}
-    pruner = WeightPruner(step, selected, lambda e: variables[e.key].numpy())
+    pruner = WeightPruner(step, selected, lambda e: variables[e.key].numpy(), [e for e, _ in pairs])
     for entry in selected:
         variable = variables[entry.key]
         variable.assign(pruner.prune(entry, variable.numpy()))

@@ -14,19 +14,12 @@ import math
 from typing import Any
 
 from prunectl.core.errors import OptionError
-from prunectl.core.options import validate_sparsity
+from prunectl.core.options import check_number, validate_sparsity
 from prunectl.core.registry import Registered, Registry
 
 SCHEDULES: Registry[Any] = Registry("schedule")
 # Mask updates a polynomial schedule makes over its pruning window (fewer when the window is shorter).
 DEFAULT_UPDATES = 20
-
-
-def _check_fraction(name: str, value: float) -> float:
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise OptionError(f"{name} must be in [0, 1]. Received: {name}={value}")
-    return value
 
 
 @SCHEDULES.register("oneshot")
@@ -88,11 +81,13 @@ class PolynomialDecay(Registered):
         power: float = 3.0,
     ):
         self.final_sparsity = validate_sparsity(final_sparsity)
-        self.initial_sparsity = validate_sparsity(initial_sparsity)
+        self.initial_sparsity = validate_sparsity(initial_sparsity, "initial_sparsity")
         if self.initial_sparsity > self.final_sparsity:
             raise OptionError(
-                "initial sparsity must not exceed the final sparsity. "
-                f"Received: initial_sparsity={initial_sparsity}, sparsity={final_sparsity}"
+                "{initial_sparsity} must not exceed the final {sparsity}. "
+                f"Received: {{initial_sparsity}}={initial_sparsity}, {{sparsity}}={final_sparsity}",
+                "initial_sparsity",
+                "sparsity",
             )
         if not 0 <= begin_step <= end_step or frequency < 1:
             raise OptionError(
@@ -125,9 +120,14 @@ class PolynomialDecay(Registered):
         Raises:
             OptionError: ``begin``/``end`` outside [0, 1] or ``begin > end``.
         """
-        begin, end = _check_fraction("prune_begin", begin), _check_fraction("prune_end", end)
+        begin, end = check_number(begin, "prune_begin", 0, 1), check_number(end, "prune_end", 0, 1)
         if begin > end:
-            raise OptionError(f"prune_begin must not exceed prune_end. Received: prune_begin={begin}, prune_end={end}")
+            raise OptionError(
+                "{prune_begin} must not exceed {prune_end}. "
+                f"Received: {{prune_begin}}={begin}, {{prune_end}}={end}",
+                "prune_begin",
+                "prune_end",
+            )
         last = max(0, int(total_steps) - 1)
         begin_step, end_step = round(begin * last), round(end * last)
         frequency = max(1, math.ceil((end_step - begin_step) / max(1, updates)))

@@ -8,9 +8,22 @@ from prunectl.core.errors import SelectionError
 from prunectl.core.io.modelfile import WeightEntry
 from prunectl.core.options import compile_patterns
 
+# Layer names an error lists before it says how many more there are: enough to spot a naming scheme.
+SHOWN_LAYERS = 20
 
-def _shown(names: Sequence[str]) -> str:
-    return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "") or "none"
+
+def shown_layers(names: Sequence[str], limit: int = SHOWN_LAYERS) -> str:
+    """``names`` joined for an error message: the first ``limit``, then how many more (``none`` for none).
+
+    Example:
+        >>> shown_layers([f"d{i}" for i in range(23)], limit=2)
+        'd0, d1 and 21 more'
+    """
+    more = len(names) - limit
+    return ", ".join(names[:limit]) + (f" and {more} more" if more > 0 else "") or "none"
+
+
+_shown = shown_layers
 
 
 def select_names(names: Sequence[str], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
@@ -23,8 +36,8 @@ def select_names(names: Sequence[str], include: Sequence[str] = (), exclude: Seq
         OptionError: a pattern is not a valid regular expression.
         SelectionError: a pattern matches no candidate layer.
     """
-    includes = compile_patterns(include, "--include")
-    excludes = compile_patterns(exclude, "--exclude")
+    includes = compile_patterns(include, "include")
+    excludes = compile_patterns(exclude, "exclude")
     for option, raw, compiled in (("--include", include, includes), ("--exclude", exclude, excludes)):
         for text, pattern in zip(raw, compiled):
             if not any(pattern.search(n) for n in names):
