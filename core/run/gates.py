@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from prunectl.core.errors import OptionError
 from prunectl.core.options import check_number
 from prunectl.core.registry import Registry
 from prunectl.core.training.evaluation import Evaluation, metric_better, same_metric
@@ -196,7 +197,9 @@ def parse_amount(text: str, name: str) -> tuple[float, bool]:
     except ValueError:
         value = float("nan")
     if value != value or value < 0 or value == float("inf"):
-        raise OptionError(f"{name} must be a number >= 0, or a percentage such as 5%. Received: {name}={text}")
+        raise OptionError(
+            f"{{{name}}} must be a number >= 0, or a percentage such as 5%. Received: {{{name}}}={text}", name
+        )
     return (value / 100 if relative else value), relative
 
 
@@ -210,7 +213,7 @@ class _Worsening(Gate):
 
     def __init__(self, limit: Any):
         self.text = str(limit)
-        self.limit, self.relative = parse_amount(self.text, self.registered_name)
+        self.limit, self.relative = parse_amount(self.text, self.registered_name.replace("-", "_"))
 
     def get_config(self) -> dict:
         return {"limit": self.text}
@@ -298,13 +301,15 @@ class MaxMetricDrop(_Worsening):
         text = str(limit)
         name, sep, amount = text.rpartition("=")
         if not sep or not name.strip():
+            field = self.registered_name.replace("-", "_")
             raise OptionError(
-                f"{self.registered_name} must be NAME=D or NAME=D% (a metric and its largest worsening). "
-                f"Received: {self.registered_name}={text}"
+                f"{{{field}}} must be NAME=D or NAME=D% (a metric and its largest worsening). "
+                f"Received: {{{field}}}={text}",
+                field,
             )
         self.key = name.strip()
         self.text = text
-        self.limit, self.relative = parse_amount(amount, f"{self.registered_name} {self.key}")
+        self.limit, self.relative = parse_amount(amount, self.registered_name.replace("-", "_"))
 
     def title(self) -> str:
         return f"{self.registered_name} {self.key}"
