@@ -131,44 +131,40 @@ def finetune_options(command):
 
 
 def epoch_lines(console):
-    """Training progress as one plain line per epoch (on ``console``, or on stderr when it is None)."""
+    """Training progress as one plain line per epoch (on ``console``, or on the terminal stream when it is None)."""
+    from prunectl.cli.render import terminal_stream
 
     def show(event) -> None:
         if event.kind == "epoch":
             line = f"epoch {event.epoch}/{event.epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in event.logs.items())
-            console.print(line) if console is not None else click.echo(line, err=True)
+            console.print(line) if console is not None else click.echo(line, file=terminal_stream())
 
     return show
 
 
-def training_bars(bar):
-    """Training progress on a live rich ``Progress``: an epochs bar and a steps bar with loss and metrics."""
-    tasks = {}
-    lines = epoch_lines(bar.console)
+def training_bars(live):
+    """Training progress on a ``render.LiveProgress``: "fine-tuning epoch k/N" over the steps, a line per epoch."""
+    lines = epoch_lines(live.console)
 
     def show(event) -> None:
-        if not tasks:
-            tasks["epochs"] = bar.add_task("fine-tuning epochs", total=event.epochs)
-            tasks["steps"] = bar.add_task("steps", total=event.steps)
-        logs = ", ".join(f"{k} {v:.4g}" for k, v in event.logs.items() if not k.startswith("val_"))
-        bar.update(tasks["steps"], completed=event.step, description=f"epoch {event.epoch} steps: {logs}")
+        loss = event.logs.get("loss")
+        text = f"fine-tuning epoch {event.epoch}/{event.epochs}" + ("" if loss is None else f", loss {loss:.4g}")
+        live.stage(text, event.step, event.steps)
         if event.kind == "epoch":
-            bar.update(tasks["epochs"], completed=event.epoch)
             lines(event)
 
     return show
 
 
-def evaluation_table(report: dict):
+def evaluation_table(report: dict, console=None):
     """A rich table of the validation loss and metrics before pruning, after pruning and after fine-tuning."""
-    from rich.table import Table
+    from prunectl.cli.render import Column, fitted_table, stderr_console
 
     evaluation = report["finetune"]["evaluation"]
-    table = Table(title="Evaluation on the validation data", title_justify="left")
     names = list(dict.fromkeys(k for values in evaluation.values() for k in values))
-    table.add_column("When")
-    for name in names:
-        table.add_column(name, justify="right")
-    for when, values in evaluation.items():
-        table.add_row(when.replace("_", " "), *(f"{values[n]:.4f}" if n in values else "-" for n in names))
-    return table
+    columns = [Column("When"), *(Column(name, "right", fold="_") for name in names)]
+    rows = [
+        ([when.replace("_", " "), *(f"{values[n]:.4f}" if n in values else "-" for n in names)], False)
+        for when, values in evaluation.items()
+    ]
+    return fitted_table(console or stderr_console(), "Evaluation on the validation data", columns, rows)
