@@ -127,7 +127,7 @@ class Column:
     header: str
     justify: _Justify = "left"
     short: str | None = None  # the header at narrow widths
-    optional: bool = False  # dropped at narrow widths
+    drop: int = 0  # 0: always shown; else dropped at narrow widths, 1 first, then 2, ...
     fold: str = ""  # characters after which a long value may be broken onto the next line
 
 
@@ -151,14 +151,17 @@ def fold_name(name: str, width: int, breaks: str = NAME_BREAKS) -> str:
     return "\n".join([*lines, line] if line else lines)
 
 
-def _layouts() -> Iterator[tuple[bool, bool, bool, int | None]]:
-    """(short headers, drop optional, compact box, fold width), from the roomiest to the tightest."""
-    yield False, False, False, None
-    yield True, False, False, None
-    yield True, True, False, None
-    yield True, True, True, None
-    for width in (24, 20, 16, 12, 8):
-        yield True, True, True, width
+def _layouts() -> Iterator[tuple[bool, int, bool, int | None]]:
+    """(short headers, drop columns up to this level, compact box, fold width), from the roomiest to the tightest."""
+    yield False, 0, False, None
+    yield True, 0, False, None
+    yield True, 1, False, None
+    yield True, 1, True, None
+    for width in (24, 16):
+        yield True, 1, True, width
+    for level in (2, 3):
+        for width in (None, 24, 16, 12):
+            yield True, level, True, width
 
 
 def fitted_table(console, title: str, columns: Sequence[Column], rows: Sequence[tuple[list, bool]], **table_args):
@@ -180,7 +183,7 @@ def fitted_table(console, title: str, columns: Sequence[Column], rows: Sequence[
 
     table = None
     for short, drop, compact, fold in _layouts():
-        keep = [i for i, c in enumerate(columns) if not (drop and c.optional)]
+        keep = [i for i, c in enumerate(columns) if not 0 < c.drop <= drop]
         table = Table(
             title=title,
             title_justify="left",
@@ -237,11 +240,11 @@ def sparsity_table(report: dict, title: str, console=None):
     with_threshold = report.get("kind") == "prune"
     columns = [
         _LAYER,
-        Column("Class", optional=True),
+        Column("Class", drop=1),
         Column("Weight", fold=NAME_BREAKS),
-        Column("Shape", fold="x"),
+        Column("Shape", fold="x", drop=3),
         Column("Params", "right"),
-        Column("Zeros", "right"),
+        Column("Zeros", "right", drop=2),
         Column("Sparsity", "right", short="Sparse"),
     ]
     if with_threshold:
@@ -297,7 +300,7 @@ def plan_table(plan: dict, title: str, console=None):
     console = console or stderr_console()
     columns = [
         _LAYER,
-        Column("Class", optional=True),
+        Column("Class", drop=1),
         Column("Group", "right"),
         Column("Units", "right"),
         Column("Params", "right"),

@@ -154,7 +154,7 @@ def _summarize(console, result: dict) -> None:
     what = f"{metric['name']} drop" if metric["higher_is_better"] else "loss increase"
     columns = [
         render.Column("Layer", fold=render.NAME_BREAKS),
-        render.Column("Class", optional=True),
+        render.Column("Class", drop=1),
         render.Column("Params", "right"),
         *(render.Column(f"{100 * sparsity:g}%", "right") for sparsity in result["sparsities"]),
         *([render.Column(f"chosen (<= {limit:g})", "right", short="chosen")] if budget else []),

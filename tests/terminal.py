@@ -68,9 +68,10 @@ def run_in_terminal(
     columns: int = 80,
     rows: int = 40,
     timeout: float = 120.0,
-    send: tuple[str, str] | None = None,
+    send: tuple[str, str | int] | None = None,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    program: list[str] | None = None,
 ) -> Screen:
     """Run ``prunectl *args`` on a ``columns`` x ``rows`` pseudo-terminal and collect its output.
 
@@ -79,9 +80,11 @@ def run_in_terminal(
         columns: the terminal's width.
         rows: the terminal's height.
         timeout: seconds before the process is killed (the run then fails the test).
-        send: ``(after, keys)``: once ``after`` appears in the output, type ``keys`` (``"\\x03"`` is Ctrl-C).
+        send: ``(after, keys)``: once ``after`` appears in the output, type ``keys`` (``"\\x03"`` is
+            Ctrl-C), or send the process signal ``keys`` where it is a number.
         env: extra environment variables.
         cwd: the working directory.
+        program: what to run instead of the ``prunectl`` console script (e.g. ``[python, script]``).
 
     Returns:
         The raw output and the exit status.
@@ -94,13 +97,14 @@ def run_in_terminal(
     environment = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR")}
     environment.update({"TERM": "xterm-256color", "TF_CPP_MIN_LOG_LEVEL": "0", **(env or {})})
     process = subprocess.Popen(
-        [str(PRUNECTL), *args],
+        [*(program or [str(PRUNECTL)]), *args],
         stdin=secondary,
         stdout=secondary,
         stderr=secondary,
         start_new_session=True,  # its own session, with the pty as controlling terminal (Ctrl-C goes to it)
         env=environment,
         cwd=cwd,
+        # After setsid: make the pty this session's controlling terminal, so Ctrl-C (\x03) sends SIGINT.
         preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
     )
     os.close(secondary)
@@ -122,7 +126,10 @@ def run_in_terminal(
                     break
                 chunks.append(chunk)
             if pending is not None and pending[0] in _ANSI.sub("", b"".join(chunks).decode("utf-8", "replace")):
-                os.write(primary, pending[1].encode())
+                if isinstance(pending[1], int):
+                    process.send_signal(pending[1])
+                else:
+                    os.write(primary, pending[1].encode())
                 pending = None
             elif not ready and process.poll() is not None:
                 break
