@@ -167,6 +167,11 @@ def _layouts() -> Iterator[tuple[bool, int, bool, int | None]]:
 def fitted_table(console, title: str, columns: Sequence[Column], rows: Sequence[tuple[list, bool]], **table_args):
     """A rich table that fits ``console``'s width without cutting a value short.
 
+    Rich, short of room, narrows columns below their longest word and cuts that
+    word with ``…``; here each column is given at least its longest word, the
+    rest of the room in proportion to what its cells would like, and where even
+    the longest words do not fit, the next tighter layout is tried.
+
     Args:
         console: the console it will be printed on (its width is the limit).
         title: the table's title.
@@ -175,7 +180,7 @@ def fitted_table(console, title: str, columns: Sequence[Column], rows: Sequence[
         **table_args: passed to ``rich.table.Table`` (caption, ...).
 
     Returns:
-        The first layout, from the roomiest, whose rendering has no ``…``; else the tightest.
+        The roomiest layout that fits; else the tightest.
     """
     from rich import box
     from rich.console import Console
@@ -184,17 +189,8 @@ def fitted_table(console, title: str, columns: Sequence[Column], rows: Sequence[
     table = None
     for short, drop, compact, fold in _layouts():
         keep = [i for i, c in enumerate(columns) if not 0 < c.drop <= drop]
-        table = Table(
-            title=title,
-            title_justify="left",
-            box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
-            padding=(0, 1),
-            pad_edge=not compact,
-            **table_args,
-        )
-        for i in keep:
-            c = columns[i]
-            table.add_column((c.short or c.header) if short else c.header, justify=c.justify)
+        headers = [(columns[i].short or columns[i].header) if short else columns[i].header for i in keep]
+        body = []
         for cells, end_section in rows:
             values = [cells[i] for i in keep]
             if fold is not None:
@@ -202,12 +198,54 @@ def fitted_table(console, title: str, columns: Sequence[Column], rows: Sequence[
                     fold_name(v, fold, columns[i].fold) if columns[i].fold and isinstance(v, str) else v
                     for i, v in zip(keep, values, strict=True)
                 ]
+            body.append((values, end_section))
+        table = Table(
+            title=title,
+            title_justify="left",
+            box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
+            # Compact: no edges, and two spaces between columns instead of a rule and two pads.
+            padding=(0, 1, 0, 0) if compact else (0, 1),
+            pad_edge=not compact,
+            show_edge=not compact,
+            **table_args,
+        )
+        for header, i in zip(headers, keep, strict=True):
+            table.add_column(header, justify=columns[i].justify)
+        for values, end_section in body:
             table.add_row(*values, end_section=end_section)
+        widths = _column_widths(table, headers, [values for values, _ in body], console.width)
+        if widths is None:
+            continue
+        for column, width in zip(table.columns, widths, strict=True):
+            column.width = width
         probe = Console(file=io.StringIO(), width=console.width, color_system=None, highlight=False)
         probe.print(table)
         if "…" not in probe.file.getvalue():  # type: ignore[attr-defined]
             return table
     return table
+
+
+def _column_widths(table, headers: list[str], body: list[list], width: int) -> list[int | None] | None:
+    """Widths that give every column its longest word and share out the rest; None where even that is too wide."""
+    from rich.cells import cell_len
+    from rich.text import Text
+
+    columns = list(zip(headers, *body, strict=True)) if body else [(h,) for h in headers]
+    natural, minimum = [], []
+    for texts in columns:
+        plain = [Text.from_markup(t).plain if isinstance(t, str) else str(t) for t in texts]
+        natural.append(max(cell_len(line) for t in plain for line in (t.splitlines() or [""])))
+        minimum.append(max(cell_len(word) for t in plain for word in (t.split() or [""])))
+    # The table's borders and the cells' padding (rich's own accounting).
+    chrome = table._extra_width + sum(table._get_padding_width(i) for i in range(len(headers)))
+    room = width - chrome
+    if sum(natural) <= room:
+        return [None] * len(headers)
+    if sum(minimum) > room:
+        return None
+    spare, wanted = room - sum(minimum), [n - m for n, m in zip(natural, minimum, strict=True)]
+    shares = [spare * w // max(1, sum(wanted)) for w in wanted]
+    return [m + s for m, s in zip(minimum, shares, strict=True)]
 
 
 def emit_json(text: str) -> None:
@@ -279,7 +317,7 @@ def comparison_table(rows: list[dict], title: str, console=None):
         Column("Params", "right"),
         Column("Before", "right"),
         Column("After", "right"),
-        Column("Change", "right"),
+        Column("Change", "right", drop=1),
     ]
     cells = []
     for row in rows:
