@@ -168,9 +168,10 @@ def fitted_table(console, title: str, columns: Sequence[Column], rows: Sequence[
     """A rich table that fits ``console``'s width without cutting a value short.
 
     Rich, short of room, narrows columns below their longest word and cuts that
-    word with ``…``; here each column is given at least its longest word, the
-    rest of the room in proportion to what its cells would like, and where even
-    the longest words do not fit, the next tighter layout is tried.
+    word with ``…``. Here the roomiest layout in which no cell needs to wrap is
+    taken; failing that, each column is given at least its longest word and the
+    rest of the room in proportion to what its cells would like, in the roomiest
+    layout where that fits.
 
     Args:
         console: the console it will be printed on (its width is the limit).
@@ -187,7 +188,8 @@ def fitted_table(console, title: str, columns: Sequence[Column], rows: Sequence[
     from rich.table import Table
 
     table = None
-    for short, drop, compact, fold in _layouts():
+    # First the roomiest layout in which no cell wraps; failing that, the roomiest in which cells wrap at spaces.
+    for wrap, (short, drop, compact, fold) in [(w, layout) for w in (False, True) for layout in _layouts()]:
         keep = [i for i, c in enumerate(columns) if not 0 < c.drop <= drop]
         headers = [(columns[i].short or columns[i].header) if short else columns[i].header for i in keep]
         body = []
@@ -213,7 +215,7 @@ def fitted_table(console, title: str, columns: Sequence[Column], rows: Sequence[
             table.add_column(header, justify=columns[i].justify)
         for values, end_section in body:
             table.add_row(*values, end_section=end_section)
-        widths = _column_widths(table, headers, [values for values, _ in body], console.width)
+        widths = _column_widths(table, headers, [values for values, _ in body], console.width, wrap)
         if widths is None:
             continue
         for column, width in zip(table.columns, widths, strict=True):
@@ -225,8 +227,11 @@ def fitted_table(console, title: str, columns: Sequence[Column], rows: Sequence[
     return table
 
 
-def _column_widths(table, headers: list[str], body: list[list], width: int) -> list[int | None] | None:
-    """Widths that give every column its longest word and share out the rest; None where even that is too wide."""
+def _column_widths(table, headers: list[str], body: list[list], width: int, wrap: bool) -> list[int | None] | None:
+    """Widths that give every column its longest word and share out the rest; None where even that is too wide.
+
+    Without ``wrap``, only the widths the cells want (all None) or None.
+    """
     from rich.cells import cell_len
     from rich.text import Text
 
@@ -241,7 +246,7 @@ def _column_widths(table, headers: list[str], body: list[list], width: int) -> l
     room = width - chrome
     if sum(natural) <= room:
         return [None] * len(headers)
-    if sum(minimum) > room:
+    if not wrap or sum(minimum) > room:
         return None
     spare, wanted = room - sum(minimum), [n - m for n, m in zip(natural, minimum, strict=True)]
     shares = [spare * w // max(1, sum(wanted)) for w in wanted]
