@@ -157,11 +157,12 @@ def _layouts() -> Iterator[tuple[bool, int, bool, int | None]]:
     yield True, 0, False, None
     yield True, 1, False, None
     yield True, 1, True, None
-    for width in (24, 16):
-        yield True, 1, True, width
+    folds: tuple[int | None, ...] = (None, 24, 16, 12)
+    for fold in folds[1:3]:
+        yield True, 1, True, fold
     for level in (2, 3):
-        for width in (None, 24, 16, 12):
-            yield True, level, True, width
+        for fold in folds:
+            yield True, level, True, fold
 
 
 def fitted_table(console, title: str, columns: Sequence[Column], rows: Sequence[tuple[list, bool]], **table_args):
