@@ -58,6 +58,6 @@ def finish_with_gates(report, quiet: bool = False) -> None:
                 render.stderr_console().print(f"Gate {gate.message}")
     for gate in report.gates:
         if not gate.passed:
-            click.echo(f"Error: gate {gate.message}", err=True)
+            render.echo_error(f"Error: gate {gate.message}")
     if report.return_code:
         raise click.exceptions.Exit(report.return_code)

@@ -23,7 +23,7 @@ import click
 from click.core import ParameterSource
 
 from prunectl import __version__
-from prunectl.cli import checks
+from prunectl.cli import checks, render
 from prunectl.core.errors import OptionError, PrunectlError, Terminated, first_line
 from prunectl.core.io.atomic import remove_leftovers
 from prunectl.core.run.gates import GATES
@@ -169,12 +169,12 @@ class PrunectlGroup(click.Group):
             finally:
                 remove_leftovers()  # what a signal kept from being removed where it was created
         except click.ClickException as exc:
-            click.echo(f"Error: {exc.format_message()}", err=True)
+            render.echo_error(f"Error: {exc.format_message()}")
             sys.exit(exc.exit_code)
         except click.Abort as exc:
             if isinstance(exc.__context__, KeyboardInterrupt):
                 _stop("interrupted", 130)
-            click.echo("Error: aborted.", err=True)
+            render.echo_error("Error: aborted.")
             sys.exit(1)
         except (KeyboardInterrupt, _Interrupted):
             _stop("interrupted", 130)
@@ -188,7 +188,7 @@ class _Interrupted(BaseException):
 
 
 def _stop(what: str, code: int) -> None:
-    click.echo(f"Error: {what}.", err=True)
+    render.echo_error(f"Error: {what}.")
     sys.exit(code)
 
 
@@ -243,6 +243,7 @@ def main() -> None:
     """Console-script entry point: installs the SIGINT/SIGTERM handlers, then runs the command."""
     from prunectl.cli import signals
 
+    render.terminal_stream()  # pinned before TensorFlow or anything else can touch file descriptor 2
     signals.install()
     try:
         try:
@@ -260,8 +261,9 @@ def main() -> None:
         # TensorFlow's (seconds), and CPython kills itself with SIGINT at exit (status -2, not 130) once a
         # KeyboardInterrupt has escaped code run through PyRun_String, as TensorFlow's import does.
         signals.ignore()
+        render.stop_live()  # the cursor shown again: os._exit runs no cleanup of rich's
         code = exc.code if isinstance(exc.code, int) else 1
-        for stream in (sys.stdout, sys.stderr):
+        for stream in (sys.stdout, sys.stderr, render.terminal_stream()):
             try:
                 stream.flush()
             except (OSError, ValueError):

@@ -161,13 +161,13 @@ def prune(ctx, **params):
     request = _request(ctx, params)
     markdown, quiet = params["markdown"], params["quiet"]
     console = None if quiet else render.stderr_console()
-    result = _run_with_progress(request, console)
+    result, plan_shown = _run_with_progress(request, console)
     if params["as_json"]:
         render.emit_json(result.to_json())
     elif markdown is not None and str(markdown) == "-":
         render.emit_json(report_markdown(result.to_dict()))
     if console is not None:
-        _summarize(console, result.to_dict())
+        _summarize(console, result.to_dict(), plan_shown)
     finish_with_gates(result, quiet)
 
 
@@ -183,31 +183,50 @@ def _request(ctx, params: dict):
     return build_request(merged, weights, structural)
 
 
+_STAGES = {"loading": "loading {model}", "planning": "planning the structural step"}
+
+
 def _run_with_progress(request, console):
+    """Run the job, showing each stage as it starts and the plan as it is decided (in that order)."""
     from prunectl.cli.signals import checked
     from prunectl.core.run.job import run_prune
 
-    if console is None or not console.is_terminal:
-        return run_prune(request, training=checked(epoch_lines(console)) if request.finetune else None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    shown = {"plan": False}
 
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
-    ) as bar:
-        task = bar.add_task("writing weights", total=None)
+    def show_plan(stage: str, value: dict | None) -> bool:
+        if stage == "plan" and value is not None and console is not None:
+            render.plan_summary(console, value, str(request.model))
+            shown["plan"] = True
+        return stage == "plan"
+
+    if console is None or not console.is_terminal:
+        result = run_prune(
+            request,
+            training=checked(epoch_lines(console)) if request.finetune else None,
+            events=checked(show_plan),
+        )
+        return result, shown["plan"]
+    with render.LiveProgress(console, *render.progress_columns()) as live:
+
+        def events(stage: str, value: dict | None) -> None:
+            if not show_plan(stage, value):
+                live.stage(_STAGES.get(stage, stage).format(model=request.model.name))
 
         def progress(key: str, done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total, description=f"writing {key}")
+            live.stage(f"writing {key}", done, total)
 
-        return run_prune(request, checked(progress), checked(training_bars(bar)) if request.finetune else None)
+        result = run_prune(
+            request, checked(progress), checked(training_bars(live)) if request.finetune else None, checked(events)
+        )
+        return result, shown["plan"]
 
 
-def _summarize(console, report: dict) -> None:
-    render.structural_summary(console, report)
+def _summarize(console, report: dict, plan_shown: bool = False) -> None:
+    render.structural_summary(console, report, plan_shown)
     if report["kind"] == "plan":
         return
     if any(row["pruned"] for row in report["layers"]):
-        console.print(render.sparsity_table(report, f"Pruned {report['input']['path']}"))
+        console.print(render.sparsity_table(report, f"Pruned {report['input']['path']}", console))
     size_in, size_out = report["input"]["size_bytes"], report["output"]["size_bytes"]
     prunable = report["totals"]["prunable"]
     console.print(
@@ -216,7 +235,7 @@ def _summarize(console, report: dict) -> None:
         f"engine {report['engine']}, {report['seconds']:.2f} s"
     )
     if report.get("finetune", {}).get("evaluation"):
-        console.print(evaluation_table(report))
+        console.print(evaluation_table(report, console))
     elif report.get("evaluation"):
         console.print(render.evaluation_line(report["evaluation"]))
     for note in report.get("notes", []):

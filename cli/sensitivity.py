@@ -164,24 +164,19 @@ def _run_with_progress(model, options, recipe_out, force, unsafe, console):
         per_layer = len(options.sparsities)
 
         def lines(done: int, total: int, layer: str, sparsity: float) -> None:
-            if done % per_layer == 0:
+            if done and done % per_layer == 0:
                 console.print(f"sensitivity: {layer} done ({done}/{total} trials)")
 
         return run(lines)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import TimeElapsedColumn
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("loading and evaluating the dense model", total=None)
+    with render.LiveProgress(console, *render.progress_columns(TimeElapsedColumn())) as live:
 
         def progress(done: int, total: int, layer: str, sparsity: float) -> None:
-            bar.update(task, completed=done, total=total, description=f"{layer} at {100 * sparsity:g}%")
+            # The first call comes once the dense model is loaded and measured, so no bar stands
+            # on the screen while TensorFlow imports or a missing file is reported.
+            text = "pruning each layer alone" if not done else f"{layer} at {100 * sparsity:g}%"
+            live.stage(text, done, total)
 
         return run(progress)
 
@@ -192,36 +187,34 @@ def _drop_text(drop: float, budget: float | None) -> str:
 
 
 def _summarize(console, result: dict) -> None:
-    from rich.table import Table
-
     metric = result["metric"]
     budget = result.get("budget")
     limit = budget["limit"] if budget else None
     what = f"{metric['name']} drop" if metric["higher_is_better"] else "loss increase"
-    table = Table(
-        title=f"{what.capitalize()} when one layer alone is pruned (dense {metric['name']} {metric['dense']:.4f})",
-        title_justify="left",
+    columns = [
+        render.Column("Layer", fold=render.NAME_BREAKS),
+        render.Column("Class", drop=1),
+        render.Column("Params", "right"),
+        *(render.Column(f"{100 * sparsity:g}%", "right") for sparsity in result["sparsities"]),
+        *([render.Column(f"chosen (<= {limit:g})", "right", short="chosen")] if budget else []),
+    ]
+    rows = []
+    for row in result["layers"]:
+        chosen = budget["layers"].get(row["layer"]) if budget else None
+        cells = [row["layer"], row["class"], f"{row['count']:,}"]
+        cells += [_drop_text(t["drop"], limit) for t in row["trials"]]
+        cells += [("dense" if chosen is None else f"{100 * chosen:g}%")] if budget else []
+        rows.append((cells, False))
+    table = render.fitted_table(
+        console,
+        f"{what.capitalize()} when one layer alone is pruned (dense {metric['name']} {metric['dense']:.4f})",
+        columns,
+        rows,
         caption=f"{result['model']['path']} on {result['evaluation']['data']}",
         caption_justify="left",
     )
-    table.add_column("Layer", no_wrap=True)
-    table.add_column("Class")
-    table.add_column("Params", justify="right")
-    for sparsity in result["sparsities"]:
-        table.add_column(f"{100 * sparsity:g}%", justify="right")
-    if budget:
-        table.add_column(f"chosen (<= {limit:g})", justify="right")
-    for row in result["layers"]:
-        chosen = budget["layers"].get(row["layer"]) if budget else None
-        table.add_row(
-            row["layer"],
-            row["class"],
-            f"{row['count']:,}",
-            *(_drop_text(t["drop"], limit) for t in row["trials"]),
-            *([("dense" if chosen is None else f"{100 * chosen:g}%")] if budget else []),
-        )
     console.print(table)
-    console.print(_fragility(result))
+    console.print(_fragility(result, console.width))
     if budget:
         chosen = ", ".join(f"{layer} {100 * s:g}%" for layer, s in budget["layers"].items()) or "none"
         console.print(
@@ -233,7 +226,7 @@ def _summarize(console, result: dict) -> None:
         console.print(f"Recipe: {result['recipe_path']}")
 
 
-def _fragility(result: dict):
+def _fragility(result: dict, width: int):
     """Bars of each layer's drop at the highest tested sparsity, most fragile first."""
     from rich.table import Table
 
@@ -242,12 +235,14 @@ def _fragility(result: dict):
         ((row["layer"], row["trials"][-1]["drop"]) for row in result["layers"]), key=lambda pair: pair[1], reverse=True
     )
     largest = max((drop for _, drop in rows), default=0.0)
+    # The bars take what the names and drops leave of the width, up to 40 columns.
+    room = max(5, min(40, width - max((len(layer) for layer, _ in rows), default=0) - 12))
     table = Table(title=f"Fragile layers: drop at {100 * top:g}% sparsity", title_justify="left", box=None)
     table.add_column("Layer", no_wrap=True)
     table.add_column("Drop", justify="right")
     table.add_column("")
     for layer, drop in rows:
-        width = round(40 * drop / largest) if largest > 0 and drop > 0 else 0
+        width = round(room * drop / largest) if largest > 0 and drop > 0 else 0
         colour = "red" if largest > 0 and drop >= 0.5 * largest else "yellow" if drop > 0 else "green"
         table.add_row(layer, f"{drop:+.4f}", f"[{colour}]{'█' * width or '·'}[/{colour}]")
     return table

@@ -152,48 +152,47 @@ def finetune_options(command):
 
 
 def epoch_lines(console):
-    """Training progress as one plain line per epoch (on ``console``, or on stderr when it is None)."""
+    """Training progress as one plain line per epoch (on ``console``, or on the terminal stream when it is None)."""
+    from prunectl.cli.render import terminal_stream
 
     def show(event) -> None:
         if event.kind == "epoch":
             line = f"epoch {event.epoch}/{event.epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in event.logs.items())
-            console.print(line) if console is not None else click.echo(line, err=True)
+            console.print(line) if console is not None else click.echo(line, file=terminal_stream())
 
     return show
 
 
-def training_bars(bar):
-    """Training progress on a live rich ``Progress``: an epochs bar and a steps bar with loss and metrics."""
-    tasks = {}
-    lines = epoch_lines(bar.console)
+def training_bars(live):
+    """Training progress on a ``render.LiveProgress``: "fine-tuning epoch k/N" over the steps, a line per epoch."""
+    lines = epoch_lines(live.console)
 
     def show(event) -> None:
-        if not tasks:
-            tasks["epochs"] = bar.add_task("fine-tuning epochs", total=event.epochs)
-            tasks["steps"] = bar.add_task("steps", total=event.steps)
-        logs = ", ".join(f"{k} {v:.4g}" for k, v in event.logs.items() if not k.startswith("val_"))
-        bar.update(tasks["steps"], completed=event.step, description=f"epoch {event.epoch} steps: {logs}")
+        loss = event.logs.get("loss")
+        text = f"fine-tuning epoch {event.epoch}/{event.epochs}" + ("" if loss is None else f", loss {loss:.4g}")
+        live.stage(text, event.step, event.steps)
         if event.kind == "epoch":
-            bar.update(tasks["epochs"], completed=event.epoch)
             lines(event)
 
     return show
 
 
-def evaluation_table(report: dict):
+def evaluation_table(report: dict, console=None):
     """A rich table of the validation loss and metrics before pruning, after pruning and after fine-tuning."""
-    from rich.table import Table
+    from prunectl.cli.render import Column, fitted_table, stderr_console
 
     evaluation, l1 = report["finetune"]["evaluation"], report["finetune"].get("l1")
-    table = Table(title="Evaluation on the validation data", title_justify="left")
     names = list(dict.fromkeys(k for values in evaluation.values() for k in values))
-    table.add_column("When")
-    for name in names:
-        table.add_column("loss (without L1 penalty)" if l1 and name == "loss" else name, justify="right")
+    columns = [
+        Column("When"),
+        *(Column("loss (without L1 penalty)" if l1 and name == "loss" else name, "right", fold="_") for name in names),
+    ]
+    rows = [
+        ([when.replace("_", " "), *(f"{values[n]:.4f}" if n in values else "-" for n in names)], False)
+        for when, values in evaluation.items()
+    ]
+    extra = {}
     if l1:
         with_penalty = "" if l1["loss_with_penalty"] is None else f", loss with it {l1['loss_with_penalty']:.4f}"
-        table.caption = f"L1 penalty after training: {l1['penalty']:.4f}{with_penalty}"
-        table.caption_justify = "left"
-    for when, values in evaluation.items():
-        table.add_row(when.replace("_", " "), *(f"{values[n]:.4f}" if n in values else "-" for n in names))
-    return table
+        extra = {"caption": f"L1 penalty after training: {l1['penalty']:.4f}{with_penalty}", "caption_justify": "left"}
+    return fitted_table(console or stderr_console(), "Evaluation on the validation data", columns, rows, **extra)

@@ -17,6 +17,7 @@ re-saving it in Keras.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +38,14 @@ from prunectl.core.weights.prune import prune_file, prune_keras_model
 
 if TYPE_CHECKING:
     from prunectl.core.training.finetune import TrainingProgress
+
+# A stage of the run as it starts ("loading", "planning"), or a decision as it is made ("plan", with the
+# plan's dict), so that a caller can show the work in the order it happens.
+Events = Callable[[str, dict | None], None]
+
+
+def _no_events(stage: str, value: dict | None = None) -> None:
+    pass
 
 
 def default_output(model: Path) -> Path:
@@ -85,6 +94,7 @@ def _run_keras(
     target: Path,
     progress: Progress | None,
     training: TrainingProgress | None = None,
+    events: Events = _no_events,
 ) -> PruneOutcome:
     from prunectl.core.io import keras_io
     from prunectl.core.structure import plan as structural
@@ -97,6 +107,7 @@ def _run_keras(
     finetuned, plan, timing, x, evaluate, evaluation = None, None, None, None, None, None
     # The model, the masks and the optimizer must all be created in the strategy's scope.
     with strategy_scope(request.finetune.strategy if request.finetune else "default"):
+        events("loading", None)
         loaded = keras_io.load_model(model, unsafe=request.unsafe)
         original = loaded.model
         notes = list(loaded.notes)
@@ -108,7 +119,9 @@ def _run_keras(
             evaluate = Evaluator(loaded, request.evaluation)
             before = evaluate(original)
         if request.neurons:  # neurons first, then weights, then fine-tuning
+            events("planning", None)
             plan = structural.plan_structure(original, request.neurons, x)
+            events("plan", plan.to_dict())
             if _writes_plan_only(request, model, target, loaded):
                 rewrite = _rewrite(model, original, plan)
                 if rewrite is not None:
@@ -204,16 +217,20 @@ def _write_rewrite(model: ModelFile, target: Path, rewrite, level: int, progress
     return counts
 
 
-def _plan_only(request: PruneRequest, model: ModelFile) -> PlanReport:
+def _plan_only(request: PruneRequest, model: ModelFile, events: Events = _no_events) -> PlanReport:
     from prunectl.core.io import keras_io
     from prunectl.core.structure import plan as structural
     from prunectl.core.training.data import calibration_inputs
 
     if request.neurons is None:  # PruneRequest refuses a dry run without a structural step
         raise OptionError("a dry run plans a structural step. Received: no neuron_threshold or neuron_ratio")
+    events("loading", None)
     loaded = keras_io.load_model(model, unsafe=request.unsafe)
     x = calibration_inputs(request.data, loaded.model) if request.data else None
-    return plan_report(model, request.options(), structural.plan_structure(loaded.model, request.neurons, x))
+    events("planning", None)
+    plan = structural.plan_structure(loaded.model, request.neurons, x)
+    events("plan", plan.to_dict())
+    return plan_report(model, request.options(), plan)
 
 
 def input_files(request: PruneRequest) -> tuple[Path | None, ...]:
@@ -273,7 +290,10 @@ def _write_recipe(path: Path, report: PruneReport) -> None:
 
 
 def run_prune(
-    request: PruneRequest, progress: Progress | None = None, training: TrainingProgress | None = None
+    request: PruneRequest,
+    progress: Progress | None = None,
+    training: TrainingProgress | None = None,
+    events: Events | None = None,
 ) -> PruneReport | PlanReport:
     """Run one prune job and return its report (also written to disk).
 
@@ -281,6 +301,8 @@ def run_prune(
         request: what to do (checked when it was built).
         progress: called as each weight tensor is written.
         training: called at the end of every fine-tuning step and epoch.
+        events: called as a stage starts (``"loading"``, ``"planning"``) and as the
+            structural plan is decided (``"plan"``, with the plan's dict).
 
     Returns:
         The report (a :class:`PlanReport` for a dry run); its ``return_code`` says
@@ -290,16 +312,17 @@ def run_prune(
         PrunectlError: any problem with the input, the options or the outputs;
             nothing has been written when it is raised.
     """
+    events = events or _no_events
     with open_model_file(request.model) as model:
         if request.dry_run:
-            return _plan_only(request, model)
+            return _plan_only(request, model, events)
         output, report_path = check_outputs(request)
         gates = [GATES.get(name)(limit) for name, limit in request.gates]
         engine = choose_engine(request, output)
         outcome = (
             _run_file(request, model, output, progress)
             if engine == "file"
-            else _run_keras(request, model, output, progress, training)
+            else _run_keras(request, model, output, progress, training, events)
         )
         pipeline = {"recipe": str(request.recipe) if request.recipe else None, **request.pipeline()}
         report = prune_report(outcome, model, output, request.options(), report_path, pipeline, gates)

@@ -38,7 +38,8 @@ from prunectl.core.weights.catalog import keras_weight_entries
 from prunectl.core.weights.prune import WeightPruning, prune_keras_model
 from prunectl.core.weights.selection import select_weights
 
-#: Called after every trial as ``progress(done, total, layer, sparsity)``.
+#: Called once before the first trial (``done`` 0, once the dense model is measured) and after every
+#: trial as ``progress(done, total, layer, sparsity)``.
 Progress = Callable[[int, int, str, float], None]
 
 
@@ -200,6 +201,8 @@ def analyze(
     dense = evaluate(model)
     metric = accuracy_key(dense) or "loss"
     total, done = len(layers) * len(options.sparsities), 0
+    if progress is not None:  # the dense model is loaded and measured: the trials begin
+        progress(done, total, "", 0.0)
     rows = []
     for layer in layers.values():
         trials = []
