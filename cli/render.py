@@ -106,8 +106,11 @@ def comparison_table(rows: list[dict], title: str):
         table.add_column(name, justify=justify)
     for row in rows:
         before, after = row["sparsity_before"], row["sparsity_after"]
-        change = "-" if before is None else f"{100 * (after - before):+.1f} pts"
-        table.add_row(row["layer"], row["weight"], f"{row['count']:,}", _pct(before), _pct(after), change)
+        change = "-" if before is None or after is None else f"{100 * (after - before):+.1f} pts"
+        # A weight whose shape changed (units removed) says how under its name.
+        weight = row["weight"] if not row.get("change") else f"{row['weight']}\n{row['change']}"
+        count = _change(row.get("count_before"), row["count"]) if row.get("count_before") is not None else None
+        table.add_row(row["layer"], weight, count or f"{row['count']:,}", _pct(before), _pct(after), change)
     return table
 
 

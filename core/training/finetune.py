@@ -365,7 +365,11 @@ def finetune_model(
             if pruning is not None:
                 updates.append([step, sparsity])
         if pruning is not None:
-            results.update(prune_keras_model(model, pruning))
+            for key, result in prune_keras_model(model, pruning).items():
+                # A tensor's threshold is the largest magnitude any update zeroed in it: an update that
+                # zeroes nothing new cuts among the held zeros, at 0.
+                old = results.get(key)
+                results[key] = replace(result, threshold=max(result.threshold, old.threshold)) if old else result
         return pruning
 
     evaluate("before_pruning", original)
