@@ -12,7 +12,6 @@ from prunectl.core.options import check_stdout
 from prunectl.core.run.gates import GATES
 from prunectl.core.run.report import ModelReport, baseline_block, load_report, model_report
 
-
 STDIN = "-"
 
 
