@@ -76,6 +76,8 @@ def test_baseline_of_a_saved_structural_report_shows_its_flops(samples):
     assert plan["after"] < plan["before"]
     text = run("report", saved, "--baseline", source).stderr
     assert f"FLOPs {plan['before']:,} -> {plan['after']:,}" in text
+    summary = run("report", saved, "--baseline", source, "--markdown", "-").stdout
+    assert f"FLOPs against `{source}`: {plan['before']:,} → {plan['after']:,}." in summary
 
 
 def test_weight_only_baseline_rows_keep_their_shape(models):

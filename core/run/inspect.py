@@ -134,7 +134,7 @@ def run_report(request: ReportRequest) -> tuple[ModelReport, ModelReport | None]
     current = read_report(request.target, request.all_weights)
     before = read_report(request.baseline, request.all_weights) if request.baseline else None
     extra: dict[str, Any] = {}
-    if before is not None:
+    if before is not None and request.baseline is not None:
         extra["baseline"] = baseline_block(request.baseline, before.to_dict(), current.to_dict())
     if request.data is not None:
         from prunectl.core.training.evaluate import EvalOptions, evaluate_files

@@ -380,6 +380,7 @@ def compare_rows(baseline: dict, current: dict) -> list[dict]:
 def _compared(row: dict, old: dict | None, new: dict | None) -> dict:
     """``row`` (the side that names the weight) compared: ``old`` before, ``new`` after (either may be None)."""
     shapes = (_shape(old), _shape(new))
+    change: str | None
     if old is None or new is None:
         change = "added" if old is None else "removed"
     else:

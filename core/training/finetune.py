@@ -353,7 +353,8 @@ def finetune_model(
         if weights and weights.sparsity is not None
         else None
     )
-    results, updates = {}, []
+    results: dict[str, WeightResult] = {}
+    updates: list[list] = []
 
     def prune_at(step: int) -> WeightPruning | None:
         """Prune to the schedule's sparsity at ``step`` (a threshold step prunes once, at step 0)."""
