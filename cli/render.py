@@ -109,8 +109,8 @@ def comparison_table(rows: list[dict], title: str):
         change = "-" if before is None or after is None else f"{100 * (after - before):+.1f} pts"
         # A weight whose shape changed (units removed) says how under its name.
         weight = row["weight"] if not row.get("change") else f"{row['weight']}\n{row['change']}"
-        count = _change(row.get("count_before"), row["count"]) if row.get("count_before") is not None else None
-        table.add_row(row["layer"], weight, count or f"{row['count']:,}", _pct(before), _pct(after), change)
+        count = f"{row['count']:,}" if row.get("count_before") is None else _change(row["count_before"], row["count"])
+        table.add_row(row["layer"], weight, count, _pct(before), _pct(after), change)
     return table
 
 
