@@ -98,7 +98,8 @@ from prunectl.core.options import (
         "report_path",
         type=click.Path(path_type=Path),
         default=None,
-        help="Where to write the JSON report (default: <output stem>.report.json).",
+        help="Where to write the JSON report (default: <output file name>.report.json, "
+        "e.g. model.pruned.h5.report.json).",
     ),
     click.option(
         "--compression",

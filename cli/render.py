@@ -328,8 +328,11 @@ def comparison_table(rows: list[dict], title: str, console=None):
     cells = []
     for row in rows:
         before, after = row["sparsity_before"], row["sparsity_after"]
-        change = "-" if before is None else f"{100 * (after - before):+.1f} pts"
-        cells.append(([row["layer"], row["weight"], f"{row['count']:,}", _pct(before), _pct(after), change], False))
+        change = "-" if before is None or after is None else f"{100 * (after - before):+.1f} pts"
+        # A weight whose shape changed (units removed) says how under its name.
+        weight = row["weight"] if not row.get("change") else f"{row['weight']}\n{row['change']}"
+        count = f"{row['count']:,}" if row.get("count_before") is None else _change(row["count_before"], row["count"])
+        cells.append(([row["layer"], weight, count, _pct(before), _pct(after), change], False))
     return fitted_table(console, title, columns, cells)
 
 

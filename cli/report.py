@@ -54,7 +54,7 @@ def report(target, baseline, data, all_weights, as_json, markdown, quiet, **gate
     \b
     Examples:
       prunectl report model.h5
-      prunectl report model.pruned.report.json
+      prunectl report model.pruned.h5.report.json
       prunectl report model.pruned.keras --baseline model.keras
       prunectl prune model.h5 --sparsity 0.8 --json | \\
           prunectl report - --min-sparsity 0.8
@@ -62,7 +62,7 @@ def report(target, baseline, data, all_weights, as_json, markdown, quiet, **gate
           --max-accuracy-drop 0.02
     """
     from prunectl.core.io.atomic import write_text_atomic
-    from prunectl.core.run.inspect import ReportRequest, run_report
+    from prunectl.core.run.inspect import ReportRequest, run_report, title
     from prunectl.core.run.markdown import report_markdown
 
     request = ReportRequest(target, baseline, data, all_weights, gate_limits(gates), markdown, as_json)
@@ -78,11 +78,17 @@ def report(target, baseline, data, all_weights, as_json, markdown, quiet, **gate
         return
     console = render.stderr_console()
     if before is not None:
-        console.print(render.comparison_table(current["baseline"]["layers"], f"{baseline} -> {target}"))
+        compared = current["baseline"]
+        console.print(render.comparison_table(compared["layers"], f"{title(baseline)} -> {title(target)}"))
+        for label, key in (("params", "params"), ("FLOPs", "flops")):
+            counts = compared.get(key)
+            if counts and counts["before"] != counts["after"]:  # shown when units were removed
+                change = counts["after"] / counts["before"] - 1 if counts["before"] else 0.0
+                console.print(f"{label} {counts['before']:,} -> {counts['after']:,} ({100 * change:+.1f}%)")
         b, a = before.totals["prunable"], result.totals["prunable"]
         console.print(f"prunable sparsity {100 * b['sparsity']:.1f}% -> {100 * a['sparsity']:.1f}%")
     else:
-        console.print(render.sparsity_table(current, target))
+        console.print(render.sparsity_table(current, title(target)))
     if current.get("evaluation"):
         console.print(render.evaluation_line(current["evaluation"]))
     finish_with_gates(result)

@@ -70,7 +70,7 @@ def test_prune_gate_against_accuracy_before_pruning(digits, sparsity, limit, pas
     else:
         assert result.exit_code == 3
         assert error_lines(result) == [f"Error: gate {GATE} failed: measured {before - after:.4f}, limit <= 0.0500"]
-    assert json.loads((digits / "digits_mlp.pruned.report.json").read_text())["gates"] == report["gates"]
+    assert json.loads((digits / "digits_mlp.pruned.h5.report.json").read_text())["gates"] == report["gates"]
 
 
 @pytest.mark.slow

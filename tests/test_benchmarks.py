@@ -47,6 +47,7 @@ def test_bench_io_helpers_prune_the_prunable_weights(models):
         "agreement_cost",
         "data_checks",
         "guard",
+        "report_names",
     ],
 )
 def test_benchmark_scripts_import(name):

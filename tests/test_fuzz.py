@@ -93,7 +93,7 @@ def _run_one(outcome: Outcome, data: bytes, suffix: str, command: str, root: Pat
         fail("input modified")
     expected = {model.name}
     if rc == 0 and command == "prune":
-        expected |= {out, "out.report.json"}
+        expected |= {out, f"{out}.report.json"}
         if not (work / out).is_file():
             fail("no output on exit 0")
         else:

@@ -44,7 +44,7 @@ def test_prune_gates_pass_or_exit_3(models, gate, limit, passes):
         errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
         assert len(errors) == 1 and errors[0].startswith(f"Error: gate {name} failed: measured ")
     # outputs are written either way, and the saved report holds the verdicts
-    saved = json.loads((models / "functional.pruned.report.json").read_text())
+    saved = json.loads((models / "functional.pruned.h5.report.json").read_text())
     assert saved["gates"] == report["gates"]
 
 

@@ -442,7 +442,7 @@ def test_deflated_weights_member_is_extracted_to_the_temp_dir_and_removed(folder
     assert result.exit_code == 0, result.output
     assert seen and seen[0] and all(name.startswith("prunectl-") for name in seen[0])
     assert os.listdir(tmp) == []
-    assert set(os.listdir(folder)) - before <= {"deflated.pruned.keras", "deflated.pruned.report.json"}
+    assert set(os.listdir(folder)) - before <= {"deflated.pruned.keras", "deflated.pruned.keras.report.json"}
 
 
 # --- a read that hangs inside libhdf5 --------------------------------------------------------

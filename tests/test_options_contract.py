@@ -60,7 +60,7 @@ def test_recipe_value_of_the_wrong_type_names_file_line_and_key(tmp_path, models
     assert result.stderr.strip() == (
         f"Error: recipe {recipe} line 2, step 1: sparsity must be a number. Received: sparsity = '0.5'"
     )
-    assert not (tmp_path / "o.h5").exists() and not (tmp_path / "o.report.json").exists()
+    assert not (tmp_path / "o.h5").exists() and not (tmp_path / "o.h5.report.json").exists()
 
 
 def test_recipe_builds_typed_steps(tmp_path):
@@ -80,7 +80,7 @@ def test_recipe_out_in_a_missing_folder_fails_before_any_work(tmp_path, models):
     result = _invoke("prune", models / "sequential.h5", "--sparsity", "0.5", "-o", out, "--recipe-out", bad)
     assert result.exit_code == 1
     assert result.stderr.strip() == f"Error: output directory does not exist. Received: {str(bad)!r}"
-    assert not out.exists() and not out.with_name("o.report.json").exists()
+    assert not out.exists() and not out.with_name("o.h5.report.json").exists()
 
 
 @pytest.mark.parametrize("same", ["output", "report"])

@@ -47,7 +47,7 @@ def test_a_device_is_never_replaced_even_with_force(models, option):
     assert result.exit_code == 1
     assert result.stderr.strip() == f"Error: output path is a character device. {_received(target)}"
     assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
-    assert not (models / "o.h5").exists() and not (models / "o.report.json").exists()
+    assert not (models / "o.h5").exists() and not (models / "o.h5.report.json").exists()
 
 
 def test_a_fifo_or_a_socket_is_never_replaced(models):

@@ -191,7 +191,7 @@ def test_report_file_and_json_stdout(models, fmt):
     source = models / f"sequential{fmt}"
     result = run("prune", source, "--sparsity", "0.4", "--json")
     report = json.loads(result.stdout)  # stdout holds the JSON and nothing else
-    on_disk = json.loads((models / "sequential.pruned.report.json").read_text())
+    on_disk = json.loads((models / f"sequential.pruned{fmt}.report.json").read_text())
     assert on_disk["totals"] == report["totals"]
     assert report["schema_version"] == 1
     assert report["input"]["path"] == str(source)

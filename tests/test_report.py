@@ -35,7 +35,7 @@ def test_report_renders_table_on_stderr_only(models):
 
 def test_report_of_saved_report_and_from_stdin(models):
     prune = run("prune", models / "sequential.keras", "--threshold", "0.2", "--json")
-    saved = models / "sequential.pruned.report.json"
+    saved = models / "sequential.pruned.keras.report.json"
     from_file = run("report", saved, "--json").stdout
     assert json.loads(from_file)["totals"] == json.loads(prune.stdout)["totals"]
     piped = run("report", "-", "--json", input=prune.stdout).stdout

@@ -74,7 +74,7 @@ def test_rewrite_writes_the_model_the_keras_rebuild_writes(tmp_path, monkeypatch
     for key, value in weights[0].items():
         assert value.dtype == weights[1][key].dtype and value.shape == weights[1][key].shape, key
         assert value.tobytes() == weights[1][key].tobytes(), key
-    reports = [json.loads((tmp_path / f"{n}.report.json").read_text()) for n in ("fast", "rebuilt")]
+    reports = [json.loads((tmp_path / f"{n}.keras.report.json").read_text()) for n in ("fast", "rebuilt")]
     for key in ("layers", "totals", "structural", "engine"):
         assert reports[0].get(key) == reports[1].get(key), key
     keras = seeded_keras()

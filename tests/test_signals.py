@@ -153,7 +153,7 @@ def _signal_run(source: Path, output: Path, extra: list[str], sig: int, delay: f
     _, stderr = proc.communicate(timeout=120)
     code, line = EXPECTED[sig]
     what = f"{source.name} -> {output.name} {extra}, {signal.Signals(sig).name} after {delay:.2f} s: {stderr[-2000:]}"
-    report = output.with_name(f"{output.stem}.report.json")
+    report = output.with_name(f"{output.name}.report.json")
     if proc.returncode == 0:  # it had finished
         assert _complete(output) and _complete(report), what
     else:

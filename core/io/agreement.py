@@ -339,3 +339,36 @@ def _size(expression: str, config: dict) -> tuple[int | None, list[str]]:
 
 def _show(value) -> str:
     return str(list(value)) if isinstance(value, tuple) else str(value)
+
+
+def keras_weight_names(model: ModelFile) -> dict[str, str]:
+    """The names of a ``.keras`` file's weights stored by position only, by dataset path.
+
+    A ``.keras`` weights file keeps a layer's variables as ``vars/0``, ``vars/1``...;
+    where the layer table lists every weight the layer's class creates (in creation
+    order, switched on or off by its config, as :func:`check_agreement` checks them),
+    position ``i`` is the ``i``-th of those. A layer whose held weights are not exactly
+    those keeps its positions (nothing is guessed). Reads the config only: no TensorFlow.
+
+    Args:
+        model: an open model file (a ``.h5`` file names its weights itself: ``{}``).
+
+    Returns:
+        ``{dataset path: weight name}``, e.g. ``{"/layers/dense/vars/1": "bias"}``.
+    """
+    if model.format != "keras":
+        return {}
+    layers = list(_walk(model.config))
+    named = Counter(layer.name for layer in layers)
+    by_owner: dict[str, list[WeightEntry]] = defaultdict(list)
+    for entry in model.entries:
+        by_owner[entry.layer].append(entry)
+    names = {}
+    for layer in layers:
+        known = _weight_shapes(layer)
+        if known is None or layer.name is None or named[layer.name] != 1:
+            continue
+        matched, complete, _ = _match(known[0], by_owner.get(layer.name, []), by_name=False)
+        if complete:
+            names.update({entry.dataset: name for name, entry in matched.items()})
+    return names

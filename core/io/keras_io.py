@@ -70,8 +70,10 @@ def compile_spec_from(model_file: ModelFile) -> CompileSpec | None:
     optimizer = config.get("optimizer_config") or config.get("optimizer")
     if optimizer is None and model_file.format == "keras" and "optimizer/vars" in model_file.h5:
         optimizer = model_file.h5["optimizer/vars"].attrs.get("name")
-    metrics = config.get("metrics") or ()
-    return CompileSpec(config.get("loss"), tuple(metrics) if isinstance(metrics, list) else (metrics,), optimizer)
+    metrics = config.get("metrics")
+    # A model compiled without metrics saves null or []: no metric, not one named "()".
+    metrics = () if not metrics else tuple(metrics) if isinstance(metrics, (list, tuple)) else (metrics,)
+    return CompileSpec(config.get("loss"), metrics, optimizer)
 
 
 def _resolve(keras, module, identifier):

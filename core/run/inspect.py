@@ -10,11 +10,18 @@ from typing import Any
 from prunectl.core.errors import OptionError, ReportError
 from prunectl.core.options import check_stdout
 from prunectl.core.run.gates import GATES, gate_metrics
-from prunectl.core.run.report import ModelReport, compare_rows, load_report, model_report
+from prunectl.core.run.report import ModelReport, baseline_block, load_report, model_report
+
+STDIN = "-"
 
 
 def _is_model(target: str | None) -> bool:
-    return target is not None and target != "-" and Path(target).suffix.lower() != ".json"
+    return target is not None and target != STDIN and Path(target).suffix.lower() != ".json"
+
+
+def title(target: str) -> str:
+    """How a report's source is named in its title: its path, or ``stdin`` for ``-``."""
+    return "stdin" if target == STDIN else target
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,7 @@ def read_report(target: str, all_weights: bool = False) -> ModelReport:
     from prunectl.core.io.agreement import check_agreement
     from prunectl.core.io.modelfile import open_model_file
 
-    if target == "-":
+    if target == STDIN:
         return ModelReport.from_saved(load_report(sys.stdin.read(), "<stdin>"))
     path = Path(target)
     if path.suffix.lower() == ".json":
@@ -127,12 +134,8 @@ def run_report(request: ReportRequest) -> tuple[ModelReport, ModelReport | None]
     current = read_report(request.target, request.all_weights)
     before = read_report(request.baseline, request.all_weights) if request.baseline else None
     extra: dict[str, Any] = {}
-    if before is not None:
-        extra["baseline"] = {
-            "source": request.baseline,
-            "layers": compare_rows(before.to_dict(), current.to_dict()),
-            "totals": before.totals,
-        }
+    if before is not None and request.baseline is not None:
+        extra["baseline"] = baseline_block(request.baseline, before.to_dict(), current.to_dict())
     if request.data is not None:
         from prunectl.core.training.evaluate import EvalOptions, evaluate_files
 

@@ -54,8 +54,12 @@ def default_output(model: Path) -> Path:
 
 
 def default_report(output: Path) -> Path:
-    """``model.pruned.h5`` -> ``model.pruned.report.json`` beside it."""
-    return output.with_name(f"{output.stem}.report.json")
+    """``model.pruned.h5`` -> ``model.pruned.h5.report.json`` beside it.
+
+    The output's whole name is kept, suffix included, so the reports of ``model.h5``
+    and ``model.keras`` pruned in one folder do not overwrite each other.
+    """
+    return output.with_name(f"{output.name}.report.json")
 
 
 def choose_engine(request: PruneRequest, target: Path) -> str:

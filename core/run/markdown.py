@@ -26,6 +26,12 @@ def report_markdown(report: dict) -> str:
     else:
         model = report.get("model", {})
         lines += [f"## prunectl report: `{_escape(model.get('path', ''))}`", ""]
+    compared = report.get("baseline") or {}
+    for label, key in (("Params", "params"), ("FLOPs", "flops")):
+        counts = compared.get(key)
+        if counts and counts["before"] != counts["after"]:
+            source = _escape(compared["source"])
+            lines += [f"{label} against `{source}`: {counts['before']:,} → {counts['after']:,}.", ""]
     totals = report["totals"]
     lines += ["| | params | zeros | sparsity |", "|---|---:|---:|---:|"]
     for label, key in (("prunable weights", "prunable"), ("all weights", "all")):

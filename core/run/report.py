@@ -14,13 +14,14 @@ import json
 import os
 import platform
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from prunectl import __version__
 from prunectl.core.errors import ReportError
+from prunectl.core.io.agreement import keras_weight_names
 from prunectl.core.io.modelfile import ModelFile, WeightEntry
 from prunectl.core.run.gates import GATE_EXIT_CODE, GateResult
 from prunectl.core.run.outcome import PruneOutcome
@@ -259,14 +260,20 @@ def model_report(model: ModelFile, all_weights: bool = False) -> ModelReport:
 
     Args:
         model: the open model file.
-        all_weights: include rows for biases, normalization and other weights.
+        all_weights: include rows for biases, normalization and other weights
+            (a ``.keras`` file's named as in Keras where the layer table knows the
+            layer's weights, else ``vars/<i>``).
     """
     counts = file_counts(model)
+    # A .keras file stores weights by position; the layer table names those it knows (bias, gamma...).
+    names = keras_weight_names(model)
+    entries = [replace(e, weight=names.get(e.dataset, e.weight)) for e in counts.entries]
+    zeros = {new.key: counts.zeros[old.key] for old, new in zip(counts.entries, entries)}
     return ModelReport(
         Header.now("model"),
         file_info(model.path, model.format),
-        layer_rows(counts.entries, counts.zeros, all_weights=all_weights),
-        totals(counts.entries, counts.zeros),
+        layer_rows(entries, zeros, all_weights=all_weights),
+        totals(entries, zeros),
     )
 
 
@@ -344,23 +351,87 @@ def load_report(text: str, source: str) -> dict:
     return report
 
 
+def _shape(row: dict | None) -> str | None:
+    return None if row is None else "x".join(map(str, row["shape"]))
+
+
 def compare_rows(baseline: dict, current: dict) -> list[dict]:
-    """Join two reports' rows by layer and weight for a before/after view."""
+    """Join two reports' rows by layer and weight for a before/after view.
+
+    Each row has the weight's count and shape before and after, and ``change``: None
+    where the shape is the same, ``"<shape> -> <shape>"`` where units were removed,
+    ``"added"`` or ``"removed"`` for a weight only one side holds (rows of weights the
+    baseline alone holds come last, with ``count`` 0; an unprunable one only where
+    ``current`` lists unprunable weights, as ``--all-weights`` does).
+    """
     before = {(r["layer"], r["weight"]): r for r in baseline["layers"]}
-    rows = []
-    for row in current["layers"]:
-        old = before.get((row["layer"], row["weight"]))
-        rows.append(
-            {
-                "layer": row["layer"],
-                "class": row["class"],
-                "weight": row["weight"],
-                "count": row["count"],
-                "sparsity_before": old["sparsity"] if old else None,
-                "sparsity_after": row["sparsity"],
-            }
-        )
+    after = {(r["layer"], r["weight"]) for r in current["layers"]}
+    rows = [_compared(r, before.get((r["layer"], r["weight"])), r) for r in current["layers"]]
+    # A report made without --all-weights lists prunable weights only: the others are not missing from it.
+    listed = any(not r.get("prunable", True) for r in current["layers"])
+    rows += [
+        _compared(old, old, None)
+        for key, old in before.items()
+        if key not in after and (listed or old.get("prunable", True))
+    ]
     return rows
+
+
+def _compared(row: dict, old: dict | None, new: dict | None) -> dict:
+    """``row`` (the side that names the weight) compared: ``old`` before, ``new`` after (either may be None)."""
+    shapes = (_shape(old), _shape(new))
+    change: str | None
+    if old is None or new is None:
+        change = "added" if old is None else "removed"
+    else:
+        change = None if shapes[0] == shapes[1] else f"{shapes[0]} -> {shapes[1]}"
+    return {
+        "layer": row["layer"],
+        "class": row["class"],
+        "weight": row["weight"],
+        "count": new["count"] if new else 0,
+        "count_before": old["count"] if old else None,
+        "shape_before": old["shape"] if old else None,
+        "shape_after": new["shape"] if new else None,
+        "change": change,
+        "sparsity_before": old["sparsity"] if old else None,
+        "sparsity_after": new["sparsity"] if new else None,
+    }
+
+
+def _flops(report: dict) -> dict | None:
+    """A saved prune report's multiply-adds before and after its structural step, or None."""
+    flops = ((report.get("structural") or {}).get("totals") or {}).get("flops")
+    return {"before": flops["before"], "after": flops["after"]} if isinstance(flops, dict) else None
+
+
+def baseline_block(source: str, baseline: dict, current: dict) -> dict:
+    """The ``baseline`` block of a report compared with ``baseline``: rows, totals, params and FLOPs.
+
+    ``params`` counts every weight (``totals.all``) of the baseline and of the current
+    model. ``flops`` (multiply-adds) is there only where the current side is a saved
+    prune report whose structural plan measured them: a model file alone does not
+    give the layers' output sizes they depend on.
+
+    Args:
+        source: the baseline as named on the command line.
+        baseline: the baseline's report as a dict.
+        current: the current report as a dict.
+
+    Returns:
+        ``{"source", "layers", "totals", "params"[, "flops"]}``; ``params`` and ``flops``
+        are ``{"before", "after"}``.
+    """
+    block = {
+        "source": source,
+        "layers": compare_rows(baseline, current),
+        "totals": baseline["totals"],
+        "params": {"before": baseline["totals"]["all"]["count"], "after": current["totals"]["all"]["count"]},
+    }
+    flops = _flops(current)
+    if flops is not None:
+        block["flops"] = flops
+    return block
 
 
 def to_json(report: dict) -> str:

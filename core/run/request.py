@@ -40,7 +40,7 @@ class PruneRequest:
         model: the input model path (never modified).
         weights: the weight-pruning step, or None.
         output: output model path (default: ``<stem>.pruned<suffix>`` beside the input).
-        report: report path (default: ``<output stem>.report.json`` beside the output).
+        report: report path (default: ``<output file name>.report.json`` beside the output).
         compression: a key of ``options.COMPRESSION_LEVELS``.
         engine: ``auto``, ``file`` or ``keras``.
         force: replace existing outputs.

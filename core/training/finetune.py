@@ -390,7 +390,8 @@ def finetune_model(
         if weights and weights.sparsity is not None
         else None
     )
-    results, updates = {}, []
+    results: dict[str, WeightResult] = {}
+    updates: list[list] = []
 
     def prune_at(step: int) -> WeightPruning | None:
         """Prune to the schedule's sparsity at ``step`` (a threshold step prunes once, at step 0)."""
@@ -402,7 +403,11 @@ def finetune_model(
             if pruning is not None:
                 updates.append([step, sparsity])
         if pruning is not None:
-            results.update(prune_keras_model(model, pruning))
+            for key, result in prune_keras_model(model, pruning).items():
+                # A tensor's threshold is the largest magnitude any update zeroed in it: an update that
+                # zeroes nothing new cuts among the held zeros, at 0.
+                old = results.get(key)
+                results[key] = replace(result, threshold=max(result.threshold, old.threshold)) if old else result
         return pruning
 
     evaluate("before_pruning", original)
