@@ -44,7 +44,7 @@ def test_weight_prune_shows_its_table_and_summary(samples):
     assert "Pruned digits_cnn.h5" in text
     assert "│ fc1 " in text and "80.0%" in text
     assert "Wrote digits_cnn.pruned.h5:" in text
-    assert "Report: digits_cnn.pruned.report.json" in text
+    assert "Report: digits_cnn.pruned.h5.report.json" in text
 
 
 @pytest.mark.slow
@@ -53,7 +53,7 @@ def test_conversion_to_keras_shows_its_table_and_summary(samples):
     text = _check(run_in_terminal(args, cwd=samples))
     assert "│ conv2 " in text
     assert "Wrote small.keras:" in text and "engine keras" in text.replace("\n", " ")
-    assert "Report: small.report.json" in text
+    assert "Report: small.keras.report.json" in text
 
 
 @pytest.mark.slow
@@ -72,7 +72,7 @@ def test_fine_tune_shows_the_plan_before_its_epochs_then_the_tables(samples):
     args += ["--data", "digits_train.npz", "--val-data", "digits_test.npz", "-o", "ft.h5"]
     text = _check(run_in_terminal(args, cwd=samples))
     order = ["Structural plan for digits_cnn.h5", "epoch 1/1:", "Pruned digits_cnn.h5", "Wrote ft.h5:"]
-    order += ["Evaluation on the validation data", "after finetuning", "Report: ft.report.json"]
+    order += ["Evaluation on the validation data", "after finetuning", "Report: ft.h5.report.json"]
     positions = [text.find(line) for line in order]
     assert -1 not in positions and positions == sorted(positions), text
 
@@ -90,7 +90,7 @@ def test_sensitivity_shows_its_tables(samples):
 def test_a_failing_gate_shows_its_error_line(samples):
     args = ["prune", "digits_mlp.h5", "--sparsity", "0.9", "--min-sparsity", "0.95"]
     text = _check(run_in_terminal(args, cwd=samples), code=3)
-    assert "Report: digits_mlp.pruned.report.json" in text
+    assert "Report: digits_mlp.pruned.h5.report.json" in text
     assert text.rstrip().splitlines()[-1] == "Error: gate min-sparsity failed: measured 0.9000, limit >= 0.9500"
 
 
@@ -168,7 +168,7 @@ def test_output_survives_a_library_resetting_stderr_mid_run(samples, verbose):
     text = screen.text
     assert screen.code == 0 and screen.cursor_shown, text
     assert "Pruned digits_cnn.h5" in text and "Wrote digits_cnn.pruned.h5:" in text
-    assert "Report: digits_cnn.pruned.report.json" in text
+    assert "Report: digits_cnn.pruned.h5.report.json" in text
     # Silenced, fd 2 goes nowhere; with -v nothing is silenced.
     assert ("NOISE-FD" in text) is verbose and ("NOISE-PY" in text) is verbose, text
 
@@ -296,6 +296,6 @@ def test_off_a_terminal_lines_are_not_broken_at_120_columns(models):
     wrote = [line for line in result.stderr.splitlines() if line.startswith("Wrote ")]
     assert len(wrote) == 1 and str(output) in wrote[0], result.stderr
     assert any(
-        line.startswith("Report: ") and line.endswith("sequential.pruned.report.json")
+        line.startswith("Report: ") and line.endswith("sequential.pruned.h5.report.json")
         for line in result.stderr.splitlines()
     ), result.stderr
