@@ -219,7 +219,7 @@ def test_bias_free_conv_with_inputs_and_outputs_pruned_gets_the_folded_bias(crit
     assert len(kept_in) == len(kept_out) == 4
     dropped_in = np.setdiff1d(np.arange(8), kept_in)
     # A removed input channel's mean activation, times every kernel tap, moves into conv2's bias.
-    relu = np.asarray(keras.Model(model.inputs, model.get_layer("relu").output)(x), dtype=np.float64)
+    relu = np.asarray(keras.Model(model.input, model.get_layer("relu").output)(x), dtype=np.float64)
     mean = relu.mean(axis=(0, 1, 2))
     k2 = model.get_layer("conv2").kernel.numpy().astype(np.float64)
     expected_bias = np.einsum("c,hwco->o", mean[dropped_in], k2[:, :, dropped_in, :])[kept_out]

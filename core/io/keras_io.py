@@ -145,7 +145,34 @@ def load_model(model_file: ModelFile, unsafe: bool = False) -> LoadedModel:
     return LoadedModel(model, spec, notes)
 
 
-def save_model(model, target: Path) -> None:
-    """Save ``model`` with Keras to ``target`` (uncompressed; callers recompress)."""
+def save_model(model, target: Path, fresh_optimizer: bool = False) -> None:
+    """Save ``model`` with Keras to ``target`` (uncompressed; callers recompress).
+
+    Args:
+        model: the ``keras.Model``.
+        target: the output path.
+        fresh_optimizer: first build a compiled model's optimizer for its variables, if it is not built,
+            and reset its state to a new optimizer's (same class and config). Keras builds the optimizer
+            when it loads a compiled ``.keras`` and warns "Skipping variable loading for optimizer" unless
+            the file holds as many variables as that build makes; a state trained before pruning is stale.
+    """
     import_keras()
+    if fresh_optimizer:
+        reset_optimizer(model)
     model.save(target)
+
+
+def reset_optimizer(model) -> None:
+    """Build ``model``'s optimizer (if it has one) and set every one of its variables to a new one's values."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return
+    variables = model.trainable_variables
+    if not optimizer.built:
+        optimizer.build(variables)
+    fresh = optimizer.__class__.from_config(optimizer.get_config())
+    fresh.build(variables)
+    if len(fresh.variables) != len(optimizer.variables):  # not the same layout: leave the state as it is
+        return
+    for live, new in zip(optimizer.variables, fresh.variables):
+        live.assign(new)

@@ -29,13 +29,39 @@ from prunectl.core.io.atomic import (
     temporary_file,
     write_error,
 )
-from prunectl.core.io.compress import ChunkWriter
+from prunectl.core.io.compress import ChunkWriter, chunk_shape
+from prunectl.core.io.guard import DATASET_FLOOR
 from prunectl.core.io.modelfile import OPTIMIZER_GROUPS, WEIGHTS_MEMBER, ModelFile, WeightEntry
 
 Transform = Callable[[str, np.ndarray], np.ndarray]
 Reader = Callable[[h5py.Dataset], np.ndarray]
 EntryTransform = Callable[[WeightEntry, np.ndarray], np.ndarray]
 Progress = Callable[[str, int, int], None]
+
+#: Optimizers whose every slot variable starts at zero (lowercase class names). For these a fresh state
+#: can be written without Keras: Adagrad and Ftrl start their accumulators at a configured value, Nadam
+#: keeps a running product, so theirs (and any other optimizer's) are dropped instead.
+ZERO_START_OPTIMIZERS = frozenset({"adam", "adamw", "adamax", "sgd", "rmsprop", "lion", "adadelta"})
+
+
+def optimizer_class(model: ModelFile) -> str | None:
+    """The lowercase class name of the optimizer ``model`` was compiled with, or None."""
+    config = model.training_config or {}
+    optimizer = config.get("optimizer_config") or config.get("optimizer")
+    if isinstance(optimizer, dict):
+        optimizer = optimizer.get("class_name")
+    return optimizer.lower() if isinstance(optimizer, str) else None
+
+
+def fresh_optimizer_value(data: np.ndarray) -> np.ndarray:
+    """A saved optimizer variable as a newly built optimizer of a zero-start class holds it.
+
+    Counters (integer ``iterations``) restart at 0 and slot tensors at zeros; a float scalar is the
+    learning rate (or another hyperparameter variable) and keeps its value.
+    """
+    if data.dtype.kind == "f" and data.ndim == 0:
+        return data
+    return np.zeros_like(data)
 
 
 def _copy_attrs(src: h5py.HLObject, dst: h5py.HLObject) -> None:
@@ -63,6 +89,15 @@ def _read(dataset: h5py.Dataset) -> np.ndarray:
     return dataset[()]
 
 
+def _write_zeros(group: h5py.Group, name: str, like: np.ndarray) -> h5py.Dataset:
+    """A dataset of zeros shaped like ``like``: unstored (read as the fill value) while the guard accepts that."""
+    if like.nbytes <= DATASET_FLOOR:
+        return group.create_dataset(name, shape=like.shape, dtype=like.dtype)
+    # Larger unstored datasets look like a decompression bomb to the guard; zeros deflate ~1000x anyway.
+    chunks = chunk_shape(like.shape, like.dtype.itemsize)
+    return group.create_dataset(name, data=like, chunks=chunks, compression="gzip", compression_opts=1)
+
+
 def _copy_tree(
     src: h5py.Group,
     dst: h5py.Group,
@@ -70,6 +105,7 @@ def _copy_tree(
     transform: Transform | None,
     skip: frozenset[str] = frozenset(),
     read: Reader = _read,
+    zeros_under: str | None = None,
 ) -> None:
     _copy_attrs(src, dst)
     for name in src:
@@ -81,12 +117,15 @@ def _copy_tree(
             raise InvalidModelError(src.file.filename, f"{src.name.rstrip('/')}/{name} is a link")
         obj = src[name]
         if isinstance(obj, h5py.Group):
-            _copy_tree(obj, dst.create_group(name), writer, transform, skip, read)
+            _copy_tree(obj, dst.create_group(name), writer, transform, skip, read, zeros_under)
         elif obj.dtype.kind in "fiub" and obj.shape is not None:
             data = read(obj)
             if transform is not None:
                 data = transform(obj.name, data)
-            _copy_attrs(obj, writer.write(dst, name, data))
+            if zeros_under and obj.name.startswith(zeros_under) and data.ndim and not data.any():
+                _copy_attrs(obj, _write_zeros(dst, name, data))
+            else:
+                _copy_attrs(obj, writer.write(dst, name, data))
         else:
             src.copy(obj, dst, name=name)
 
@@ -98,13 +137,15 @@ def write_h5(
     transform: Transform | None = None,
     skip: frozenset[str] = frozenset(),
     read: Reader = _read,
+    zeros_under: str | None = None,
 ) -> None:
     """Write ``source``'s HDF5 tree, less the ``skip`` paths, to ``target`` (not atomic).
 
-    ``read`` reads each dataset (so callers can report failures in their terms).
+    ``read`` reads each dataset (so callers can report failures in their terms). Tensors of zeros
+    under the group ``zeros_under`` (a fresh optimizer's slots) are written at almost no cost.
     """
     with h5py.File(target, "w") as out, ChunkWriter(level) as writer:
-        _copy_tree(source, out, writer, transform, skip, read)
+        _copy_tree(source, out, writer, transform, skip, read, zeros_under)
 
 
 def write_model(
@@ -125,16 +166,28 @@ def write_model(
         transform: called as ``transform(entry, array)`` for every model weight;
             returns the array to write.
         keep_optimizer: keep the optimizer's saved state (slot variables).
-            Dropped by default: it is dense (so it would hold the file's size
-            at about three times the weights), stale once weights are pruned,
-            and the compile settings that rebuild the optimizer are kept.
+            By default it is not kept: it is dense (so it would hold the file's size
+            at about three times the weights) and stale once weights are pruned.
+            A ``.keras`` file of a zero-start optimizer (:data:`ZERO_START_OPTIMIZERS`)
+            gets a fresh state instead (zeros, which compress to almost nothing), because
+            Keras builds the optimizer when it loads a compiled model and warns
+            "Skipping variable loading for optimizer" when the file holds fewer
+            variables. Otherwise the state is dropped (a ``.h5`` loads without it quietly).
         progress: called as ``progress(weight_key, done, total)`` per weight written.
         members: ``.keras`` archive members written instead of the source's (e.g. a new ``config.json``).
     """
     fmt = "keras" if target.suffix.lower() == ".keras" else "h5"
     if fmt != model.format:
         raise ValueError(f"write_model cannot convert {model.format} to {fmt}; use the Keras engine")
-    skip = frozenset() if keep_optimizer else frozenset({OPTIMIZER_GROUPS[model.format]})
+    group = OPTIMIZER_GROUPS[model.format]
+    # A new config (members) may change the variables the optimizer builds for: the old layout would not fit.
+    fresh = (
+        not keep_optimizer
+        and model.format == "keras"
+        and not (members and "config.json" in members)
+        and optimizer_class(model) in ZERO_START_OPTIMIZERS
+    )
+    skip = frozenset() if keep_optimizer or fresh else frozenset({group})
     by_path = {e.dataset: e for e in model.entries}
     written: list[str] = []
 
@@ -150,7 +203,7 @@ def write_model(
     def on_dataset(path: str, data: np.ndarray) -> np.ndarray:
         entry = by_path.get(path)
         if entry is None:
-            return data
+            return fresh_optimizer_value(data) if fresh and path.startswith(group + "/") else data
         if transform is not None:
             data = transform(entry, data)
         written.append(entry.key)
@@ -159,12 +212,13 @@ def write_model(
         return data
 
     with atomic_path(target) as tmp:
+        zeros_under = group + "/" if fresh or keep_optimizer else None
         if fmt == "h5":
-            write_h5(model.h5, tmp, level, on_dataset, skip, read)
+            write_h5(model.h5, tmp, level, on_dataset, skip, read, zeros_under)
             return
         weights_tmp = register(tmp.with_name(tmp.name + ".weights"))  # before h5py creates it
         try:
-            write_h5(model.h5, weights_tmp, level, on_dataset, skip, read)
+            write_h5(model.h5, weights_tmp, level, on_dataset, skip, read, zeros_under)
             written_members = {**model.zip_members, **(members or {})}
             assets = [name for name in model.assets if name not in written_members]
             _write_keras_zip(tmp, written_members, weights_tmp, level, model.path, assets)
@@ -215,7 +269,8 @@ def save_keras_model(
         level: gzip level for weight datasets.
         transform_for: called with the file Keras saved (its entries list every
             weight); returns the transform :func:`write_model` applies, or None.
-        keep_optimizer: keep the optimizer's saved state.
+        keep_optimizer: keep the optimizer's saved state. Otherwise a ``.keras`` output holds the optimizer
+            as newly built for the model's variables (so Keras loads it without a warning) and a ``.h5`` none.
         progress: as in :func:`write_model`.
     """
     from prunectl.core.io.keras_io import save_model
@@ -230,13 +285,15 @@ def save_keras_model(
     try:
         try:
             with scratch_tempdir():
-                save_model(model, raw)
+                save_model(model, raw, fresh_optimizer=not keep_optimizer)
         except (OSError, RuntimeError) as exc:
             if not is_write_error(exc):
                 raise
             raise write_error(target, exc) from None
         with open_model_file(raw, isolate=False) as saved:
             transform = transform_for(saved) if transform_for is not None else None
-            write_model(saved, target, level, transform, keep_optimizer, progress)
+            # The state Keras saved is already the one wanted in a .keras (see save_model's fresh_optimizer).
+            keep = keep_optimizer or saved.format == "keras"
+            write_model(saved, target, level, transform, keep, progress)
     finally:
         discard(raw)

@@ -426,6 +426,8 @@ def finetune_model(
                 validation_data=val_batches,
                 epochs=options.epochs,
                 callbacks=callbacks,
+                # batches() shuffles; Keras cannot shuffle a dataset and warns on every run if asked to.
+                shuffle=False,
                 verbose=0,
             )
             history = {k: [float(v) for v in values] for k, values in fitted.history.items()}

@@ -55,14 +55,7 @@ def write_plots(folder: Path, history: dict, before: dict[str, np.ndarray], afte
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     if history.get("loss"):
-        figure, axes = pyplot.subplots(figsize=(6, 4))
-        epochs = np.arange(1, len(history["loss"]) + 1)
-        for key, label in (("loss", "training"), ("val_loss", "validation")):
-            if key in history:
-                axes.plot(epochs, history[key], marker="o", label=label)
-        axes.set(xlabel="epoch", ylabel="loss", title="Fine-tuning loss")
-        axes.legend()
-        written.append(_save(pyplot, figure, folder / "loss.png"))
+        written.append(_save(pyplot, loss_figure(history), folder / "loss.png"))
     for key, dense in before.items():
         figure, axes = pyplot.subplots(figsize=(6, 4))
         values = [np.abs(dense[dense != 0]).ravel(), np.abs(after[key][after[key] != 0]).ravel()]
@@ -76,6 +69,49 @@ def write_plots(folder: Path, history: dict, before: dict[str, np.ndarray], afte
         axes.legend()
         written.append(_save(pyplot, figure, folder / f"weights_{_slug(key)}.png"))
     return written
+
+
+#: A loss whose largest value is more than this many times its smallest is drawn on a log scale.
+LOG_SCALE_SPAN = 10.0
+
+
+def loss_figure(history: dict):
+    """The loss curves of ``history`` as a matplotlib figure (the caller saves and closes it).
+
+    Epochs are whole numbers on the x axis, however few there are. The y axis is logarithmic
+    when every loss is positive and they span more than :data:`LOG_SCALE_SPAN` times (a
+    fine-tuning run's first epoch often dwarfs the rest), and its label says so.
+
+    Args:
+        history: Keras' per-epoch history; ``loss`` (and ``val_loss`` if present) are drawn.
+
+    Returns:
+        The ``matplotlib.figure.Figure``.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    pyplot = _pyplot()
+    figure, axes = pyplot.subplots(figsize=(6, 4))
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    names = (("loss", "training"), ("val_loss", "validation"))
+    curves = [(history[key], label) for key, label in names if key in history]
+    for values, label in curves:
+        axes.plot(epochs, values, marker="o", label=label)
+    values = np.concatenate([np.asarray(v, dtype=float) for v, _ in curves])
+    values = values[np.isfinite(values)]
+    log = values.size > 0 and values.min() > 0 and values.max() > LOG_SCALE_SPAN * values.min()
+    if log:
+        axes.set_yscale("log")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ylabel = "loss (log scale)" if log else "loss"
+    axes.set(xlabel="epoch", ylabel=ylabel, title="Fine-tuning loss", xlim=_epoch_limits(epochs))
+    axes.legend()
+    return figure
+
+
+def _epoch_limits(epochs: np.ndarray) -> tuple[float, float]:
+    # A single epoch would otherwise get fractional ticks around it (0.96 ... 1.04) or none at all.
+    return (0.5, max(1.5, epochs[-1] + 0.5))
 
 
 def _save(pyplot, figure, path: Path) -> str:
