@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,13 @@ from click.testing import CliRunner
 from prunectl.cli.main import cli
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# Started as a background job of a non-interactive shell (`pytest ... &` in a script), the suite inherits SIGINT
+# ignored, and every prunectl it starts would too: prunectl leaves an ignored signal ignored (as under nohup),
+# so the tests that press Ctrl-C or send SIGINT would wait for nothing. A handler here is reset to the default
+# in each child at exec, where Python's own KeyboardInterrupt handler then takes over.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_models"
