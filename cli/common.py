@@ -12,6 +12,10 @@ from prunectl.core.run.gates import GATES, gate_pairs
 
 GATES_SECTION = "Quality gates"
 
+UNSAFE_OPTION = click.option(
+    "--unsafe", is_flag=True, help="Allow loading Lambda-layer code stored in the model (trusted files only)."
+)
+
 
 def gate_options(command):
     """Add one ``--<gate>`` option per registered gate (help text from the gate's docstring), in one help section."""

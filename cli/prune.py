@@ -9,7 +9,7 @@ import click
 from prunectl.cli import render
 from prunectl.cli.checks import checked as _checked
 from prunectl.cli.checks import patterns
-from prunectl.cli.common import finish_with_gates, gate_options, markdown_option
+from prunectl.cli.common import UNSAFE_OPTION, finish_with_gates, gate_options, markdown_option
 from prunectl.cli.help import GENERAL, Command, general_options, section
 from prunectl.cli.structural import structural_options
 from prunectl.cli.training import FINETUNE_NAMES, epoch_lines, evaluation_table, finetune_options, training_bars
@@ -126,9 +126,7 @@ from prunectl.core.options import (
 @section(
     GENERAL,
     click.option("--force", is_flag=True, help="Overwrite an existing output model and report."),
-    click.option(
-        "--unsafe", is_flag=True, help="Allow loading Lambda-layer code stored in the model (trusted files only)."
-    ),
+    UNSAFE_OPTION,
 )
 @general_options("Print nothing on stderr but errors (and, when fine-tuning, one plain line per epoch).")
 @click.pass_context

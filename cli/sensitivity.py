@@ -7,8 +7,10 @@ from pathlib import Path
 import click
 
 from prunectl.cli import render
-from prunectl.cli.checks import checked, number, patterns
+from prunectl.cli.checks import checked, patterns
+from prunectl.cli.common import UNSAFE_OPTION
 from prunectl.cli.help import GENERAL, Command, general_options, section
+from prunectl.cli.training import DATA_KEY_OPTIONS, batch_size_option
 from prunectl.core.options import DEFAULT_SPARSITIES, parse_sparsities, validate_budget
 
 _PATH = click.Path(path_type=Path, dir_okay=False)
@@ -55,17 +57,8 @@ _PATH = click.Path(path_type=Path, dir_okay=False)
 @section(
     "Data",
     click.option("--data", type=_PATH, help="Validation data: .npz or .h5 (arrays x, y) or .csv (see --label-col)."),
-    click.option("--x-key", help="Inputs' array name in .npz/.h5 data [default: x]."),
-    click.option("--y-key", help="Targets' array name in .npz/.h5 data [default: y]."),
-    click.option("--label-col", help="CSV column (header name or 0-based index) holding the targets."),
-    click.option(
-        "--batch-size",
-        type=int,
-        callback=number("batch_size", 1, integer=True),
-        default=32,
-        show_default=True,
-        help="Evaluation batch size.",
-    ),
+    *DATA_KEY_OPTIONS,
+    batch_size_option("Evaluation batch size."),
     click.option("--loss", help="Keras loss name [default: the model's saved loss, else inferred]."),
     click.option("--metrics", multiple=True, help="Keras metric name (repeatable) [default: saved, else inferred]."),
 )
@@ -87,9 +80,7 @@ _PATH = click.Path(path_type=Path, dir_okay=False)
 @section(
     GENERAL,
     click.option("--force", is_flag=True, help="Overwrite an existing --recipe-out file."),
-    click.option(
-        "--unsafe", is_flag=True, help="Allow loading Lambda-layer code stored in the model (trusted files only)."
-    ),
+    UNSAFE_OPTION,
 )
 @general_options("Print nothing on stderr but errors.")
 def sensitivity(

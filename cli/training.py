@@ -44,6 +44,20 @@ FINETUNE_NAMES = frozenset(
     }
 )
 
+# How a data file names its arrays or target column: read by every command that takes --data.
+DATA_KEY_OPTIONS = [
+    click.option("--x-key", help="Inputs' array name in .npz/.h5 data [default: x]."),
+    click.option("--y-key", help="Targets' array name in .npz/.h5 data [default: y]."),
+    click.option("--label-col", help="CSV column (header name or 0-based index) holding the targets."),
+]
+
+
+def batch_size_option(help: str):
+    """``--batch-size N`` (an integer >= 1, default 32), with this command's own help text."""
+    check = number("batch_size", 1, integer=True)
+    return click.option("--batch-size", type=int, callback=check, default=32, show_default=True, help=help)
+
+
 DATA_OPTIONS = [
     click.option(
         "--data",
@@ -58,17 +72,8 @@ DATA_OPTIONS = [
         callback=number("val_split", 0, 1, low_open=True, high_open=True),
         help="Hold out the last fraction F of --data for validation instead.",
     ),
-    click.option("--x-key", help="Inputs' array name in .npz/.h5 data [default: x]."),
-    click.option("--y-key", help="Targets' array name in .npz/.h5 data [default: y]."),
-    click.option("--label-col", help="CSV column (header name or 0-based index) holding the targets."),
-    click.option(
-        "--batch-size",
-        type=int,
-        callback=number("batch_size", 1, integer=True),
-        default=32,
-        show_default=True,
-        help="Global batch size.",
-    ),
+    *DATA_KEY_OPTIONS,
+    batch_size_option("Global batch size."),
 ]
 
 OPTIONS = [
