@@ -10,6 +10,18 @@ def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+def shown_names(names, limit: int) -> str:
+    """``names`` joined for an error message: the first ``limit``, then how many more (``none`` for none).
+
+    Example:
+        >>> shown_names([f"d{i}" for i in range(23)], limit=2)
+        'd0, d1 and 21 more'
+    """
+    names = [str(n) for n in names]
+    more = len(names) - limit
+    return ", ".join(names[:limit]) + (f" and {more} more" if more > 0 else "") or "none"
+
+
 class PrunectlError(Exception):
     """Base class: a problem with the user's input, reported as one line."""
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from prunectl.core.errors import DataError, first_line
+from prunectl.core.errors import DataError, first_line, shown_names
 from prunectl.core.registry import Registry
 
 READERS: Registry[Any] = Registry("data reader")
@@ -49,10 +49,8 @@ class Dataset:
 _SHOWN_NAMES = 8
 
 
-def _names(names, limit: int = _SHOWN_NAMES) -> str:
-    names = [str(n) for n in names]
-    more = len(names) - limit
-    return ", ".join(names[:limit]) + (f" and {more} more" if more > 0 else "") or "none"
+def _names(names) -> str:
+    return shown_names(names, _SHOWN_NAMES)
 
 
 def _ends(names, head: int = 5, tail: int = 3) -> str:

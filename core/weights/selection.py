@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from prunectl.core.errors import SelectionError
+from prunectl.core.errors import SelectionError, shown_names
 from prunectl.core.io.modelfile import WeightEntry
 from prunectl.core.options import compile_patterns
 
@@ -13,17 +13,8 @@ SHOWN_LAYERS = 20
 
 
 def shown_layers(names: Sequence[str], limit: int = SHOWN_LAYERS) -> str:
-    """``names`` joined for an error message: the first ``limit``, then how many more (``none`` for none).
-
-    Example:
-        >>> shown_layers([f"d{i}" for i in range(23)], limit=2)
-        'd0, d1 and 21 more'
-    """
-    more = len(names) - limit
-    return ", ".join(names[:limit]) + (f" and {more} more" if more > 0 else "") or "none"
-
-
-_shown = shown_layers
+    """Layer names joined for an error message: the first ``limit``, then how many more (``none`` for none)."""
+    return shown_names(names, limit)
 
 
 def select_names(names: Sequence[str], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
@@ -42,7 +33,8 @@ def select_names(names: Sequence[str], include: Sequence[str] = (), exclude: Seq
         for text, pattern in zip(raw, compiled):
             if not any(pattern.search(n) for n in names):
                 raise SelectionError(
-                    f"{option} pattern matches no prunable layer (prunable layers: {_shown(names)}). Received: {text!r}"
+                    f"{option} pattern matches no prunable layer (prunable layers: {shown_layers(names)}). "
+                    f"Received: {text!r}"
                 )
     return [
         n
@@ -66,7 +58,7 @@ def select_weights(
     chosen = [e for e in prunable if e.layer in chosen_names]
     if not chosen:
         raise SelectionError(
-            f"no prunable weights selected (prunable layers: {_shown(names)}). "
+            f"no prunable weights selected (prunable layers: {shown_layers(names)}). "
             f"Received: include={list(include)}, exclude={list(exclude)}"
         )
     return chosen
