@@ -160,13 +160,13 @@ def prune(ctx, **params):
     request = _request(ctx, params)
     markdown, quiet = params["markdown"], params["quiet"]
     console = None if quiet else render.stderr_console()
-    result, plan_shown = _run_with_progress(request, console)
+    result = _run_with_progress(request, console)
     if params["as_json"]:
         render.emit_json(result.to_json())
     elif markdown is not None and str(markdown) == "-":
         render.emit_json(report_markdown(result.to_dict()))
     if console is not None:
-        _summarize(console, result.to_dict(), plan_shown)
+        _summarize(console, result.to_dict())
     finish_with_gates(result, quiet)
 
 
@@ -190,38 +190,38 @@ def _run_with_progress(request, console):
     from prunectl.cli.signals import checked
     from prunectl.core.run.job import run_prune
 
-    shown = {"plan": False}
-
-    def show_plan(stage: str, value: dict | None) -> bool:
-        if stage == "plan" and value is not None and console is not None:
-            render.plan_summary(console, value, str(request.model))
-            shown["plan"] = True
-        return stage == "plan"
+    def show_plan(plan: dict) -> None:
+        render.plan_summary(console, plan, str(request.model))
 
     if console is None or not console.is_terminal:
-        result = run_prune(
+
+        def plan_events(stage: str, value: dict | None) -> None:
+            if stage == "plan" and value is not None and console is not None:
+                show_plan(value)
+
+        return run_prune(
             request,
             training=checked(epoch_lines(console)) if request.finetune else None,
-            events=checked(show_plan),
+            events=checked(plan_events),
         )
-        return result, shown["plan"]
     with render.LiveProgress(console, *render.progress_columns()) as live:
 
         def events(stage: str, value: dict | None) -> None:
-            if not show_plan(stage, value):
+            if stage == "plan" and value is not None:
+                show_plan(value)
+            else:
                 live.stage(_STAGES.get(stage, stage).format(model=request.model.name))
 
         def progress(key: str, done: int, total: int) -> None:
             live.stage(f"writing {key}", done, total)
 
-        result = run_prune(
+        return run_prune(
             request, checked(progress), checked(training_bars(live)) if request.finetune else None, checked(events)
         )
-        return result, shown["plan"]
 
 
-def _summarize(console, report: dict, plan_shown: bool = False) -> None:
-    render.structural_summary(console, report, plan_shown)
+def _summarize(console, report: dict) -> None:
+    render.structural_summary(console, report)
     if report["kind"] == "plan":
         return
     if any(row["pruned"] for row in report["layers"]):

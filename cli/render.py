@@ -385,14 +385,13 @@ def plan_summary(console, plan: dict, path: str) -> None:
         console.print(f"Note: {note_line(note)}")
 
 
-def structural_summary(console, report: dict, plan_shown: bool = False) -> None:
-    """Print a report's structural plan (unless already shown as it was decided) and its benchmark."""
-    plan = report.get("structural")
-    if plan is not None:
-        if not plan_shown:
-            plan_summary(console, plan, report["input"]["path"])
-        if report["kind"] == "plan":
-            console.print("Dry run: no model or report written.")
+def structural_summary(console, report: dict) -> None:
+    """Print what follows a report's structural plan: the dry run's last word, and the benchmark.
+
+    The plan itself was shown as it was decided (:func:`plan_summary`, through the job's events).
+    """
+    if report["kind"] == "plan":
+        console.print("Dry run: no model or report written.")
     timing = report.get("benchmark")
     if timing is not None:
         console.print(
