@@ -435,7 +435,8 @@ def finetune_model(
         held.release()
         # Keras traced the penalty into the evaluation step during fit's validation: trace it anew without.
         model.test_function = None
-    penalty = options.l1 * sum(float(np.abs(variables[e.key].numpy()).sum()) for e in selected)
+    # Read back only where there is a penalty to report (it copies every penalized weight).
+    penalty = options.l1 * sum(float(np.abs(variables[e.key].numpy()).sum()) for e in selected) if options.l1 else 0.0
     if options.epochs:
         evaluate("after_finetuning")
     if prune_after:
