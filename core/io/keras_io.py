@@ -62,12 +62,18 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
 
 
+def saved_optimizer(training_config: dict | None):
+    """The optimizer a file's training/compile config names: its config (a dict) or its name; None for none."""
+    config = training_config or {}
+    return config.get("optimizer_config") or config.get("optimizer")
+
+
 def compile_spec_from(model_file: ModelFile) -> CompileSpec | None:
     """Recover loss, metrics and optimizer from a file's training/compile config."""
     config = model_file.training_config
     if not config:
         return None
-    optimizer = config.get("optimizer_config") or config.get("optimizer")
+    optimizer = saved_optimizer(config)
     if optimizer is None and model_file.format == "keras" and "optimizer/vars" in model_file.h5:
         optimizer = model_file.h5["optimizer/vars"].attrs.get("name")
     metrics = config.get("metrics")

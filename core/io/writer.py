@@ -31,6 +31,7 @@ from prunectl.core.io.atomic import (
 )
 from prunectl.core.io.compress import ChunkWriter, chunk_shape
 from prunectl.core.io.guard import DATASET_FLOOR
+from prunectl.core.io.keras_io import saved_optimizer
 from prunectl.core.io.modelfile import OPTIMIZER_GROUPS, WEIGHTS_MEMBER, ModelFile, WeightEntry
 
 Transform = Callable[[str, np.ndarray], np.ndarray]
@@ -46,8 +47,7 @@ ZERO_START_OPTIMIZERS = frozenset({"adam", "adamw", "adamax", "sgd", "rmsprop", 
 
 def optimizer_class(model: ModelFile) -> str | None:
     """The lowercase class name of the optimizer ``model`` was compiled with, or None."""
-    config = model.training_config or {}
-    optimizer = config.get("optimizer_config") or config.get("optimizer")
+    optimizer = saved_optimizer(model.training_config)
     if isinstance(optimizer, dict):
         optimizer = optimizer.get("class_name")
     return optimizer.lower() if isinstance(optimizer, str) else None
