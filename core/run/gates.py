@@ -68,9 +68,13 @@ class Gate:
     #: Whether the limit is a fraction in [0, 1] (else any number >= 0).
     fraction = False
 
+    @property
+    def field(self) -> str:
+        """The gate's option as a field name (``max_loss_increase``), which the CLI shows as its flag."""
+        return self.registered_name.replace("-", "_")
+
     def validate(self, limit: float) -> float:
-        field = self.registered_name.replace("-", "_")
-        check_number(limit, field, 0, 1 if self.fraction else None)
+        check_number(limit, self.field, 0, 1 if self.fraction else None)
         return limit
 
     def get_config(self) -> dict:
@@ -213,7 +217,7 @@ class _Worsening(Gate):
 
     def __init__(self, limit: Any):
         self.text = str(limit)
-        self.limit, self.relative = parse_amount(self.text, self.registered_name.replace("-", "_"))
+        self.limit, self.relative = parse_amount(self.text, self.field)
 
     def get_config(self) -> dict:
         return {"limit": self.text}
@@ -301,15 +305,14 @@ class MaxMetricDrop(_Worsening):
         text = str(limit)
         name, sep, amount = text.rpartition("=")
         if not sep or not name.strip():
-            field = self.registered_name.replace("-", "_")
             raise OptionError(
-                f"{{{field}}} must be NAME=D or NAME=D% (a metric and its largest worsening). "
-                f"Received: {{{field}}}={text}",
-                field,
+                f"{{{self.field}}} must be NAME=D or NAME=D% (a metric and its largest worsening). "
+                f"Received: {{{self.field}}}={text}",
+                self.field,
             )
         self.key = name.strip()
         self.text = text
-        self.limit, self.relative = parse_amount(amount, self.registered_name.replace("-", "_"))
+        self.limit, self.relative = parse_amount(amount, self.field)
 
     def title(self) -> str:
         return f"{self.registered_name} {self.key}"
