@@ -143,3 +143,15 @@ def samples(tmp_path) -> Path:
         if path.is_file() and path.suffix in (".h5", ".keras", ".npz"):
             shutil.copy(path, tmp_path / path.name)
     return tmp_path
+
+
+@pytest.fixture
+def digits(samples):
+    """The sample MLP with small train (96 samples) and validation (64) files beside it (fine-tuning tests).
+
+    tests/test_accuracy_gate.py has a ``digits`` of its own (an evaluation file), which takes precedence there.
+    """
+    with np.load(samples / "digits_train.npz") as train:
+        np.savez(samples / "train.npz", x=train["x"][:96], y=train["y"][:96])
+        np.savez(samples / "val.npz", x=train["x"][96:160], y=train["y"][96:160])
+    return samples

@@ -24,15 +24,6 @@ from prunectl.core.weights.schedules import SCHEDULES, OneShot, PolynomialDecay
 KERNELS = ("fc1", "fc2", "head")
 
 
-@pytest.fixture
-def digits(samples):
-    """The sample MLP with small train (96 samples) and validation (64) files beside it."""
-    with np.load(samples / "digits_train.npz") as train:
-        np.savez(samples / "train.npz", x=train["x"][:96], y=train["y"][:96])
-        np.savez(samples / "val.npz", x=train["x"][96:160], y=train["y"][96:160])
-    return samples
-
-
 def finetune(folder, out, *extra, sparsity="0.8"):
     return run(
         "prune",

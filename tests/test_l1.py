@@ -12,20 +12,10 @@ import numpy as np
 import pytest
 from conftest import invoke, run
 from independent import kernel
+from test_finetune import KERNELS
 
 from prunectl.core.run.request import build_request
 from prunectl.core.training.evaluate import finetune_evaluation
-
-KERNELS = ("fc1", "fc2", "head")
-
-
-@pytest.fixture
-def digits(samples):
-    """The sample MLP with small train (96 samples) and validation (64) files beside it."""
-    with np.load(samples / "digits_train.npz") as train:
-        np.savez(samples / "train.npz", x=train["x"][:96], y=train["y"][:96])
-        np.savez(samples / "val.npz", x=train["x"][96:160], y=train["y"][96:160])
-    return samples
 
 
 def train_l1(folder, out, *extra):
