@@ -118,7 +118,8 @@ from prunectl.core.options import (
     click.option(
         "--keep-optimizer",
         is_flag=True,
-        help="Keep the optimizer's saved state (dense, so the file stays large); dropped by default.",
+        help="Keep the optimizer's trained state (dense, so the file stays large); by default a .h5 drops it "
+        "and a .keras holds a fresh one.",
     ),
     click.option("--json", "as_json", is_flag=True, help="Print the JSON report to stdout (and nothing else there)."),
 )
