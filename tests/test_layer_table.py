@@ -22,6 +22,7 @@ ARGS = {
     **{f"DepthwiseConv{d}D": (3,) for d in (1, 2)},
     **{f"SeparableConv{d}D": (4, 3) for d in (1, 2)},
     "Embedding": (10, 4),
+    "MultiHeadAttention": (2, 3),
     **{name: (4,) for name in ("SimpleRNN", "GRU", "LSTM")},
     "Activation": ("relu",),
     **{
@@ -59,7 +60,7 @@ LAYER_CLASSES = sorted(name for name, spec in specs().items() if not spec.nested
 def _input_shape(class_name: str) -> tuple:
     if class_name in ("Embedding",):
         return (5,)
-    if class_name in ("SimpleRNN", "GRU", "LSTM"):
+    if class_name in ("SimpleRNN", "GRU", "LSTM", "MultiHeadAttention"):
         return (5, 3)
     for d, shape in (("1D", (6, 3)), ("2D", (6, 6, 3)), ("3D", (4, 4, 4, 3))):
         if d in class_name:
@@ -80,7 +81,7 @@ def _build(class_name: str):
     layer = cls(*ARGS.get(class_name, ()), **KWARGS.get(class_name, {}))
     shape = _input_shape(class_name)
     x = keras.Input(shape, dtype="int32" if class_name == "Embedding" else "float32")
-    y = layer([x, x]) if class_name in MERGES else layer(x)
+    y = layer([x, x]) if class_name in MERGES else layer(x, x) if class_name == "MultiHeadAttention" else layer(x)
     return layer, x, y
 
 
@@ -103,6 +104,15 @@ def test_spec_matches_the_layers_variables(class_name):
             assert variable.path == f"{layer.name}/{owner.name}/{weight.name}"
         else:
             assert variable.path == f"{layer.name}/{weight.name}"
+    for path, class_name_inside in spec.sublayers.items():
+        assert _own(layer, path).__class__.__name__ == class_name_inside, path
+    config = layer.get_config()
+    for inner in spec.inner:
+        count = config[inner.count] // inner.per_unit
+        for path, axis in inner.slices:
+            *owner, variable = path.split("/")
+            found = [v for v in _own(layer, "/".join(owner)).weights if v.name == variable]
+            assert len(found) == 1 and found[0].shape[axis] == count, (path, axis)
     # Keras names an unnamed variable "variable", then "variable_1", ... (LayerScale's gamma).
     by_name = {re.sub(r"^variable_\d+$", "variable", v.name): v for v in layer.weights}
     assert set(spec.mac_weights) <= set(by_name), (spec.mac_weights, sorted(by_name))

@@ -1,6 +1,6 @@
 """The layer table: everything prunectl knows about each Keras layer class (see :mod:`.spec`).
 
-Public API: :class:`LayerSpec`, :class:`WeightSpec`, :class:`WeightShape`, :class:`Rule`,
+Public API: :class:`LayerSpec`, :class:`Inner`, :class:`WeightSpec`, :class:`WeightShape`, :class:`Rule`,
 :func:`register_layer`, :func:`layer_spec`, :func:`op_key`, :func:`get_spec`, :func:`specs`,
 :func:`load_entry_points`, and the ``prunectl.layers`` entry-point group.
 """
@@ -8,6 +8,7 @@ Public API: :class:`LayerSpec`, :class:`WeightSpec`, :class:`WeightShape`, :clas
 from prunectl.core.layers.builtin import BUILTIN as _BUILTIN
 from prunectl.core.layers.spec import (
     ENTRY_POINT_GROUP,
+    Inner,
     LayerSpec,
     Rule,
     WeightShape,
@@ -28,6 +29,7 @@ _register_builtin(_BUILTIN)
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "Inner",
     "LayerSpec",
     "Rule",
     "WeightShape",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prunectl.core.layers.spec import LayerSpec, Rule, WeightShape, WeightSpec, op_key
+from prunectl.core.layers.spec import Inner, LayerSpec, Rule, WeightShape, WeightSpec, op_key
 
 
 def last_axis_check(key: str) -> Callable[[dict, int], str | None]:
@@ -124,6 +124,17 @@ def _rnn_shapes(gates: int) -> tuple[WeightShape, ...]:
     )
 
 
+_ATTENTION_DENSE = ("query_dense", "key_dense", "value_dense", "output_dense")
+# A head is one index of the heads axis of the query/key/value kernels (in, heads, dim) and
+# their biases (heads, dim), and the first axis of the output kernel (heads, dim, out).
+_HEADS = Inner(
+    "heads",
+    "num_heads",
+    tuple((f"{d}/{w}", 1 if w == "kernel" else 0) for d in _ATTENTION_DENSE[:3] for w in ("kernel", "bias"))
+    + (("output_dense/kernel", 0),),
+    observe=("output_dense", -2),
+)
+
 _BN_SHAPES = (
     WeightShape("gamma", ((0, "@channels"),), when="scale"),
     WeightShape("beta", ((0, "@channels"),), when="center"),
@@ -219,6 +230,10 @@ BUILTIN: dict[str, LayerSpec] = {
         )
         for d in (1, 2)
     },
+    "MultiHeadAttention": LayerSpec(
+        sublayers=dict.fromkeys(_ATTENTION_DENSE, "EinsumDense"),
+        inner=(_HEADS,),
+    ),
     "Embedding": LayerSpec(
         (WeightSpec("embeddings", 0),),
         weight_shapes=(WeightShape("embeddings", ((0, "input_dim"), (1, "output_dim"))),),

@@ -106,6 +106,40 @@ class Rule:
     width: str | None = None
 
 
+@dataclass(frozen=True)
+class Inner:
+    """Units that live inside one layer and no other layer sees: attention heads, a block's feed-forward units.
+
+    Removing some of them changes only that layer's config (``count``) and the weights
+    ``slices`` name, so they form a group of their own, never coupled to the layers
+    around the layer.
+
+    A weight *path* names a variable of the layer or of one of its sub-layers: the
+    sub-layer's attribute path, then the variable name (``"kernel"``,
+    ``"query_dense/kernel"``, ``"_feedforward_output_dense/kernel"``), as a ``.keras``
+    file stores it (``layers/<layer>/query_dense/vars/0``) and as ``getattr`` reaches
+    it on a live layer. ``*`` stands for every item of a list attribute
+    (``"encoder_layers/*/mlp/dense_1/kernel"``): the items then lose the same units.
+
+    Attributes:
+        name: what the units are, shown in plans (``"heads"``, ``"ffn"``).
+        count: config key of how many there are (``num_heads``, ``intermediate_dim``).
+        slices: ``(weight path, axis)`` pairs sliced by the kept units.
+        per_unit: config entries per removable unit (2 where the config counts a gated pair).
+        observe: ``(sub-layer path, axis)``: the sub-layer whose *input* carries the units on
+            ``axis``, where activation criteria measure each unit's contribution; None when they cannot.
+        check: ``check(config)`` returns why the units cannot be removed (e.g. another value is
+            derived from the count), or None.
+    """
+
+    name: str
+    count: str
+    slices: tuple[tuple[str, int], ...]
+    per_unit: int = 1
+    observe: tuple[str, int] | None = None
+    check: Callable[[dict], str | None] | None = None
+
+
 OP_PREFIX = "ops."
 
 
@@ -139,6 +173,10 @@ class LayerSpec:
         nested_model: the layer is a model whose own layers hold the weights.
         weight_shapes: every weight the layer creates and the sizes its config fixes,
             or None when prunectl does not know them (the saved weights are then not checked against the config).
+        sublayers: the class of each sub-layer holding weights, by attribute path
+            (``{"query_dense": "EinsumDense"}``): how a saved file's nested weights are classified
+            without loading the model.
+        inner: units inside the layer that structural pruning may remove (see :class:`Inner`).
     """
 
     prunable: tuple[WeightSpec, ...] = ()
@@ -147,6 +185,8 @@ class LayerSpec:
     foldable: bool = False
     nested_model: bool = False
     weight_shapes: tuple[WeightShape, ...] | None = None
+    sublayers: Mapping[str, str] = field(default_factory=dict)
+    inner: tuple[Inner, ...] = ()
 
     def prunable_weight(self, name: str) -> WeightSpec | None:
         """The spec of weight ``name`` if it is prunable, else None."""
