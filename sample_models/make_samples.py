@@ -7,7 +7,8 @@ rebuilds, from bundled or synthetic data only (nothing is downloaded):
   float32 images in [0, 1] shaped (N, 8, 8, 1) and int64 labels 0..9.
 * ``regression_train.npz`` / ``regression_test.npz``: a standardized
   ``make_regression`` problem, float32 x (N, 8) and y (N, 1).
-* ``digits_mlp``, ``digits_cnn`` and ``regressor``, each saved compiled as both
+* ``digits_mlp``, ``digits_cnn``, ``regressor``, ``digits_transformer`` and
+  ``digits_lstm``, each saved compiled as both
   native Keras (``.keras``) and legacy HDF5 (``.h5``). ``digits_cnn`` is saved
   without Adam's slot variables so that all files stay under 3 MB.
 * ``README.md`` and ``manifest.json`` describing the models and the test
@@ -122,6 +123,42 @@ def build_digits_cnn():
     return compile_classifier(model)
 
 
+def build_digits_transformer():
+    """A transformer classifier from stock layers only: each image row is a token.
+
+    The keras.io text-classification shape (tokens -> one transformer block ->
+    average over tokens -> classifier) written without a custom layer, so every
+    MultiHeadAttention, Dense and LayerNormalization is a node of the graph. A
+    Conv1D over the rows makes the tokens (its 3-row window gives them position).
+    """
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Reshape((8, 8), name="rows")(inputs)
+    x = keras.layers.Conv1D(32, 3, padding="same", name="tokens")(x)
+    attention = keras.layers.MultiHeadAttention(num_heads=4, key_dim=8, name="attention")(x, x)
+    x = keras.layers.LayerNormalization(epsilon=1e-6, name="norm1")(keras.layers.Add(name="residual1")([x, attention]))
+    hidden = keras.layers.Dense(64, activation="relu", name="ffn_up")(x)
+    hidden = keras.layers.Dense(32, name="ffn_down")(hidden)
+    x = keras.layers.LayerNormalization(epsilon=1e-6, name="norm2")(keras.layers.Add(name="residual2")([x, hidden]))
+    x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    x = keras.layers.Dropout(0.1, name="drop")(x)
+    outputs = keras.layers.Dense(10, activation="softmax", name="head")(x)
+    return compile_classifier(keras.Model(inputs, outputs, name="digits_transformer"))
+
+
+def build_digits_lstm():
+    """An LSTM classifier reading each image as 8 steps of 8 pixels."""
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Reshape((8, 8), name="rows"),
+            keras.layers.LSTM(64, name="lstm"),
+            keras.layers.Dense(10, activation="softmax", name="head"),
+        ],
+        name="digits_lstm",
+    )
+    return compile_classifier(model)
+
+
 def build_regressor():
     """The classic threshold-pruning example, compiled with a string loss."""
     model = keras.Sequential(
@@ -213,8 +250,28 @@ def train_models(out):
             epochs=50,
             metric="test_mse",
         ),
+        "digits_transformer": train_and_save(
+            out,
+            "digits_transformer",
+            build_digits_transformer(),
+            digits_train,
+            digits_test,
+            epochs=40,
+            metric="test_accuracy",
+        ),
+        "digits_lstm": train_and_save(
+            out,
+            "digits_lstm",
+            build_digits_lstm(),
+            digits_train,
+            digits_test,
+            epochs=40,
+            metric="test_accuracy",
+        ),
     }
     models["digits_mlp"]["data"] = digits_files
+    models["digits_transformer"]["data"] = digits_files
+    models["digits_lstm"]["data"] = digits_files
     models["digits_cnn"]["data"] = digits_files
     models["regressor"]["data"] = reg_files
     return models
@@ -295,6 +352,11 @@ def write_readme(out, models):
         "digits_mlp": "Sequential MLP classifier, Adam + sparse categorical crossentropy.",
         "digits_cnn": "Functional CNN classifier (Conv/BatchNorm/ReLU/Conv/MaxPool/"
         "Dense/Dropout), Adam + sparse categorical crossentropy.",
+        "digits_transformer": "Functional transformer classifier from stock layers (rows as tokens: Conv1D,"
+        " MultiHeadAttention, Add/LayerNormalization, Dense feed-forward, GlobalAveragePooling1D),"
+        " Adam + sparse categorical crossentropy.",
+        "digits_lstm": "Sequential LSTM classifier (each image as 8 steps of 8 pixels),"
+        " Adam + sparse categorical crossentropy.",
         "regressor": 'Sequential regressor compiled with `loss="mse", optimizer="adam"`.'
         " The string loss is deliberate: Keras 3 cannot reload `regressor.h5`"
         " with `compile=True` (\"Could not deserialize 'keras.metrics.mse'\"),"

@@ -514,7 +514,7 @@ def _original_kernel(path: Path) -> np.ndarray:
         return model.read(entry)
 
 
-@pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp", "regressor"])
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp", "regressor", "digits_transformer", "digits_lstm"])
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_sample_models_agree(name, fmt):
     with open_model_file(SAMPLES / f"{name}{fmt}") as model:
