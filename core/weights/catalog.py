@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from prunectl.core.io.modelfile import ModelFile, WeightEntry
+from prunectl.core.io.modelfile import ModelFile, WeightEntry, has_layer_list
 from prunectl.core.layers import get_spec, is_nested_model, prunable_weight
 from prunectl.core.weights import masks
 
@@ -27,6 +27,32 @@ def is_prunable(class_name: str, weight: str, dtype) -> bool:
 def tag_prunable(entries: Iterable[WeightEntry]) -> list[WeightEntry]:
     """The entries with ``prunable`` set by the layer table."""
     return [replace(e, prunable=is_prunable(e.class_name, e.weight, e.dtype)) for e in entries]
+
+
+def unclassified(model: ModelFile) -> list[str]:
+    """The layers holding weights whose class the file cannot say, so only the keras engine can prune them.
+
+    A sub-layer's weights sit in the file by folder or name path alone: where the
+    owner's class has no spec (a user's custom block) or its ``sublayers`` map does
+    not name the folder, the sub-layer's class is unknown. A ``.h5`` file of a model
+    whose config lists no layers (a subclassed Functional) names no layer's class at all.
+
+    Args:
+        model: an open model file.
+
+    Returns:
+        The owning layers' names, in model order (empty when the file classifies every weight).
+    """
+    if model.format == "h5" and not has_layer_list(model.config) and not is_nested_model(
+        str(model.config.get("class_name"))
+    ):
+        return list(dict.fromkeys(e.layer for e in model.entries))
+    opaque = []
+    for entry in model.entries:
+        spec = get_spec(entry.class_name)
+        if entry.sublayer and (spec is None or spec.sublayers):
+            opaque.append(entry.layer)
+    return list(dict.fromkeys(opaque))
 
 
 @dataclass
@@ -81,6 +107,19 @@ def file_counts(model: ModelFile, slab_bytes: int = 4 << 20) -> WeightCounts:
                     buffer = scratch[bits] = np.empty(block.size, dtype=bits)
             nonzero += masks.count_nonzero(block, buffer)
         counts.zeros[entry.key] = entry.size - nonzero
+    return counts
+
+
+def live_counts(keras_model) -> WeightCounts:
+    """The weights of a live Keras model, tagged as :func:`keras_weight_entries` tags them, with their zeros.
+
+    For a model whose saved file cannot classify every weight (see :func:`unclassified`),
+    so that a report counts what the keras engine pruned.
+    """
+    pairs = keras_weight_entries(keras_model)
+    counts = WeightCounts([entry for entry, _ in pairs])
+    for entry, variable in pairs:
+        counts.zeros[entry.key] = masks.count_zeros(np.asarray(variable.numpy()))
     return counts
 
 
