@@ -125,7 +125,7 @@ def hub_class(config) -> str | None:
             isinstance(registered, str) and registered.startswith("keras_hub>")
         ):
             return str(registered or config.get("class_name"))
-        values = config.values()
+        values: list = list(config.values())
     elif isinstance(config, list):
         values = config
     else:

@@ -22,6 +22,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -295,7 +296,9 @@ def _h5_entries(h5: h5py.File, classes: dict[str, tuple[str, int]]) -> list[Weig
             class_name, order = classes.get(owner, ("", len(classes)))
             # A .h5 names a sub-layer's weight by layer names only (mha/query/kernel), not by the attribute a
             # sublayers map names, so it stays with its owner, at its path (an LSTM's cell is the spec's own).
-            below = parts[(at if at is not None else 0) + 1 : -1]
+            if at is None:  # the owner is the group; a model's own name may come first (digits_mlp/fc1/kernel)
+                at = next((i for i in range(len(parts) - 2, -1, -1) if parts[i] == top), len(parts) - 2)
+            below = parts[at + 1 : -1]
             sublayer = "/".join(below) if below and _opaque(class_name) else ""
             dataset = group[wname]
             entries.append(
@@ -336,8 +339,8 @@ def _keras_entries(h5: h5py.File, classes: dict[str, tuple[str, int]], listed: b
     """
     entries: list[WeightEntry] = []
 
-    def visit(group: h5py.Group, folder: str, owner: tuple[str, str, int, str] | None, sublayer: str) -> None:
-        # owner: (layer path, class, order, top-level layer)
+    def visit(group: h5py.Group, folder: str, owner: tuple[Any, str, int, str] | None, sublayer: str) -> None:
+        # owner: (layer path, class, order, top-level layer); a crafted file's name may be no string
         vars_group = group.get("vars")
         name = vars_group.attrs.get("name") if isinstance(vars_group, h5py.Group) else None
         name = name.decode() if isinstance(name, bytes) else name

@@ -43,8 +43,10 @@ def unclassified(model: ModelFile) -> list[str]:
     Returns:
         The owning layers' names, in model order (empty when the file classifies every weight).
     """
-    if model.format == "h5" and not has_layer_list(model.config) and not is_nested_model(
-        str(model.config.get("class_name"))
+    if (
+        model.format == "h5"
+        and not has_layer_list(model.config)
+        and not is_nested_model(str(model.config.get("class_name")))
     ):
         return list(dict.fromkeys(e.layer for e in model.entries))
     opaque = []
