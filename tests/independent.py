@@ -16,7 +16,12 @@ import numpy as np
 
 
 def read_weights(path: Path) -> dict[str, np.ndarray]:
-    """All model weights of a saved model as {'<layer>/<name or index>': array}."""
+    """All model weights of a saved model as {'<layer>/<name or index>': array}.
+
+    A weight of a sub-layer (a MultiHeadAttention's query, a block's Dense) is keyed by the
+    names of the layers down to it from the top-level (or nested model's) layer:
+    ``transformer_layer_0/self_attention_layer/query/0``, as a ``.h5`` file names it.
+    """
     path = Path(path)
     out: dict[str, np.ndarray] = {}
     if path.suffix == ".keras":
@@ -26,8 +31,7 @@ def read_weights(path: Path) -> dict[str, np.ndarray]:
 
             def visit(name, obj):
                 if isinstance(obj, h5py.Dataset) and name.startswith("layers/"):
-                    owner = obj.parent.attrs["name"]  # the `vars` group names its layer
-                    out[f"{owner}/{obj.name.rsplit('/', 1)[-1]}"] = obj[()]
+                    out[f"{_owner_path(f, name)}/{obj.name.rsplit('/', 1)[-1]}"] = obj[()]
 
             f.visititems(visit)
     else:
@@ -39,6 +43,19 @@ def read_weights(path: Path) -> dict[str, np.ndarray]:
                     wname = wname.decode() if isinstance(wname, bytes) else wname
                     out[wname] = weights[layer][wname][()]
     return out
+
+
+def _owner_path(f: h5py.File, dataset: str) -> str:
+    """The names (each folder's ``vars`` group's ``name``) of the layers from the last ``layers`` folder down."""
+    parts = dataset.split("/")[:-2]  # the folders above .../vars/<i>
+    names: list[str] = []
+    for i, part in enumerate(parts):
+        if part == "layers":
+            names = []
+        elif i > 0 and "vars" in f["/".join(parts[: i + 1])]:  # a list attribute's folder has none
+            name = f["/".join(parts[: i + 1]) + "/vars"].attrs["name"]
+            names.append(name.decode() if isinstance(name, bytes) else name)
+    return "/".join(names)
 
 
 def kernel(path: Path, layer: str) -> np.ndarray:

@@ -46,7 +46,7 @@ def sha(path):
 def weight_key(path, layer, name, weights):
     """The independent reader's key for a prunable weight in either format."""
     if path.suffix == ".keras":
-        return f"{CELL.get(layer, layer)}/{INDEX[name]}"
+        return f"{layer}/{CELL[layer]}/{INDEX[name]}" if layer in CELL else f"{layer}/{INDEX[name]}"
     return next(k for k in weights if k.endswith(f"{layer}/{name}") or k.endswith(f"{CELL.get(layer)}/{name}"))
 
 

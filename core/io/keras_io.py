@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prunectl.core.errors import ModelFileError, UnsafeModelError
+from prunectl.core.errors import ModelFileError, SetupError, UnsafeModelError
 from prunectl.core.io.atomic import scratch_tempdir
 from prunectl.core.io.modelfile import ModelFile
 
@@ -117,6 +117,40 @@ def compile_model(model, spec: CompileSpec) -> list[str]:
     return notes
 
 
+def hub_class(config) -> str | None:
+    """The first class a model config takes from keras_hub (by module or registered name), or None."""
+    if isinstance(config, dict):
+        module, registered = config.get("module"), config.get("registered_name")
+        if (isinstance(module, str) and module.split(".")[0] == "keras_hub") or (
+            isinstance(registered, str) and registered.startswith("keras_hub>")
+        ):
+            return str(registered or config.get("class_name"))
+        values: list = list(config.values())
+    elif isinstance(config, list):
+        values = config
+    else:
+        return None
+    return next((found for value in values if (found := hub_class(value)) is not None), None)
+
+
+def import_hub_for(model_file: ModelFile) -> None:
+    """Import keras_hub when ``model_file``'s config names one of its classes, so Keras finds them registered.
+
+    Raises:
+        SetupError: keras_hub is not importable.
+    """
+    needed = hub_class(model_file.config)
+    if needed is None:
+        return
+    try:
+        import keras_hub  # noqa: F401 (registers its classes with Keras)
+    except ImportError:
+        raise SetupError(
+            f"{model_file.path.name} needs keras_hub to load (pip install keras-hub / prunectl[hub]). "
+            f"Received: {needed}"
+        ) from None
+
+
 def load_model(model_file: ModelFile, unsafe: bool = False) -> LoadedModel:
     """Load ``model_file`` in Keras with safe mode, then restore its compile settings.
 
@@ -134,6 +168,7 @@ def load_model(model_file: ModelFile, unsafe: bool = False) -> LoadedModel:
     keras = import_keras()
     # A package shipping layer specs usually defines its (Keras-registered) layer classes in the same module.
     load_entry_points()
+    import_hub_for(model_file)
     path = model_file.path
     try:
         with scratch_tempdir():  # Keras's asset folder outlives a failed or interrupted load otherwise
@@ -182,3 +217,16 @@ def reset_optimizer(model) -> None:
         return
     for live, new in zip(optimizer.variables, fresh.variables):
         live.assign(new)
+
+
+def sublayers(layer) -> list:
+    """The layers ``layer`` tracks directly (its attributes, items of its list attributes), in tracking order.
+
+    The one place prunectl walks into a live layer: Keras 3 offers no public API for it.
+    """
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def own_variables(layer) -> list:
+    """The variables ``layer`` itself created (not its sub-layers'), in the order a ``.keras`` file stores them."""
+    return list(layer._trainable_variables) + list(layer._non_trainable_variables)

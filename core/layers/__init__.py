@@ -6,6 +6,7 @@ Public API: :class:`LayerSpec`, :class:`Inner`, :class:`WeightSpec`, :class:`Wei
 """
 
 from prunectl.core.layers.builtin import BUILTIN as _BUILTIN
+from prunectl.core.layers.hub import HUB as _HUB
 from prunectl.core.layers.spec import (
     ENTRY_POINT_GROUP,
     Inner,
@@ -26,6 +27,7 @@ from prunectl.core.layers.spec import (
 )
 
 _register_builtin(_BUILTIN)
+_register_builtin(_HUB)
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prunectl.core.errors import OptionError, OutputError
+from prunectl.core.errors import OptionError, OutputError, shown_names
 from prunectl.core.io.agreement import check_agreement
 from prunectl.core.io.atomic import check_distinct, check_output, same_file, write_text_atomic
 from prunectl.core.io.modelfile import H5_SUFFIXES, KERAS_SUFFIX, ModelFile, model_format, open_model_file
@@ -33,7 +33,7 @@ from prunectl.core.run.markdown import report_markdown
 from prunectl.core.run.outcome import PruneOutcome
 from prunectl.core.run.report import PlanReport, PruneReport, plan_report, prune_report
 from prunectl.core.run.request import PruneRequest  # noqa: F401 (the job's input, re-exported)
-from prunectl.core.weights.catalog import WeightCounts
+from prunectl.core.weights.catalog import WeightCounts, live_counts, unclassified
 from prunectl.core.weights.prune import prune_file, prune_keras_model
 
 if TYPE_CHECKING:
@@ -62,13 +62,22 @@ def default_report(output: Path) -> Path:
     return output.with_name(f"{output.name}.report.json")
 
 
-def choose_engine(request: PruneRequest, target: Path) -> str:
-    """Resolve ``auto``: the file engine unless the format changes or a step needs Keras.
+def choose_engine(request: PruneRequest, target: Path, model: ModelFile | None = None) -> str:
+    """Resolve ``auto``: the file engine unless the format changes, a step needs Keras, or a weight's class is unknown.
+
+    The file cannot say what a custom layer's sub-layers are (see
+    :func:`~prunectl.core.weights.catalog.unclassified`); the keras engine can.
 
     Raises:
         OptionError: ``file`` was asked for where it cannot run.
     """
     converting = model_format(request.model) != model_format(target)
+    opaque = unclassified(model) if model is not None else []
+    if request.engine == "file" and opaque:
+        raise OptionError(
+            "the file engine cannot tell what the weights inside these layers are (their classes are known only "
+            f"to Keras); use --engine keras or auto. Received: {shown_names(opaque, 5)}"
+        )
     if request.engine == "file" and converting:
         raise OptionError(
             "the file engine cannot convert between .h5 and .keras; use --engine keras or auto. "
@@ -77,7 +86,7 @@ def choose_engine(request: PruneRequest, target: Path) -> str:
     if request.engine == "file" and request.needs_keras():
         raise OptionError("the file engine runs weight steps only; use --engine keras or auto. Received: --engine file")
     if request.engine == "auto":
-        return "keras" if converting or request.needs_keras() else "file"
+        return "keras" if converting or request.needs_keras() or opaque else "file"
     return request.engine
 
 
@@ -154,6 +163,8 @@ def _run_keras(
         save_keras_model(
             loaded.model, target, COMPRESSION_LEVELS[request.compression], counts.counting_file, progress=progress
         )
+        if unclassified(model):  # the saved file cannot say which weights are kernels: count the live model
+            counts = live_counts(loaded.model)
         if request.benchmark:
             timing = benchmark(original, loaded.model, x)
     return PruneOutcome(
@@ -322,7 +333,7 @@ def run_prune(
             return _plan_only(request, model, events)
         output, report_path = check_outputs(request)
         gates = [GATES.get(name)(limit) for name, limit in request.gates]
-        engine = choose_engine(request, output)
+        engine = choose_engine(request, output, model)
         outcome = (
             _run_file(request, model, output, progress)
             if engine == "file"

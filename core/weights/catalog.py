@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from prunectl.core.io.modelfile import ModelFile, WeightEntry
-from prunectl.core.layers import is_nested_model, prunable_weight
+from prunectl.core.io.modelfile import ModelFile, WeightEntry, has_layer_list
+from prunectl.core.layers import get_spec, is_nested_model, prunable_weight
 from prunectl.core.weights import masks
 
 
@@ -27,6 +27,34 @@ def is_prunable(class_name: str, weight: str, dtype) -> bool:
 def tag_prunable(entries: Iterable[WeightEntry]) -> list[WeightEntry]:
     """The entries with ``prunable`` set by the layer table."""
     return [replace(e, prunable=is_prunable(e.class_name, e.weight, e.dtype)) for e in entries]
+
+
+def unclassified(model: ModelFile) -> list[str]:
+    """The layers holding weights whose class the file cannot say, so only the keras engine can prune them.
+
+    A sub-layer's weights sit in the file by folder or name path alone: where the
+    owner's class has no spec (a user's custom block) or its ``sublayers`` map does
+    not name the folder, the sub-layer's class is unknown. A ``.h5`` file of a model
+    whose config lists no layers (a subclassed Functional) names no layer's class at all.
+
+    Args:
+        model: an open model file.
+
+    Returns:
+        The owning layers' names, in model order (empty when the file classifies every weight).
+    """
+    if (
+        model.format == "h5"
+        and not has_layer_list(model.config)
+        and not is_nested_model(str(model.config.get("class_name")))
+    ):
+        return list(dict.fromkeys(e.layer for e in model.entries))
+    opaque = []
+    for entry in model.entries:
+        spec = get_spec(entry.class_name)
+        if entry.sublayer and (spec is None or spec.sublayers):
+            opaque.append(entry.layer)
+    return list(dict.fromkeys(opaque))
 
 
 @dataclass
@@ -84,9 +112,58 @@ def file_counts(model: ModelFile, slab_bytes: int = 4 << 20) -> WeightCounts:
     return counts
 
 
+def live_counts(keras_model) -> WeightCounts:
+    """The weights of a live Keras model, tagged as :func:`keras_weight_entries` tags them, with their zeros.
+
+    For a model whose saved file cannot classify every weight (see :func:`unclassified`),
+    so that a report counts what the keras engine pruned.
+    """
+    pairs = keras_weight_entries(keras_model)
+    counts = WeightCounts([entry for entry, _ in pairs])
+    for entry, variable in pairs:
+        counts.zeros[entry.key] = masks.count_zeros(np.asarray(variable.numpy()))
+    return counts
+
+
 def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, Any]]:
-    """List a live Keras model's weights as tagged entries paired with their variables."""
+    """List a live Keras model's weights as tagged entries paired with their variables.
+
+    A layer whose class the table describes without ``sublayers`` owns all its
+    weights (a Dense; an LSTM, whose cell holds them). Any other layer (a keras_hub
+    block, a MultiHeadAttention, a user's custom layer) owns only its own variables,
+    and each sub-layer it tracks is an entry of its own, down to the innermost, named
+    by the path of layer names from the top-level layer (``block/attention/query``),
+    as a ``.keras`` file is read (:mod:`prunectl.core.io.modelfile`).
+    """
+    from prunectl.core.io.keras_io import own_variables, sublayers
+
     pairs = []
+
+    def add(layer, path: str, variables, order: int, top: str) -> None:
+        class_name = layer.__class__.__name__
+        for variable in variables:
+            dtype = np.dtype(variable.dtype)
+            entry = WeightEntry(
+                path,
+                class_name,
+                variable.name,
+                variable.path,
+                tuple(variable.shape),
+                dtype.str,
+                order,
+                is_prunable(class_name, variable.name, dtype),
+                top=top,
+            )
+            pairs.append((entry, variable))
+
+    def nested(layer, path: str, order: int, top: str) -> None:
+        spec = get_spec(layer.__class__.__name__)
+        if spec is not None and not spec.sublayers:
+            add(layer, path, layer.weights, order, top)
+            return
+        add(layer, path, own_variables(layer), order, top)
+        for sub in sublayers(layer):
+            nested(sub, f"{path}/{sub.name}", order, top or path)
 
     def walk(layers, order):
         for layer in layers:
@@ -94,20 +171,7 @@ def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, Any]]:
             if inner and is_nested_model(layer.__class__.__name__):
                 walk(inner, order)
                 continue
-            class_name = layer.__class__.__name__
-            for variable in layer.weights:
-                dtype = np.dtype(variable.dtype)
-                entry = WeightEntry(
-                    layer.name,
-                    class_name,
-                    variable.name,
-                    variable.path,
-                    tuple(variable.shape),
-                    dtype.str,
-                    len(order),
-                    is_prunable(class_name, variable.name, dtype),
-                )
-                pairs.append((entry, variable))
+            nested(layer, layer.name, len(order), "")
             order.append(layer.name)
 
     walk(keras_model.layers, [])

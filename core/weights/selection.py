@@ -53,6 +53,12 @@ def select_weights(
         SelectionError: a pattern matches no prunable layer, or nothing is left.
     """
     prunable = [e for e in entries if e.prunable]
+    if not prunable:
+        held = dict.fromkeys(f"{e.layer} ({e.class_name or 'unknown class'})" for e in entries)
+        raise SelectionError(
+            "nothing to prune: no weight of the model is of a kind weight pruning zeroes (kernels, embeddings); "
+            f"a custom layer needs a registered LayerSpec. Received: weights in {shown_layers(list(held), 8)}"
+        )
     names = list(dict.fromkeys(e.layer for e in prunable))
     chosen_names = set(select_names(names, include, exclude))
     chosen = [e for e in prunable if e.layer in chosen_names]
