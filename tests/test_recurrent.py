@@ -74,7 +74,19 @@ def prune_dead(model, tmp_path, fmt=".keras", *extra):
     source, output = tmp_path / f"in{fmt}", tmp_path / f"out{fmt}"
     model.save(source)
     report = tmp_path / "report.json"
-    run("prune", source, "--neuron-criterion", "l1", "--neuron-threshold", "1e-12", "-o", output, "--report", report, *extra)
+    run(
+        "prune",
+        source,
+        "--neuron-criterion",
+        "l1",
+        "--neuron-threshold",
+        "1e-12",
+        "-o",
+        output,
+        "--report",
+        report,
+        *extra,
+    )
     return keras.saving.load_model(output), json.loads(report.read_text())
 
 
@@ -193,7 +205,7 @@ def test_lstm_digits_classifier_pruned_by_half_and_fine_tuned(tmp_path):
         ]
     )
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x, y, epochs=15, batch_size=32, verbose=0)
+    model.fit(x, y, epochs=30, batch_size=32, verbose=0)
     model.save(tmp_path / "lstm.keras")
     before = model.evaluate(x_test, y_test, verbose=0)[1]
     report = tmp_path / "report.json"
@@ -206,6 +218,8 @@ def test_lstm_digits_classifier_pruned_by_half_and_fine_tuned(tmp_path):
         "3",
         "--data",
         tmp_path / "train.npz",
+        "--val-data",
+        tmp_path / "test.npz",
         "--seed",
         "7",
         "-o",
@@ -219,6 +233,7 @@ def test_lstm_digits_classifier_pruned_by_half_and_fine_tuned(tmp_path):
     assert pruned.get_layer("embed").get_config()["units"] == 8
     assert pruned.get_layer("lstm").cell.kernel.shape == (8, 64)
     after = pruned.evaluate(x_test, y_test, verbose=0)[1]
-    print(f"digits LSTM accuracy before {before:.4f}, after pruning + fine-tuning {after:.4f}")
-    print(json.dumps(json.loads(report.read_text())["structural"]["totals"]))
-    assert before > 0.8 and after > 0.8
+    saved = json.loads(report.read_text())
+    print(json.dumps(saved["finetune"]["evaluation"]), json.dumps(saved["structural"]["totals"]))
+    # Evaluated here with stock Keras on the held-out digits, not read from the report.
+    assert before > 0.9 and after > before - 0.05, (before, after)

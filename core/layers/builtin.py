@@ -257,7 +257,9 @@ BUILTIN: dict[str, LayerSpec] = {
         name: LayerSpec(_RNN, _rnn_rule(gates), _RNN_MACS, weight_shapes=_rnn_shapes(gates))
         for name, gates in (("SimpleRNN", 1), ("GRU", 3), ("LSTM", 4))
     },
-    "BatchNormalization": LayerSpec(rule=Rule("passthrough", in_axes=_NORM_PARAMS, axis="axis"), weight_shapes=_BN_SHAPES),
+    "BatchNormalization": LayerSpec(
+        rule=Rule("passthrough", in_axes=_NORM_PARAMS, axis="axis"), weight_shapes=_BN_SHAPES
+    ),
     "LayerNormalization": LayerSpec(rule=Rule("normalize", in_axes=_NORM_PARAMS[:2], check=last_axis_check("axis"))),
     "GroupNormalization": LayerSpec(rule=Rule("normalize", in_axes=_NORM_PARAMS[:2], check=group_norm_check)),
     "RMSNormalization": LayerSpec(rule=Rule("normalize", in_axes=(("scale", 0, None),), check=last_axis_check("axis"))),

@@ -304,7 +304,9 @@ def _rule_for(info: LayerInfo, call, ncalls: int) -> tuple[Rule | None, str | No
     rank = len(ins[0].shape)
     try:
         reason = rule.check(config, rank) if rule.check else None
-        reason = reason or axis_reason(rule, config, info.axis, rank) or _last_axis_reason(rule, config, info.axis, rank)
+        reason = (
+            reason or axis_reason(rule, config, info.axis, rank) or _last_axis_reason(rule, config, info.axis, rank)
+        )
     except Exception as exc:  # a check written for another config
         reason = f"its rule check failed ({type(exc).__name__}: {exc})"
     if reason:
