@@ -1,6 +1,7 @@
 """The channel dependency graph of a Keras model: which output units must be removed together.
 
-The last axis of every tensor (its channels) is described by a :data:`Layout`:
+The channel axis of every tensor (the last one, or axis 1 after a ``channels_first``
+layer; see :mod:`prunectl.core.structure.formats`) is described by a :data:`Layout`:
 blocks, each ``tiles`` repetitions of a run of segments, a segment being the
 channels of one group. A Dense or convolution layer (a producer) starts a new
 group; pass-through layers (activations, pooling, BatchNormalization, ...) carry
@@ -191,7 +192,7 @@ def build_graph(
     layouts: dict[int, Layout] = {}
     calls = graph.call_counts()
     infos: dict[int, LayerInfo] = {}
-    axes: dict[int, int] = {}  # channel axis by tensor id, where not the last
+    axes: dict[int, int] = {}  # channel axis by tensor id (last, or 1 after a channels_first layer)
     for call in graph.calls:
         layer = call.layer
         ins = [layouts[id(t)] for t in call.inputs]
