@@ -133,8 +133,8 @@ def test_spec_matches_the_layers_variables(class_name):
     for name, axis, block_key in rule.in_axes:
         per_channel = config[block_key] if block_key else 1
         assert by_name[name].shape[axis] == in_channels * per_channel, (name, axis)
-    for name, axis in rule.out_axes:
-        assert by_name[name].shape[axis] == out_channels, (name, axis)
+    for name, axis, *gates in rule.out_axes:
+        assert by_name[name].shape[axis] == out_channels * (gates[0] if gates else 1), (name, axis)
 
 
 def test_nested_model_entries_are_the_model_classes():

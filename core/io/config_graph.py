@@ -291,11 +291,13 @@ def _call(layer: dict, ins: list[_Out], weights: Weights) -> tuple[_Out, str | N
                 )
     if rule.kind != "producer":
         return ins[0], None
-    weight, axis = rule.out_axes[0] if rule.out_axes else (None, 0)
+    weight, axis, *gates = rule.out_axes[0] if rule.out_axes else (None, 0)
     shape = held.get(weight) if weight else None
+    if config.get("return_sequences") is False and rank is not None:
+        rank -= 1  # a recurrent layer's last step only
     if shape is None or not -len(shape) <= axis < len(shape):
         return _Out(rank, None), None
-    return _Out(rank, shape[axis]), None
+    return _Out(rank, shape[axis] // (gates[0] if gates else 1)), None
 
 
 def _weights(layer: dict, weights: Weights) -> dict[str, tuple[int, ...]]:

@@ -124,6 +124,21 @@ def _rnn_shapes(gates: int) -> tuple[WeightShape, ...]:
     )
 
 
+def _rnn_rule(gates: int) -> Rule:
+    """A recurrent layer's units: its kernel's rows read the input's channels; each unit owns a column
+    in every gate (gate-major, ``[i|f|c|o]`` for LSTM) of the kernel, recurrent kernel and bias, and
+    its row of the recurrent kernel (its state, fed back)."""
+    return Rule(
+        "producer",
+        "units",
+        (("kernel", 0, None),),
+        (("kernel", -1, gates), ("recurrent_kernel", -1, gates), ("recurrent_kernel", 0), ("bias", -1, gates)),
+    )
+
+
+# Both kernels are applied once per time step (the input's positions).
+_RNN_MACS = {"kernel": "input", "recurrent_kernel": "input"}
+
 _ATTENTION_DENSE = ("query_dense", "key_dense", "value_dense", "output_dense")
 # A head is one index of the heads axis of the query/key/value kernels (in, heads, dim) and
 # their biases (heads, dim), and the first axis of the output kernel (heads, dim, out).
@@ -239,11 +254,11 @@ BUILTIN: dict[str, LayerSpec] = {
         weight_shapes=(WeightShape("embeddings", ((0, "input_dim"), (1, "output_dim"))),),
     ),
     **{
-        name: LayerSpec(_RNN, weight_shapes=_rnn_shapes(gates))
+        name: LayerSpec(_RNN, _rnn_rule(gates), _RNN_MACS, weight_shapes=_rnn_shapes(gates))
         for name, gates in (("SimpleRNN", 1), ("GRU", 3), ("LSTM", 4))
     },
     "BatchNormalization": LayerSpec(
-        rule=Rule("passthrough", in_axes=_NORM_PARAMS, check=last_axis_check("axis")), weight_shapes=_BN_SHAPES
+        rule=Rule("passthrough", in_axes=_NORM_PARAMS, axis="axis"), weight_shapes=_BN_SHAPES
     ),
     "LayerNormalization": LayerSpec(rule=Rule("normalize", in_axes=_NORM_PARAMS[:2], check=last_axis_check("axis"))),
     "GroupNormalization": LayerSpec(rule=Rule("normalize", in_axes=_NORM_PARAMS[:2], check=group_norm_check)),

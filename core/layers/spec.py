@@ -88,13 +88,18 @@ class Rule:
         units: config key of a producer's unit count.
         in_axes: ``(weight, axis, block_key)`` sliced by the kept input channels;
             ``block_key`` names a config value of consecutive entries per channel.
-        out_axes: ``(weight, axis)`` sliced by a producer's kept units.
+        out_axes: ``(weight, axis)`` sliced by a producer's kept units, or ``(weight, axis, gates)``
+            where that axis holds ``gates`` runs of the units one after another (a recurrent
+            layer's ``[i|f|c|o]`` columns): keeping unit ``u`` keeps ``g * units + u`` in every run.
         fold: how a removed input's mean reaches the bias (``dense``, ``conv``,
             ``transpose`` or ``separable``; see ``structure.plan``).
         check: ``check(config, rank)`` returns why a config cannot be handled
             (the layer is then a boundary, left whole), or None.
         width: config key holding a pass-through's channel count, set to the kept
             channels when the layer is rebuilt (e.g. ``projection_dim``).
+        axis: config key of the axis the layer works along (BatchNormalization's ``axis``):
+            it must be its input's channel axis (the last one, or 1 after a ``channels_first``
+            layer), else the layer is a boundary.
     """
 
     kind: str
@@ -104,6 +109,20 @@ class Rule:
     fold: str | None = None
     check: Callable[[dict, int], str | None] | None = None
     width: str | None = None
+    axis: str | None = None
+
+
+def gated(kept, gates: int, units: int):
+    """The indices along a gate-major axis of ``gates`` runs of ``units`` that keep units ``kept``.
+
+    Example:
+        >>> gated(np.array([0, 2]), 2, 3)  # [z0 z1 z2 | r0 r1 r2] keeping units 0 and 2
+        array([0, 2, 3, 5])
+    """
+    import numpy as np
+
+    kept = np.asarray(kept)
+    return (np.arange(gates)[:, None] * units + kept[None, :]).ravel()
 
 
 @dataclass(frozen=True)

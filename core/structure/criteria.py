@@ -64,17 +64,19 @@ def calibrate(graph: ChannelGraph, x: np.ndarray, batch_size: int = 256) -> dict
     keras = import_keras()
     consumers = [info for info in graph.layers if info.observed is not None]
     probe = keras.Model(graph.inputs, [info.observed for info in consumers])
-    sums = [np.zeros((3, int(info.observed.shape[-1])), dtype=np.float64) for info in consumers]
+    sums = [np.zeros((3, int(info.observed.shape[info.axis])), dtype=np.float64) for info in consumers]
     for start in range(0, len(x), batch_size):
         outputs = probe.predict_on_batch(x[start : start + batch_size])
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        for total, out in zip(sums, outputs):
-            flat = np.asarray(out, dtype=np.float64).reshape(-1, out.shape[-1])
+        for total, out, info in zip(sums, outputs, consumers):
+            # The channels are last, or on axis 1 after a channels_first layer.
+            out = np.moveaxis(np.asarray(out, dtype=np.float64), info.axis, -1)
+            flat = out.reshape(-1, out.shape[-1])
             total += (flat.sum(0), np.abs(flat).sum(0), (flat > 0).sum(0))
     stats = {}
     for info, total in zip(consumers, sums):
         # Inputs of different layers have different positions per sample.
-        rows = len(x) * int(np.prod(info.observed.shape[1:-1]))
+        rows = len(x) * int(np.prod(info.observed.shape[1:])) // int(info.observed.shape[info.axis])
         stats[info.name] = Stats(*(total / max(rows, 1)))
     return stats
 
@@ -132,15 +134,24 @@ class WeightNorm:
             segments = [(g, f[0]) for g, f in segment_features(info.out_layout) if not graph.groups[g].frozen]
             if not segments:
                 continue
-            weight, axis = info.rule.out_axes[0]
+            weight, axis, *gates = info.rule.out_axes[0]
             kernel = next(v.numpy() for v in info.layer.weights if v.name == weight)
-            kernel = np.moveaxis(np.abs(kernel), axis, 0).reshape(kernel.shape[axis], -1)
+            kernel = _per_unit(np.abs(kernel), axis, gates[0] if gates else 1)
             norm = (kernel**self.order).sum(1) ** (1 / self.order)
             # A producer split between groups (a residual add of a concatenation) scores each part in its group.
             for gid, units in segments:
                 sums[gid] = sums.get(gid, 0) + norm[units]
                 counts[gid] = counts.get(gid, 0) + 1
         return {gid: sums[gid] / counts[gid] for gid in sums}
+
+
+def _per_unit(kernel: np.ndarray, axis: int, gates: int) -> np.ndarray:
+    """``kernel`` as one row per unit of ``axis``: a recurrent unit's row holds its columns in every gate."""
+    import numpy as np
+
+    moved = np.moveaxis(kernel, axis, 0)
+    units = moved.shape[0] // gates
+    return np.moveaxis(moved.reshape(gates, units, -1), 0, 1).reshape(units, -1)
 
 
 @CRITERIA.register("l1")

@@ -1,6 +1,7 @@
 """The channel dependency graph of a Keras model: which output units must be removed together.
 
-The last axis of every tensor (its channels) is described by a :data:`Layout`:
+The channel axis of every tensor (the last one, or axis 1 after a ``channels_first``
+layer; see :mod:`prunectl.core.structure.formats`) is described by a :data:`Layout`:
 blocks, each ``tiles`` repetitions of a run of segments, a segment being the
 channels of one group. A Dense or convolution layer (a producer) starts a new
 group; pass-through layers (activations, pooling, BatchNormalization, ...) carry
@@ -35,6 +36,7 @@ from typing import Any
 from prunectl.core.layers import Rule, get_spec, op_key
 from prunectl.core.layers.builtin import activation_check
 from prunectl.core.options import DEFAULT_NORMS
+from prunectl.core.structure.formats import axis_reason, format_axis, input_axis, output_axis
 from prunectl.core.structure.keras_graph import layer_graph
 
 # kept_features, layout_width and segment_features are re-exported: callers import them from here.
@@ -83,6 +85,8 @@ class LayerInfo:
         shapes: ``(input shape, output shape)`` of its first call.
         is_op: ``layer`` is a graph operation (``keras.ops``), not a Layer.
         config: the layer's config, read once (empty where ``get_config`` fails or for an operation).
+        axis: the channel axis of its (first) input, and of its outputs of the same rank (see
+            :mod:`prunectl.core.structure.formats`); -1 until traced.
     """
 
     layer: Any
@@ -95,6 +99,7 @@ class LayerInfo:
     shapes: tuple = ((), ())
     is_op: bool = False
     config: dict = field(default_factory=dict)
+    axis: int = -1
 
     @property
     def name(self) -> str:
@@ -131,8 +136,35 @@ class ChannelGraph:
         return [info for info in self.layers if info.rule is None and info.class_name != "InputLayer"]
 
 
-def _channels(tensor) -> int:
-    return int(tensor.shape[-1] or 0)
+def _channels(tensor, axis: int = -1) -> int:
+    return int(tensor.shape[axis] or 0)
+
+
+def _out_axis(info: LayerInfo, tensor) -> int:
+    """The channel axis of ``tensor``, an output of ``info``'s layer."""
+    return output_axis(info.axis % len(tensor.shape), len(info.shapes[0]) or len(tensor.shape), len(tensor.shape))
+
+
+def _on_axis(call, ins: list[Layout], axes: dict[int, int], groups: Groups, info: LayerInfo) -> list[Layout]:
+    """Set ``info.axis``; an input whose channels are on another axis than the one the layer reads is frozen.
+
+    E.g. a Dense or a channels-last Flatten reading a ``channels_first`` tensor: the layer
+    then reads the channels it sees (a fresh, frozen layout of that axis) instead.
+    """
+    if not call.inputs:
+        return ins
+    spec = get_spec(info.class_name)
+    rank = len(call.inputs[0].shape)
+    info.axis = input_axis(spec.rule if spec else None, info.config, rank, axes.get(id(call.inputs[0])))
+    adapted = []
+    for tensor, layout in zip(call.inputs, ins):
+        given = axes.get(id(tensor), len(tensor.shape) - 1)
+        if len(tensor.shape) == rank and given != info.axis:
+            reason = f"{info.name} ({info.class_name}) reads axis {info.axis}, its input's channels are on axis {given}"
+            groups.freeze(layout, reason)
+            layout = groups.fresh(_channels(tensor, info.axis), reason)
+        adapted.append(layout)
+    return adapted
 
 
 def build_graph(
@@ -160,6 +192,7 @@ def build_graph(
     layouts: dict[int, Layout] = {}
     calls = graph.call_counts()
     infos: dict[int, LayerInfo] = {}
+    axes: dict[int, int] = {}  # channel axis by tensor id (last, or 1 after a channels_first layer)
     for call in graph.calls:
         layer = call.layer
         ins = [layouts[id(t)] for t in call.inputs]
@@ -169,9 +202,12 @@ def build_graph(
             info = infos[id(layer)] = LayerInfo(layer, None, is_op=call.is_op, config=_config(layer))
         if call.inputs and outs:
             info.shapes = (tuple(call.inputs[0].shape), tuple(outs[0].shape))
+        ins = _on_axis(call, ins, axes, groups, info)
         result = _trace(call, ins, outs, calls[id(layer)], groups, info, norms)
         for tensor, layout in zip(outs, result):
             layouts[id(tensor)] = layout
+            if call.inputs:
+                axes[id(tensor)] = _out_axis(info, tensor)
     for tensor in graph.outputs:
         groups.freeze(layouts[id(tensor)], "model output")
     _select(infos, groups, include, exclude)
@@ -203,12 +239,12 @@ def _trace(
             info.in_layout, info.observed, info.out_group, info.out_layout = None, None, None, None
     for layout in ins:
         groups.freeze(layout, f"feeds {layer.name} ({class_name})")
-    return [groups.fresh(_channels(t), f"output of {layer.name} ({class_name})") for t in outs]
+    return [groups.fresh(_channels(t, _out_axis(info, t)), f"output of {layer.name} ({class_name})") for t in outs]
 
 
 def _follow(rule: Rule, call, ins: list[Layout], outs: list, groups: Groups, info: LayerInfo) -> list[Layout]:
     layer, class_name = call.layer, info.class_name
-    out_width = _channels(outs[0])
+    out_width = _channels(outs[0], _out_axis(info, outs[0]))
     if rule.kind == "producer":
         # Checked before the group exists: a rule that does not fit leaves no trace in the groups.
         if info.config[rule.units] != out_width:
@@ -222,12 +258,12 @@ def _follow(rule: Rule, call, ins: list[Layout], outs: list, groups: Groups, inf
         info.in_layout = ins[0]
         return [ins[0]]
     if rule.kind == "flatten":
-        positions = math.prod(info.shapes[0][1:-1])
+        positions = math.prod(d for a, d in enumerate(info.shapes[0]) if a not in (0, info.axis))
         if positions == 1:
             return [ins[0]]
         if len(ins[0]) == 1:
             return [(Block(ins[0][0].tiles * positions, ins[0][0].segments),)]
-    if rule.kind == "concat" and _is_channel_axis(info.config.get("axis", -1), len(outs[0].shape)):
+    if rule.kind == "concat" and info.config.get("axis", -1) % len(outs[0].shape) == info.axis:
         return [concat(ins)]
     full = [layout for layout in ins if layout_width(layout) == out_width]
     if rule.kind == "flatten" or not full:
@@ -249,10 +285,6 @@ def _follow(rule: Rule, call, ins: list[Layout], outs: list, groups: Groups, inf
     return [aligned[0]]
 
 
-def _is_channel_axis(axis: int, rank: int) -> bool:
-    return axis % rank == rank - 1
-
-
 def _rule_for(info: LayerInfo, call, ncalls: int) -> tuple[Rule | None, str | None]:
     class_name = info.class_name
     spec = get_spec(class_name)
@@ -264,8 +296,6 @@ def _rule_for(info: LayerInfo, call, ncalls: int) -> tuple[Rule | None, str | No
     config = info.config
     if not config and not info.is_op:
         return None, "get_config() gives no config"
-    if config.get("data_format") == "channels_first":
-        return None, "data_format=channels_first"
     ins, outs = list(call.inputs), list(call.outputs)
     if len(outs) != 1 or not ins:
         return None, "not one output"
@@ -275,13 +305,27 @@ def _rule_for(info: LayerInfo, call, ncalls: int) -> tuple[Rule | None, str | No
     rank = len(ins[0].shape)
     try:
         reason = rule.check(config, rank) if rule.check else None
+        reason = (
+            reason or axis_reason(rule, config, info.axis, rank) or _last_axis_reason(rule, config, info.axis, rank)
+        )
     except Exception as exc:  # a check written for another config
         reason = f"its rule check failed ({type(exc).__name__}: {exc})"
     if reason:
         return None, reason
-    if rule.kind in ("passthrough", "normalize", "reshape") and _channels(ins[0]) != _channels(outs[0]):
+    if rule.kind in ("passthrough", "normalize", "reshape") and _channels(ins[0], info.axis) != _channels(
+        outs[0], _out_axis(info, outs[0])
+    ):
         return None, "changes the channel count"
     return rule, None
+
+
+def _last_axis_reason(rule: Rule, config: dict, axis: int, rank: int) -> str | None:
+    """Why a layer whose per-channel weights or statistics follow the last axis cannot read channels on ``axis``."""
+    if axis == rank - 1 or rule.axis is not None or format_axis(config, rank) is not None:
+        return None
+    if rule.in_axes or rule.kind == "normalize":
+        return f"it works along the last axis; the channels are on axis {axis}"
+    return None
 
 
 def _select(infos: dict[int, LayerInfo], groups: Groups, include: Sequence[str], exclude: Sequence[str]) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from prunectl.core.errors import OptionError, SelectionError
+from prunectl.core.layers.spec import gated
 from prunectl.core.options import (
     DEFAULT_MIN_KEEP,
     DEFAULT_NORMS,
@@ -345,11 +346,17 @@ def _edit(info: LayerInfo, keep: dict[int, np.ndarray], stats) -> LayerEdit | No
     kept_out = kept_features(info.out_layout, keep) if info.out_layout is not None else None
     if kept_out is not None and rule.units and len(kept_out) < layer_config[rule.units]:
         config[rule.units] = len(kept_out)
-        slices += [(weight, axis, 1, kept_out) for weight, axis in rule.out_axes]
+        slices += [_out_slice(out_axis, kept_out, layer_config[rule.units]) for out_axis in rule.out_axes]
         delta = None if delta is None else delta[kept_out]
     if not (config or slices):
         return None
     return LayerEdit(config, tuple(slices), delta)
+
+
+def _out_slice(out_axis: tuple, kept: np.ndarray, units: int) -> tuple:
+    """The slice ``(weight, axis, block, kept)`` of one of a producer's ``out_axes`` (gate runs expanded)."""
+    weight, axis, *gates = out_axis
+    return (weight, axis, 1, gated(kept, gates[0], units) if gates else kept)
 
 
 def input_map(info: LayerInfo) -> np.ndarray:
@@ -401,7 +408,7 @@ def _row(info: LayerInfo, edit: LayerEdit | None) -> LayerPlan:
     before_shapes, after_shapes = _new_shapes(info, None), _new_shapes(info, edit)
     # layer_macs reads kernel-like weights by name; those are unique in the layers it counts.
     before, after = dict(reversed(before_shapes)), dict(reversed(after_shapes))
-    in_shape, out_shape = info.shapes
+    in_shape, out_shape = _channels_last(info.shapes, info.axis)
     key = info.rule.units if info.rule else None
     units = info.config.get(key) if key else None
     return LayerPlan(
@@ -416,6 +423,19 @@ def _row(info: LayerInfo, edit: LayerEdit | None) -> LayerPlan:
         layer_macs(info.class_name, after, in_shape, out_shape),
         tuple(g for g, _ in info.out_layout[0].segments) if info.out_layout else (),
     )
+
+
+def _channels_last(shapes: tuple, axis: int) -> tuple:
+    """A layer's ``(input shape, output shape)`` with the channel axis last, as ``layer_macs`` counts positions.
+
+    ``axis`` is the input's channel axis; an output of the same rank has it there too.
+    """
+    in_shape, out_shape = shapes
+    if not in_shape or axis % len(in_shape) == len(in_shape) - 1:
+        return shapes
+    if len(out_shape) == len(in_shape):
+        out_shape = (*out_shape[:axis], *out_shape[axis + 1 :], out_shape[axis])
+    return (*in_shape[:axis], *in_shape[axis + 1 :], in_shape[axis]), out_shape
 
 
 def apply_plan(model, plan: StructuralPlan, unsafe: bool = False):

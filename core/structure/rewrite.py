@@ -95,6 +95,12 @@ def _as_lists(shapes):
     return [_as_lists(s) for s in shapes] if isinstance(shapes, list) else list(shapes)
 
 
+def _with_units(shape: tuple, units: int, config: dict) -> tuple:
+    """``shape`` with its channel axis (1 for a ``channels_first`` layer, else the last) set to ``units``."""
+    axis = 1 if config.get("data_format") == "channels_first" else len(shape) - 1
+    return (*shape[:axis], units, *shape[axis + 1 :])
+
+
 def rewrite_plan(config: dict, model, plan: StructuralPlan) -> PlanRewrite | None:
     """The saved config and weight slices of ``model`` pruned by ``plan``, or None where only a rebuild can say.
 
@@ -134,7 +140,7 @@ def rewrite_plan(config: dict, model, plan: StructuralPlan) -> PlanRewrite | Non
                 out = layer.compute_output_shape(in_shapes)
                 if not (isinstance(out, tuple) and all(d is None or isinstance(d, int) for d in out)):
                     return None  # several outputs
-                shapes[(name, index, 0)] = out if units is None else (*out[:-1], units)
+                shapes[(name, index, 0)] = out if units is None else _with_units(out, units, entry["config"])
                 if index == 0 and "build_config" in entry:
                     entry["build_config"]["input_shape"] = _as_lists(in_shapes)
         # The outputs are never pruned: a different output shape means a shape above was computed wrongly.
