@@ -63,10 +63,19 @@ def calibrate(graph: ChannelGraph, x: np.ndarray, batch_size: int = 256) -> dict
 
     keras = import_keras()
     consumers = [info for info in graph.layers if info.observed is not None]
-    probe = keras.Model(graph.inputs, [info.observed for info in consumers])
+    observed = [info.observed for info in consumers]
+    trace = graph.trace
+    if trace is not None and any(call.tensors is not None for call in trace.calls):
+        # Inside a nested model: tensors a keras.Model probe cannot reach from the inputs.
+        from prunectl.core.structure.keras_graph import evaluate
+
+        def run(batch):
+            return evaluate(trace, batch, observed)
+    else:
+        run = keras.Model(graph.inputs, observed).predict_on_batch
     sums = [np.zeros((3, int(info.observed.shape[-1])), dtype=np.float64) for info in consumers]
     for start in range(0, len(x), batch_size):
-        outputs = probe.predict_on_batch(x[start : start + batch_size])
+        outputs = run(x[start : start + batch_size])
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         for total, out in zip(sums, outputs):
             flat = np.asarray(out, dtype=np.float64).reshape(-1, out.shape[-1])

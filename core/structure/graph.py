@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prunectl.core.layers import Rule, get_spec, op_key
 from prunectl.core.layers.builtin import activation_check
 from prunectl.core.options import DEFAULT_NORMS
-from prunectl.core.structure.keras_graph import layer_graph
+from prunectl.core.structure.keras_graph import LayerGraph, layer_graph
 
 # kept_features, layout_width and segment_features are re-exported: callers import them from here.
 from prunectl.core.structure.layout import (
@@ -83,6 +83,7 @@ class LayerInfo:
         shapes: ``(input shape, output shape)`` of its first call.
         is_op: ``layer`` is a graph operation (``keras.ops``), not a Layer.
         config: the layer's config, read once (empty where ``get_config`` fails or for an operation).
+        path: its name preceded by the nested models it sits in (``encoder/dense``); its name at the top.
     """
 
     layer: Any
@@ -95,10 +96,12 @@ class LayerInfo:
     shapes: tuple = ((), ())
     is_op: bool = False
     config: dict = field(default_factory=dict)
+    path: str = ""
 
     @property
     def name(self) -> str:
-        return self.layer.name
+        """The layer's path: unique, where names of layers in nested models may repeat outer ones."""
+        return self.path or self.layer.name
 
     @property
     def class_name(self) -> str:
@@ -120,11 +123,13 @@ class ChannelGraph:
         inputs: the symbolic inputs of the model's graph (for calibration probes).
         layers: one entry per layer, inputs first.
         groups: the resolved groups, by id.
+        trace: the layer calls it was traced from (to read tensors inside nested models).
     """
 
     inputs: list
     layers: list[LayerInfo]
     groups: list[Group]
+    trace: LayerGraph | None = None
 
     @property
     def boundaries(self) -> list[LayerInfo]:
@@ -158,24 +163,25 @@ def build_graph(
     graph = layer_graph(model)
     groups = Groups()
     layouts: dict[int, Layout] = {}
-    calls = graph.call_counts()
     infos: dict[int, LayerInfo] = {}
     for call in graph.calls:
         layer = call.layer
         ins = [layouts[id(t)] for t in call.inputs]
         outs = list(call.outputs)
         info = infos.get(id(layer))
-        if info is None:
-            info = infos[id(layer)] = LayerInfo(layer, None, is_op=call.is_op, config=_config(layer))
-        if call.inputs and outs:
-            info.shapes = (tuple(call.inputs[0].shape), tuple(outs[0].shape))
-        result = _trace(call, ins, outs, calls[id(layer)], groups, info, norms)
+        if info is not None:  # a shared layer's later call
+            result = _trace_again(call, ins, outs, groups, info)
+        else:
+            info = infos[id(layer)] = LayerInfo(layer, None, is_op=call.is_op, config=_config(layer), path=call.path)
+            if call.inputs and outs:
+                info.shapes = (tuple(call.inputs[0].shape), tuple(outs[0].shape))
+            result = _trace(call, ins, outs, groups, info, norms)
         for tensor, layout in zip(outs, result):
             layouts[id(tensor)] = layout
     for tensor in graph.outputs:
         groups.freeze(layouts[id(tensor)], "model output")
     _select(infos, groups, include, exclude)
-    return _resolve(graph.inputs, list(infos.values()), groups)
+    return _resolve(graph, list(infos.values()), groups)
 
 
 def _config(layer) -> dict:
@@ -187,12 +193,12 @@ def _config(layer) -> dict:
 
 
 def _trace(
-    call, ins: list[Layout], outs: list, ncalls: int, groups: Groups, info: LayerInfo, norms: str = DEFAULT_NORMS
+    call, ins: list[Layout], outs: list, groups: Groups, info: LayerInfo, norms: str = DEFAULT_NORMS
 ) -> list[Layout]:
     layer, class_name = call.layer, info.class_name
     if class_name == "InputLayer":
         return [groups.fresh(_channels(t), "model input") for t in outs]
-    info.rule, info.reason = _rule_for(info, call, ncalls)
+    info.rule, info.reason = _rule_for(info, call)
     if info.rule is not None and info.rule.kind == "normalize" and norms == "boundary":
         info.rule, info.reason = None, NORMALIZES
     if info.rule is not None:
@@ -202,8 +208,8 @@ def _trace(
             info.rule, info.reason = None, f"its rule does not apply ({type(exc).__name__}: {exc})"
             info.in_layout, info.observed, info.out_group, info.out_layout = None, None, None, None
     for layout in ins:
-        groups.freeze(layout, f"feeds {layer.name} ({class_name})")
-    return [groups.fresh(_channels(t), f"output of {layer.name} ({class_name})") for t in outs]
+        groups.freeze(layout, f"feeds {info.name} ({class_name})")
+    return [groups.fresh(_channels(t), f"output of {info.name} ({class_name})") for t in outs]
 
 
 def _follow(rule: Rule, call, ins: list[Layout], outs: list, groups: Groups, info: LayerInfo) -> list[Layout]:
@@ -215,7 +221,7 @@ def _follow(rule: Rule, call, ins: list[Layout], outs: list, groups: Groups, inf
             raise ValueError(f"config {rule.units}={info.config[rule.units]} is not the output width {out_width}")
         info.in_layout, info.observed = ins[0], call.inputs[0]
         frozen = activation_check(info.config, 0)
-        info.out_group = groups.new(out_width, frozen and f"{layer.name}: {frozen}", producer=layer.name)
+        info.out_group = groups.new(out_width, frozen and f"{info.name}: {frozen}", producer=info.name)
         info.out_layout = (Block(1, ((info.out_group, out_width),)),)
         return [info.out_layout]
     if rule.kind in ("passthrough", "normalize", "reshape"):
@@ -242,10 +248,7 @@ def _follow(rule: Rule, call, ins: list[Layout], outs: list, groups: Groups, inf
         for layout in full:
             groups.freeze(layout, f"inputs of {layer.name} ({class_name}) do not line up")
         return [groups.fresh(out_width, f"output of {layer.name} ({class_name})")]
-    for other in aligned[1:]:
-        for a, b in zip(aligned[0], other):
-            for (ga, _), (gb, _) in zip(a.segments, b.segments):
-                groups.union(ga, gb)
+    _join(groups, aligned)
     return [aligned[0]]
 
 
@@ -253,14 +256,12 @@ def _is_channel_axis(axis: int, rank: int) -> bool:
     return axis % rank == rank - 1
 
 
-def _rule_for(info: LayerInfo, call, ncalls: int) -> tuple[Rule | None, str | None]:
+def _rule_for(info: LayerInfo, call) -> tuple[Rule | None, str | None]:
     class_name = info.class_name
     spec = get_spec(class_name)
     rule = spec.rule if spec else None
     if rule is None:
         return None, f"no rule for {'operation' if info.is_op else 'class'} {class_name}"
-    if ncalls > 1:
-        return None, f"shared {'operation' if info.is_op else 'layer'} (called {ncalls} times)"
     config = info.config
     if not config and not info.is_op:
         return None, "get_config() gives no config"
@@ -284,6 +285,48 @@ def _rule_for(info: LayerInfo, call, ncalls: int) -> tuple[Rule | None, str | No
     return rule, None
 
 
+def _trace_again(call, ins: list[Layout], outs: list, groups: Groups, info: LayerInfo) -> list[Layout]:
+    """A later call of a shared layer: one set of weights, so every call keeps the same channels.
+
+    The inputs of a layer with weights are joined, group by group, with its first call's; a producer's
+    outputs carry its one group at every call. A layer without weights moves each call's channels by
+    its rule, as if it were two layers. Calls that cannot be lined up (different widths or blocks)
+    make the layer a boundary.
+    """
+    rule = info.rule
+    if rule is not None and _rule_for(info, call)[0] is None:
+        _unshare(info, groups, "its calls differ (a later call does not fit its rule)")
+        rule = None
+    if rule is not None and not info.weights and rule.kind != "producer":
+        return _follow(rule, call, ins, outs, groups, replace(info))
+    if rule is not None:
+        aligned = groups.align([info.in_layout, ins[0]]) if info.in_layout is not None and ins else None
+        if aligned is None:
+            _unshare(info, groups, "its calls' inputs do not line up (different widths or blocks)")
+        else:
+            _join(groups, aligned)
+            return [info.out_layout] if rule.kind == "producer" else [ins[0]]
+    for layout in ins:
+        groups.freeze(layout, f"feeds {info.name} ({info.class_name})")
+    return [groups.fresh(_channels(t), f"output of {info.name} ({info.class_name})") for t in outs]
+
+
+def _unshare(info: LayerInfo, groups: Groups, reason: str) -> None:
+    """Make a shared layer a boundary after its first call was traced with its rule."""
+    for layout in (info.in_layout, info.out_layout):
+        if layout is not None:
+            groups.freeze(layout, f"{info.name} is shared and {reason}")
+    info.rule, info.reason = None, f"shared layer: {reason}"
+    info.in_layout, info.observed, info.out_group, info.out_layout = None, None, None, None
+
+
+def _join(groups: Groups, aligned: list[Layout]) -> None:
+    for other in aligned[1:]:
+        for a, b in zip(aligned[0], other):
+            for (ga, _), (gb, _) in zip(a.segments, b.segments):
+                groups.union(ga, gb)
+
+
 def _select(infos: dict[int, LayerInfo], groups: Groups, include: Sequence[str], exclude: Sequence[str]) -> None:
     from prunectl.core.weights.selection import select_names
 
@@ -294,7 +337,7 @@ def _select(infos: dict[int, LayerInfo], groups: Groups, include: Sequence[str],
             groups.freeze((Block(1, ((group, 1),)),), f"{name} is not selected")
 
 
-def _resolve(inputs: list, infos: list[LayerInfo], groups: Groups) -> ChannelGraph:
+def _resolve(graph: LayerGraph, infos: list[LayerInfo], groups: Groups) -> ChannelGraph:
     roots: dict[int, int] = {}
     resolved: list[Group] = []
     for gid in range(len(groups.parent)):
@@ -320,4 +363,4 @@ def _resolve(inputs: list, infos: list[LayerInfo], groups: Groups) -> ChannelGra
             segments = info.out_layout[0].segments
             # A producer whose units were split between groups (see Groups.align) has no single group.
             info.out_group = segments[0][0] if len(segments) == 1 else None
-    return ChannelGraph(inputs, infos, resolved)
+    return ChannelGraph(graph.inputs, infos, resolved, graph)
