@@ -19,6 +19,15 @@ others: with ``norms="boundary"`` (the default) they are boundaries that freeze
 their input, with ``norms="joint"`` they are pruned like a pass-through and the plan
 notes the change.
 
+A model nested as a layer is traced through (see
+:func:`~prunectl.core.structure.keras_graph.layer_graph`): its layers are
+named by path (``encoder/dense``) and couple to the outer graph like any
+other. A layer called at several sites keeps one set of weights, so its calls
+keep the same channels: a later call's input groups are joined with the first
+call's and a producer's output carries its one group at every call; a layer
+without weights moves each call's channels on its own. A shared layer whose
+calls do not line up is a boundary.
+
 Which layer classes move channels how is each class's ``rule`` in the layer table
 (:mod:`prunectl.core.layers`); layouts and the group union-find are in
 :mod:`prunectl.core.structure.layout`, and the model's calls are read through
@@ -124,12 +133,14 @@ class ChannelGraph:
         layers: one entry per layer, inputs first.
         groups: the resolved groups, by id.
         trace: the layer calls it was traced from (to read tensors inside nested models).
+        nested: the layouts of each nested model's inputs, by path (its input layers' widths follow them).
     """
 
     inputs: list
     layers: list[LayerInfo]
     groups: list[Group]
     trace: LayerGraph | None = None
+    nested: dict[str, list[Layout]] = field(default_factory=dict)
 
     @property
     def boundaries(self) -> list[LayerInfo]:
@@ -178,10 +189,29 @@ def build_graph(
             result = _trace(call, ins, outs, groups, info, norms)
         for tensor, layout in zip(outs, result):
             layouts[id(tensor)] = layout
+    nested = _nested_inputs(graph, layouts, groups)
     for tensor in graph.outputs:
         groups.freeze(layouts[id(tensor)], "model output")
     _select(infos, groups, include, exclude)
-    return _resolve(graph, list(infos.values()), groups)
+    return _resolve(graph, list(infos.values()), groups, nested)
+
+
+def _nested_inputs(graph: LayerGraph, layouts: dict[int, Layout], groups: Groups) -> dict[str, list[Layout]]:
+    """The input layouts of each nested model, its calls' joined: its input layers have one width."""
+    nested: dict[str, list[Layout]] = {}
+    for path, _, tensors in graph.nested:
+        ins = [layouts[id(t)] for t in tensors]
+        if path not in nested:
+            nested[path] = ins
+            continue
+        for first, layout in zip(nested[path], ins):
+            aligned = groups.align([first, layout])
+            if aligned is None:
+                for each in (first, layout):
+                    groups.freeze(each, f"the calls of nested model {path} do not line up")
+            else:
+                _join(groups, aligned)
+    return nested
 
 
 def _config(layer) -> dict:
@@ -195,7 +225,7 @@ def _config(layer) -> dict:
 def _trace(
     call, ins: list[Layout], outs: list, groups: Groups, info: LayerInfo, norms: str = DEFAULT_NORMS
 ) -> list[Layout]:
-    layer, class_name = call.layer, info.class_name
+    class_name = info.class_name
     if class_name == "InputLayer":
         return [groups.fresh(_channels(t), "model input") for t in outs]
     info.rule, info.reason = _rule_for(info, call)
@@ -213,7 +243,7 @@ def _trace(
 
 
 def _follow(rule: Rule, call, ins: list[Layout], outs: list, groups: Groups, info: LayerInfo) -> list[Layout]:
-    layer, class_name = call.layer, info.class_name
+    class_name = info.class_name
     out_width = _channels(outs[0])
     if rule.kind == "producer":
         # Checked before the group exists: a rule that does not fit leaves no trace in the groups.
@@ -238,16 +268,16 @@ def _follow(rule: Rule, call, ins: list[Layout], outs: list, groups: Groups, inf
     full = [layout for layout in ins if layout_width(layout) == out_width]
     if rule.kind == "flatten" or not full:
         for layout in ins:
-            groups.freeze(layout, f"feeds {layer.name} ({class_name}), which mixes channel blocks")
-        return [groups.fresh(out_width, f"output of {layer.name} ({class_name})")]
+            groups.freeze(layout, f"feeds {info.name} ({class_name}), which mixes channel blocks")
+        return [groups.fresh(out_width, f"output of {info.name} ({class_name})")]
     for layout in ins:
         if layout_width(layout) != out_width:
-            groups.freeze(layout, f"broadcast in {layer.name} ({class_name})")
+            groups.freeze(layout, f"broadcast in {info.name} ({class_name})")
     aligned = groups.align(full)
     if aligned is None:
         for layout in full:
-            groups.freeze(layout, f"inputs of {layer.name} ({class_name}) do not line up")
-        return [groups.fresh(out_width, f"output of {layer.name} ({class_name})")]
+            groups.freeze(layout, f"inputs of {info.name} ({class_name}) do not line up")
+        return [groups.fresh(out_width, f"output of {info.name} ({class_name})")]
     _join(groups, aligned)
     return [aligned[0]]
 
@@ -337,7 +367,9 @@ def _select(infos: dict[int, LayerInfo], groups: Groups, include: Sequence[str],
             groups.freeze((Block(1, ((group, 1),)),), f"{name} is not selected")
 
 
-def _resolve(graph: LayerGraph, infos: list[LayerInfo], groups: Groups) -> ChannelGraph:
+def _resolve(
+    graph: LayerGraph, infos: list[LayerInfo], groups: Groups, nested: dict[str, list[Layout]]
+) -> ChannelGraph:
     roots: dict[int, int] = {}
     resolved: list[Group] = []
     for gid in range(len(groups.parent)):
@@ -363,4 +395,5 @@ def _resolve(graph: LayerGraph, infos: list[LayerInfo], groups: Groups) -> Chann
             segments = info.out_layout[0].segments
             # A producer whose units were split between groups (see Groups.align) has no single group.
             info.out_group = segments[0][0] if len(segments) == 1 else None
-    return ChannelGraph(graph.inputs, infos, resolved, graph)
+    nested = {path: [relabel(layout) or () for layout in ins] for path, ins in nested.items()}
+    return ChannelGraph(graph.inputs, infos, resolved, graph, nested)

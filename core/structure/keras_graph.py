@@ -70,11 +70,13 @@ class LayerGraph:
         inputs: the model's symbolic inputs.
         outputs: the model's symbolic outputs.
         calls: every layer call, each after the calls that produce its inputs.
+        nested: ``(path, model, input tensors)`` of each call of a nested model traced through.
     """
 
     inputs: list
     outputs: list
     calls: list[Call]
+    nested: list[tuple[str, Any, tuple]] = field(default_factory=list)
 
     def call_counts(self) -> dict[int, int]:
         """How many times each layer is called in this graph, by ``id(layer)``.
@@ -120,9 +122,9 @@ def layer_graph(model) -> LayerGraph:
     from prunectl.core.io.keras_io import import_keras
 
     keras = import_keras()
-    calls: list[Call] = []
-    _add_calls(keras, _nodes(keras, model), "", {}, calls)
-    return LayerGraph(inputs, outputs, calls)
+    graph = LayerGraph(inputs, outputs, [])
+    _add_calls(keras, _nodes(keras, model), "", {}, graph)
+    return graph
 
 
 def is_graph_model(layer) -> bool:
@@ -147,7 +149,7 @@ def _nodes(keras, model) -> list:
     return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
 
 
-def _add_calls(keras, nodes: list, prefix: str, alias: dict, calls: list[Call]) -> None:
+def _add_calls(keras, nodes: list, prefix: str, alias: dict, graph: LayerGraph) -> None:
     for node in nodes:
         operation = node.operation
         own = (tuple(node.input_tensors), tuple(node.output_tensors))
@@ -157,12 +159,15 @@ def _add_calls(keras, nodes: list, prefix: str, alias: dict, calls: list[Call]) 
         if _traceable(operation, ins, outs):
             inner = {id(a): b for a, b in zip(operation.inputs, ins)}
             inner.update({id(a): b for a, b in zip(operation.outputs, outs)})
-            _add_calls(keras, _nodes(keras, operation), f"{prefix}{operation.name}/", inner, calls)
+            graph.nested.append((f"{prefix}{operation.name}", operation, ins))
+            _add_calls(keras, _nodes(keras, operation), f"{prefix}{operation.name}/", inner, graph)
             continue
         is_op = not isinstance(operation, keras.layers.Layer)
         constants = _constant_shapes(keras, node) if is_op else ()
         path = f"{prefix}{operation.name}"
-        calls.append(Call(operation, ins, outs, is_op, constants, path, node, own if own != (ins, outs) else None))
+        graph.calls.append(
+            Call(operation, ins, outs, is_op, constants, path, node, own if own != (ins, outs) else None)
+        )
 
 
 def _traceable(operation, ins: tuple, outs: tuple) -> bool:

@@ -299,6 +299,7 @@ def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> S
             edits[info.name] = edit
         if info.weights:
             rows.append(_row(info, edit))
+    edits.update(_nested_edits(graph.nested, keep))
     groups = tuple(
         GroupPlan(
             g.id,
@@ -319,6 +320,16 @@ def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> S
     }
     notes = norm_notes(graph, keep, x, getattr(criterion, "batch_size", 256))
     return StructuralPlan(config, groups, tuple(rows), boundaries, notes, edits)
+
+
+def _nested_edits(nested: dict, keep: dict[int, np.ndarray]) -> dict[str, LayerEdit]:
+    """A nested model's edit: the widths of its inputs (``input_widths``), where they lose channels."""
+    edits = {}
+    for path, layouts in nested.items():
+        widths = [len(kept_features(layout, keep)) for layout in layouts]
+        if widths != [layout_width(layout) for layout in layouts]:
+            edits[path] = LayerEdit({"input_widths": widths})
+    return edits
 
 
 def _edit(info: LayerInfo, keep: dict[int, np.ndarray], stats) -> LayerEdit | None:
@@ -445,7 +456,17 @@ def apply_plan(model, plan: StructuralPlan, unsafe: bool = False):
         def clone(layer):
             # A nested model is rebuilt with its own layers' edits, keeping its class (a Sequential stays one).
             if is_graph_model(layer):
-                return keras.models.clone_model(layer, clone_function=rebuild(f"{prefix}{layer.name}/"))
+                edit = plan.edits.get(prefix + layer.name)
+                inputs = None
+                if edit is not None:  # its input layers take the pruned widths
+                    widths = edit.config["input_widths"]
+                    new = [
+                        keras.Input(batch_shape=(*t.shape[:-1], w), dtype=t.dtype) for t, w in zip(layer.inputs, widths)
+                    ]
+                    inputs = keras.tree.pack_sequence_as(layer.input, new)
+                return keras.models.clone_model(
+                    layer, input_tensors=inputs, clone_function=rebuild(f"{prefix}{layer.name}/")
+                )
             config = layer.get_config()
             edit = plan.edits.get(prefix + layer.name)
             config.update(edit.config if edit is not None else {})

@@ -88,27 +88,28 @@ def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, Any]]:
     """List a live Keras model's weights as tagged entries paired with their variables."""
     pairs = []
 
-    def walk(layers, order):
+    def walk(layers, order, prefix=""):
         for layer in layers:
             inner = getattr(layer, "layers", None)
             if inner and is_nested_model(layer.__class__.__name__):
-                walk(inner, order)
+                # Names repeat across nested models (variable paths too): the nested models' names tell them apart.
+                walk(inner, order, f"{prefix}{layer.name}/")
                 continue
             class_name = layer.__class__.__name__
             for variable in layer.weights:
                 dtype = np.dtype(variable.dtype)
                 entry = WeightEntry(
-                    layer.name,
+                    f"{prefix}{layer.name}",
                     class_name,
                     variable.name,
-                    variable.path,
+                    f"{prefix}{variable.path}",
                     tuple(variable.shape),
                     dtype.str,
                     len(order),
                     is_prunable(class_name, variable.name, dtype),
                 )
                 pairs.append((entry, variable))
-            order.append(layer.name)
+            order.append(f"{prefix}{layer.name}")
 
     walk(keras_model.layers, [])
     return pairs
