@@ -218,3 +218,20 @@ def test_mobilenetv2_nested_in_a_classifier_is_pruned_inside_like_the_bare_model
     assert sum(k.size for k in saved_kernels(out).values()) < 0.7 * kernels_before
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
     assert pruned.predict(x, verbose=0).shape == (2, 10)
+
+
+def test_normalization_inside_a_nested_model_is_measured_like_the_bare_one():
+    from prunectl.core.structure.plan import NeuronPruning, plan_structure
+
+    keras = seeded_keras()
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(8, name="d1")(inputs)
+    block = keras.Model(inputs, keras.layers.Dense(2, name="d2")(keras.layers.LayerNormalization(name="norm")(hidden)))
+    outer_in = keras.Input((4,))
+    wrapped = keras.Model(outer_in, block(outer_in))
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    step = NeuronPruning(ratio=0.25, norms="joint")
+    (bare,) = plan_structure(block, step, x).notes
+    (inner,) = plan_structure(wrapped, step, x).notes
+    assert inner["layer"] == f"{block.name}/norm" and bare["layer"] == "norm"
+    assert inner["max_abs_change"] == pytest.approx(bare["max_abs_change"], rel=1e-5) and bare["max_abs_change"] > 0

@@ -60,18 +60,14 @@ def calibrate(graph: ChannelGraph, x: np.ndarray, batch_size: int = 256) -> dict
     import numpy as np
 
     from prunectl.core.io.keras_io import import_keras
+    from prunectl.core.structure.keras_graph import probe
 
-    keras = import_keras()
     consumers = [info for info in graph.layers if info.observed is not None]
     observed = [info.observed for info in consumers]
-    trace = graph.trace
-    if trace is not None and any(call.tensors is not None for call in trace.calls):
-        # Inside a nested model: tensors a keras.Model probe cannot reach from the inputs.
-        from prunectl.core.structure.keras_graph import evaluate
-
-        def run(batch):
-            return evaluate(trace, batch, observed)
+    if graph.trace is not None:  # it reads tensors inside nested models too
+        run = probe(graph.trace, observed)
     else:
+        keras = import_keras()
         run = keras.Model(graph.inputs, observed).predict_on_batch
     sums = [np.zeros((3, int(info.observed.shape[-1])), dtype=np.float64) for info in consumers]
     for start in range(0, len(x), batch_size):

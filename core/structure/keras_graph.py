@@ -24,7 +24,7 @@ Keras upgrade that changes it fails there first.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,6 +179,32 @@ def _traceable(operation, ins: tuple, outs: tuple) -> bool:
     if {id(t) for t in inner_out} & {id(t) for t in inner_in} or len({id(t) for t in inner_out}) != len(inner_out):
         return False
     return len(inner_in) == len(ins) and len(inner_out) == len(outs)
+
+
+def probe(graph: LayerGraph, tensors: list) -> Callable[[Any], list]:
+    """A function from model inputs to the values of ``tensors`` of ``graph``.
+
+    A compiled ``keras.Model`` probe where every tensor is reachable from the model's
+    inputs; :func:`evaluate` where some lie inside a nested model.
+
+    Args:
+        graph: the model's :class:`LayerGraph`.
+        tensors: symbolic tensors of ``graph``'s calls.
+
+    Returns:
+        The function; it returns one array per tensor.
+    """
+    if any(call.tensors is not None for call in graph.calls):
+        return lambda x: evaluate(graph, x, tensors)
+    from prunectl.core.io.keras_io import import_keras
+
+    model = import_keras().Model(graph.inputs, tensors)
+
+    def run(x) -> list:
+        outputs = model.predict_on_batch(x)
+        return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+    return run
 
 
 def evaluate(graph: LayerGraph, x, tensors: list) -> list:
