@@ -235,3 +235,17 @@ def test_normalization_inside_a_nested_model_is_measured_like_the_bare_one():
     (inner,) = plan_structure(wrapped, step, x).notes
     assert inner["layer"] == f"{block.name}/norm" and bare["layer"] == "norm"
     assert inner["max_abs_change"] == pytest.approx(bare["max_abs_change"], rel=1e-5) and bare["max_abs_change"] > 0
+
+
+def test_layer_graph_gives_nested_calls_by_path_with_the_outer_tensors():
+    from prunectl.core.structure.keras_graph import layer_graph
+
+    model = nested_model()
+    graph = layer_graph(model)
+    paths = [call.path for call in graph.calls if call.layer.__class__.__name__ != "InputLayer"]
+    assert paths == ["dense", "enc/dense", "enc/deep/dense", "enc/dense_1", "head"]
+    by_path = {call.path: call for call in graph.calls}
+    # The nested model's input is the outer dense's output; its output is what head reads.
+    assert by_path["enc/dense"].inputs[0] is by_path["dense"].outputs[0]
+    assert by_path["head"].inputs[0] is by_path["enc/dense_1"].outputs[0]
+    assert [path for path, _, _ in graph.nested] == ["enc", "enc/deep"]
