@@ -335,7 +335,9 @@ def _trace_again(call, ins: list[Layout], outs: list, groups: Groups, info: Laye
             _unshare(info, groups, "its calls' inputs do not line up (different widths or blocks)")
         else:
             _join(groups, aligned)
-            return [info.out_layout] if rule.kind == "producer" else [ins[0]]
+            if rule.kind == "producer" and info.out_layout is not None:
+                return [info.out_layout]
+            return [ins[0]]
     for layout in ins:
         groups.freeze(layout, f"feeds {info.name} ({info.class_name})")
     return [groups.fresh(_channels(t), f"output of {info.name} ({info.class_name})") for t in outs]
