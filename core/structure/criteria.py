@@ -60,13 +60,18 @@ def calibrate(graph: ChannelGraph, x: np.ndarray, batch_size: int = 256) -> dict
     import numpy as np
 
     from prunectl.core.io.keras_io import import_keras
+    from prunectl.core.structure.keras_graph import probe
 
-    keras = import_keras()
     consumers = [info for info in graph.layers if info.observed is not None]
-    probe = keras.Model(graph.inputs, [info.observed for info in consumers])
+    observed = [info.observed for info in consumers]
+    if graph.trace is not None:  # it reads tensors inside nested models too
+        run = probe(graph.trace, observed)
+    else:
+        keras = import_keras()
+        run = keras.Model(graph.inputs, observed).predict_on_batch
     sums = [np.zeros((3, int(info.observed.shape[info.axis])), dtype=np.float64) for info in consumers]
     for start in range(0, len(x), batch_size):
-        outputs = probe.predict_on_batch(x[start : start + batch_size])
+        outputs = run(x[start : start + batch_size])
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         for total, out, info in zip(sums, outputs, consumers):
             # The channels are last, or on axis 1 after a channels_first layer.

@@ -20,6 +20,15 @@ others: with ``norms="boundary"`` (the default) they are boundaries that freeze
 their input, with ``norms="joint"`` they are pruned like a pass-through and the plan
 notes the change.
 
+A model nested as a layer is traced through (see
+:func:`~prunectl.core.structure.keras_graph.layer_graph`): its layers are
+named by path (``encoder/dense``) and couple to the outer graph like any
+other. A layer called at several sites keeps one set of weights, so its calls
+keep the same channels: a later call's input groups are joined with the first
+call's and a producer's output carries its one group at every call; a layer
+without weights moves each call's channels on its own. A shared layer whose
+calls do not line up is a boundary.
+
 Which layer classes move channels how is each class's ``rule`` in the layer table
 (:mod:`prunectl.core.layers`); layouts and the group union-find are in
 :mod:`prunectl.core.structure.layout`, and the model's calls are read through
@@ -30,14 +39,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prunectl.core.layers import Rule, get_spec, op_key
 from prunectl.core.layers.builtin import activation_check
 from prunectl.core.options import DEFAULT_NORMS
 from prunectl.core.structure.formats import axis_reason, format_axis, input_axis, output_axis
-from prunectl.core.structure.keras_graph import layer_graph
+from prunectl.core.structure.keras_graph import LayerGraph, layer_graph
 
 # kept_features, layout_width and segment_features are re-exported: callers import them from here.
 from prunectl.core.structure.layout import (
@@ -87,6 +96,7 @@ class LayerInfo:
         config: the layer's config, read once (empty where ``get_config`` fails or for an operation).
         axis: the channel axis of its (first) input, and of its outputs of the same rank (see
             :mod:`prunectl.core.structure.formats`); -1 until traced.
+        path: its name preceded by the nested models it sits in (``encoder/dense``); its name at the top.
     """
 
     layer: Any
@@ -100,10 +110,12 @@ class LayerInfo:
     is_op: bool = False
     config: dict = field(default_factory=dict)
     axis: int = -1
+    path: str = ""
 
     @property
     def name(self) -> str:
-        return self.layer.name
+        """The layer's path: unique, where names of layers in nested models may repeat outer ones."""
+        return self.path or self.layer.name
 
     @property
     def class_name(self) -> str:
@@ -125,11 +137,15 @@ class ChannelGraph:
         inputs: the symbolic inputs of the model's graph (for calibration probes).
         layers: one entry per layer, inputs first.
         groups: the resolved groups, by id.
+        trace: the layer calls it was traced from (to read tensors inside nested models).
+        nested: the layouts of each nested model's inputs, by path (its input layers' widths follow them).
     """
 
     inputs: list
     layers: list[LayerInfo]
     groups: list[Group]
+    trace: LayerGraph | None = None
+    nested: dict[str, list[Layout]] = field(default_factory=dict)
 
     @property
     def boundaries(self) -> list[LayerInfo]:
@@ -190,7 +206,6 @@ def build_graph(
     graph = layer_graph(model)
     groups = Groups()
     layouts: dict[int, Layout] = {}
-    calls = graph.call_counts()
     infos: dict[int, LayerInfo] = {}
     axes: dict[int, int] = {}  # channel axis by tensor id (last, or 1 after a channels_first layer)
     for call in graph.calls:
@@ -198,20 +213,42 @@ def build_graph(
         ins = [layouts[id(t)] for t in call.inputs]
         outs = list(call.outputs)
         info = infos.get(id(layer))
-        if info is None:
-            info = infos[id(layer)] = LayerInfo(layer, None, is_op=call.is_op, config=_config(layer))
-        if call.inputs and outs:
-            info.shapes = (tuple(call.inputs[0].shape), tuple(outs[0].shape))
-        ins = _on_axis(call, ins, axes, groups, info)
-        result = _trace(call, ins, outs, calls[id(layer)], groups, info, norms)
+        if info is not None:  # a shared layer's later call
+            ins = _on_axis(call, ins, axes, groups, info)
+            result = _trace_again(call, ins, outs, groups, info)
+        else:
+            info = infos[id(layer)] = LayerInfo(layer, None, is_op=call.is_op, config=_config(layer), path=call.path)
+            if call.inputs and outs:
+                info.shapes = (tuple(call.inputs[0].shape), tuple(outs[0].shape))
+            ins = _on_axis(call, ins, axes, groups, info)
+            result = _trace(call, ins, outs, groups, info, norms)
         for tensor, layout in zip(outs, result):
             layouts[id(tensor)] = layout
             if call.inputs:
                 axes[id(tensor)] = _out_axis(info, tensor)
+    nested = _nested_inputs(graph, layouts, groups)
     for tensor in graph.outputs:
         groups.freeze(layouts[id(tensor)], "model output")
     _select(infos, groups, include, exclude)
-    return _resolve(graph.inputs, list(infos.values()), groups)
+    return _resolve(graph, list(infos.values()), groups, nested)
+
+
+def _nested_inputs(graph: LayerGraph, layouts: dict[int, Layout], groups: Groups) -> dict[str, list[Layout]]:
+    """The input layouts of each nested model, its calls' joined: its input layers have one width."""
+    nested: dict[str, list[Layout]] = {}
+    for path, _, tensors in graph.nested:
+        ins = [layouts[id(t)] for t in tensors]
+        if path not in nested:
+            nested[path] = ins
+            continue
+        for first, layout in zip(nested[path], ins):
+            aligned = groups.align([first, layout])
+            if aligned is None:
+                for each in (first, layout):
+                    groups.freeze(each, f"the calls of nested model {path} do not line up")
+            else:
+                _join(groups, aligned)
+    return nested
 
 
 def _config(layer) -> dict:
@@ -223,12 +260,12 @@ def _config(layer) -> dict:
 
 
 def _trace(
-    call, ins: list[Layout], outs: list, ncalls: int, groups: Groups, info: LayerInfo, norms: str = DEFAULT_NORMS
+    call, ins: list[Layout], outs: list, groups: Groups, info: LayerInfo, norms: str = DEFAULT_NORMS
 ) -> list[Layout]:
-    layer, class_name = call.layer, info.class_name
+    class_name = info.class_name
     if class_name == "InputLayer":
         return [groups.fresh(_channels(t), "model input") for t in outs]
-    info.rule, info.reason = _rule_for(info, call, ncalls)
+    info.rule, info.reason = _rule_for(info, call)
     if info.rule is not None and info.rule.kind == "normalize" and norms == "boundary":
         info.rule, info.reason = None, NORMALIZES
     if info.rule is not None:
@@ -238,12 +275,12 @@ def _trace(
             info.rule, info.reason = None, f"its rule does not apply ({type(exc).__name__}: {exc})"
             info.in_layout, info.observed, info.out_group, info.out_layout = None, None, None, None
     for layout in ins:
-        groups.freeze(layout, f"feeds {layer.name} ({class_name})")
-    return [groups.fresh(_channels(t, _out_axis(info, t)), f"output of {layer.name} ({class_name})") for t in outs]
+        groups.freeze(layout, f"feeds {info.name} ({class_name})")
+    return [groups.fresh(_channels(t, _out_axis(info, t)), f"output of {info.name} ({class_name})") for t in outs]
 
 
 def _follow(rule: Rule, call, ins: list[Layout], outs: list, groups: Groups, info: LayerInfo) -> list[Layout]:
-    layer, class_name = call.layer, info.class_name
+    class_name = info.class_name
     out_width = _channels(outs[0], _out_axis(info, outs[0]))
     if rule.kind == "producer":
         # Checked before the group exists: a rule that does not fit leaves no trace in the groups.
@@ -251,7 +288,7 @@ def _follow(rule: Rule, call, ins: list[Layout], outs: list, groups: Groups, inf
             raise ValueError(f"config {rule.units}={info.config[rule.units]} is not the output width {out_width}")
         info.in_layout, info.observed = ins[0], call.inputs[0]
         frozen = activation_check(info.config, 0)
-        info.out_group = groups.new(out_width, frozen and f"{layer.name}: {frozen}", producer=layer.name)
+        info.out_group = groups.new(out_width, frozen and f"{info.name}: {frozen}", producer=info.name)
         info.out_layout = (Block(1, ((info.out_group, out_width),)),)
         return [info.out_layout]
     if rule.kind in ("passthrough", "normalize", "reshape"):
@@ -268,31 +305,26 @@ def _follow(rule: Rule, call, ins: list[Layout], outs: list, groups: Groups, inf
     full = [layout for layout in ins if layout_width(layout) == out_width]
     if rule.kind == "flatten" or not full:
         for layout in ins:
-            groups.freeze(layout, f"feeds {layer.name} ({class_name}), which mixes channel blocks")
-        return [groups.fresh(out_width, f"output of {layer.name} ({class_name})")]
+            groups.freeze(layout, f"feeds {info.name} ({class_name}), which mixes channel blocks")
+        return [groups.fresh(out_width, f"output of {info.name} ({class_name})")]
     for layout in ins:
         if layout_width(layout) != out_width:
-            groups.freeze(layout, f"broadcast in {layer.name} ({class_name})")
+            groups.freeze(layout, f"broadcast in {info.name} ({class_name})")
     aligned = groups.align(full)
     if aligned is None:
         for layout in full:
-            groups.freeze(layout, f"inputs of {layer.name} ({class_name}) do not line up")
-        return [groups.fresh(out_width, f"output of {layer.name} ({class_name})")]
-    for other in aligned[1:]:
-        for a, b in zip(aligned[0], other):
-            for (ga, _), (gb, _) in zip(a.segments, b.segments):
-                groups.union(ga, gb)
+            groups.freeze(layout, f"inputs of {info.name} ({class_name}) do not line up")
+        return [groups.fresh(out_width, f"output of {info.name} ({class_name})")]
+    _join(groups, aligned)
     return [aligned[0]]
 
 
-def _rule_for(info: LayerInfo, call, ncalls: int) -> tuple[Rule | None, str | None]:
+def _rule_for(info: LayerInfo, call) -> tuple[Rule | None, str | None]:
     class_name = info.class_name
     spec = get_spec(class_name)
     rule = spec.rule if spec else None
     if rule is None:
         return None, f"no rule for {'operation' if info.is_op else 'class'} {class_name}"
-    if ncalls > 1:
-        return None, f"shared {'operation' if info.is_op else 'layer'} (called {ncalls} times)"
     config = info.config
     if not config and not info.is_op:
         return None, "get_config() gives no config"
@@ -328,6 +360,50 @@ def _last_axis_reason(rule: Rule, config: dict, axis: int, rank: int) -> str | N
     return None
 
 
+def _trace_again(call, ins: list[Layout], outs: list, groups: Groups, info: LayerInfo) -> list[Layout]:
+    """A later call of a shared layer: one set of weights, so every call keeps the same channels.
+
+    The inputs of a layer with weights are joined, group by group, with its first call's; a producer's
+    outputs carry its one group at every call. A layer without weights moves each call's channels by
+    its rule, as if it were two layers. Calls that cannot be lined up (different widths or blocks)
+    make the layer a boundary.
+    """
+    rule = info.rule
+    if rule is not None and _rule_for(info, call)[0] is None:
+        _unshare(info, groups, "its calls differ (a later call does not fit its rule)")
+        rule = None
+    if rule is not None and not info.weights and rule.kind != "producer":
+        return _follow(rule, call, ins, outs, groups, replace(info))
+    if rule is not None:
+        aligned = groups.align([info.in_layout, ins[0]]) if info.in_layout is not None and ins else None
+        if aligned is None:
+            _unshare(info, groups, "its calls' inputs do not line up (different widths or blocks)")
+        else:
+            _join(groups, aligned)
+            if rule.kind == "producer" and info.out_layout is not None:
+                return [info.out_layout]
+            return [ins[0]]
+    for layout in ins:
+        groups.freeze(layout, f"feeds {info.name} ({info.class_name})")
+    return [groups.fresh(_channels(t, _out_axis(info, t)), f"output of {info.name} ({info.class_name})") for t in outs]
+
+
+def _unshare(info: LayerInfo, groups: Groups, reason: str) -> None:
+    """Make a shared layer a boundary after its first call was traced with its rule."""
+    for layout in (info.in_layout, info.out_layout):
+        if layout is not None:
+            groups.freeze(layout, f"{info.name} is shared and {reason}")
+    info.rule, info.reason = None, f"shared layer: {reason}"
+    info.in_layout, info.observed, info.out_group, info.out_layout = None, None, None, None
+
+
+def _join(groups: Groups, aligned: list[Layout]) -> None:
+    for other in aligned[1:]:
+        for a, b in zip(aligned[0], other):
+            for (ga, _), (gb, _) in zip(a.segments, b.segments):
+                groups.union(ga, gb)
+
+
 def _select(infos: dict[int, LayerInfo], groups: Groups, include: Sequence[str], exclude: Sequence[str]) -> None:
     from prunectl.core.weights.selection import select_names
 
@@ -338,7 +414,9 @@ def _select(infos: dict[int, LayerInfo], groups: Groups, include: Sequence[str],
             groups.freeze((Block(1, ((group, 1),)),), f"{name} is not selected")
 
 
-def _resolve(inputs: list, infos: list[LayerInfo], groups: Groups) -> ChannelGraph:
+def _resolve(
+    graph: LayerGraph, infos: list[LayerInfo], groups: Groups, nested: dict[str, list[Layout]]
+) -> ChannelGraph:
     roots: dict[int, int] = {}
     resolved: list[Group] = []
     for gid in range(len(groups.parent)):
@@ -364,4 +442,5 @@ def _resolve(inputs: list, infos: list[LayerInfo], groups: Groups) -> ChannelGra
             segments = info.out_layout[0].segments
             # A producer whose units were split between groups (see Groups.align) has no single group.
             info.out_group = segments[0][0] if len(segments) == 1 else None
-    return ChannelGraph(inputs, infos, resolved)
+    nested = {path: [relabel(layout) or () for layout in ins] for path, ins in nested.items()}
+    return ChannelGraph(graph.inputs, infos, resolved, graph, nested)

@@ -13,6 +13,10 @@ node's ``arguments`` (``args``/``kwargs``). Rebuilding a model that holds
 Lambda-layer code needs Keras' safe mode lifted for the rebuild only; Keras'
 public switch (``keras.config.enable_unsafe_deserialization``) is global, so
 :func:`deserialization_scope` uses the scope Keras' own loader uses.
+A nested model's call is replaced by its own calls (:func:`layer_graph`), its
+inner inputs and outputs by the outer call's tensors, so a tensor inside it is
+not reachable from the outer model's inputs by a ``keras.Model``:
+:func:`evaluate` runs the calls itself to read one.
 ``tests/test_keras_graph.py`` pins what this module assumes about them, so a
 Keras upgrade that changes it fails there first.
 """
@@ -20,8 +24,8 @@ Keras upgrade that changes it fails there first.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,6 +45,11 @@ class Call:
         outputs: its symbolic output tensors.
         is_op: ``layer`` is an operation, not a Layer (it has no weights and no layer rule).
         constants: the shapes of its numeric non-tensor arguments (``()`` for a scalar).
+        path: the layer's name, preceded by the names of the nested models it sits in
+            (``encoder/dense``): names repeat across nested models, paths do not.
+        node: the Keras node of the call (its arguments, to run it: see :func:`evaluate`).
+        tensors: the node's own ``(inputs, outputs)`` where a nested model's call put the outer
+            call's tensors in their place in ``inputs``/``outputs``; None where they are the same.
     """
 
     layer: Any
@@ -48,6 +57,9 @@ class Call:
     outputs: tuple
     is_op: bool = False
     constants: tuple[tuple[int, ...], ...] = ()
+    path: str = ""
+    node: Any = field(default=None, repr=False, compare=False)
+    tensors: tuple | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -58,11 +70,13 @@ class LayerGraph:
         inputs: the model's symbolic inputs.
         outputs: the model's symbolic outputs.
         calls: every layer call, each after the calls that produce its inputs.
+        nested: ``(path, model, input tensors)`` of each call of a nested model traced through.
     """
 
     inputs: list
     outputs: list
     calls: list[Call]
+    nested: list[tuple[str, Any, tuple]] = field(default_factory=list)
 
     def call_counts(self) -> dict[int, int]:
         """How many times each layer is called in this graph, by ``id(layer)``.
@@ -81,6 +95,11 @@ class LayerGraph:
 
 def layer_graph(model) -> LayerGraph:
     """The layer calls of ``model``'s graph, inputs first.
+
+    A Functional or Sequential model called as a layer is traced through: its
+    calls take its place, their paths prefixed by its name, its inputs and
+    outputs replaced by the tensors of the outer call. A nested model called
+    twice gives its layers' calls twice (they are then shared layers).
 
     Args:
         model: a built Sequential or Functional Keras model.
@@ -103,16 +122,122 @@ def layer_graph(model) -> LayerGraph:
     from prunectl.core.io.keras_io import import_keras
 
     keras = import_keras()
+    graph = LayerGraph(inputs, outputs, [])
+    _add_calls(keras, _nodes(keras, model), "", {}, graph)
+    return graph
+
+
+def is_graph_model(layer) -> bool:
+    """Whether ``layer`` is a Functional or Sequential model (one :func:`layer_graph` traces through)."""
+    from prunectl.core.io.keras_io import import_keras
+
+    keras = import_keras()
+    if not isinstance(layer, keras.Sequential) and not (
+        isinstance(layer, keras.Model) and isinstance(layer, keras.Function)
+    ):
+        return False
+    try:
+        return bool(layer.inputs) and bool(layer.outputs)
+    except (AttributeError, TypeError, ValueError):  # an unbuilt Sequential
+        return False
+
+
+def _nodes(keras, model) -> list:
     # A Functional model is its own graph; a Sequential's is rebuilt (no layer is called) from its tensors.
-    graph = model if isinstance(model, keras.Function) else keras.Function(inputs, outputs)
+    graph = model if isinstance(model, keras.Function) else keras.Function(list(model.inputs), list(model.outputs))
     by_depth = graph._nodes_by_depth
-    nodes = [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
-    calls = []
+    return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
+
+
+def _add_calls(keras, nodes: list, prefix: str, alias: dict, graph: LayerGraph) -> None:
     for node in nodes:
-        is_op = not isinstance(node.operation, keras.layers.Layer)
+        operation = node.operation
+        own = (tuple(node.input_tensors), tuple(node.output_tensors))
+        ins, outs = (tuple(alias.get(id(t), t) for t in tensors) for tensors in own)
+        if prefix and isinstance(operation, keras.layers.InputLayer):
+            continue  # a nested model's input: the outer call's tensor stands in for it
+        if _traceable(operation, ins, outs):
+            inner = {id(a): b for a, b in zip(operation.inputs, ins)}
+            inner.update({id(a): b for a, b in zip(operation.outputs, outs)})
+            graph.nested.append((f"{prefix}{operation.name}", operation, ins))
+            _add_calls(keras, _nodes(keras, operation), f"{prefix}{operation.name}/", inner, graph)
+            continue
+        is_op = not isinstance(operation, keras.layers.Layer)
         constants = _constant_shapes(keras, node) if is_op else ()
-        calls.append(Call(node.operation, tuple(node.input_tensors), tuple(node.output_tensors), is_op, constants))
-    return LayerGraph(inputs, outputs, calls)
+        path = f"{prefix}{operation.name}"
+        graph.calls.append(
+            Call(operation, ins, outs, is_op, constants, path, node, own if own != (ins, outs) else None)
+        )
+
+
+def _traceable(operation, ins: tuple, outs: tuple) -> bool:
+    """A nested model whose inputs and outputs match the outer call's tensors one to one."""
+    if not is_graph_model(operation):
+        return False
+    inner_in, inner_out = list(operation.inputs), list(operation.outputs)
+    # An output that is an input (or an output twice) has no call of its own to stand in for it.
+    if {id(t) for t in inner_out} & {id(t) for t in inner_in} or len({id(t) for t in inner_out}) != len(inner_out):
+        return False
+    return len(inner_in) == len(ins) and len(inner_out) == len(outs)
+
+
+def probe(graph: LayerGraph, tensors: list) -> Callable[[Any], list]:
+    """A function from model inputs to the values of ``tensors`` of ``graph``.
+
+    A compiled ``keras.Model`` probe where every tensor is reachable from the model's
+    inputs; :func:`evaluate` where some lie inside a nested model.
+
+    Args:
+        graph: the model's :class:`LayerGraph`.
+        tensors: symbolic tensors of ``graph``'s calls.
+
+    Returns:
+        The function; it returns one array per tensor.
+    """
+    if any(call.tensors is not None for call in graph.calls):
+        return lambda x: evaluate(graph, x, tensors)
+    from prunectl.core.io.keras_io import import_keras
+
+    model = import_keras().Model(graph.inputs, tensors)
+
+    def run(x) -> list:
+        outputs = model.predict_on_batch(x)
+        return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+    return run
+
+
+def evaluate(graph: LayerGraph, x, tensors: list) -> list:
+    """The values of ``tensors`` of ``graph`` (nested models' inner tensors included) on inputs ``x``.
+
+    Runs the graph's calls one by one, as Keras' own ``Function`` does, so that a
+    tensor inside a nested model can be read where a ``keras.Model`` probe cannot reach it.
+
+    Args:
+        graph: the model's :class:`LayerGraph`.
+        x: one array per model input (or one array for a single input).
+        tensors: symbolic tensors of ``graph``'s calls.
+
+    Returns:
+        One array per tensor (of the last call that produced it, for a nested model called twice).
+    """
+    from prunectl.core.io.keras_io import import_keras
+
+    flatten = import_keras().tree.flatten
+    values = {id(t): v for t, v in zip(graph.inputs, x if isinstance(x, (list, tuple)) else [x])}
+    wanted = {id(t) for t in tensors}
+    found: dict[int, Any] = {i: values[i] for i in wanted if i in values}
+    for call in graph.calls:
+        if call.node is None or call.node.is_input or any(id(t) not in values for t in call.inputs):
+            continue
+        own_in = call.tensors[0] if call.tensors else call.inputs
+        local = {id(a): values[id(b)] for a, b in zip(own_in, call.inputs)}
+        args, kwargs = call.node.arguments.fill_in(local)
+        for tensor, value in zip(call.outputs, flatten(call.layer(*args, **kwargs))):
+            values[id(tensor)] = value
+            if id(tensor) in wanted:
+                found[id(tensor)] = value
+    return [np.asarray(found[id(t)]) for t in tensors]
 
 
 def _constant_shapes(keras, node) -> tuple[tuple[int, ...], ...]:

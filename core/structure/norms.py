@@ -69,16 +69,21 @@ def _shrunk(info: LayerInfo, kept: np.ndarray, channels_shape: tuple) -> Any:
 
 def _measure(graph: ChannelGraph, touched: list, x: np.ndarray, batch_size: int) -> dict[str, dict]:
     from prunectl.core.io.keras_io import import_keras
+    from prunectl.core.structure.keras_graph import probe as probe_tensors
 
     keras = import_keras()
-    # Each normalization is called once (a shared layer is a boundary), so its input tensor is well defined.
-    probe = keras.Model(graph.inputs, [info.layer.input for info, _, _ in touched])
+    # A shared normalization is measured at its first call; inside a nested model the trace reads its input.
+    if graph.trace is not None:
+        firsts = {id(call.layer): call.inputs[0] for call in reversed(graph.trace.calls) if call.inputs}
+        run = probe_tensors(graph.trace, [firsts[id(info.layer)] for info, _, _ in touched])
+    else:
+        run = keras.Model(graph.inputs, [info.layer.input for info, _, _ in touched]).predict_on_batch
     copies = [_shrunk(info, kept, tuple(info.shapes[0])) for info, kept, _ in touched]
     largest = np.zeros(len(touched))
     totals = np.zeros((len(touched), 2))
     count = np.zeros(len(touched))
     for start in range(0, len(x), batch_size):
-        inputs = probe.predict_on_batch(x[start : start + batch_size])
+        inputs = run(x[start : start + batch_size])
         inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
         for i, ((info, kept, _), copy, value) in enumerate(zip(touched, copies, inputs)):
             value = np.asarray(value)

@@ -154,6 +154,8 @@ class LayerEdit:
 class StructuralPlan:
     """The full plan: a value to print, test and record before any weight is touched.
 
+    ``edits`` and the rows' ``layer`` are keyed by layer path: the name, preceded by the
+    nested models a layer sits in (``encoder/dense``).
     ``notes`` name each normalization over the channels that the plan prunes through,
     with the change in its outputs where calibration data measured it
     (see :func:`prunectl.core.structure.norms.norm_notes`).
@@ -298,6 +300,7 @@ def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> S
             edits[info.name] = edit
         if info.weights:
             rows.append(_row(info, edit))
+    edits.update(_nested_edits(graph.nested, keep))
     groups = tuple(
         GroupPlan(
             g.id,
@@ -318,6 +321,16 @@ def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> S
     }
     notes = norm_notes(graph, keep, x, getattr(criterion, "batch_size", 256))
     return StructuralPlan(config, groups, tuple(rows), boundaries, notes, edits)
+
+
+def _nested_edits(nested: dict, keep: dict[int, np.ndarray]) -> dict[str, LayerEdit]:
+    """A nested model's edit: the widths of its inputs (``input_widths``), where they lose channels."""
+    edits = {}
+    for path, layouts in nested.items():
+        widths = [len(kept_features(layout, keep)) for layout in layouts]
+        if widths != [layout_width(layout) for layout in layouts]:
+            edits[path] = LayerEdit({"input_widths": widths})
+    return edits
 
 
 def _edit(info: LayerInfo, keep: dict[int, np.ndarray], stats) -> LayerEdit | None:
@@ -442,8 +455,9 @@ def apply_plan(model, plan: StructuralPlan, unsafe: bool = False):
     """Rebuild ``model`` as a plain Keras model with the plan's units removed.
 
     Every layer is rebuilt from its config (updated where the plan says) by
-    ``keras.models.clone_model``; weights are copied, sliced where units were
-    removed, and shifted by folded biases. ``model`` is left unchanged.
+    ``keras.models.clone_model`` (a nested model with its own layers' edits, found by
+    path); weights are copied, sliced where units were removed, and shifted by
+    folded biases. ``model`` is left unchanged.
 
     Args:
         model: the model the plan was made for.
@@ -454,29 +468,55 @@ def apply_plan(model, plan: StructuralPlan, unsafe: bool = False):
         The new, smaller ``keras.Model`` (uncompiled).
     """
     from prunectl.core.io.keras_io import import_keras
-    from prunectl.core.structure.keras_graph import deserialization_scope
+    from prunectl.core.structure.keras_graph import deserialization_scope, is_graph_model
 
     keras = import_keras()
 
-    def rebuild(layer):
-        config = layer.get_config()
-        config.update(plan.edits[layer.name].config if layer.name in plan.edits else {})
-        return layer.__class__.from_config(config)
+    def rebuild(prefix: str):
+        def clone(layer):
+            # A nested model is rebuilt with its own layers' edits, keeping its class (a Sequential stays one).
+            if is_graph_model(layer):
+                edit = plan.edits.get(prefix + layer.name)
+                inputs = None
+                if edit is not None:  # its input layers take the pruned widths
+                    widths = edit.config["input_widths"]
+                    new = [
+                        keras.Input(batch_shape=(*t.shape[:-1], w), dtype=t.dtype) for t, w in zip(layer.inputs, widths)
+                    ]
+                    inputs = keras.tree.pack_sequence_as(layer.input, new)
+                return keras.models.clone_model(
+                    layer, input_tensors=inputs, clone_function=rebuild(f"{prefix}{layer.name}/")
+                )
+            config = layer.get_config()
+            edit = plan.edits.get(prefix + layer.name)
+            config.update(edit.config if edit is not None else {})
+            return layer.__class__.from_config(config)
+
+        return clone
 
     with deserialization_scope(unsafe):
-        pruned = keras.models.clone_model(model, clone_function=rebuild)
+        pruned = keras.models.clone_model(model, clone_function=rebuild(""))
+    _copy_weights(model, pruned, plan, "")
+    return pruned
+
+
+def _copy_weights(old_model, new_model, plan: StructuralPlan, prefix: str) -> None:
+    from prunectl.core.structure.keras_graph import is_graph_model
+
     # By name once: model.get_layer walks every layer, which made this loop quadratic (0.1 s on DenseNet121).
-    originals = {layer.name: layer for layer in model.layers}
-    for new in pruned.layers:
+    originals = {layer.name: layer for layer in old_model.layers}
+    for new in new_model.layers:
         if new.__class__.__name__ == "InputLayer":  # clone_model renames inputs; they hold no weights
             continue
         old = originals[new.name]
-        edit = plan.edits.get(new.name)
+        if is_graph_model(old):
+            _copy_weights(old, new, plan, f"{prefix}{old.name}/")
+            continue
+        edit = plan.edits.get(prefix + new.name)
         if edit is None:
             new.set_weights(old.get_weights())
             continue
         new.set_weights(_edited_weights(old, new, edit))
-    return pruned
 
 
 def _edited_weights(old, new, edit: LayerEdit) -> list[np.ndarray]:

@@ -165,14 +165,15 @@ def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, Any]]:
         for sub in sublayers(layer):
             nested(sub, f"{path}/{sub.name}", order, top or path)
 
-    def walk(layers, order):
+    def walk(layers, order, prefix=""):
         for layer in layers:
             inner = getattr(layer, "layers", None)
             if inner and is_nested_model(layer.__class__.__name__):
-                walk(inner, order)
+                walk(inner, order, f"{prefix}{layer.name}/")
                 continue
-            nested(layer, layer.name, len(order), "")
-            order.append(layer.name)
+            # Names repeat across nested models (variable paths too): the nested models' names tell them apart.
+            nested(layer, f"{prefix}{layer.name}", len(order), "")
+            order.append(f"{prefix}{layer.name}")
 
     walk(keras_model.layers, [])
     return pairs
