@@ -95,6 +95,9 @@ class Rule:
             (the layer is then a boundary, left whole), or None.
         width: config key holding a pass-through's channel count, set to the kept
             channels when the layer is rebuilt (e.g. ``projection_dim``).
+        residual: the rule applies only when the residual stream is pruned (``prune_residual``);
+            otherwise the layer is a boundary, as an Embedding or an attention layer is by default.
+            ``in_axes`` weights may then be weight paths (see :class:`Inner`).
     """
 
     kind: str
@@ -104,6 +107,7 @@ class Rule:
     fold: str | None = None
     check: Callable[[dict, int], str | None] | None = None
     width: str | None = None
+    residual: bool = False
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from prunectl.core.structure.layout import (
 )
 
 NORMALIZES = "normalizes over the channels"
+RESIDUAL = "on the residual stream (pruned with --prune-residual)"
 
 
 @dataclass
@@ -141,7 +142,11 @@ def _channels(tensor) -> int:
 
 
 def build_graph(
-    model, include: Sequence[str] = (), exclude: Sequence[str] = (), norms: str = DEFAULT_NORMS
+    model,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    norms: str = DEFAULT_NORMS,
+    residual: bool = False,
 ) -> ChannelGraph:
     """Trace ``model``'s layers into coupled groups of prunable units.
 
@@ -151,6 +156,8 @@ def build_graph(
         exclude: producer-name patterns left whole; a group is pruned only if all its producers are selected.
         norms: one of :data:`~prunectl.core.options.NORM_MODES`: leave normalizations over the channels whole as
             boundaries (``"boundary"``, the default) or prune through them (``"joint"``).
+        residual: apply the rules marked ``residual`` (Embedding as a producer, attention passing its
+            query's channels through), so that a transformer's residual stream is pruned too.
 
     Returns:
         The :class:`ChannelGraph`, with every layer it could not reason about listed as a boundary.
@@ -174,7 +181,7 @@ def build_graph(
             info = infos[id(layer)] = LayerInfo(layer, None, is_op=call.is_op, config=_config(layer))
         if call.inputs and outs:
             info.shapes = (tuple(call.inputs[0].shape), tuple(outs[0].shape))
-        result = _trace(call, ins, outs, calls[id(layer)], groups, info, norms)
+        result = _trace(call, ins, outs, calls[id(layer)], groups, info, norms, residual)
         for tensor, layout in zip(outs, result):
             layouts[id(tensor)] = layout
     for tensor in graph.outputs:
@@ -194,7 +201,14 @@ def _config(layer) -> dict:
 
 
 def _trace(
-    call, ins: list[Layout], outs: list, ncalls: int, groups: Groups, info: LayerInfo, norms: str = DEFAULT_NORMS
+    call,
+    ins: list[Layout],
+    outs: list,
+    ncalls: int,
+    groups: Groups,
+    info: LayerInfo,
+    norms: str = DEFAULT_NORMS,
+    residual: bool = False,
 ) -> list[Layout]:
     layer, class_name = call.layer, info.class_name
     if class_name == "InputLayer":
@@ -202,6 +216,8 @@ def _trace(
     info.rule, info.reason = _rule_for(info, call, ncalls)
     if info.rule is not None and info.rule.kind == "normalize" and norms == "boundary":
         info.rule, info.reason = None, NORMALIZES
+    if info.rule is not None and info.rule.residual and not residual:
+        info.rule, info.reason = None, RESIDUAL
     if info.rule is not None:
         try:
             return _follow(info.rule, call, ins, outs, groups, info)
@@ -226,6 +242,9 @@ def _follow(rule: Rule, call, ins: list[Layout], outs: list, groups: Groups, inf
         info.out_layout = (Block(1, ((info.out_group, out_width),)),)
         return [info.out_layout]
     if rule.kind in ("passthrough", "normalize", "reshape"):
+        # A pass-through of several inputs (attention's query, value, key) slices them all by the first's channels.
+        if any(layout != ins[0] for layout in ins[1:]):
+            raise ValueError("its inputs have different channels (cross-attention)")
         info.in_layout = ins[0]
         return [ins[0]]
     if rule.kind == "flatten":

@@ -27,6 +27,7 @@ from prunectl.core.options import (
     DEFAULT_NORMS,
     NORM_MODES,
     SCOPES,
+    residual_norms,
     validate_min_keep,
     validate_neuron_ratio,
     validate_neuron_threshold,
@@ -57,7 +58,10 @@ class NeuronPruning:
         exclude: producer-name patterns left whole.
         norms: how normalizations over the channels (LayerNormalization and kin) are met:
             ``"boundary"`` (default) leaves them whole and freezes the channels they normalize,
-            ``"joint"`` prunes through them and the plan notes the change in their outputs.
+            ``"joint"`` prunes through them and the plan notes the change in their outputs;
+            None is ``"joint"`` with ``prune_residual``, else ``"boundary"``.
+        prune_residual: prune the residual stream's width too (Embedding outputs, attention passing
+            its query's channels through), coupled across every block; implies ``norms="joint"``.
 
     Raises:
         OptionError: on a missing, conflicting or out-of-range value.
@@ -71,9 +75,12 @@ class NeuronPruning:
     min_keep: float = DEFAULT_MIN_KEEP
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    norms: str = DEFAULT_NORMS
+    norms: str | None = None
+    prune_residual: bool = False
 
     def __post_init__(self):
+        # Resolved here, so get_config records the mode the step runs with.
+        object.__setattr__(self, "norms", residual_norms(self.norms, self.prune_residual))
         if (self.threshold is None) == (self.ratio is None):
             raise OptionError(
                 "give exactly one of neuron_threshold and neuron_ratio. "
@@ -284,7 +291,7 @@ def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> S
             f"the {step.criterion} criterion needs calibration data; give --data FILE. "
             f"Received: neuron_criterion={step.criterion!r}"
         )
-    graph = build_graph(model, step.include, step.exclude, step.norms)
+    graph = build_graph(model, step.include, step.exclude, step.norms or DEFAULT_NORMS, step.prune_residual)
     if all(group.frozen for group in graph.groups):
         shown = "; ".join(f"{i.name} ({i.class_name}): {i.reason}" for i in graph.boundaries[:4]) or "none"
         raise SelectionError(
