@@ -154,9 +154,9 @@ def contributions(graph: ChannelGraph, x: np.ndarray, batch_size: int = 256) -> 
                 continue
             path, axis = inner.observe
             subs = _objects(info.layer, path.split("/")) if path else [info.layer]
-            kernels = [resolve(sub, "kernel") for sub in subs]
-            if subs and all(kernels):
-                watched.append((info, inner, graph.groups[gid].size, axis, subs, [k[0] for k in kernels]))
+            found = [resolve(sub, "kernel") for sub in subs]
+            if subs and all(found):
+                watched.append((info, inner, graph.groups[gid].size, axis, subs, [k[0] for k in found]))
     if not watched:
         return {}
     model = _model(graph)
@@ -164,8 +164,8 @@ def contributions(graph: ChannelGraph, x: np.ndarray, batch_size: int = 256) -> 
     rows = dict.fromkeys(sums, 0)
     with record_inputs([sub for *_, subs, _ in watched for sub in subs]) as seen:
         for start in range(0, len(x), batch_size):
-            for key in seen:
-                seen[key].clear()
+            for values in seen.values():
+                values.clear()
             model(x[start : start + batch_size], training=False)
             for info, inner, size, axis, subs, kernels in watched:
                 key = inner_key(info.name, inner)

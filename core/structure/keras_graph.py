@@ -148,16 +148,15 @@ def record_inputs(layers: list) -> Iterator[dict[int, list]]:
         The recorded inputs, by ``id(layer)``; the caller may clear the lists between batches.
     """
     seen: dict[int, list] = {id(layer): [] for layer in layers}
-    wrapped = []
+    wrapped: dict[int, Any] = {}
     for layer in layers:
-        if id(layer) in {id(w) for w, _ in wrapped}:
-            continue
-        object.__setattr__(layer, "call", _recording(layer.call, seen[id(layer)]))
-        wrapped.append((layer, None))
+        if id(layer) not in wrapped:
+            object.__setattr__(layer, "call", _recording(layer.call, seen[id(layer)]))
+            wrapped[id(layer)] = layer
     try:
         yield seen
     finally:
-        for layer, _ in wrapped:
+        for layer in wrapped.values():
             # The wrapper is an instance attribute over the class's method: removing it restores the method.
             object.__delattr__(layer, "call")
 
