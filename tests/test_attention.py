@@ -123,6 +123,7 @@ def test_heads_and_ffn_units_are_pruned_while_the_residual_stream_stays_whole():
     rows = {r.layer: r for r in plan.layers}
     assert rows["b0_mha"].inner == (("heads", 4, 3),)
     assert rows["b0_mha"].params_after < rows["b0_mha"].params_before
+
     # Multiply-adds by hand: four projections per position, then scores and context over heads * key_dim.
     def attention_macs(heads):
         return LENGTH * 4 * WIDTH * heads * KEY_DIM + 2 * LENGTH * LENGTH * heads * KEY_DIM
