@@ -303,6 +303,11 @@ def test_without_prune_residual_the_stream_is_left_whole():
     rows = {r.layer: r for r in plan.layers}
     assert rows["tok"].params_after == rows["tok"].params_before
     assert ("tok", "Embedding", "on the residual stream (pruned with --prune-residual)") in plan.boundaries
+    assert (
+        "b0_mha",
+        "MultiHeadAttention",
+        "on the residual stream (pruned with --prune-residual); its channels are left whole, its heads are pruned",
+    ) in plan.boundaries
 
 
 def test_cross_attention_freezes_its_inputs():

@@ -321,7 +321,7 @@ def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> S
         for g in graph.groups
         if g.producers
     )
-    boundaries = tuple((i.name, i.class_name, i.reason) for i in graph.boundaries)
+    boundaries = tuple((i.name, i.class_name, _boundary_reason(i, graph.groups)) for i in graph.boundaries)
     config = {
         "name": step.criterion,
         **criterion.get_config(),
@@ -329,6 +329,14 @@ def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> S
     }
     notes = norm_notes(graph, keep, x, getattr(criterion, "batch_size", 256))
     return StructuralPlan(config, groups, tuple(rows), boundaries, notes, edits)
+
+
+def _boundary_reason(info: LayerInfo, groups) -> str | None:
+    """Why a layer's channels are left whole, saying so when units inside it are pruned all the same."""
+    inside = [inner.name for inner, gid in info.inner if not groups[gid].frozen]
+    if not inside:
+        return info.reason
+    return f"{info.reason}; its channels are left whole, its {' and '.join(inside)} are pruned"
 
 
 def _edit(info: LayerInfo, keep: dict[int, np.ndarray], stats) -> LayerEdit | None:
