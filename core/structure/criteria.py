@@ -7,6 +7,11 @@ after it receive on calibration data: :func:`calibrate` measures every producer'
 input once, and a unit's score averages over those inputs, their positions and
 their samples.
 
+Units inside a layer (attention heads) score the norm of their slices of every
+weight they own (weight criteria) or their mean absolute contribution where the
+layer combines them (activation criteria, whatever the statistic: an attention
+head's output is not an activation that a ReLU zeroes).
+
 A group's score is the **mean** over its producers (weight criteria) or the layers
 reading it (activation criteria), so a threshold means the same for a lone layer
 and for five layers coupled by residual adds. Raw scores are not comparable across

@@ -19,6 +19,13 @@ others: with ``norms="boundary"`` (the default) they are boundaries that freeze
 their input, with ``norms="joint"`` they are pruned like a pass-through and the plan
 notes the change.
 
+Units inside one layer (a MultiHeadAttention's heads: the class's ``inner`` in the
+layer table) are groups of their own, coupled to nothing around the layer (see
+:mod:`prunectl.core.structure.inner`). Rules marked ``residual`` (Embedding as a
+producer, attention passing its query's channels through) apply only with
+``residual=True`` (``--prune-residual``); otherwise those layers are boundaries and
+a transformer's residual stream is left whole.
+
 Which layer classes move channels how is each class's ``rule`` in the layer table
 (:mod:`prunectl.core.layers`); layouts and the group union-find are in
 :mod:`prunectl.core.structure.layout`, and the model's calls are read through
