@@ -359,6 +359,8 @@ def plan_table(plan: dict, title: str, console=None):
         group = "-" if row["group"] is None else str(row["group"]) + (" (kept)" if frozen.get(row["group"]) else "")
         cells = [row["layer"], row["class_name"], group]
         cells += [_change(row[f"{k}_before"], row[f"{k}_after"]) for k in ("units", "params", "flops")]
+        if row.get("inner"):  # units inside the layer (attention heads): named, as the layer has no units of its own
+            cells[3] = ", ".join(f"{what} {_change(before, after)}" for what, before, after in row["inner"])
         rows.append((cells, False))
     totals = plan["totals"]
     cells = ["[bold]total[/bold]", "", ""]

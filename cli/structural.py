@@ -62,6 +62,14 @@ _OPTIONS = (
         "prune through them (joint; the plan notes how their outputs change, measured on --data).  "
         f"[default: {DEFAULT_NORMS}]",
     ),
+    click.option(
+        "--prune-residual",
+        is_flag=True,
+        default=None,
+        help="Prune a transformer's residual stream too: its width, coupled across every block (Embedding "
+        "outputs, attention outputs, every Add and LayerNormalization on it). Implies --norms joint. "
+        "Without it the stream is left whole and only attention heads and feed-forward units go.",
+    ),
     click.option("--dry-run", is_flag=True, help="Print the structural plan; write no model and no report."),
     click.option(
         "--benchmark",

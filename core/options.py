@@ -186,6 +186,36 @@ def validate_min_keep(min_keep: float) -> float:
     return check_number(min_keep, "min_keep", 0, 1, high_open=True)
 
 
+def residual_norms(norms: str | None, prune_residual: bool) -> str:
+    """The norms mode of a structural step: pruning the residual stream prunes through its normalizations.
+
+    A transformer's residual stream passes through a LayerNormalization in every block, so
+    ``prune_residual`` would remove nothing if they were boundaries: it implies ``"joint"``.
+
+    Args:
+        norms: one of :data:`NORM_MODES`, or None for the default (``"joint"`` with ``prune_residual``).
+        prune_residual: whether the residual stream's width is pruned.
+
+    Returns:
+        The norms mode.
+
+    Raises:
+        OptionError: ``prune_residual`` is not a bool, or it is given with ``norms="boundary"``.
+    """
+    if not isinstance(prune_residual, bool):
+        raise OptionError(f"prune_residual must be true or false. Received: prune_residual={prune_residual!r}")
+    if norms is None:
+        return "joint" if prune_residual else DEFAULT_NORMS
+    if prune_residual and norms == "boundary":
+        raise OptionError(
+            "{prune_residual} prunes through the normalizations on the residual stream, so it needs "
+            "{norms} joint (its default). Received: {norms} boundary",
+            "prune_residual",
+            "norms",
+        )
+    return norms
+
+
 def validate_round_to(round_to: int) -> int:
     """Return ``round_to`` if it is an integer >= 1.
 

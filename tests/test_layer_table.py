@@ -132,9 +132,18 @@ def test_spec_matches_the_layers_variables(class_name):
         assert in_channels == out_channels
     for name, axis, block_key in rule.in_axes:
         per_channel = config[block_key] if block_key else 1
-        assert by_name[name].shape[axis] == in_channels * per_channel, (name, axis)
+        assert _weight(layer, by_name, name).shape[axis] == in_channels * per_channel, (name, axis)
     for name, axis, *gates in rule.out_axes:
-        assert by_name[name].shape[axis] == out_channels * (gates[0] if gates else 1), (name, axis)
+        assert _weight(layer, by_name, name).shape[axis] == out_channels * (gates[0] if gates else 1), (name, axis)
+
+
+def _weight(layer, by_name: dict, path: str):
+    """A rule's weight: by name, or by weight path (``"output_dense/kernel"``: the sub-layer's own variable)."""
+    if "/" not in path:
+        return by_name[path]
+    *owner, variable = path.split("/")
+    (found,) = [v for v in _own(layer, "/".join(owner)).weights if v.name == variable]
+    return found
 
 
 def test_nested_model_entries_are_the_model_classes():

@@ -8,6 +8,7 @@ the layer's real variables by ``tests/test_layer_table.py``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from prunectl.core.layers.spec import Inner, LayerSpec, Rule, WeightShape, WeightSpec, op_key
@@ -150,6 +151,39 @@ _HEADS = Inner(
     observe=("output_dense", -2),
 )
 
+
+def attention_macs(shapes: list[tuple[str, tuple[int, ...]]], in_shape: tuple, out_shape: tuple) -> int:
+    """A MultiHeadAttention call's multiply-adds: the four projections, then the score and context products.
+
+    Keys are counted at the query's length (exact for self-attention, the usual case).
+    """
+    kernels = [shape for name, shape in shapes if name == "kernel"]
+    if len(kernels) != 4:
+        return 0
+    length = math.prod(int(d or 1) for d in in_shape[1:-1])
+    query, _, value, _ = kernels
+    projections = length * sum(math.prod(k) for k in kernels)
+    # Scores: each query position against each key, over heads * key_dim; context: over heads * value_dim.
+    return projections + length * length * (math.prod(query[1:]) + math.prod(value[1:]))
+
+
+def attention_check(config: dict, rank: int) -> str | None:
+    """Refuses an attention layer whose output width is not its query's (``output_shape`` set)."""
+    if config.get("output_shape") is not None:
+        return f"output_shape={config['output_shape']} is not its query's width"
+    return None
+
+
+# With --prune-residual, attention passes its query's channels through: they index the first axis of the
+# query/key/value kernels and the last of the output projection (kernel and bias).
+_ATTENTION_RESIDUAL = Rule(
+    "passthrough",
+    in_axes=tuple((f"{d}/kernel", 0, None) for d in _ATTENTION_DENSE[:3])
+    + (("output_dense/kernel", -1, None), ("output_dense/bias", -1, None)),
+    check=attention_check,
+    residual=True,
+)
+
 _BN_SHAPES = (
     WeightShape("gamma", ((0, "@channels"),), when="scale"),
     WeightShape("beta", ((0, "@channels"),), when="center"),
@@ -247,10 +281,14 @@ BUILTIN: dict[str, LayerSpec] = {
     },
     "MultiHeadAttention": LayerSpec(
         sublayers=dict.fromkeys(_ATTENTION_DENSE, "EinsumDense"),
+        rule=_ATTENTION_RESIDUAL,
         inner=(_HEADS,),
+        macs=attention_macs,
     ),
     "Embedding": LayerSpec(
         (WeightSpec("embeddings", 0),),
+        # A producer of the residual stream's channels, pruned only with --prune-residual.
+        rule=Rule("producer", "output_dim", out_axes=(("embeddings", 1),), residual=True),
         weight_shapes=(WeightShape("embeddings", ((0, "input_dim"), (1, "output_dim"))),),
     ),
     **{

@@ -100,6 +100,9 @@ class Rule:
         axis: config key of the axis the layer works along (BatchNormalization's ``axis``):
             it must be its input's channel axis (the last one, or 1 after a ``channels_first``
             layer), else the layer is a boundary.
+        residual: the rule applies only when the residual stream is pruned (``prune_residual``);
+            otherwise the layer is a boundary, as an Embedding or an attention layer is by default.
+            ``in_axes`` weights may then be weight paths (see :class:`Inner`).
     """
 
     kind: str
@@ -110,6 +113,7 @@ class Rule:
     check: Callable[[dict, int], str | None] | None = None
     width: str | None = None
     axis: str | None = None
+    residual: bool = False
 
 
 def gated(kept, gates: int, units: int):
@@ -196,6 +200,9 @@ class LayerSpec:
             (``{"query_dense": "EinsumDense"}``): how a saved file's nested weights are classified
             without loading the model.
         inner: units inside the layer that structural pruning may remove (see :class:`Inner`).
+        macs: ``macs(shapes, in_shape, out_shape)``, the multiply-adds of one call from the layer's
+            ``(variable name, shape)`` list in weight order, for a layer ``mac_weights`` cannot describe
+            (an attention layer's score and context products); None to use ``mac_weights``.
     """
 
     prunable: tuple[WeightSpec, ...] = ()
@@ -206,6 +213,7 @@ class LayerSpec:
     weight_shapes: tuple[WeightShape, ...] | None = None
     sublayers: Mapping[str, str] = field(default_factory=dict)
     inner: tuple[Inner, ...] = ()
+    macs: Callable[[list[tuple[str, tuple[int, ...]]], tuple, tuple], int] | None = None
 
     def prunable_weight(self, name: str) -> WeightSpec | None:
         """The spec of weight ``name`` if it is prunable, else None."""

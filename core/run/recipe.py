@@ -1,7 +1,7 @@
 """Recipe files: a pruning pipeline kept in a TOML file, and written back from a run.
 
 A recipe is an ordered list of ``[[step]]`` tables — a structural step (its keys
-start with ``neuron-`` or are ``round-to``/``min-keep``/``norms``) or a weight step (``threshold`` or
+start with ``neuron-`` or are ``round-to``/``min-keep``/``norms``/``prune-residual``) or a weight step (``threshold`` or
 ``sparsity``), each with its own ``scope``/``include``/``exclude`` — optional
 per-layer overrides of a weight step (``[step.layers."<regex>"]``), an optional
 ``[finetune]`` table, and other ``prune`` options at the top level. Keys are the
@@ -37,6 +37,7 @@ STRUCTURAL_KEYS = (
     "round-to",
     "min-keep",
     "norms",
+    "prune-residual",
     "scope",
     "include",
     "exclude",
@@ -44,7 +45,15 @@ STRUCTURAL_KEYS = (
 WEIGHT_KEYS = ("threshold", "sparsity", "scope", "include", "exclude")
 LAYER_KEYS = ("threshold", "sparsity")
 PATH_KEYS = ("data", "val-data", "plots", "output", "report", "markdown")
-_STRUCTURAL_ONLY = {"neuron-criterion", "neuron-threshold", "neuron-ratio", "round-to", "min-keep", "norms"}
+_STRUCTURAL_ONLY = {
+    "neuron-criterion",
+    "neuron-threshold",
+    "neuron-ratio",
+    "round-to",
+    "min-keep",
+    "norms",
+    "prune-residual",
+}
 _NUMBER, _TEXT, _TEXTS = "a number", "a string", "a list of strings"
 # The TOML type each step and layer key takes (other keys are checked by the option they set).
 KEY_TYPES = {
@@ -56,6 +65,7 @@ KEY_TYPES = {
     "min-keep": _NUMBER,
     "neuron-criterion": _TEXT,
     "norms": _TEXT,
+    "prune-residual": "true or false",
     "scope": _TEXT,
     "include": _TEXTS,
     "exclude": _TEXTS,
@@ -71,6 +81,8 @@ def _typed(key: str, value):
         return value if isinstance(value, int) and not isinstance(value, bool) else None
     if kind == _TEXT:
         return value if isinstance(value, str) else None
+    if kind == "true or false":
+        return value if isinstance(value, bool) else None
     if kind == _TEXTS:
         items = [value] if isinstance(value, str) else value
         return list(items) if isinstance(items, list) and all(isinstance(v, str) for v in items) else None

@@ -267,8 +267,8 @@ def _neuron_step(values: Mapping, dry_run: bool) -> NeuronPruning | None:
     if threshold is None and ratio is None:
         given = [
             (name, values.get(name))
-            for name in ("neuron_criterion", "round_to", "min_keep", "norms")
-            if values.get(name) is not None
+            for name in ("neuron_criterion", "round_to", "min_keep", "norms", "prune_residual")
+            if values.get(name) not in (None, False)
         ]
         if given:
             shown = " ".join(f"{{{n}}} {v}" for n, v in given) + (" {dry_run}" if dry_run else "")
@@ -290,7 +290,7 @@ def _neuron_step(values: Mapping, dry_run: bool) -> NeuronPruning | None:
         include=tuple(values.get("include", ())),
         exclude=tuple(values.get("exclude", ())),
         # Left out when not given, so NeuronPruning's defaults apply.
-        **{name: values[name] for name in ("min_keep", "norms") if values.get(name) is not None},
+        **{name: values[name] for name in ("min_keep", "norms", "prune_residual") if values.get(name) is not None},
     )
 
 

@@ -7,6 +7,11 @@ after it receive on calibration data: :func:`calibrate` measures every producer'
 input once, and a unit's score averages over those inputs, their positions and
 their samples.
 
+Units inside a layer (attention heads) score the norm of their slices of every
+weight they own (weight criteria) or their mean absolute contribution where the
+layer combines them (activation criteria, whatever the statistic: an attention
+head's output is not an activation that a ReLU zeroes).
+
 A group's score is the **mean** over its producers (weight criteria) or the layers
 reading it (activation criteria), so a threshold means the same for a lone layer
 and for five layers coupled by residual adds. Raw scores are not comparable across
@@ -60,10 +65,13 @@ def calibrate(graph: ChannelGraph, x: np.ndarray, batch_size: int = 256) -> dict
     import numpy as np
 
     from prunectl.core.io.keras_io import import_keras
+    from prunectl.core.structure.inner import contributions
     from prunectl.core.structure.keras_graph import probe
 
     consumers = [info for info in graph.layers if info.observed is not None]
     observed = [info.observed for info in consumers]
+    if not consumers:
+        return {key: Stats(s, s, s) for key, s in contributions(graph, x, batch_size).items()}
     if graph.trace is not None:  # it reads tensors inside nested models too
         run = probe(graph.trace, observed)
     else:
@@ -83,6 +91,9 @@ def calibrate(graph: ChannelGraph, x: np.ndarray, batch_size: int = 256) -> dict
         # Inputs of different layers have different positions per sample.
         rows = len(x) * int(np.prod(info.observed.shape[1:])) // int(info.observed.shape[info.axis])
         stats[info.name] = Stats(*(total / max(rows, 1)))
+    # Units inside a layer (attention heads) are measured by their contribution where the layer combines them.
+    for key, score in contributions(graph, x, batch_size).items():
+        stats[key] = Stats(score, score, score)
     return stats
 
 
@@ -129,11 +140,15 @@ class WeightNorm:
         """
         import numpy as np
 
+        from prunectl.core.structure.inner import unit_norms
         from prunectl.core.structure.layout import segment_features
 
         sums: dict[int, np.ndarray] = {}
         counts: dict[int, int] = {}
         for info in graph.layers:
+            for inner, gid in info.inner:
+                if not graph.groups[gid].frozen:
+                    sums[gid], counts[gid] = unit_norms(info, inner, graph.groups[gid].size, self.order), 1
             if info.out_layout is None or info.rule is None:
                 continue
             segments = [(g, f[0]) for g, f in segment_features(info.out_layout) if not graph.groups[g].frozen]
@@ -193,11 +208,16 @@ class ActivationCriterion:
         """
         import numpy as np
 
+        from prunectl.core.structure.inner import inner_key
         from prunectl.core.structure.layout import segment_features
 
         sums: dict[int, np.ndarray] = {}
         counts: dict[int, int] = {}
         for info in graph.layers:
+            for inner, gid in info.inner:
+                # A unit inside a layer scores its measured contribution, whatever the statistic.
+                if not graph.groups[gid].frozen and inner_key(info.name, inner) in stats:
+                    sums[gid], counts[gid] = stats[inner_key(info.name, inner)].mean_abs, 1
             if info.name not in stats or info.in_layout is None:
                 continue
             values = getattr(stats[info.name], self.statistic)

@@ -29,6 +29,13 @@ call's and a producer's output carries its one group at every call; a layer
 without weights moves each call's channels on its own. A shared layer whose
 calls do not line up is a boundary.
 
+Units inside one layer (a MultiHeadAttention's heads: the class's ``inner`` in the
+layer table) are groups of their own, coupled to nothing around the layer (see
+:mod:`prunectl.core.structure.inner`). Rules marked ``residual`` (Embedding as a
+producer, attention passing its query's channels through) apply only with
+``residual=True`` (``--prune-residual``); otherwise those layers are boundaries and
+a transformer's residual stream is left whole.
+
 Which layer classes move channels how is each class's ``rule`` in the layer table
 (:mod:`prunectl.core.layers`); layouts and the group union-find are in
 :mod:`prunectl.core.structure.layout`, and the model's calls are read through
@@ -46,6 +53,7 @@ from prunectl.core.layers import Rule, get_spec, op_key
 from prunectl.core.layers.builtin import activation_check
 from prunectl.core.options import DEFAULT_NORMS
 from prunectl.core.structure.formats import axis_reason, format_axis, input_axis, output_axis
+from prunectl.core.structure.inner import add_inner_groups
 from prunectl.core.structure.keras_graph import LayerGraph, layer_graph
 
 # kept_features, layout_width and segment_features are re-exported: callers import them from here.
@@ -59,6 +67,7 @@ from prunectl.core.structure.layout import (
 )
 
 NORMALIZES = "normalizes over the channels"
+RESIDUAL = "on the residual stream (pruned with --prune-residual)"
 
 
 @dataclass
@@ -70,12 +79,14 @@ class Group:
         size: units per producer.
         producers: names of the layers whose outputs form the group.
         frozen: why the group is never pruned, or None.
+        inner: what the units are when they live inside one layer (``"heads"``), else None.
     """
 
     id: int
     size: int
     producers: list[str] = field(default_factory=list)
     frozen: str | None = None
+    inner: str | None = None
 
 
 @dataclass
@@ -97,6 +108,7 @@ class LayerInfo:
         axis: the channel axis of its (first) input, and of its outputs of the same rank (see
             :mod:`prunectl.core.structure.formats`); -1 until traced.
         path: its name preceded by the nested models it sits in (``encoder/dense``); its name at the top.
+        inner: ``(Inner, group id)`` of each kind of unit inside the layer (see :mod:`~prunectl.core.structure.inner`).
     """
 
     layer: Any
@@ -111,6 +123,7 @@ class LayerInfo:
     config: dict = field(default_factory=dict)
     axis: int = -1
     path: str = ""
+    inner: tuple = ()
 
     @property
     def name(self) -> str:
@@ -184,7 +197,11 @@ def _on_axis(call, ins: list[Layout], axes: dict[int, int], groups: Groups, info
 
 
 def build_graph(
-    model, include: Sequence[str] = (), exclude: Sequence[str] = (), norms: str = DEFAULT_NORMS
+    model,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    norms: str = DEFAULT_NORMS,
+    residual: bool = False,
 ) -> ChannelGraph:
     """Trace ``model``'s layers into coupled groups of prunable units.
 
@@ -194,6 +211,8 @@ def build_graph(
         exclude: producer-name patterns left whole; a group is pruned only if all its producers are selected.
         norms: one of :data:`~prunectl.core.options.NORM_MODES`: leave normalizations over the channels whole as
             boundaries (``"boundary"``, the default) or prune through them (``"joint"``).
+        residual: apply the rules marked ``residual`` (Embedding as a producer, attention passing its
+            query's channels through), so that a transformer's residual stream is pruned too.
 
     Returns:
         The :class:`ChannelGraph`, with every layer it could not reason about listed as a boundary.
@@ -221,7 +240,7 @@ def build_graph(
             if call.inputs and outs:
                 info.shapes = (tuple(call.inputs[0].shape), tuple(outs[0].shape))
             ins = _on_axis(call, ins, axes, groups, info)
-            result = _trace(call, ins, outs, groups, info, norms)
+            result = _trace(call, ins, outs, groups, info, norms, residual)
         for tensor, layout in zip(outs, result):
             layouts[id(tensor)] = layout
             if call.inputs:
@@ -229,6 +248,8 @@ def build_graph(
     nested = _nested_inputs(graph, layouts, groups)
     for tensor in graph.outputs:
         groups.freeze(layouts[id(tensor)], "model output")
+    for info in infos.values():
+        add_inner_groups(info, groups)
     _select(infos, groups, include, exclude)
     return _resolve(graph, list(infos.values()), groups, nested)
 
@@ -260,7 +281,13 @@ def _config(layer) -> dict:
 
 
 def _trace(
-    call, ins: list[Layout], outs: list, groups: Groups, info: LayerInfo, norms: str = DEFAULT_NORMS
+    call,
+    ins: list[Layout],
+    outs: list,
+    groups: Groups,
+    info: LayerInfo,
+    norms: str = DEFAULT_NORMS,
+    residual: bool = False,
 ) -> list[Layout]:
     class_name = info.class_name
     if class_name == "InputLayer":
@@ -268,6 +295,8 @@ def _trace(
     info.rule, info.reason = _rule_for(info, call)
     if info.rule is not None and info.rule.kind == "normalize" and norms == "boundary":
         info.rule, info.reason = None, NORMALIZES
+    if info.rule is not None and info.rule.residual and not residual:
+        info.rule, info.reason = None, RESIDUAL
     if info.rule is not None:
         try:
             return _follow(info.rule, call, ins, outs, groups, info)
@@ -292,6 +321,9 @@ def _follow(rule: Rule, call, ins: list[Layout], outs: list, groups: Groups, inf
         info.out_layout = (Block(1, ((info.out_group, out_width),)),)
         return [info.out_layout]
     if rule.kind in ("passthrough", "normalize", "reshape"):
+        # A pass-through of several inputs (attention's query, value, key) slices them all by the first's channels.
+        if any(layout != ins[0] for layout in ins[1:]):
+            raise ValueError("its inputs have different channels (cross-attention)")
         info.in_layout = ins[0]
         return [ins[0]]
     if rule.kind == "flatten":
@@ -408,10 +440,14 @@ def _select(infos: dict[int, LayerInfo], groups: Groups, include: Sequence[str],
     from prunectl.core.weights.selection import select_names
 
     producers = {i.name: i.out_group for i in infos.values() if i.out_group is not None}
-    chosen = set(select_names(list(producers), include, exclude))
+    inner = {i.name: [gid for _, gid in i.inner] for i in infos.values() if i.inner}
+    chosen = set(select_names(list(producers) + [n for n in inner if n not in producers], include, exclude))
     for name, group in producers.items():
         if name not in chosen:
             groups.freeze((Block(1, ((group, 1),)),), f"{name} is not selected")
+    for name, gids in inner.items():
+        for gid in gids if name not in chosen else ():
+            groups.freeze((Block(1, ((gid, 1),)),), f"{name} is not selected")
 
 
 def _resolve(
@@ -442,5 +478,8 @@ def _resolve(
             segments = info.out_layout[0].segments
             # A producer whose units were split between groups (see Groups.align) has no single group.
             info.out_group = segments[0][0] if len(segments) == 1 else None
+        info.inner = tuple((inner, roots[gid]) for inner, gid in info.inner)
+        for inner, gid in info.inner:
+            resolved[gid].inner = inner.name
     nested = {path: [relabel(layout) or () for layout in ins] for path, ins in nested.items()}
     return ChannelGraph(graph.inputs, infos, resolved, graph, nested)
