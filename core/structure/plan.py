@@ -423,7 +423,9 @@ def apply_plan(model, plan: StructuralPlan, unsafe: bool = False):
 
     Every layer is rebuilt from its config (updated where the plan says) by
     ``keras.models.clone_model``; weights are copied, sliced where units were
-    removed, and shifted by folded biases. ``model`` is left unchanged.
+    removed, and shifted by folded biases. ``model`` is left unchanged. A Functional
+    subclass (a keras_hub backbone) comes out as a plain Functional model (see
+    :mod:`prunectl.core.structure.backbone`).
 
     Args:
         model: the model the plan was made for.
@@ -434,14 +436,17 @@ def apply_plan(model, plan: StructuralPlan, unsafe: bool = False):
         The new, smaller ``keras.Model`` (uncompiled).
     """
     from prunectl.core.io.keras_io import import_keras
+    from prunectl.core.structure.backbone import keep_readable, readable_config
     from prunectl.core.structure.keras_graph import deserialization_scope
 
     keras = import_keras()
 
     def rebuild(layer):
-        config = layer.get_config()
+        config = readable_config(layer)
         config.update(plan.edits[layer.name].config if layer.name in plan.edits else {})
-        return layer.__class__.from_config(config)
+        clone = layer.__class__.from_config(config)
+        keep_readable(clone)
+        return clone
 
     with deserialization_scope(unsafe):
         pruned = keras.models.clone_model(model, clone_function=rebuild)
