@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from prunectl.core.errors import InvalidModelError
 from prunectl.core.io import keras_api
 from prunectl.core.io.config_graph import Weights, graph_problems, table_spec
-from prunectl.core.io.modelfile import ModelFile, WeightEntry
+from prunectl.core.io.modelfile import ModelFile, WeightEntry, has_layer_list
 from prunectl.core.layers import WeightShape, get_spec, is_nested_model
 
 # Keras's legacy loader turns a layer's batch_input_shape into input_shape before the constructor sees it.
@@ -91,8 +91,13 @@ def disagreements(model: ModelFile) -> Iterator[str]:
     layers = list(_walk(model.config))
     for layer in layers:
         yield from _class_problems(layer)
-    yield from _weight_problems(layers, model.entries, by_name)
+    yield from _weight_problems(layers, model.entries, by_name, _names_layers(model.config))
     yield from graph_problems(model.config, _known_weights(layers, model.entries, by_name))
+
+
+def _names_layers(config: dict) -> bool:
+    """Whether a model config names the layers that hold its weights: it lists them, or is Keras's own model class."""
+    return has_layer_list(config) or is_nested_model(str(config.get("class_name")))
 
 
 def _walk(config: dict) -> Iterator[_Layer]:
@@ -182,14 +187,16 @@ def _object_problems(layer: _Layer, key: str, value) -> Iterator[str]:
         yield from _object_problems(layer, key, item)
 
 
-def _weight_problems(layers: list[_Layer], entries: list[WeightEntry], by_name: bool) -> Iterator[str]:
+def _weight_problems(layers: list[_Layer], entries: list[WeightEntry], by_name: bool, listed: bool) -> Iterator[str]:
     named = Counter(layer.name for layer in layers)
     by_owner: dict[str, list[WeightEntry]] = defaultdict(list)
     for entry in entries:
         by_owner[entry.layer].append(entry)
-    for owner in by_owner:
+    # A model whose config is its constructor's arguments (a subclassed Functional: a keras_hub backbone)
+    # names no layers to hold weights: Keras checks them when it builds the model.
+    tops = Counter(entry.top or entry.layer for entry in entries) if listed else Counter()
+    for owner, count in tops.items():
         if isinstance(owner, str) and owner not in named:
-            count = len(by_owner[owner])
             yield (
                 f"the file holds {count} weight{'s' if count != 1 else ''} for layer {owner!r}, "
                 "which the config does not have"

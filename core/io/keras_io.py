@@ -182,3 +182,16 @@ def reset_optimizer(model) -> None:
         return
     for live, new in zip(optimizer.variables, fresh.variables):
         live.assign(new)
+
+
+def sublayers(layer) -> list:
+    """The layers ``layer`` tracks directly (its attributes, items of its list attributes), in tracking order.
+
+    The one place prunectl walks into a live layer: Keras 3 offers no public API for it.
+    """
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def own_variables(layer) -> list:
+    """The variables ``layer`` itself created (not its sub-layers'), in the order a ``.keras`` file stores them."""
+    return list(layer._trainable_variables) + list(layer._non_trainable_variables)

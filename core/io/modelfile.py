@@ -32,7 +32,8 @@ from prunectl.core.io.atomic import discard, temporary_directory
 from prunectl.core.io.slabs import RawSlabReader
 from prunectl.core.io.watchdog import FILE_ERRORS, read_timeout, run_guarded
 from prunectl.core.io.zipmember import StoredZipMember
-from prunectl.core.layers import is_nested_model, variable_name
+from prunectl.core.layers import get_spec, is_nested_model, variable_name
+from prunectl.core.layers.nesting import class_of_folder, sublayer_class
 
 H5_SUFFIXES = (".h5", ".hdf5")
 KERAS_SUFFIX = ".keras"
@@ -57,6 +58,10 @@ class WeightEntry:
         order: position of the owning layer in the model config, for display order.
         prunable: whether this weight is pruned by weight steps. Files are read
             without that policy (it is False here); :mod:`prunectl.core.weights.catalog` sets it.
+        top: for a weight of a sub-layer that is an entry of its own (``layer`` is then a path of
+            layer names, ``block/attention/query``), the name of the top-level layer holding it; else "".
+        sublayer: the folder path below ``layer`` where the weight sits when it is not the layer's
+            own variable (an LSTM's ``cell``; a custom layer's ``dense``), else "".
     """
 
     layer: str
@@ -67,6 +72,8 @@ class WeightEntry:
     dtype: str
     order: int = 0
     prunable: bool = False
+    top: str = ""
+    sublayer: str = ""
 
     @property
     def size(self) -> int:
@@ -283,40 +290,83 @@ def _h5_entries(h5: h5py.File, classes: dict[str, tuple[str, int]]) -> list[Weig
         group = weights[top]
         for wname in _str_list(group.attrs.get("weight_names", [])):
             parts = wname.split("/")
-            owner = next((p for p in reversed(parts[:-1]) if p in classes), top)
+            at = next((i for i in range(len(parts) - 2, -1, -1) if parts[i] in classes), None)
+            owner = top if at is None else parts[at]
             class_name, order = classes.get(owner, ("", len(classes)))
+            # A .h5 names a sub-layer's weight by layer names only (mha/query/kernel), not by the attribute a
+            # sublayers map names, so it stays with its owner, at its path (an LSTM's cell is the spec's own).
+            below = parts[(at if at is not None else 0) + 1 : -1]
+            sublayer = "/".join(below) if below and _opaque(class_name) else ""
             dataset = group[wname]
             entries.append(
-                WeightEntry(owner, class_name, parts[-1], dataset.name, tuple(dataset.shape), dataset.dtype.str, order)
+                WeightEntry(
+                    owner,
+                    class_name,
+                    f"{sublayer}/{parts[-1]}".lstrip("/"),
+                    dataset.name,
+                    tuple(dataset.shape),
+                    dataset.dtype.str,
+                    order,
+                    sublayer=sublayer,
+                )
             )
     return entries
 
 
-def _keras_entries(h5: h5py.File, classes: dict[str, tuple[str, int]]) -> list[WeightEntry]:
+def has_layer_list(model_config: dict) -> bool:
+    """Whether a model config lists its layers (Functional, Sequential), rather than a subclass's arguments."""
+    inner = model_config.get("config", model_config)
+    return isinstance(inner, dict) and isinstance(inner.get("layers"), list)
+
+
+def _opaque(class_name: str) -> bool:
+    """Whether a ``class_name`` layer's sub-layers are layers of their own (no spec, or a ``sublayers`` map)."""
+    spec = get_spec(class_name)
+    return spec is None or bool(spec.sublayers)
+
+
+def _keras_entries(h5: h5py.File, classes: dict[str, tuple[str, int]], listed: bool = True) -> list[WeightEntry]:
+    """The weights of a ``.keras`` weights file, each owned by the innermost layer the table can name.
+
+    A sub-layer folder the owner's ``sublayers`` map names (``query_dense`` in a
+    MultiHeadAttention) is a layer of its own, named by the path of layer names
+    (``mha/query``) as a live model's sub-layers are. Any other folder's weights stay
+    with the owner, at their folder path (an LSTM's ``cell``). Where the config lists
+    no layers (``listed`` False), a top-level folder's class is read from its name.
+    """
     entries: list[WeightEntry] = []
 
-    def visit(group: h5py.Group, owner: str | None, sublayer: str) -> None:
+    def visit(group: h5py.Group, folder: str, owner: tuple[str, str, int, str] | None, sublayer: str) -> None:
+        # owner: (layer path, class, order, top-level layer)
         vars_group = group.get("vars")
+        name = vars_group.attrs.get("name") if isinstance(vars_group, h5py.Group) else None
+        name = name.decode() if isinstance(name, bytes) else name
+        if owner is None or (isinstance(name, str) and name in classes and not sublayer_class(owner[1], sublayer)):
+            class_name, order = classes.get(name, ("", len(classes))) if isinstance(name, str) else ("", len(classes))
+            if not class_name and not listed:
+                class_name = class_of_folder(folder) or ""
+            owner, sublayer = (name, class_name, order, ""), ""
+        elif sublayer and isinstance(name, str) and (found := sublayer_class(owner[1], sublayer)):
+            owner, sublayer = (f"{owner[0]}/{name}", found, owner[2], owner[3] or owner[0]), ""
+        layer, class_name, order, top = owner
         if isinstance(vars_group, h5py.Group):
-            name = vars_group.attrs.get("name")
-            name = name.decode() if isinstance(name, bytes) else name
-            if name in classes or owner is None:
-                owner, sublayer = name, ""
-            class_name, order = classes.get(owner, ("", len(classes)))
             for key in sorted(vars_group, key=lambda k: int(k) if k.isdigit() else -1):
                 dataset = vars_group[key]
                 if not isinstance(dataset, h5py.Dataset):
                     continue
                 named = variable_name(class_name, sublayer, int(key)) if key.isdigit() else None
+                unnamed = f"{sublayer}/vars/{key}" if sublayer else f"vars/{key}"
                 entries.append(
                     WeightEntry(
-                        owner,
+                        layer,
                         class_name,
-                        named or f"vars/{key}",
+                        named or unnamed,
                         dataset.name,
                         tuple(dataset.shape),
                         dataset.dtype.str,
                         order,
+                        top=top,
+                        sublayer=sublayer,
                     )
                 )
         for key in group:
@@ -324,13 +374,13 @@ def _keras_entries(h5: h5py.File, classes: dict[str, tuple[str, int]]) -> list[W
                 continue
             if key == "layers":
                 for child in group[key]:
-                    visit(group[key][child], None, "")
+                    visit(group[key][child], child, None, "")
             else:
-                visit(group[key], owner, f"{sublayer}/{key}".strip("/"))
+                visit(group[key], key, owner, f"{sublayer}/{key}".strip("/"))
 
     if "layers" in h5:
         for child in h5["layers"]:
-            visit(h5["layers"][child], None, "")
+            visit(h5["layers"][child], child, None, "")
     entries.sort(key=lambda e: e.order)
     return entries
 
@@ -390,7 +440,7 @@ def _open_keras(path: Path, isolate: bool) -> ModelFile:
             h5 = h5py.File(extracted, "r")
             raw = None
         closers.append(h5.close)
-        entries = _keras_entries(h5, layer_classes(config))
+        entries = _keras_entries(h5, layer_classes(config), has_layer_list(config))
     except BaseException as exc:
         for closer in reversed(closers):
             closer()

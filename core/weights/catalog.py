@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from prunectl.core.io.modelfile import ModelFile, WeightEntry
-from prunectl.core.layers import is_nested_model, prunable_weight
+from prunectl.core.layers import get_spec, is_nested_model, prunable_weight
 from prunectl.core.weights import masks
 
 
@@ -85,8 +85,44 @@ def file_counts(model: ModelFile, slab_bytes: int = 4 << 20) -> WeightCounts:
 
 
 def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, Any]]:
-    """List a live Keras model's weights as tagged entries paired with their variables."""
+    """List a live Keras model's weights as tagged entries paired with their variables.
+
+    A layer whose class the table describes without ``sublayers`` owns all its
+    weights (a Dense; an LSTM, whose cell holds them). Any other layer (a keras_hub
+    block, a MultiHeadAttention, a user's custom layer) owns only its own variables,
+    and each sub-layer it tracks is an entry of its own, down to the innermost, named
+    by the path of layer names from the top-level layer (``block/attention/query``),
+    as a ``.keras`` file is read (:mod:`prunectl.core.io.modelfile`).
+    """
+    from prunectl.core.io.keras_io import own_variables, sublayers
+
     pairs = []
+
+    def add(layer, path: str, variables, order: int, top: str) -> None:
+        class_name = layer.__class__.__name__
+        for variable in variables:
+            dtype = np.dtype(variable.dtype)
+            entry = WeightEntry(
+                path,
+                class_name,
+                variable.name,
+                variable.path,
+                tuple(variable.shape),
+                dtype.str,
+                order,
+                is_prunable(class_name, variable.name, dtype),
+                top=top,
+            )
+            pairs.append((entry, variable))
+
+    def nested(layer, path: str, order: int, top: str) -> None:
+        spec = get_spec(layer.__class__.__name__)
+        if spec is not None and not spec.sublayers:
+            add(layer, path, layer.weights, order, top)
+            return
+        add(layer, path, own_variables(layer), order, top)
+        for sub in sublayers(layer):
+            nested(sub, f"{path}/{sub.name}", order, top or path)
 
     def walk(layers, order):
         for layer in layers:
@@ -94,20 +130,7 @@ def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, Any]]:
             if inner and is_nested_model(layer.__class__.__name__):
                 walk(inner, order)
                 continue
-            class_name = layer.__class__.__name__
-            for variable in layer.weights:
-                dtype = np.dtype(variable.dtype)
-                entry = WeightEntry(
-                    layer.name,
-                    class_name,
-                    variable.name,
-                    variable.path,
-                    tuple(variable.shape),
-                    dtype.str,
-                    len(order),
-                    is_prunable(class_name, variable.name, dtype),
-                )
-                pairs.append((entry, variable))
+            nested(layer, layer.name, len(order), "")
             order.append(layer.name)
 
     walk(keras_model.layers, [])
