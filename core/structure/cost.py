@@ -51,6 +51,24 @@ def layer_macs(
     )
 
 
+def nested_macs(class_name: str, weight_shapes: Sequence[tuple[str, Sequence[int]]], out_shape: Sequence) -> int:
+    """Multiply-adds of one call of a layer whose kernels sit in sub-layers (a keras_hub block), else 0.
+
+    Each ``kernel`` of its sub-layers (the attention and feed-forward projections) is used once
+    per output position; the attention's score and weighting products, which grow with the
+    sequence squared, are not counted, nor is a sequence of unknown length (one position: per token).
+
+    Args:
+        class_name: the layer's class, e.g. ``"TransformerEncoder"``.
+        weight_shapes: ``(variable name, shape)`` of every variable, names repeating.
+        out_shape: the output shape (batch first).
+    """
+    spec = get_spec(class_name)
+    if spec is None or not spec.sublayers or spec.mac_weights:
+        return 0
+    return sum(math.prod(shape) for name, shape in weight_shapes if name == "kernel") * positions(out_shape)
+
+
 STATISTICS: dict[str, Callable[[list[float]], float]] = {"min": min, "median": statistics.median}
 
 

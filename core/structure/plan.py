@@ -32,7 +32,7 @@ from prunectl.core.options import (
     validate_neuron_threshold,
     validate_round_to,
 )
-from prunectl.core.structure.cost import layer_macs
+from prunectl.core.structure.cost import layer_macs, nested_macs
 from prunectl.core.structure.criteria import CRITERIA, calibrate, lamp
 from prunectl.core.structure.graph import LayerInfo, build_graph, kept_features, layout_width
 from prunectl.core.structure.norms import norm_notes
@@ -412,8 +412,10 @@ def _row(info: LayerInfo, edit: LayerEdit | None) -> LayerPlan:
         edit.config.get(key, units) if edit and key and units is not None else units,
         sum(math.prod(s) for _, s in before_shapes),
         sum(math.prod(s) for _, s in after_shapes),
-        layer_macs(info.class_name, before, in_shape, out_shape),
-        layer_macs(info.class_name, after, in_shape, out_shape),
+        layer_macs(info.class_name, before, in_shape, out_shape)
+        or nested_macs(info.class_name, before_shapes, out_shape),
+        layer_macs(info.class_name, after, in_shape, out_shape)
+        or nested_macs(info.class_name, after_shapes, out_shape),
         tuple(g for g, _ in info.out_layout[0].segments) if info.out_layout else (),
     )
 
