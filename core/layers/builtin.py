@@ -8,6 +8,7 @@ the layer's real variables by ``tests/test_layer_table.py``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from prunectl.core.layers.spec import Inner, LayerSpec, Rule, WeightShape, WeightSpec, op_key
@@ -135,6 +136,22 @@ _HEADS = Inner(
     observe=("output_dense", -2),
 )
 
+
+def attention_macs(shapes: list[tuple[str, tuple[int, ...]]], in_shape: tuple, out_shape: tuple) -> int:
+    """A MultiHeadAttention call's multiply-adds: the four projections, then the score and context products.
+
+    Keys are counted at the query's length (exact for self-attention, the usual case).
+    """
+    kernels = [shape for name, shape in shapes if name == "kernel"]
+    if len(kernels) != 4:
+        return 0
+    length = math.prod(int(d or 1) for d in in_shape[1:-1])
+    query, _, value, _ = kernels
+    projections = length * sum(math.prod(k) for k in kernels)
+    # Scores: each query position against each key, over heads * key_dim; context: over heads * value_dim.
+    return projections + length * length * (math.prod(query[1:]) + math.prod(value[1:]))
+
+
 _BN_SHAPES = (
     WeightShape("gamma", ((0, "@channels"),), when="scale"),
     WeightShape("beta", ((0, "@channels"),), when="center"),
@@ -233,6 +250,7 @@ BUILTIN: dict[str, LayerSpec] = {
     "MultiHeadAttention": LayerSpec(
         sublayers=dict.fromkeys(_ATTENTION_DENSE, "EinsumDense"),
         inner=(_HEADS,),
+        macs=attention_macs,
     ),
     "Embedding": LayerSpec(
         (WeightSpec("embeddings", 0),),

@@ -26,6 +26,7 @@ What the blocks allow:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
@@ -103,20 +104,34 @@ GEMMA_FFN = Inner(
 )
 
 
+def block_macs(shapes: list[tuple[str, tuple[int, ...]]], in_shape: tuple, out_shape: tuple) -> int:
+    """Multiply-adds of one call of a block whose kernels sit in sub-layers.
+
+    Each ``kernel`` (the attention and feed-forward projections) is used once per output
+    position; the attention's score and context products, which grow with the sequence
+    squared, are left out, and a sequence of unknown length counts one position (per token).
+    """
+    length = math.prod(int(d or 1) for d in tuple(out_shape)[1:-1])
+    return length * sum(math.prod(shape) for name, shape in shapes if name == "kernel")
+
+
 def _block(check: Callable) -> Rule:
     return Rule("passthrough", check=check)
 
 
 STRUCTURE: dict[str, dict] = {
     "TransformerEncoder": {
+        "macs": block_macs,
         "rule": _block(derived_key_dim("num_heads")),
         "inner": (_attention_heads("_self_attention_layer/", "num_heads", derived_key_dim("num_heads")), _ENCODER_FFN),
     },
     "TransformerDecoder": {
+        "macs": block_macs,
         "rule": _block(derived_key_dim("num_heads")),
         "inner": (_attention_heads("_self_attention_layer/", "num_heads", derived_key_dim("num_heads")), _ENCODER_FFN),
     },
     "ViTEncoder": {
+        "macs": block_macs,
         "rule": _block(derived_key_dim("num_heads")),
         "inner": (
             _attention_heads("encoder_layers/*/mha/", "num_heads", derived_key_dim("num_heads")),
@@ -124,6 +139,7 @@ STRUCTURE: dict[str, dict] = {
         ),
     },
     "GemmaDecoderBlock": {
+        "macs": block_macs,
         # Its explicit head_dim would let the hidden channels through, but every one of its weights
         # with a hidden axis sits in a sub-layer, which a rule's in_axes cannot name yet.
         "rule": _block(lambda config, rank: "its hidden-axis weights are in sub-layers (not sliced by a rule yet)"),

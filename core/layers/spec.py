@@ -177,6 +177,9 @@ class LayerSpec:
             (``{"query_dense": "EinsumDense"}``): how a saved file's nested weights are classified
             without loading the model.
         inner: units inside the layer that structural pruning may remove (see :class:`Inner`).
+        macs: ``macs(shapes, in_shape, out_shape)``, the multiply-adds of one call from the layer's
+            ``(variable name, shape)`` list in weight order, for a layer ``mac_weights`` cannot describe
+            (an attention layer's score and context products); None to use ``mac_weights``.
     """
 
     prunable: tuple[WeightSpec, ...] = ()
@@ -187,6 +190,7 @@ class LayerSpec:
     weight_shapes: tuple[WeightShape, ...] | None = None
     sublayers: Mapping[str, str] = field(default_factory=dict)
     inner: tuple[Inner, ...] = ()
+    macs: Callable[[list[tuple[str, tuple[int, ...]]], tuple, tuple], int] | None = None
 
     def prunable_weight(self, name: str) -> WeightSpec | None:
         """The spec of weight ``name`` if it is prunable, else None."""

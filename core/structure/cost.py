@@ -32,7 +32,11 @@ def positions(shape: Sequence) -> int:
 
 
 def layer_macs(
-    class_name: str, weight_shapes: Mapping[str, Sequence[int]], in_shape: Sequence, out_shape: Sequence
+    class_name: str,
+    weight_shapes: Mapping[str, Sequence[int]],
+    in_shape: Sequence,
+    out_shape: Sequence,
+    ordered: Sequence[tuple[str, Sequence[int]]] | None = None,
 ) -> int:
     """Multiply-adds of one call of a layer.
 
@@ -41,32 +45,19 @@ def layer_macs(
         weight_shapes: the layer's weight shapes by variable name.
         in_shape: the input shape (batch first).
         out_shape: the output shape (batch first).
+        ordered: every ``(variable name, shape)`` of the layer in weight order, for a class whose
+            spec counts its own (``LayerSpec.macs``: a MultiHeadAttention holds four kernels).
     """
     spec = get_spec(class_name)
     if spec is None:
         return 0
+    if spec.macs is not None:
+        shapes = ordered if ordered is not None else list(weight_shapes.items())
+        return int(spec.macs([(n, tuple(int(d) for d in s)) for n, s in shapes], tuple(in_shape), tuple(out_shape)))
     where = {"input": positions(in_shape), "output": positions(out_shape)}
     return sum(
         math.prod(weight_shapes[name]) * where[at] for name, at in spec.mac_weights.items() if name in weight_shapes
     )
-
-
-def nested_macs(class_name: str, weight_shapes: Sequence[tuple[str, Sequence[int]]], out_shape: Sequence) -> int:
-    """Multiply-adds of one call of a layer whose kernels sit in sub-layers (a keras_hub block), else 0.
-
-    Each ``kernel`` of its sub-layers (the attention and feed-forward projections) is used once
-    per output position; the attention's score and weighting products, which grow with the
-    sequence squared, are not counted, nor is a sequence of unknown length (one position: per token).
-
-    Args:
-        class_name: the layer's class, e.g. ``"TransformerEncoder"``.
-        weight_shapes: ``(variable name, shape)`` of every variable, names repeating.
-        out_shape: the output shape (batch first).
-    """
-    spec = get_spec(class_name)
-    if spec is None or not spec.sublayers or spec.mac_weights:
-        return 0
-    return sum(math.prod(shape) for name, shape in weight_shapes if name == "kernel") * positions(out_shape)
 
 
 STATISTICS: dict[str, Callable[[list[float]], float]] = {"min": min, "median": statistics.median}

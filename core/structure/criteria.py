@@ -60,9 +60,12 @@ def calibrate(graph: ChannelGraph, x: np.ndarray, batch_size: int = 256) -> dict
     import numpy as np
 
     from prunectl.core.io.keras_io import import_keras
+    from prunectl.core.structure.inner import contributions
 
     keras = import_keras()
     consumers = [info for info in graph.layers if info.observed is not None]
+    if not consumers:
+        return {key: Stats(s, s, s) for key, s in contributions(graph, x, batch_size).items()}
     probe = keras.Model(graph.inputs, [info.observed for info in consumers])
     sums = [np.zeros((3, int(info.observed.shape[-1])), dtype=np.float64) for info in consumers]
     for start in range(0, len(x), batch_size):
@@ -76,6 +79,9 @@ def calibrate(graph: ChannelGraph, x: np.ndarray, batch_size: int = 256) -> dict
         # Inputs of different layers have different positions per sample.
         rows = len(x) * int(np.prod(info.observed.shape[1:-1]))
         stats[info.name] = Stats(*(total / max(rows, 1)))
+    # Units inside a layer (attention heads) are measured by their contribution where the layer combines them.
+    for key, score in contributions(graph, x, batch_size).items():
+        stats[key] = Stats(score, score, score)
     return stats
 
 
@@ -122,11 +128,15 @@ class WeightNorm:
         """
         import numpy as np
 
+        from prunectl.core.structure.inner import unit_norms
         from prunectl.core.structure.layout import segment_features
 
         sums: dict[int, np.ndarray] = {}
         counts: dict[int, int] = {}
         for info in graph.layers:
+            for inner, gid in info.inner:
+                if not graph.groups[gid].frozen:
+                    sums[gid], counts[gid] = unit_norms(info, inner, graph.groups[gid].size, self.order), 1
             if info.out_layout is None or info.rule is None:
                 continue
             segments = [(g, f[0]) for g, f in segment_features(info.out_layout) if not graph.groups[g].frozen]
@@ -177,11 +187,16 @@ class ActivationCriterion:
         """
         import numpy as np
 
+        from prunectl.core.structure.inner import inner_key
         from prunectl.core.structure.layout import segment_features
 
         sums: dict[int, np.ndarray] = {}
         counts: dict[int, int] = {}
         for info in graph.layers:
+            for inner, gid in info.inner:
+                # A unit inside a layer scores its measured contribution, whatever the statistic.
+                if not graph.groups[gid].frozen and inner_key(info.name, inner) in stats:
+                    sums[gid], counts[gid] = stats[inner_key(info.name, inner)].mean_abs, 1
             if info.name not in stats or info.in_layout is None:
                 continue
             values = getattr(stats[info.name], self.statistic)

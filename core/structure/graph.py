@@ -35,6 +35,7 @@ from typing import Any
 from prunectl.core.layers import Rule, get_spec, op_key
 from prunectl.core.layers.builtin import activation_check
 from prunectl.core.options import DEFAULT_NORMS
+from prunectl.core.structure.inner import add_inner_groups
 from prunectl.core.structure.keras_graph import layer_graph
 
 # kept_features, layout_width and segment_features are re-exported: callers import them from here.
@@ -59,12 +60,14 @@ class Group:
         size: units per producer.
         producers: names of the layers whose outputs form the group.
         frozen: why the group is never pruned, or None.
+        inner: what the units are when they live inside one layer (``"heads"``), else None.
     """
 
     id: int
     size: int
     producers: list[str] = field(default_factory=list)
     frozen: str | None = None
+    inner: str | None = None
 
 
 @dataclass
@@ -83,6 +86,7 @@ class LayerInfo:
         shapes: ``(input shape, output shape)`` of its first call.
         is_op: ``layer`` is a graph operation (``keras.ops``), not a Layer.
         config: the layer's config, read once (empty where ``get_config`` fails or for an operation).
+        inner: ``(Inner, group id)`` of each kind of unit inside the layer (see :mod:`~prunectl.core.structure.inner`).
     """
 
     layer: Any
@@ -95,6 +99,7 @@ class LayerInfo:
     shapes: tuple = ((), ())
     is_op: bool = False
     config: dict = field(default_factory=dict)
+    inner: tuple = ()
 
     @property
     def name(self) -> str:
@@ -174,6 +179,8 @@ def build_graph(
             layouts[id(tensor)] = layout
     for tensor in graph.outputs:
         groups.freeze(layouts[id(tensor)], "model output")
+    for info in infos.values():
+        add_inner_groups(info, groups)
     _select(infos, groups, include, exclude)
     return _resolve(graph.inputs, list(infos.values()), groups)
 
@@ -288,10 +295,14 @@ def _select(infos: dict[int, LayerInfo], groups: Groups, include: Sequence[str],
     from prunectl.core.weights.selection import select_names
 
     producers = {i.name: i.out_group for i in infos.values() if i.out_group is not None}
-    chosen = set(select_names(list(producers), include, exclude))
+    inner = {i.name: [gid for _, gid in i.inner] for i in infos.values() if i.inner}
+    chosen = set(select_names(list(producers) + [n for n in inner if n not in producers], include, exclude))
     for name, group in producers.items():
         if name not in chosen:
             groups.freeze((Block(1, ((group, 1),)),), f"{name} is not selected")
+    for name, gids in inner.items():
+        for gid in gids if name not in chosen else ():
+            groups.freeze((Block(1, ((gid, 1),)),), f"{name} is not selected")
 
 
 def _resolve(inputs: list, infos: list[LayerInfo], groups: Groups) -> ChannelGraph:
@@ -320,4 +331,7 @@ def _resolve(inputs: list, infos: list[LayerInfo], groups: Groups) -> ChannelGra
             segments = info.out_layout[0].segments
             # A producer whose units were split between groups (see Groups.align) has no single group.
             info.out_group = segments[0][0] if len(segments) == 1 else None
+        info.inner = tuple((inner, roots[gid]) for inner, gid in info.inner)
+        for inner, gid in info.inner:
+            resolved[gid].inner = inner.name
     return ChannelGraph(inputs, infos, resolved)

@@ -134,6 +134,43 @@ def _constant_shapes(keras, node) -> tuple[tuple[int, ...], ...]:
 
 
 @contextlib.contextmanager
+def record_inputs(layers: list) -> Iterator[dict[int, list]]:
+    """Within this scope, every eager call of one of ``layers`` appends its first input to a list.
+
+    Keras has no public hook on a sub-layer's call (a MultiHeadAttention's output
+    projection), so the instance's ``call`` is wrapped for the scope and restored after.
+    Run the model eagerly (``model(x)``, not ``predict``) so that the inputs are arrays.
+
+    Args:
+        layers: live Keras layers, sub-layers included.
+
+    Yields:
+        The recorded inputs, by ``id(layer)``; the caller may clear the lists between batches.
+    """
+    seen: dict[int, list] = {id(layer): [] for layer in layers}
+    wrapped = []
+    for layer in layers:
+        if id(layer) in {id(w) for w, _ in wrapped}:
+            continue
+        object.__setattr__(layer, "call", _recording(layer.call, seen[id(layer)]))
+        wrapped.append((layer, None))
+    try:
+        yield seen
+    finally:
+        for layer, _ in wrapped:
+            # The wrapper is an instance attribute over the class's method: removing it restores the method.
+            object.__delattr__(layer, "call")
+
+
+def _recording(call, seen: list):
+    def recording_call(inputs, *args, **kwargs):
+        seen.append(np.asarray(inputs))
+        return call(inputs, *args, **kwargs)
+
+    return recording_call
+
+
+@contextlib.contextmanager
 def deserialization_scope(unsafe: bool) -> Iterator[None]:
     """Within this scope, rebuilding a layer from its config may (``unsafe=True``) run stored Lambda code.
 

@@ -32,9 +32,10 @@ from prunectl.core.options import (
     validate_neuron_threshold,
     validate_round_to,
 )
-from prunectl.core.structure.cost import layer_macs, nested_macs
+from prunectl.core.structure.cost import layer_macs
 from prunectl.core.structure.criteria import CRITERIA, calibrate, lamp
 from prunectl.core.structure.graph import LayerInfo, build_graph, kept_features, layout_width
+from prunectl.core.structure.inner import inner_edit, slices_by_position
 from prunectl.core.structure.norms import norm_notes
 
 
@@ -118,6 +119,7 @@ class GroupPlan:
     units_after: int
     dropped: tuple[int, ...]
     frozen: str | None
+    inner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class LayerPlan:
 
     ``group`` is a producer's group; ``groups`` every group its units belong to, in unit order: more than
     one (and ``group`` None) when a residual add lined its units up with several producers' groups.
+    ``inner`` has ``(what, before, after)`` per kind of unit inside the layer (``("heads", 4, 2)``).
     """
 
     layer: str
@@ -138,6 +141,7 @@ class LayerPlan:
     flops_before: int
     flops_after: int
     groups: tuple[int, ...] = ()
+    inner: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -305,6 +309,7 @@ def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> S
             len(keep.get(g.id, range(g.size))),
             tuple(int(i) for i in np.setdiff1d(np.arange(g.size), keep[g.id])) if g.id in keep else (),
             g.frozen,
+            g.inner,
         )
         for g in graph.groups
         if g.producers
@@ -321,10 +326,9 @@ def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> S
 
 def _edit(info: LayerInfo, keep: dict[int, np.ndarray], stats) -> LayerEdit | None:
     rule = info.rule
+    config, slices = inner_edit(info, keep)
     if rule is None:
-        return None
-    config: dict[str, Any] = {}
-    slices: list[tuple] = []
+        return LayerEdit(config, tuple(slices)) if config else None
     delta = None
     layer_config = info.config
     if info.in_layout is not None:
@@ -387,10 +391,9 @@ def _new_shapes(info: LayerInfo, edit: LayerEdit | None) -> list[tuple[str, tupl
     shapes = [(v.name, list(v.shape)) for v in info.weights]
     if edit is None:
         return [(name, tuple(shape)) for name, shape in shapes]
-    for weight, axis, block, kept in edit.slices:
-        for name, shape in shapes:
-            if _names(name, weight):
-                shape[axis] = len(kept) * block
+    for (_, shape), slices in zip(shapes, slices_by_position(info.layer, edit.slices)):
+        for axis, block, kept in slices:
+            shape[axis] = len(kept) * block
     units = info.rule.units if info.rule else None
     if edit.config.get("use_bias") and all(name != "bias" for name, _ in shapes) and units:
         shapes.append(("bias", [edit.config.get(units, info.config[units])]))
@@ -412,11 +415,17 @@ def _row(info: LayerInfo, edit: LayerEdit | None) -> LayerPlan:
         edit.config.get(key, units) if edit and key and units is not None else units,
         sum(math.prod(s) for _, s in before_shapes),
         sum(math.prod(s) for _, s in after_shapes),
-        layer_macs(info.class_name, before, in_shape, out_shape)
-        or nested_macs(info.class_name, before_shapes, out_shape),
-        layer_macs(info.class_name, after, in_shape, out_shape)
-        or nested_macs(info.class_name, after_shapes, out_shape),
+        layer_macs(info.class_name, before, in_shape, out_shape, before_shapes),
+        layer_macs(info.class_name, after, in_shape, out_shape, after_shapes),
         tuple(g for g, _ in info.out_layout[0].segments) if info.out_layout else (),
+        tuple(
+            (
+                inner.name,
+                info.config[inner.count] // inner.per_unit,
+                (edit.config if edit else info.config).get(inner.count, info.config[inner.count]) // inner.per_unit,
+            )
+            for inner, _ in info.inner
+        ),
     )
 
 
@@ -470,12 +479,12 @@ def _edited_weights(old, new, edit: LayerEdit) -> list[np.ndarray]:
     # The rebuilt layer creates its variables in the old one's order (names may repeat, and
     # unnamed ones get fresh names); a bias the plan adds (use_bias=True) comes after them.
     arrays = []
+    slices = slices_by_position(old, edit.slices)
     for i, variable in enumerate(new.weights):
         if i < len(old.weights):
             value = old.weights[i].numpy()
-            for weight, axis, block, kept in edit.slices:
-                if _names(old.weights[i].name, weight):
-                    value = _take(value, axis, block, kept)
+            for axis, block, kept in slices[i]:
+                value = _take(value, axis, block, kept)
         else:
             # Created once, at the pruned size: nothing to slice.
             value = np.zeros(variable.shape, variable.dtype)
@@ -483,10 +492,3 @@ def _edited_weights(old, new, edit: LayerEdit) -> list[np.ndarray]:
             value = value + edit.bias_delta.astype(value.dtype)
         arrays.append(value)
     return arrays
-
-
-def _names(variable_name: str, weight: str) -> bool:
-    """Whether a variable is the rule's ``weight``: Keras names an unnamed variable ``variable``, ``variable_1``, ..."""
-    return variable_name == weight or (
-        variable_name.startswith(f"{weight}_") and variable_name[len(weight) + 1 :].isdigit()
-    )

@@ -25,7 +25,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from prunectl.core.io.modelfile import WeightEntry
-from prunectl.core.structure.plan import StructuralPlan, _names, _take
+from prunectl.core.structure.inner import slices_by_position
+from prunectl.core.structure.plan import StructuralPlan, _take
 
 _DATASET = re.compile(r"^/layers/[^/]+/vars/(\d+)$")
 _SHAPE_KEYS = ("target_shape", "use_bias")
@@ -111,6 +112,9 @@ def rewrite_plan(config: dict, model, plan: StructuralPlan) -> PlanRewrite | Non
         return None
     if any(e.bias_delta is not None or any(k in e.config for k in _SHAPE_KEYS) for e in plan.edits.values()):
         return None
+    # A sub-layer's weights (attention heads) sit below ``/layers/<name>/<sub-layer>/``: rebuilt instead.
+    if any("/" in path for e in plan.edits.values() for path, *_ in e.slices):
+        return None
     layers = {layer.name: layer for layer in model.layers}
     config = copy.deepcopy(config)
     shapes: dict[tuple, tuple] = {}
@@ -149,11 +153,10 @@ def rewrite_plan(config: dict, model, plan: StructuralPlan) -> PlanRewrite | Non
         return None
     slices: dict[tuple[str, int] | None, tuple] = {}
     for name, edit in plan.edits.items():
-        names = [v.name for v in layers[name].weights]
-        for weight, axis, block, kept in edit.slices:
-            # Matched as apply_plan matches them (unnamed variables are ``variable``, ``variable_1``, ...).
-            for index in (i for i, n in enumerate(names) if _names(n, weight)):
-                slices[(name, index)] = (*slices.get((name, index), ()), (axis, block, kept))
+        # Matched as apply_plan matches them (unnamed variables are ``variable``, ``variable_1``, ...).
+        for index, found in enumerate(slices_by_position(layers[name], edit.slices)):
+            if found:
+                slices[(name, index)] = tuple(found)
     return PlanRewrite(config, slices)
 
 
