@@ -12,7 +12,7 @@ import re
 import pytest
 
 from prunectl.core.layers import specs
-from prunectl.core.layers.hub import HUB
+from prunectl.core.layers.builtin import BUILTIN
 
 # Constructor arguments where the defaults do not build a layer (or hide an axis worth checking).
 ARGS = {
@@ -55,9 +55,9 @@ APPLICATION_LAYERS = {
 }
 ARGS.update({"LayerScale": (1e-6, 6), "StochasticDepth": (0.1,), "CustomScaleLayer": (0.2,)})
 # Operation rules (keys "ops.<Class>") are checked against keras.ops in tests/test_structure_ops.py.
-# keras_hub's classes are checked on real backbones in tests/test_composite_weights.py.
+# Keras' own classes; keras_hub's entries are checked against keras_hub's layers in tests/test_hub_*.py.
 LAYER_CLASSES = sorted(
-    name for name, spec in specs().items() if not spec.nested_model and not name.startswith("ops.") and name not in HUB
+    name for name, spec in specs().items() if not spec.nested_model and not name.startswith("ops.") and name in BUILTIN
 )
 
 

@@ -7,6 +7,7 @@ Public API: :class:`LayerSpec`, :class:`Inner`, :class:`WeightSpec`, :class:`Wei
 
 from prunectl.core.layers.builtin import BUILTIN as _BUILTIN
 from prunectl.core.layers.hub import HUB as _HUB
+from prunectl.core.layers.hub_structure import merged as _with_hub_structure
 from prunectl.core.layers.spec import (
     ENTRY_POINT_GROUP,
     Inner,
@@ -27,7 +28,8 @@ from prunectl.core.layers.spec import (
 )
 
 _register_builtin(_BUILTIN)
-_register_builtin(_HUB)
+# keras_hub's structural fields (rule, inner) join its weight-level entries.
+_register_builtin(_with_hub_structure({**_BUILTIN, **_HUB}))
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -111,6 +111,7 @@ def _run_keras(
 ) -> PruneOutcome:
     from prunectl.core.io import keras_io
     from prunectl.core.structure import plan as structural
+    from prunectl.core.structure.backbone import plain_model_note
     from prunectl.core.structure.cost import benchmark
     from prunectl.core.training.data import calibration_inputs
     from prunectl.core.training.distribute import strategy_scope
@@ -141,6 +142,7 @@ def _run_keras(
                     counts = _write_rewrite(model, target, rewrite, COMPRESSION_LEVELS[request.compression], progress)
                     return PruneOutcome("keras", {}, counts, time.perf_counter() - start, notes, None, plan.to_dict())
             loaded = replace(loaded, model=structural.apply_plan(original, plan, unsafe=request.unsafe))
+            notes += [note for note in [plain_model_note(original)] if note]
             if loaded.compile_spec and loaded.compile_spec.loss is not None:
                 notes += keras_io.compile_model(loaded.model, loaded.compile_spec)
         if request.finetune:

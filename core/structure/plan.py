@@ -483,7 +483,8 @@ def apply_plan(model, plan: StructuralPlan, unsafe: bool = False):
     Every layer is rebuilt from its config (updated where the plan says) by
     ``keras.models.clone_model`` (a nested model with its own layers' edits, found by
     path); weights are copied, sliced where units were removed, and shifted by
-    folded biases. ``model`` is left unchanged.
+    folded biases. ``model`` is left unchanged. A Functional subclass (a keras_hub
+    backbone) comes out as a plain Functional model (see :mod:`prunectl.core.structure.backbone`).
 
     Args:
         model: the model the plan was made for.
@@ -494,6 +495,7 @@ def apply_plan(model, plan: StructuralPlan, unsafe: bool = False):
         The new, smaller ``keras.Model`` (uncompiled).
     """
     from prunectl.core.io.keras_io import import_keras
+    from prunectl.core.structure.backbone import keep_readable, readable_config
     from prunectl.core.structure.keras_graph import deserialization_scope, is_graph_model
 
     keras = import_keras()
@@ -513,10 +515,12 @@ def apply_plan(model, plan: StructuralPlan, unsafe: bool = False):
                 return keras.models.clone_model(
                     layer, input_tensors=inputs, clone_function=rebuild(f"{prefix}{layer.name}/")
                 )
-            config = layer.get_config()
+            config = readable_config(layer)
             edit = plan.edits.get(prefix + layer.name)
             config.update(edit.config if edit is not None else {})
-            return layer.__class__.from_config(config)
+            rebuilt = layer.__class__.from_config(config)
+            keep_readable(rebuilt)
+            return rebuilt
 
         return clone
 
