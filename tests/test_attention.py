@@ -306,7 +306,7 @@ def test_without_prune_residual_the_stream_is_left_whole():
     assert (
         "b0_mha",
         "MultiHeadAttention",
-        "on the residual stream (pruned with --prune-residual); its channels are left whole, its heads are pruned",
+        "on the residual stream (pruned with --prune-residual); its channels are left whole, pruned inside it: heads",
     ) in plan.boundaries
 
 

@@ -183,16 +183,22 @@ class StructuralPlan:
         """Units, params and multiply-adds summed over the model's layers.
 
         Each has ``before``, ``after``, ``ratio`` (before / after) and ``removed`` (the fraction
-        removed, 1 - after / before). Units are counted per layer, as ``--neuron-ratio`` counts them;
+        removed, 1 - after / before). Units are counted per layer, as ``--neuron-ratio`` counts them,
+        units inside a layer (heads) included;
         ``units`` also has ``prunable``, the units of the layers the step may prune (not left whole), and
         its ``removed`` is over those: the figure a ratio aims at.
         """
         sizes = {g.id: g.units_before for g in self.groups if not g.frozen}
+        # Units inside a layer (attention heads) count like a producer's: once per layer holding them.
         prunable = sum(sizes.get(g, 0) for r in self.layers for g in r.groups)
+        prunable += sum(g.units_before for g in self.groups if g.inner and not g.frozen)
         out: dict[str, dict] = {}
         for key in ("units", "params", "flops"):
             before = sum(getattr(r, f"{key}_before") or 0 for r in self.layers)
             after = sum(getattr(r, f"{key}_after") or 0 for r in self.layers)
+            if key == "units":
+                before += sum(b for r in self.layers for _, b, _ in r.inner)
+                after += sum(a for r in self.layers for _, _, a in r.inner)
             out[key] = {
                 "before": before,
                 "after": after,
@@ -350,7 +356,7 @@ def _boundary_reason(info: LayerInfo, groups) -> str | None:
     inside = [inner.name for inner, gid in info.inner if not groups[gid].frozen]
     if not inside:
         return info.reason
-    return f"{info.reason}; its channels are left whole, its {' and '.join(inside)} are pruned"
+    return f"{info.reason}; its channels are left whole, pruned inside it: {' and '.join(inside)}"
 
 
 def _edit(info: LayerInfo, keep: dict[int, np.ndarray], stats) -> LayerEdit | None:
