@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import invoke, run
+from hub_models import BACKBONES
 from independent import read_weights
 from test_cli_errors import assert_error
 
@@ -28,16 +29,6 @@ MLP = {
     "vit": ("dense_1", "dense_2"),
     "gemma": ("ffw_gating", "ffw_gating_2", "ffw_linear"),
 }
-BACKBONES = {
-    "bert": ("BertBackbone", dict(vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
-                                  max_sequence_length=16)),
-    "gpt2": ("GPT2Backbone", dict(vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
-                                  max_sequence_length=16)),
-    "vit": ("ViTBackbone", dict(image_shape=(16, 16, 3), patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
-                                mlp_dim=32)),
-    "gemma": ("GemmaBackbone", dict(vocabulary_size=100, num_layers=2, num_query_heads=2, num_key_value_heads=1,
-                                    hidden_dim=16, intermediate_dim=32, head_dim=8)),
-}  # fmt: skip
 
 
 def test_folder_names_are_keras_class_names_in_snake_case():

@@ -21,6 +21,8 @@ from prunectl.core.layers.hub_structure import STRUCTURE
 
 keras_hub = pytest.importorskip("keras_hub")
 
+from hub_models import BACKBONES, build, inputs  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 
@@ -28,43 +30,12 @@ def _backbones():
     from tests.conftest import seeded_keras
 
     seeded_keras()
-    m = keras_hub.models
-    return {
-        "bert": m.BertBackbone(
-            vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32, max_sequence_length=16
-        ),
-        "gpt2": m.GPT2Backbone(
-            vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32, max_sequence_length=16
-        ),
-        "vit": m.ViTBackbone(
-            image_shape=(16, 16, 3), patch_size=4, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32
-        ),
-        "gemma": m.GemmaBackbone(
-            vocabulary_size=100,
-            num_layers=2,
-            num_query_heads=2,
-            num_key_value_heads=1,
-            hidden_dim=16,
-            intermediate_dim=32,
-            head_dim=8,
-        ),
-    }
+    return {name: build(name) for name in BACKBONES}
 
 
 @pytest.fixture(scope="module")
 def backbones():
     return _backbones()
-
-
-def _inputs(name: str, model) -> dict | np.ndarray:
-    rng = np.random.default_rng(0)
-    if name == "vit":
-        return rng.normal(size=(2, 16, 16, 3)).astype("float32")
-    tokens = rng.integers(1, 100, size=(2, 8)).astype("int32")
-    inputs = {"token_ids": tokens, "padding_mask": np.ones_like(tokens)}
-    if name == "bert":
-        inputs["segment_ids"] = np.zeros_like(tokens)
-    return inputs
 
 
 def _variables(layer, path: str) -> list:
@@ -156,7 +127,7 @@ def test_backbones_come_out_as_plain_functional_models_that_reload(backbones, tm
     paths = {}
     for name, model in backbones.items():
         plain = apply_plan(model, StructuralPlan({}, (), (), ()))
-        x = _inputs(name, model)
+        x = inputs(name)
         before, after = model(x, training=False), plain(x, training=False)
         for a, b in zip(keras.tree.flatten(before), keras.tree.flatten(after), strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)

@@ -22,6 +22,8 @@ import pytest
 
 keras_hub = pytest.importorskip("keras_hub")
 
+from hub_models import build, inputs  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 PRUNECTL = Path(sys.executable).with_name("prunectl")
@@ -38,17 +40,7 @@ def _build(name: str):
     from tests.conftest import seeded_keras
 
     seeded_keras()
-    m = keras_hub.models
-    text = dict(vocabulary_size=100, num_layers=2, hidden_dim=16, intermediate_dim=32)
-    if name == "bert":
-        return m.BertBackbone(num_heads=2, max_sequence_length=16, **text)
-    if name == "gpt2":
-        return m.GPT2Backbone(num_heads=2, max_sequence_length=16, **text)
-    if name == "vit":
-        return m.ViTBackbone(
-            image_shape=(16, 16, 3), patch_size=4, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32
-        )
-    return m.GemmaBackbone(num_query_heads=2, num_key_value_heads=1, head_dim=8, **text)
+    return build(name)
 
 
 def _feedforward(name: str, model) -> list[tuple]:
@@ -89,17 +81,6 @@ def _kill(name: str, model, dead: np.ndarray) -> None:
                     dense.kernel.assign(kernel)
 
 
-def _inputs(name: str) -> dict | np.ndarray:
-    rng = np.random.default_rng(0)
-    if name == "vit":
-        return rng.normal(size=(2, 16, 16, 3)).astype("float32")
-    tokens = rng.integers(1, 100, size=(2, 8)).astype("int32")
-    inputs = {"token_ids": tokens, "padding_mask": np.ones_like(tokens)}
-    if name == "bert":
-        inputs["segment_ids"] = np.zeros_like(tokens)
-    return inputs
-
-
 PREDICT = """
 import sys, json, numpy as np, keras, keras_hub
 model = keras.saving.load_model(sys.argv[1])
@@ -132,7 +113,7 @@ def test_neuron_ratio_removes_the_dead_feed_forward_units_and_keeps_outputs(name
     _kill(name, model, dead)
     source, target = tmp_path / f"{name}.keras", tmp_path / f"{name}-pruned.keras"
     model.save(source)
-    x = _inputs(name)
+    x = inputs(name)
     np.savez(tmp_path / "x.npz", **(x if isinstance(x, dict) else {"images": x}))
     expected = model(x, training=False)
 

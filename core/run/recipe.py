@@ -45,15 +45,7 @@ STRUCTURAL_KEYS = (
 WEIGHT_KEYS = ("threshold", "sparsity", "scope", "include", "exclude")
 LAYER_KEYS = ("threshold", "sparsity")
 PATH_KEYS = ("data", "val-data", "plots", "output", "report", "markdown")
-_STRUCTURAL_ONLY = {
-    "neuron-criterion",
-    "neuron-threshold",
-    "neuron-ratio",
-    "round-to",
-    "min-keep",
-    "norms",
-    "prune-residual",
-}
+_STRUCTURAL_ONLY = set(STRUCTURAL_KEYS) - set(WEIGHT_KEYS)
 _NUMBER, _TEXT, _TEXTS = "a number", "a string", "a list of strings"
 # The TOML type each step and layer key takes (other keys are checked by the option they set).
 KEY_TYPES = {
