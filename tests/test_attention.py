@@ -339,3 +339,16 @@ def test_prune_residual_refuses_boundary_norms(tmp_path):
         line="Error: --prune-residual prunes through the normalizations on the residual stream, so it needs "
         "--norms joint (its default). Received: --norms boundary",
     )
+
+
+def test_prune_residual_needs_a_structural_step(tmp_path):
+    path = tmp_path / "t.keras"
+    transformer(blocks=1).save(path)
+    fails(
+        tmp_path,
+        "prune",
+        path,
+        "--prune-residual",
+        code=2,
+        line="Error: --prune-residual needs --neuron-threshold or --neuron-ratio. Received: --prune-residual",
+    )

@@ -271,7 +271,10 @@ def _neuron_step(values: Mapping, dry_run: bool) -> NeuronPruning | None:
             if values.get(name) not in (None, False)
         ]
         if given:
-            shown = " ".join(f"{{{n}}} {v}" for n, v in given) + (" {dry_run}" if dry_run else "")
+            # A flag (True) shows as itself, a value after its option.
+            shown = " ".join(f"{{{n}}}" if v is True else f"{{{n}}} {v}" for n, v in given) + (
+                " {dry_run}" if dry_run else ""
+            )
             raise OptionError(
                 f"{{{given[0][0]}}} needs {{neuron_threshold}} or {{neuron_ratio}}. Received: {shown}",
                 given[0][0],
