@@ -323,32 +323,22 @@ def test_cross_attention_freezes_its_inputs():
     assert group_of(plan, "mha").units_after == 2
 
 
-def test_prune_residual_refuses_boundary_norms(tmp_path):
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (
+            ("--neuron-ratio", "0.5", "--prune-residual", "--norms", "boundary"),
+            "Error: --prune-residual prunes through the normalizations on the residual stream, so it needs "
+            "--norms joint (its default). Received: --norms boundary",
+        ),
+        (
+            ("--prune-residual",),
+            "Error: --prune-residual needs --neuron-threshold or --neuron-ratio. Received: --prune-residual",
+        ),
+    ],
+    ids=["boundary-norms", "no-structural-step"],
+)
+def test_prune_residual_errors(tmp_path, args, line):
     path = tmp_path / "t.keras"
     transformer(blocks=1).save(path)
-    fails(
-        tmp_path,
-        "prune",
-        path,
-        "--neuron-ratio",
-        "0.5",
-        "--prune-residual",
-        "--norms",
-        "boundary",
-        code=2,
-        line="Error: --prune-residual prunes through the normalizations on the residual stream, so it needs "
-        "--norms joint (its default). Received: --norms boundary",
-    )
-
-
-def test_prune_residual_needs_a_structural_step(tmp_path):
-    path = tmp_path / "t.keras"
-    transformer(blocks=1).save(path)
-    fails(
-        tmp_path,
-        "prune",
-        path,
-        "--prune-residual",
-        code=2,
-        line="Error: --prune-residual needs --neuron-threshold or --neuron-ratio. Received: --prune-residual",
-    )
+    fails(tmp_path, "prune", path, *args, code=2, line=line)
