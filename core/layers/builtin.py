@@ -9,6 +9,7 @@ the layer's real variables by ``tests/test_layer_table.py``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 
 from prunectl.core.layers.spec import Inner, LayerSpec, Rule, WeightShape, WeightSpec, op_key
@@ -70,9 +71,40 @@ def keras_applications_check(*keys: str) -> Callable[[dict, int], str | None]:
     return check
 
 
+def einsum_inputs(shape: tuple[int, ...], config: dict | None) -> tuple[int, ...] | None:
+    """An EinsumDense kernel's input axes: its letters that the input has and the output lacks.
+
+    Example:
+        >>> einsum_inputs((8, 2, 4), {"equation": "abc,cde->abde"})
+        (0,)
+    """
+    equation = str((config or {}).get("equation") or "").replace(" ", "")
+    match = re.fullmatch(r"([a-z.]+),([a-z]+)->([a-z.]+)", equation)
+    if not match or len(match.group(2)) != len(shape):
+        return None
+    inputs, kernel, output = match.groups()
+    axes = tuple(i for i, letter in enumerate(kernel) if letter in inputs and letter not in output)
+    return axes or None
+
+
+def spatial_inputs(shape: tuple[int, ...], config: dict | None) -> tuple[int, ...] | None:
+    """A depthwise kernel ``(*kernel_size, channels, multiplier)`` sums over the window alone."""
+    return tuple(range(len(shape) - 2)) or None
+
+
+def transpose_inputs(shape: tuple[int, ...], config: dict | None) -> tuple[int, ...] | None:
+    """A transposed convolution's kernel ``(*kernel_size, filters, in_channels)`` sums over the window and its input."""
+    return (*range(len(shape) - 2), len(shape) - 1) if len(shape) >= 3 else None
+
+
+def no_inputs(shape: tuple[int, ...], config: dict | None) -> None:
+    """A lookup table (an embedding) multiplies nothing: it has no input axes."""
+    return None
+
+
 _KERNEL = (WeightSpec("kernel", 0),)
 _RNN = (WeightSpec("kernel", 0, "cell"), WeightSpec("recurrent_kernel", 1, "cell"))
-_SEPARABLE_WEIGHTS = (WeightSpec("depthwise_kernel", 0), WeightSpec("pointwise_kernel", 1))
+_SEPARABLE_WEIGHTS = (WeightSpec("depthwise_kernel", 0, inputs=spatial_inputs), WeightSpec("pointwise_kernel", 1))
 
 _DENSE = Rule("producer", "units", (("kernel", 0, None),), (("kernel", -1), ("bias", 0)), "dense")
 _CONV = Rule("producer", "filters", (("kernel", -2, None),), (("kernel", -1), ("bias", 0)), "conv", conv_check)
@@ -257,17 +289,30 @@ BUILTIN: dict[str, LayerSpec] = {
             WeightShape("bias", ((0, "units"),), when="use_bias"),
         ),
     ),
-    "EinsumDense": LayerSpec(_KERNEL, weight_shapes=(WeightShape("kernel"), WeightShape("bias", when="bias_axes"))),
+    "EinsumDense": LayerSpec(
+        (WeightSpec("kernel", 0, inputs=einsum_inputs),),
+        weight_shapes=(WeightShape("kernel"), WeightShape("bias", when="bias_axes")),
+    ),
     **{
         f"Conv{d}D": LayerSpec(_KERNEL, _CONV, {"kernel": "output"}, foldable=True, weight_shapes=_conv_shapes(d))
         for d in (1, 2, 3)
     },
     **{
-        f"Conv{d}DTranspose": LayerSpec(_KERNEL, _TRANSPOSE, {"kernel": "input"}, weight_shapes=_transpose_shapes(d))
+        f"Conv{d}DTranspose": LayerSpec(
+            (WeightSpec("kernel", 0, inputs=transpose_inputs),),
+            _TRANSPOSE,
+            {"kernel": "input"},
+            weight_shapes=_transpose_shapes(d),
+        )
         for d in (1, 2, 3)
     },
     **{
-        f"DepthwiseConv{d}D": LayerSpec(_KERNEL, _DEPTHWISE, {"kernel": "output"}, weight_shapes=_depthwise_shapes(d))
+        f"DepthwiseConv{d}D": LayerSpec(
+            (WeightSpec("kernel", 0, inputs=spatial_inputs),),
+            _DEPTHWISE,
+            {"kernel": "output"},
+            weight_shapes=_depthwise_shapes(d),
+        )
         for d in (1, 2)
     },
     **{
@@ -286,7 +331,7 @@ BUILTIN: dict[str, LayerSpec] = {
         macs=attention_macs,
     ),
     "Embedding": LayerSpec(
-        (WeightSpec("embeddings", 0),),
+        (WeightSpec("embeddings", 0, inputs=no_inputs),),
         # A producer of the residual stream's channels, pruned only with --prune-residual.
         rule=Rule("producer", "output_dim", out_axes=(("embeddings", 1),), residual=True),
         weight_shapes=(WeightShape("embeddings", ((0, "input_dim"), (1, "output_dim"))),),

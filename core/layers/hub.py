@@ -13,6 +13,7 @@ ViT are treated alike; ``--exclude position_embedding`` keeps it whole.
 
 from __future__ import annotations
 
+from prunectl.core.layers.builtin import no_inputs
 from prunectl.core.layers.spec import LayerSpec, WeightSpec
 
 _ATTENTION = dict.fromkeys(("query_dense", "key_dense", "value_dense", "output_dense"), "EinsumDense")
@@ -21,8 +22,10 @@ _NORMS = ("_self_attention_layer_norm", "_feedforward_layer_norm")
 
 HUB: dict[str, LayerSpec] = {
     # With tie_weights=False the LM head is its own (hidden, vocab) matrix, created second.
-    "ReversibleEmbedding": LayerSpec((WeightSpec("embeddings", 0), WeightSpec("reverse_embeddings", 1))),
-    "PositionEmbedding": LayerSpec((WeightSpec("embeddings", 0),)),
+    "ReversibleEmbedding": LayerSpec(
+        (WeightSpec("embeddings", 0, inputs=no_inputs), WeightSpec("reverse_embeddings", 1))
+    ),
+    "PositionEmbedding": LayerSpec((WeightSpec("embeddings", 0, inputs=no_inputs),)),
     "CachedMultiHeadAttention": LayerSpec(sublayers=_ATTENTION),
     "CachedGemmaAttention": LayerSpec(sublayers=_ATTENTION),
     "TransformerEncoder": LayerSpec(

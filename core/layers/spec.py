@@ -46,11 +46,29 @@ class WeightSpec:
         name: the Keras variable name, e.g. ``"kernel"``.
         index: its position in the owning (sub-)layer's variable list.
         sublayer: path of the owning sub-layer below the layer, e.g. ``"cell"``.
+        inputs: ``inputs(shape, config)`` gives the weight's *input axes*, those its layer sums
+            over (the reduction of its matrix product), where sparsity patterns group weights;
+            ``config`` is the owning layer's config, or None where it is unknown (a sub-layer in a
+            saved file). It returns None where it cannot tell or the weight multiplies nothing (an
+            embedding table). None (the default): every axis but the last, as for a Dense or
+            Conv kernel.
     """
 
     name: str
     index: int
     sublayer: str = ""
+    inputs: Callable[[tuple[int, ...], dict | None], tuple[int, ...] | None] | None = None
+
+    def input_axes(self, shape: tuple[int, ...], config: dict | None = None) -> tuple[int, ...] | None:
+        """The axes of a weight of ``shape`` that its layer sums over, or None where unknown.
+
+        Example:
+            >>> WeightSpec("kernel", 0).input_axes((3, 3, 16, 32))
+            (0, 1, 2)
+        """
+        if self.inputs is not None:
+            return self.inputs(tuple(shape), config)
+        return tuple(range(len(shape) - 1)) if len(shape) >= 2 else None
 
 
 @dataclass(frozen=True)

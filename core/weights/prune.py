@@ -23,6 +23,7 @@ from prunectl.core.io.writer import Progress, write_model
 from prunectl.core.options import SCOPES, compile_patterns, validate_sparsity, validate_threshold
 from prunectl.core.weights import masks
 from prunectl.core.weights.catalog import WeightCounts, keras_weight_entries
+from prunectl.core.weights.patterns import Pattern
 from prunectl.core.weights.selection import select_weights, shown_layers
 
 
@@ -41,6 +42,10 @@ class WeightPruning:
             the two set: the first pattern found in a layer's name gives that
             layer its own threshold or (layer-scope) sparsity; with global scope
             the shared cut runs over the other layers only.
+        pattern: where the zeros may go (N:M groups or blocks, see
+            :mod:`prunectl.core.weights.patterns`); None: anywhere.
+        criterion: how weights are scored: ``"magnitude"`` (``|w|``, no data) or a
+            data-aware criterion that reads calibration data.
 
     Raises:
         OptionError: on a missing, conflicting or out-of-range value.
@@ -52,6 +57,8 @@ class WeightPruning:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     layers: tuple[tuple[str, float | None, float | None], ...] = ()
+    pattern: Pattern | None = None
+    criterion: str = "magnitude"
 
     def __post_init__(self):
         if (self.threshold is None) == (self.sparsity is None):
@@ -82,7 +89,10 @@ class WeightPruning:
         return None
 
     def get_config(self) -> dict:
-        config = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k != "layers"}
+        config = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k not in ("layers", "pattern")
+        }
+        config["pattern"] = self.pattern.get_config() if self.pattern else None
         config["layers"] = {p: ({"threshold": t} if t is not None else {"sparsity": s}) for p, t, s in self.layers}
         return config
 
@@ -93,7 +103,11 @@ class WeightPruning:
         Raises:
             OptionError: as the constructor.
         """
-        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k != "layers"}
+        values: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k not in ("layers", "pattern")
+        }
+        if config.get("pattern"):
+            values["pattern"] = Pattern.from_config(config["pattern"])
         layers = tuple((p, o.get("threshold"), o.get("sparsity")) for p, o in (config.get("layers") or {}).items())
         return cls(**values, layers=layers)
 
