@@ -18,6 +18,7 @@ from prunectl.core.options import (
     DEFAULT_COMPRESSION,
     ENGINES,
     SCOPES,
+    WEIGHT_CRITERIA,
     validate_sparsity,
     validate_threshold,
 )
@@ -63,6 +64,25 @@ from prunectl.core.options import (
         metavar="REGEX",
         callback=patterns,
         help="Leave layers whose name matches (repeatable).",
+    ),
+    click.option(
+        "--weight-criterion",
+        type=click.Choice(WEIGHT_CRITERIA),
+        default="magnitude",
+        show_default=True,
+        help="How weights are scored: magnitude |w| (no data), wanda (|w| x input norm) or sparsegpt "
+        "(layer-wise reconstruction), both on --data as calibration.",
+    ),
+    click.option(
+        "--pattern",
+        metavar="N:M",
+        help="N:M sparsity: in every group of M consecutive weights along the input axis, N are zero "
+        "(2:4 is what sparse tensor cores run); sets the sparsity to N/M.",
+    ),
+    click.option(
+        "--block",
+        metavar="RxC",
+        help="Block sparsity: zero whole blocks of R input rows by C output columns (e.g. 1x4).",
     ),
 )
 @structural_options

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from prunectl.core.errors import OptionError
 
 SCOPES = ("layer", "global")
+# How a weight step scores weights: magnitude needs no data; the others read calibration data (--data).
+WEIGHT_CRITERIA = ("magnitude", "wanda", "sparsegpt")
 # How structural pruning meets a normalization over the channels (LayerNormalization and kin). Leaving it
 # whole recovered more accuracy after fine-tuning at equal params (benchmarks/layernorm.py).
 NORM_MODES = ("boundary", "joint")

@@ -47,6 +47,9 @@ def test_weight_step_with_layer_override(models):
             "scope": "layer",
             "include": [],
             "exclude": [],
+            "weight-criterion": "magnitude",
+            "pattern": None,
+            "block": None,
             "layers": {"^conv$": {"sparsity": 0.25}},
         }
     ]
@@ -164,7 +167,9 @@ def test_recipe_out_records_command_line_options(models, tmp_path):
         "-q",
     )
     written = tomllib.loads((tmp_path / "r.toml").read_text())
-    assert written["step"] == [{"threshold": 0.2, "scope": "layer", "exclude": ["^d2$"]}]
+    assert written["step"] == [
+        {"threshold": 0.2, "scope": "layer", "exclude": ["^d2$"], "weight-criterion": "magnitude"}
+    ]
     assert written["compression"] == "strong" and written["min-sparsity"] == 0.1
 
 
@@ -173,8 +178,8 @@ def test_recipe_out_records_command_line_options(models, tmp_path):
     [
         (
             "[[step]]\nsparsity = 0.5\nsparsty = 0.2\n",
-            "Error: recipe {path} line 3, step 1: unknown key 'sparsty' (known: exclude, include, scope, sparsity, "
-            "threshold). Received: sparsty = 0.2",
+            "Error: recipe {path} line 3, step 1: unknown key 'sparsty' (known: block, exclude, include, pattern, scope, "
+            "sparsity, threshold, weight-criterion). Received: sparsty = 0.2",
         ),
         (
             "[[step]]\nsparsity = 1.5\n",

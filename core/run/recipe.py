@@ -42,7 +42,7 @@ STRUCTURAL_KEYS = (
     "include",
     "exclude",
 )
-WEIGHT_KEYS = ("threshold", "sparsity", "scope", "include", "exclude")
+WEIGHT_KEYS = ("threshold", "sparsity", "scope", "include", "exclude", "weight-criterion", "pattern", "block")
 LAYER_KEYS = ("threshold", "sparsity")
 PATH_KEYS = ("data", "val-data", "plots", "output", "report", "markdown")
 _STRUCTURAL_ONLY = set(STRUCTURAL_KEYS) - set(WEIGHT_KEYS)
@@ -59,6 +59,9 @@ KEY_TYPES = {
     "norms": _TEXT,
     "prune-residual": "true or false",
     "scope": _TEXT,
+    "weight-criterion": _TEXT,
+    "pattern": _TEXT,
+    "block": _TEXT,
     "include": _TEXTS,
     "exclude": _TEXTS,
 }

@@ -22,7 +22,7 @@ from prunectl.core.options import COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGIN
 from prunectl.core.run.gates import GATES, gate_config, gate_metrics, gate_pairs
 from prunectl.core.structure.criteria import CRITERIA
 from prunectl.core.structure.plan import NeuronPruning
-from prunectl.core.weights.prune import WeightPruning
+from prunectl.core.weights.prune import WeightPruning, pattern_of
 
 if TYPE_CHECKING:
     from prunectl.core.training.evaluate import EvalOptions
@@ -368,6 +368,8 @@ def build_request(values: Mapping, weights: Mapping | None = None, structural: M
             include=tuple(weights.get("include", ())),
             exclude=tuple(weights.get("exclude", ())),
             layers=tuple(weights.get("layers", ())),
+            pattern=pattern_of(weights.get("pattern"), weights.get("block")),
+            criterion=weights.get("weight_criterion") or "magnitude",
         )
     )
     return PruneRequest(

@@ -89,10 +89,13 @@ class WeightPruning:
         return None
 
     def get_config(self) -> dict:
-        config = {
-            k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k not in ("layers", "pattern")
-        }
-        config["pattern"] = self.pattern.get_config() if self.pattern else None
+        """The step keyed by the prune command's option names (``weight_criterion``, ``pattern``, ``block``)."""
+        skip = ("layers", "pattern", "criterion")
+        config = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k not in skip}
+        config["weight_criterion"] = self.criterion
+        nm = self.pattern is not None and self.pattern.kind == "nm"
+        config["pattern"] = self.pattern.label if nm and self.pattern else None
+        config["block"] = self.pattern.label if self.pattern is not None and not nm else None
         config["layers"] = {p: ({"threshold": t} if t is not None else {"sparsity": s}) for p, t, s in self.layers}
         return config
 
@@ -101,15 +104,34 @@ class WeightPruning:
         """The step :meth:`get_config` describes.
 
         Raises:
-            OptionError: as the constructor.
+            OptionError: as the constructor, or both a ``pattern`` and a ``block``.
         """
-        values: dict[str, Any] = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k not in ("layers", "pattern")
-        }
-        if config.get("pattern"):
-            values["pattern"] = Pattern.from_config(config["pattern"])
+        skip = ("layers", "pattern", "block", "weight_criterion")
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k not in skip}
         layers = tuple((p, o.get("threshold"), o.get("sparsity")) for p, o in (config.get("layers") or {}).items())
-        return cls(**values, layers=layers)
+        return cls(
+            **values,
+            layers=layers,
+            pattern=pattern_of(config.get("pattern"), config.get("block")),
+            criterion=config.get("weight_criterion") or "magnitude",
+        )
+
+
+def pattern_of(nm: str | None, block: str | None) -> Pattern | None:
+    """The pattern that ``--pattern N:M`` or ``--block RxC`` gives, or None for neither.
+
+    Raises:
+        OptionError: both given, or a malformed one.
+    """
+    if nm and block:
+        raise OptionError(
+            f"give only one of {{pattern}} and {{block}}. Received: {{pattern}} {nm} {{block}} {block}",
+            "pattern",
+            "block",
+        )
+    if nm:
+        return Pattern.parse_nm(nm)
+    return Pattern.parse_block(block) if block else None
 
 
 @dataclass(frozen=True)
