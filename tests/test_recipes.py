@@ -202,8 +202,8 @@ def test_recipe_out_records_command_line_options(models, tmp_path):
         ),
         (
             '[[step]]\nscope = "global"\n',
-            "Error: recipe {path} line 1, step 1: a step needs neuron-threshold/neuron-ratio or threshold/sparsity. "
-            "Received: scope",
+            "Error: recipe {path} line 1, step 1: a step needs neuron-threshold/neuron-ratio, threshold/sparsity or "
+            "pattern. Received: scope",
         ),
         (
             "[[step]]\nsparsity = 0.5\n[tuning]\nepochs = 3\n",

@@ -57,14 +57,17 @@ class Pattern:
     def __post_init__(self):
         if self.kind not in ("nm", "block"):
             raise OptionError(f"a pattern is 'nm' or 'block'. Received: kind={self.kind!r}")
+        # Messages name the option that gave the pattern ({pattern} or {block}: a flag on the command line).
+        option = "pattern" if self.kind == "nm" else "block"
+        given = f"{{{option}}} {self.label}"
         if self.a < 1 or self.b < 1:
-            raise OptionError(f"pattern sizes must be at least 1. Received: {self.label}")
+            raise OptionError(f"pattern sizes must be at least 1. Received: {given}", option)
         if self.kind == "nm" and self.a >= self.b:
             raise OptionError(
-                f"an N:M pattern zeroes N of every M weights, so N must be below M. Received: {self.label}"
+                f"an N:M pattern zeroes N of every M weights, so N must be below M. Received: {given}", option
             )
         if self.kind == "block" and self.size == 1:
-            raise OptionError(f"a 1x1 block is unstructured pruning; give a larger block. Received: {self.label}")
+            raise OptionError(f"a 1x1 block is unstructured pruning; give a larger block. Received: {given}", option)
 
     @classmethod
     def parse_nm(cls, text: str) -> Pattern:
@@ -75,7 +78,7 @@ class Pattern:
         """
         match = _NM.fullmatch(str(text))
         if not match:
-            raise OptionError(f"a pattern is written N:M, e.g. 2:4. Received: pattern={text!r}")
+            raise OptionError(f"a pattern is written N:M, e.g. 2:4. Received: {{pattern}} {text}", "pattern")
         return cls("nm", int(match.group(1)), int(match.group(2)))
 
     @classmethod
@@ -87,7 +90,7 @@ class Pattern:
         """
         match = _BLOCK.fullmatch(str(text))
         if not match:
-            raise OptionError(f"a block is written ROWSxCOLS, e.g. 1x4. Received: block={text!r}")
+            raise OptionError(f"a block is written ROWSxCOLS, e.g. 1x4. Received: {{block}} {text}", "block")
         return cls("block", int(match.group(1)), int(match.group(2)))
 
     @property
