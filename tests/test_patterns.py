@@ -152,7 +152,7 @@ def test_two_four_on_every_layer_kind(kinds, fmt, engine):
         np.testing.assert_array_equal(saved(out, name), saved(source, name), err_msg=name)
     report = json.loads((kinds / f"nm-{engine}{fmt}.report.json").read_text())
     rows = {(r["layer"], r["weight"]): r for r in report["layers"]}
-    assert rows["conv_a", "kernel"]["pattern"] is None
+    assert rows["conv_a", "kernel"]["pattern"] is None and rows["conv_a", "kernel"]["pruned"] is False
     assert rows["conv_a", "kernel"]["pattern_left"] == "its input axis has 1 entries, not a multiple of 4"
     assert rows["depthwise", "kernel"]["pattern_left"] == "its input axis has 3 entries, not a multiple of 4"
     assert rows["einsum", "kernel"]["pattern"] == "2:4" and rows["einsum", "kernel"]["zeros"] == 32

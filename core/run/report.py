@@ -78,8 +78,10 @@ def layer_rows(
             "prunable": entry.prunable,
         }
         if results is not None:
-            row["pruned"] = result is not None
-            row["threshold"] = result.threshold if result else None
+            # A tensor that could not hold the run's pattern was selected but left as it was: not pruned.
+            pruned = result is not None and result.left is None
+            row["pruned"] = pruned
+            row["threshold"] = result.threshold if result and pruned else None
             row["zeros_before"] = result.zeros_before if result else zeros[entry.key]
             if result is not None and (result.pattern or result.left):
                 row["pattern"] = result.pattern
