@@ -77,12 +77,14 @@ from prunectl.core.options import (
         "--pattern",
         metavar="N:M",
         help="N:M sparsity: in every group of M consecutive weights along the input axis, N are zero "
-        "(2:4 is what sparse tensor cores run); sets the sparsity to N/M.",
+        "(2:4 is what sparse tensor cores run); sets the sparsity to N/M. A weight whose input axis is not a "
+        "multiple of M (or that has none, an embedding) is left as it is; the report says which.",
     ),
     click.option(
         "--block",
         metavar="RxC",
-        help="Block sparsity: zero whole blocks of R input rows by C output columns (e.g. 1x4).",
+        help="Block sparsity: zero whole blocks of R input rows by C output columns (e.g. 1x4), lowest mean "
+        "|w| first, up to --sparsity S or every block whose mean |w| is below --threshold T.",
     ),
 )
 @structural_options

@@ -178,8 +178,8 @@ def test_recipe_out_records_command_line_options(models, tmp_path):
     [
         (
             "[[step]]\nsparsity = 0.5\nsparsty = 0.2\n",
-            "Error: recipe {path} line 3, step 1: unknown key 'sparsty' (known: block, exclude, include, pattern, scope, "
-            "sparsity, threshold, weight-criterion). Received: sparsty = 0.2",
+            "Error: recipe {path} line 3, step 1: unknown key 'sparsty' (known: block, exclude, include, pattern, "
+            "scope, sparsity, threshold, weight-criterion). Received: sparsty = 0.2",
         ),
         (
             "[[step]]\nsparsity = 1.5\n",
@@ -202,8 +202,8 @@ def test_recipe_out_records_command_line_options(models, tmp_path):
         ),
         (
             '[[step]]\nscope = "global"\n',
-            "Error: recipe {path} line 1, step 1: a step needs neuron-threshold/neuron-ratio or threshold/sparsity. "
-            "Received: scope",
+            "Error: recipe {path} line 1, step 1: a step needs neuron-threshold/neuron-ratio, threshold/sparsity or "
+            "pattern. Received: scope",
         ),
         (
             "[[step]]\nsparsity = 0.5\n[tuning]\nepochs = 3\n",

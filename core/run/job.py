@@ -34,7 +34,7 @@ from prunectl.core.run.outcome import PruneOutcome
 from prunectl.core.run.report import PlanReport, PruneReport, plan_report, prune_report
 from prunectl.core.run.request import PruneRequest  # noqa: F401 (the job's input, re-exported)
 from prunectl.core.weights.catalog import WeightCounts, live_counts, unclassified
-from prunectl.core.weights.prune import prune_file, prune_keras_model
+from prunectl.core.weights.prune import keras_only_layers, prune_file, prune_keras_model
 
 if TYPE_CHECKING:
     from prunectl.core.training.finetune import TrainingProgress
@@ -78,6 +78,14 @@ def choose_engine(request: PruneRequest, target: Path, model: ModelFile | None =
             "the file engine cannot tell what the weights inside these layers are (their classes are known only "
             f"to Keras); use --engine keras or auto. Received: {shown_names(opaque, 5)}"
         )
+    step = request.weights
+    patterned = keras_only_layers(model, step) if model is not None and step is not None else []
+    if request.engine == "file" and patterned and step is not None and step.pattern is not None:
+        raise OptionError(
+            f"the file engine cannot place the {step.pattern.label} pattern in these layers' weights: "
+            "their input axes come from a nested layer's config (an EinsumDense's equation) that only Keras "
+            f"builds; use --engine keras or auto. Received: {shown_names(patterned, 5)}"
+        )
     if request.engine == "file" and converting:
         raise OptionError(
             "the file engine cannot convert between .h5 and .keras; use --engine keras or auto. "
@@ -86,7 +94,7 @@ def choose_engine(request: PruneRequest, target: Path, model: ModelFile | None =
     if request.engine == "file" and request.needs_keras():
         raise OptionError("the file engine runs weight steps only; use --engine keras or auto. Received: --engine file")
     if request.engine == "auto":
-        return "keras" if converting or request.needs_keras() or opaque else "file"
+        return "keras" if converting or request.needs_keras() or opaque or patterned else "file"
     return request.engine
 
 

@@ -312,12 +312,12 @@ def load_recipe(path: str | os.PathLike, finetune_keys: set[str], option_keys: s
             line,
             values_of(table, ("step", index), STRUCTURAL_KEYS if kind == "structural" else WEIGHT_KEYS, where),
         )
-        if kind == "weights" and not ({"threshold", "sparsity"} & set(table)):
+        if kind == "weights" and not ({"threshold", "sparsity", "pattern"} & set(table)):
             raise _error(
                 path,
                 line,
                 where,
-                "a step needs neuron-threshold/neuron-ratio or threshold/sparsity. "
+                "a step needs neuron-threshold/neuron-ratio, threshold/sparsity or pattern. "
                 f"Received: {', '.join(sorted(table)) or 'an empty step'}",
             )
         if layers:

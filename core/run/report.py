@@ -78,9 +78,14 @@ def layer_rows(
             "prunable": entry.prunable,
         }
         if results is not None:
-            row["pruned"] = result is not None
-            row["threshold"] = result.threshold if result else None
+            # A tensor that could not hold the run's pattern was selected but left as it was: not pruned.
+            pruned = result is not None and result.left is None
+            row["pruned"] = pruned
+            row["threshold"] = result.threshold if result and pruned else None
             row["zeros_before"] = result.zeros_before if result else zeros[entry.key]
+            if result is not None and (result.pattern or result.left):
+                row["pattern"] = result.pattern
+                row["pattern_left"] = result.left
         rows.append(row)
     return rows
 
@@ -277,6 +282,29 @@ def model_report(model: ModelFile, all_weights: bool = False) -> ModelReport:
     )
 
 
+def pattern_summary(results: dict) -> tuple[dict | None, list[str]]:
+    """How many pruned tensors hold the run's sparsity pattern and which were left as they were, with a note.
+
+    Returns:
+        ``({"pattern", "tensors", "held", "left"}, notes)``, or ``(None, [])`` for a run without a pattern.
+    """
+    held = [r for r in results.values() if r.pattern]
+    left = [r for r in results.values() if r.left]
+    if not held and not left:
+        return None, []
+    label = held[0].pattern if held else None
+    summary = {"pattern": label, "tensors": len(held) + len(left), "held": len(held), "left": len(left)}
+    if not left:
+        return summary, []
+    more = f"; and {len(left) - 5} more" if len(left) > 5 else ""
+    shown = "; ".join(f"{r.key} ({r.left})" for r in left[:5]) + more
+    note = (
+        f"{len(left)} of {len(held) + len(left)} selected weight tensors cannot hold the {label} pattern and were "
+        f"left as they were: {shown}"
+    )
+    return summary, [note]
+
+
 def prune_report(
     outcome: PruneOutcome,
     source: ModelFile,
@@ -298,6 +326,7 @@ def prune_report(
         gates: gate objects to check the report against.
     """
     counts = outcome.counts
+    summary, notes = pattern_summary(outcome.results)
     fields: dict[str, Any] = dict(
         header=Header.now("prune"),
         input=file_info(source.path, source.format),
@@ -306,8 +335,8 @@ def prune_report(
         engine=outcome.engine,
         seconds=round(outcome.seconds, 3),
         layers=layer_rows(counts.entries, counts.zeros, outcome.results),
-        totals=totals(counts.entries, counts.zeros),
-        notes=list(outcome.notes),
+        totals={**totals(counts.entries, counts.zeros), **({"pattern": summary} if summary else {})},
+        notes=list(outcome.notes) + notes,
         report_path=str(report_path),
         pipeline=pipeline,
         structural=outcome.structural or None,

@@ -166,6 +166,15 @@ class PruneRequest:
                 "neuron_ratio",
                 "recipe",
             )
+        pattern = self.weights.pattern if self.weights is not None else None
+        if self.finetune is not None and self.finetune.schedule != "oneshot" and pattern and pattern.kind == "nm":
+            raise OptionError(
+                f"an N:M pattern holds {pattern.a} zeros in every group of {pattern.b} from the start, so "
+                f"{{schedule}} {self.finetune.schedule} cannot raise its sparsity step by step; use {{schedule}} "
+                f"oneshot. Received: {{schedule}} {self.finetune.schedule} {{pattern}} {pattern.label}",
+                "schedule",
+                "pattern",
+            )
         if (
             self.finetune is not None
             and self.finetune.schedule != "oneshot"
@@ -358,9 +367,10 @@ def build_request(values: Mapping, weights: Mapping | None = None, structural: M
     neurons = _neuron_step(structural, bool(values.get("dry_run")))
     gates = gate_pairs(values)
     finetune = _finetune(values)
+    pattern = pattern_of(weights.get("pattern"), weights.get("block"))
     step = (
         None
-        if threshold is None and sparsity is None
+        if threshold is None and sparsity is None and pattern is None
         else WeightPruning(
             threshold=threshold,
             sparsity=sparsity,
@@ -368,7 +378,7 @@ def build_request(values: Mapping, weights: Mapping | None = None, structural: M
             include=tuple(weights.get("include", ())),
             exclude=tuple(weights.get("exclude", ())),
             layers=tuple(weights.get("layers", ())),
-            pattern=pattern_of(weights.get("pattern"), weights.get("block")),
+            pattern=pattern,
             criterion=weights.get("weight_criterion") or "magnitude",
         )
     )

@@ -16,6 +16,7 @@ import numpy as np
 
 from prunectl.core.io.modelfile import ModelFile, WeightEntry, has_layer_list
 from prunectl.core.layers import get_spec, is_nested_model, prunable_weight
+from prunectl.core.layers.builtin import no_inputs
 from prunectl.core.weights import masks
 
 
@@ -125,7 +126,68 @@ def live_counts(keras_model) -> WeightCounts:
     return counts
 
 
-def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, Any]]:
+# The input axes of one weight, or None with the reason they are unknown.
+Axes = tuple[tuple[int, ...] | None, str | None]
+
+
+def input_axes(entry: WeightEntry, config: dict | None) -> Axes:
+    """The input axes of a prunable weight (where sparsity patterns group it), or None and why not.
+
+    Args:
+        entry: the weight.
+        config: its layer's config, or None where unknown (a nested layer in a saved file).
+
+    Returns:
+        ``(axes, None)``, or ``(None, reason)`` where the weight has no input axis or they cannot be told.
+    """
+    spec = prunable_weight(entry.class_name, entry.weight)
+    if spec is None:
+        return None, f"the layer table names no prunable {entry.weight} for {entry.class_name}"
+    axes = spec.input_axes(entry.shape, config)
+    if axes is not None:
+        return axes, None
+    if spec.inputs is no_inputs:
+        return None, "it has no input axis: it is a lookup table"
+    if config is None:
+        return None, (
+            f"its input axes depend on its {entry.class_name} layer's config, which the saved file does not "
+            "hold for a nested layer"
+        )
+    return None, f"its input axes cannot be told from its {entry.class_name} layer's config"
+
+
+def needs_config(entry: WeightEntry) -> bool:
+    """Whether a prunable weight's input axes depend on its layer's config (an EinsumDense's equation)."""
+    spec = prunable_weight(entry.class_name, entry.weight)
+    return spec is not None and spec.inputs is not no_inputs and spec.input_axes(entry.shape, None) is None
+
+
+def file_layer_configs(model: ModelFile) -> dict[str, dict | None]:
+    """Each weight's layer config as a saved file's model config holds it, by entry key (None for a nested sub-layer).
+
+    A sub-layer's weights (inside a MultiHeadAttention or a keras_hub block) sit in the
+    file under their owner; the model config holds only the owner's constructor arguments.
+    """
+    found: dict[str, dict] = {}
+
+    def walk(config: dict) -> None:
+        layers = config.get("layers") if isinstance(config, dict) else None
+        for layer in layers if isinstance(layers, list) else []:
+            inner = layer.get("config") if isinstance(layer, dict) else None
+            if not isinstance(inner, dict):
+                continue
+            name = inner.get("name") or layer.get("name")
+            if isinstance(name, str) and name not in found:
+                found[name] = inner
+            if is_nested_model(str(layer.get("class_name"))) or "layers" in inner:
+                walk(inner)
+
+    config = model.config.get("config", model.config) if isinstance(model.config, dict) else {}
+    walk(config if isinstance(config, dict) else {})
+    return {e.key: None if e.top else found.get(e.layer) for e in model.entries}
+
+
+def keras_weight_entries(keras_model, configs: dict[str, dict | None] | None = None) -> list[tuple[WeightEntry, Any]]:
     """List a live Keras model's weights as tagged entries paired with their variables.
 
     A layer whose class the table describes without ``sublayers`` owns all its
@@ -134,6 +196,10 @@ def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, Any]]:
     and each sub-layer it tracks is an entry of its own, down to the innermost, named
     by the path of layer names from the top-level layer (``block/attention/query``),
     as a ``.keras`` file is read (:mod:`prunectl.core.io.modelfile`).
+
+    Args:
+        keras_model: the live model.
+        configs: when given, filled with each entry's layer config by entry key.
     """
     from prunectl.core.io.keras_io import own_variables, sublayers
 
@@ -141,6 +207,7 @@ def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, Any]]:
 
     def add(layer, path: str, variables, order: int, top: str) -> None:
         class_name = layer.__class__.__name__
+        config = _layer_config(layer) if configs is not None else None
         for variable in variables:
             dtype = np.dtype(variable.dtype)
             entry = WeightEntry(
@@ -155,6 +222,8 @@ def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, Any]]:
                 top=top,
             )
             pairs.append((entry, variable))
+            if configs is not None:
+                configs[entry.key] = config
 
     def nested(layer, path: str, order: int, top: str) -> None:
         spec = get_spec(layer.__class__.__name__)
@@ -177,3 +246,10 @@ def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, Any]]:
 
     walk(keras_model.layers, [])
     return pairs
+
+
+def _layer_config(layer) -> dict | None:
+    try:
+        return layer.get_config()
+    except (NotImplementedError, TypeError, ValueError):  # a custom layer without a usable get_config
+        return None

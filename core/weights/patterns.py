@@ -57,14 +57,17 @@ class Pattern:
     def __post_init__(self):
         if self.kind not in ("nm", "block"):
             raise OptionError(f"a pattern is 'nm' or 'block'. Received: kind={self.kind!r}")
+        # Messages name the option that gave the pattern ({pattern} or {block}: a flag on the command line).
+        option = "pattern" if self.kind == "nm" else "block"
+        given = f"{{{option}}} {self.label}"
         if self.a < 1 or self.b < 1:
-            raise OptionError(f"pattern sizes must be at least 1. Received: {self.label}")
+            raise OptionError(f"pattern sizes must be at least 1. Received: {given}", option)
         if self.kind == "nm" and self.a >= self.b:
             raise OptionError(
-                f"an N:M pattern zeroes N of every M weights, so N must be below M. Received: {self.label}"
+                f"an N:M pattern zeroes N of every M weights, so N must be below M. Received: {given}", option
             )
         if self.kind == "block" and self.size == 1:
-            raise OptionError(f"a 1x1 block is unstructured pruning; give a larger block. Received: {self.label}")
+            raise OptionError(f"a 1x1 block is unstructured pruning; give a larger block. Received: {given}", option)
 
     @classmethod
     def parse_nm(cls, text: str) -> Pattern:
@@ -75,7 +78,7 @@ class Pattern:
         """
         match = _NM.fullmatch(str(text))
         if not match:
-            raise OptionError(f"a pattern is written N:M, e.g. 2:4. Received: pattern={text!r}")
+            raise OptionError(f"a pattern is written N:M, e.g. 2:4. Received: {{pattern}} {text}", "pattern")
         return cls("nm", int(match.group(1)), int(match.group(2)))
 
     @classmethod
@@ -87,7 +90,7 @@ class Pattern:
         """
         match = _BLOCK.fullmatch(str(text))
         if not match:
-            raise OptionError(f"a block is written ROWSxCOLS, e.g. 1x4. Received: block={text!r}")
+            raise OptionError(f"a block is written ROWSxCOLS, e.g. 1x4. Received: {{block}} {text}", "block")
         return cls("block", int(match.group(1)), int(match.group(2)))
 
     @property
@@ -146,6 +149,92 @@ def nm_fits(pattern: Pattern, shape: tuple[int, ...], axes: tuple[int, ...] | No
     if inner % pattern.b:
         return f"its input axis has {inner} entries, not a multiple of {pattern.b}"
     return None
+
+
+def pattern_fits(pattern: Pattern, shape: tuple[int, ...], axes: tuple[int, ...] | None) -> str | None:
+    """Why a weight of ``shape`` with input ``axes`` cannot hold ``pattern`` (N:M or blocks), or None when it can.
+
+    Blocks tile any weight with input axes (edge blocks are smaller); N:M also needs
+    the innermost input axis to be a multiple of M (:func:`nm_fits`).
+    """
+    if pattern.kind == "nm":
+        return nm_fits(pattern, shape, axes)
+    if axes is None:
+        return "it has no input axis (it is not a matrix product's weight)"
+    return None
+
+
+def pattern_mask(
+    scores: np.ndarray,
+    pattern: Pattern,
+    axes: tuple[int, ...],
+    sparsity: float | None = None,
+    threshold: float | None = None,
+) -> np.ndarray:
+    """Which weights of one tensor ``pattern`` zeroes, given their ``scores``: the per-tensor entry point.
+
+    Args:
+        scores: one score per weight, the tensor's shape; higher means keep
+            (``|w|`` for magnitude pruning, a data-aware score otherwise).
+        pattern: N:M groups or blocks.
+        axes: the weight's input axes (``WeightSpec.input_axes``); check them with
+            :func:`pattern_fits` first.
+        sparsity: for blocks, the fraction of the tensor the zeroed blocks cover at least.
+        threshold: for blocks instead of ``sparsity``: zero every block whose mean score is below it.
+            An N:M pattern takes neither (it sets the sparsity, N/M).
+
+    Returns:
+        A boolean array of the tensor's shape, True where the weight is zeroed.
+
+    Raises:
+        OptionError: the tensor cannot hold the pattern, or the wrong sparsity/threshold for its kind.
+
+    Example:
+        >>> pattern_mask(np.array([[4.0], [1.0], [3.0], [2.0]]), Pattern.parse_nm("2:4"), (0,)).ravel()
+        array([False,  True, False,  True])
+    """
+    scores = np.asarray(scores)
+    reason = pattern_fits(pattern, scores.shape, axes)
+    if reason is not None:
+        raise OptionError(f"this weight cannot hold the {pattern.label} pattern: {reason}. Received: {scores.shape}")
+    matrix = as_matrix(scores, axes)
+    if pattern.kind == "nm":
+        if sparsity is not None or threshold is not None:
+            raise OptionError(
+                f"an N:M pattern sets the sparsity itself. Received: sparsity={sparsity}, threshold={threshold}"
+            )
+        mask = nm_prune_mask(matrix, pattern.a, pattern.b)
+    elif (sparsity is None) == (threshold is None):
+        raise OptionError(
+            f"blocks prune to a sparsity or below a threshold: give one. Received: sparsity={sparsity}, "
+            f"threshold={threshold}"
+        )
+    elif threshold is not None:
+        mask = block_threshold_mask(matrix, pattern.a, pattern.b, threshold)
+    else:
+        assert sparsity is not None  # one of the two, checked above
+        zeros = min(matrix.size, math.ceil(round(sparsity * matrix.size, 9)))
+        mask = block_prune_mask(matrix, pattern.a, pattern.b, zeros)
+    return from_matrix(mask, scores.shape, axes)
+
+
+def apply_pattern(
+    tensor: np.ndarray,
+    scores: np.ndarray,
+    pattern: Pattern,
+    axes: tuple[int, ...],
+    sparsity: float | None = None,
+    threshold: float | None = None,
+) -> np.ndarray:
+    """Zero, in place, the weights of ``tensor`` that :func:`pattern_mask` picks from ``scores``; return it.
+
+    Example:
+        >>> w = np.array([[0.4], [-0.1], [0.3], [0.2]])
+        >>> apply_pattern(w, np.abs(w), Pattern.parse_nm("2:4"), (0,)).ravel().tolist()
+        [0.4, 0.0, 0.3, 0.0]
+    """
+    tensor[pattern_mask(scores, pattern, axes, sparsity, threshold)] = 0
+    return tensor
 
 
 def nm_prune_mask(scores: np.ndarray, n: int, m: int) -> np.ndarray:

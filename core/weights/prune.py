@@ -22,8 +22,16 @@ from prunectl.core.io.modelfile import ModelFile, WeightEntry
 from prunectl.core.io.writer import Progress, write_model
 from prunectl.core.options import SCOPES, compile_patterns, validate_sparsity, validate_threshold
 from prunectl.core.weights import masks
-from prunectl.core.weights.catalog import WeightCounts, keras_weight_entries
-from prunectl.core.weights.patterns import Pattern
+from prunectl.core.weights.catalog import (
+    Axes,
+    WeightCounts,
+    file_layer_configs,
+    input_axes,
+    keras_weight_entries,
+    needs_config,
+    tag_prunable,
+)
+from prunectl.core.weights.patterns import Pattern, pattern_fits, pattern_mask
 from prunectl.core.weights.selection import select_weights, shown_layers
 
 
@@ -61,7 +69,9 @@ class WeightPruning:
     criterion: str = "magnitude"
 
     def __post_init__(self):
-        if (self.threshold is None) == (self.sparsity is None):
+        if self.pattern is not None:
+            self._check_pattern(self.pattern)
+        elif (self.threshold is None) == (self.sparsity is None):
             raise OptionError(
                 "give exactly one of threshold and sparsity. "
                 f"Received: threshold={self.threshold}, sparsity={self.sparsity}"
@@ -80,6 +90,43 @@ class WeightPruning:
                     f"Received: {pattern!r}: threshold={threshold}, sparsity={sparsity}"
                 )
             validate_threshold(threshold) if threshold is not None else validate_sparsity(sparsity)
+
+    def _check_pattern(self, pattern: Pattern) -> None:
+        """The rules a pattern adds: N:M sets the sparsity itself; blocks take one of threshold and sparsity."""
+        option = "pattern" if pattern.kind == "nm" else "block"
+        given = f"{{{option}}} {pattern.label}"
+        if pattern.kind == "nm":
+            for name in ("sparsity", "threshold"):
+                if getattr(self, name) is not None:
+                    raise OptionError(
+                        f"an N:M pattern sets the sparsity ({pattern.a}/{pattern.b}); give no {{{name}}} with "
+                        f"{{pattern}}. Received: {given} {{{name}}} {getattr(self, name)}",
+                        "pattern",
+                        name,
+                    )
+            if self.layers:
+                raise OptionError(
+                    "an N:M pattern sets every layer's sparsity, so a layer override cannot change it "
+                    f"(exclude the layer to leave it whole). Received: {given} with layer override "
+                    f"{self.layers[0][0]!r}",
+                    "pattern",
+                )
+        elif (self.threshold is None) == (self.sparsity is None):
+            raise OptionError(
+                "{block} zeroes whole blocks up to a sparsity or below a mean magnitude: give exactly one of "
+                f"{{sparsity}} and {{threshold}}. Received: {given} {{sparsity}} {self.sparsity} "
+                f"{{threshold}} {self.threshold}",
+                "block",
+                "sparsity",
+                "threshold",
+            )
+        if self.scope == "global":
+            raise OptionError(
+                "{scope} global ranks single weights across tensors, but a pattern prunes each tensor by its own "
+                f"groups or blocks; use {{scope}} layer. Received: {{scope}} global {given}",
+                "scope",
+                option,
+            )
 
     def override_for(self, layer: str) -> tuple[float | None, float | None] | None:
         """The ``(threshold, sparsity)`` override for ``layer``, or None."""
@@ -136,12 +183,19 @@ def pattern_of(nm: str | None, block: str | None) -> Pattern | None:
 
 @dataclass(frozen=True)
 class WeightResult:
-    """What pruning did to one weight tensor."""
+    """What pruning did to one weight tensor.
+
+    Attributes:
+        pattern: the sparsity pattern the tensor now holds (``"2:4"``, ``"1x4"``), or None.
+        left: why a tensor that the step selected could not hold the pattern and was left as it was.
+    """
 
     key: str
     zeros_before: int
     zeros_after: int
     threshold: float
+    pattern: str | None = None
+    left: str | None = None
 
 
 def _layers(selected: Sequence[WeightEntry], others: Sequence[WeightEntry]) -> str:
@@ -164,6 +218,12 @@ class WeightPruner:
         entries: the selected weights, in model order.
         read: returns a weight's current values.
         others: the model's other weights, whose layers an error lists after the selected ones.
+        axes: a weight's input axes, or None and why they are unknown (see
+            :func:`~prunectl.core.weights.catalog.input_axes`); needed with a pattern.
+
+    Raises:
+        SelectionError: a layer override that matches no selected layer, or a pattern that no
+            selected weight can hold.
     """
 
     def __init__(
@@ -172,10 +232,21 @@ class WeightPruner:
         entries: Sequence[WeightEntry],
         read: Callable[[WeightEntry], np.ndarray],
         others: Sequence[WeightEntry] = (),
+        axes: Callable[[WeightEntry], Axes] | None = None,
     ):
         self.step = step
         self.entries = {e.key: e for e in entries}
         self.results: dict[str, WeightResult] = {}
+        self._axes: dict[str, Axes] = {}
+        if step.pattern is not None:
+            self._axes = {e.key: _fitting(step.pattern, e, axes) for e in entries}
+            if entries and all(reason for _, reason in self._axes.values()):
+                shown = "; ".join(f"{key}: {reason}" for key, (_, reason) in list(self._axes.items())[:3])
+                more = len(self._axes) - 3
+                raise SelectionError(
+                    f"no selected weight can hold the {step.pattern.label} pattern, so there is nothing to prune. "
+                    f"Received: {shown}{f' (and {more} more)' if more > 0 else ''}"
+                )
         self._cut: masks.Cut | None = None
         self._ties: dict[str, int] = {}
         self._overrides = {e.key: step.override_for(e.layer) for e in entries}
@@ -207,6 +278,19 @@ class WeightPruner:
         before = masks.count_zeros(tensor)
         step, override = self.step, self._overrides[entry.key]
         threshold, sparsity = override or (step.threshold, step.sparsity)
+        if step.pattern is not None:
+            axes, reason = self._axes[entry.key]
+            if reason is not None or axes is None:
+                self.results[entry.key] = WeightResult(entry.key, before, before, 0.0, left=reason)
+                return tensor
+            # Block and N:M masks come from the scores; a tensor's kept weights keep their values.
+            mask = pattern_mask(np.abs(tensor), step.pattern, axes, sparsity, threshold)
+            used = float(np.abs(tensor[mask]).max()) if mask.any() else 0.0
+            tensor[mask] = 0
+            self.results[entry.key] = WeightResult(
+                entry.key, before, masks.count_zeros(tensor), used, pattern=step.pattern.label
+            )
+            return tensor
         if threshold is not None:
             masks.apply_threshold(tensor, threshold)
             used = threshold
@@ -221,6 +305,31 @@ class WeightPruner:
             used = cut.magnitude if cut else 0.0
         self.results[entry.key] = WeightResult(entry.key, before, masks.count_zeros(tensor), used)
         return tensor
+
+
+def _fitting(pattern: Pattern, entry: WeightEntry, axes: Callable[[WeightEntry], Axes] | None) -> Axes:
+    """``entry``'s input axes where it can hold ``pattern``, else None and why not."""
+    found, reason = axes(entry) if axes is not None else input_axes(entry, None)
+    if found is None:
+        return None, reason
+    reason = pattern_fits(pattern, entry.shape, found)
+    return (None, reason) if reason else (found, None)
+
+
+def keras_only_layers(model: ModelFile, step: WeightPruning) -> list[str]:
+    """The layers whose selected weights need Keras to place ``step``'s pattern, in model order.
+
+    A nested EinsumDense (inside a MultiHeadAttention or a keras_hub block) sums over the
+    axes its equation names, and a saved file holds only the owner's config, not the
+    sub-layer's: the file engine cannot group its weights; the keras engine can.
+    """
+    if step.pattern is None:
+        return []
+    configs = file_layer_configs(model)
+    entries = [e for e in tag_prunable(model.entries) if e.prunable]
+    selected = select_weights(entries, step.include, step.exclude) if entries else []
+    blind = [e.layer for e in selected if configs.get(e.key) is None and needs_config(e)]
+    return list(dict.fromkeys(blind))
 
 
 def prune_file(
@@ -243,7 +352,14 @@ def prune_file(
     """
     counts = WeightCounts.of(model)
     selected = select_weights(counts.entries, step.include, step.exclude)
-    pruner = WeightPruner(step, selected, lambda entry: model.read(entry, reuse=True), counts.entries)
+    configs = file_layer_configs(model)
+    pruner = WeightPruner(
+        step,
+        selected,
+        lambda entry: model.read(entry, reuse=True),
+        counts.entries,
+        lambda entry: input_axes(entry, configs.get(entry.key)),
+    )
     write_model(model, target, level, counts.counting(pruner.prune), keep_optimizer, progress)
     return pruner.results, counts
 
@@ -254,10 +370,17 @@ def prune_keras_model(keras_model, step: WeightPruning) -> dict[str, WeightResul
     Raises:
         SelectionError, OptionError.
     """
-    pairs = keras_weight_entries(keras_model)
+    configs: dict[str, dict | None] = {}
+    pairs = keras_weight_entries(keras_model, configs)
     selected = select_weights([e for e, _ in pairs], step.include, step.exclude)
     variables = {e.key: v for e, v in pairs}
-    pruner = WeightPruner(step, selected, lambda e: variables[e.key].numpy(), [e for e, _ in pairs])
+    pruner = WeightPruner(
+        step,
+        selected,
+        lambda e: variables[e.key].numpy(),
+        [e for e, _ in pairs],
+        lambda e: input_axes(e, configs.get(e.key)),
+    )
     for entry in selected:
         variable = variables[entry.key]
         variable.assign(pruner.prune(entry, variable.numpy()))
