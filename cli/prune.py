@@ -84,6 +84,13 @@ from prunectl.core.options import (
         metavar="RxC",
         help="Block sparsity: zero whole blocks of R input rows by C output columns (e.g. 1x4).",
     ),
+    click.option(
+        "--calibration-samples",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="With --weight-criterion wanda or sparsegpt: calibrate on the first N inputs of --data "
+        "[default: 256].",
+    ),
 )
 @structural_options
 @finetune_options

@@ -128,6 +128,17 @@ def live_counts(keras_model) -> WeightCounts:
 def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, Any]]:
     """List a live Keras model's weights as tagged entries paired with their variables.
 
+    See :func:`keras_weight_owners` for the same list with each weight's owning layer.
+    """
+    return [(entry, variable) for entry, variable, _ in keras_weight_owners(keras_model)]
+
+
+def keras_weight_owners(keras_model) -> list[tuple[WeightEntry, Any, Any]]:
+    """List a live Keras model's weights as ``(entry, variable, layer)``: tagged entries, variables, owning layers.
+
+    The layer is the one whose call multiplies the weight (for a data-aware
+    criterion, the call whose inputs are recorded).
+
     A layer whose class the table describes without ``sublayers`` owns all its
     weights (a Dense; an LSTM, whose cell holds them). Any other layer (a keras_hub
     block, a MultiHeadAttention, a user's custom layer) owns only its own variables,
@@ -137,7 +148,7 @@ def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, Any]]:
     """
     from prunectl.core.io.keras_io import own_variables, sublayers
 
-    pairs = []
+    pairs: list[tuple[WeightEntry, Any, Any]] = []
 
     def add(layer, path: str, variables, order: int, top: str) -> None:
         class_name = layer.__class__.__name__
@@ -154,7 +165,7 @@ def keras_weight_entries(keras_model) -> list[tuple[WeightEntry, Any]]:
                 is_prunable(class_name, variable.name, dtype),
                 top=top,
             )
-            pairs.append((entry, variable))
+            pairs.append((entry, variable, layer))
 
     def nested(layer, path: str, order: int, top: str) -> None:
         spec = get_spec(layer.__class__.__name__)
