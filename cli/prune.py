@@ -88,8 +88,7 @@ from prunectl.core.options import (
         "--calibration-samples",
         type=click.IntRange(min=1),
         metavar="N",
-        help="With --weight-criterion wanda or sparsegpt: calibrate on the first N inputs of --data "
-        "[default: 256].",
+        help="With --weight-criterion wanda or sparsegpt: calibrate on the first N inputs of --data [default: 256].",
     ),
 )
 @structural_options

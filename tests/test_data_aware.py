@@ -257,3 +257,18 @@ def test_sparsegpt_on_mobilenet(tmp_path):
     methods = {row["method"] for row in report["weight_criterion"]["layers"]}
     assert any(m.startswith("sparsegpt on im2col") for m in methods)
     assert any(m.startswith("magnitude per output") for m in methods)  # the depthwise kernels
+
+
+def test_recipe_keys_and_recipe_out(mlp):
+    folder, _ = mlp
+    recipe = folder / "recipe.toml"
+    recipe.write_text(
+        'data = "calib.npz"\n[[step]]\nsparsity = 0.5\nweight-criterion = "sparsegpt"\ncalibration-samples = 32\n'
+    )
+    out = folder / "from_recipe.keras"
+    run("prune", folder / "mlp.keras", "-o", out, "--recipe", recipe, "--recipe-out", folder / "again.toml")
+    report = json.loads((folder / "from_recipe.keras.report.json").read_text())
+    assert report["weight_criterion"]["criterion"] == "sparsegpt"
+    assert report["weight_criterion"]["calibration_samples"] == 32
+    written = (folder / "again.toml").read_text()
+    assert 'weight-criterion = "sparsegpt"' in written and "calibration-samples = 32" in written

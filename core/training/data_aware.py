@@ -211,7 +211,7 @@ def prune_data_aware(
         config = _config(layer)
         axes = spec.input_axes(tensor.shape, config) if spec is not None else None
         reason = _unfit(step.pattern, tensor.shape, axes)
-        if reason is not None:
+        if reason is not None and step.pattern is not None:
             outcome.notes.append(f"{entry.key}: left as it was; it cannot hold {step.pattern.label}: {reason}")
             outcome.results[entry.key] = WeightResult(entry.key, before, before, 0.0)
             continue
@@ -280,8 +280,8 @@ def _statistics(model, layer, weight: str, shape: tuple, axes: tuple[int, ...] |
         elif not conv and batch.shape[batch.ndim - len(in_shape) :] == in_shape:
             matrix = batch.reshape(-1, rows)
         elif conv and batch.shape[-1] == shape[axes[-1]]:
-            channel = np.sqrt(np.square(batch.reshape(-1, batch.shape[-1])).sum(axis=0))
-            sq += np.tile(np.square(channel), rows // batch.shape[-1])
+            channel = np.square(batch.reshape(-1, batch.shape[-1])).sum(axis=0)
+            sq += np.tile(channel, rows // batch.shape[-1])  # rows run over (window..., channel), channel fastest
             seen += batch.size // batch.shape[-1]
             continue
         else:
