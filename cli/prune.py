@@ -209,7 +209,11 @@ def _request(ctx, params: dict):
     return build_request(merged, weights, structural)
 
 
-_STAGES = {"loading": "loading {model}", "planning": "planning the structural step"}
+_STAGES = {
+    "loading": "loading {model}",
+    "planning": "planning the structural step",
+    "calibrating": "pruning layer by layer on the calibration data",
+}
 
 
 def _run_with_progress(request, console):
@@ -260,6 +264,9 @@ def _summarize(console, report: dict) -> None:
         f"({report['size_ratio']:.2f}x), prunable sparsity {100 * prunable['sparsity']:.1f}%, "
         f"engine {report['engine']}, {report['seconds']:.2f} s"
     )
+    criterion = report.get("weight_criterion") or report.get("finetune", {}).get("weight_criterion")
+    if criterion:
+        console.print(render.criterion_line(criterion))
     if report.get("finetune", {}).get("evaluation"):
         console.print(evaluation_table(report, console))
     elif report.get("evaluation"):

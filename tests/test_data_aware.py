@@ -272,3 +272,24 @@ def test_recipe_keys_and_recipe_out(mlp):
     assert report["weight_criterion"]["calibration_samples"] == 32
     written = (folder / "again.toml").read_text()
     assert 'weight-criterion = "sparsegpt"' in written and "calibration-samples = 32" in written
+
+
+def test_summary_line_shows_what_the_data_bought(mlp):
+    folder, _ = mlp
+    out = folder / "shown.keras"
+    result = run(
+        "prune",
+        folder / "mlp.keras",
+        "-o",
+        out,
+        "--sparsity",
+        "0.5",
+        "--weight-criterion",
+        "sparsegpt",
+        "--data",
+        folder / "calib.npz",
+    )
+    report = json.loads((folder / "shown.keras.report.json").read_text())
+    rows = report["weight_criterion"]["layers"]
+    mean = sum(r["output_error"] for r in rows) / len(rows)
+    assert f"sparsegpt on 128 calibration samples: layer output error {mean:.3g}" in result.output
