@@ -293,3 +293,25 @@ def test_summary_line_shows_what_the_data_bought(mlp):
     rows = report["weight_criterion"]["layers"]
     mean = sum(r["output_error"] for r in rows) / len(rows)
     assert f"sparsegpt on 128 calibration samples: layer output error {mean:.3g}" in result.output
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda k: k.layers.Conv2D(3, 3, strides=2, padding="same", use_bias=False), (2, 7, 6, 2)),
+        (lambda k: k.layers.Conv2D(3, (2, 3), dilation_rate=2, use_bias=False), (2, 8, 8, 2)),
+        (lambda k: k.layers.Conv1D(3, 3, padding="causal", dilation_rate=2, use_bias=False), (2, 9, 2)),
+    ],
+)
+def test_im2col_rows_reproduce_the_convolution(make, shape):
+    from prunectl.core.training.data_aware import _patches
+    from prunectl.core.weights.patterns import as_matrix
+
+    keras = seeded_keras()
+    layer = make(keras)
+    x = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    expected = np.asarray(layer(x))
+    kernel = layer.kernel.numpy()
+    rows = _patches(x.astype(np.float64), layer.get_config(), kernel.shape)
+    got = rows @ as_matrix(kernel, tuple(range(kernel.ndim - 1)))
+    np.testing.assert_allclose(got.reshape(expected.shape), expected, atol=1e-5)
