@@ -86,6 +86,12 @@ from prunectl.core.options import (
         help="Block sparsity: zero whole blocks of R input rows by C output columns (e.g. 1x4), lowest mean "
         "|w| first, up to --sparsity S or every block whose mean |w| is below --threshold T.",
     ),
+    click.option(
+        "--calibration-samples",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="With --weight-criterion wanda or sparsegpt: calibrate on the first N inputs of --data [default: 256].",
+    ),
 )
 @structural_options
 @finetune_options
@@ -205,7 +211,11 @@ def _request(ctx, params: dict):
     return build_request(merged, weights, structural)
 
 
-_STAGES = {"loading": "loading {model}", "planning": "planning the structural step"}
+_STAGES = {
+    "loading": "loading {model}",
+    "planning": "planning the structural step",
+    "calibrating": "pruning layer by layer on the calibration data",
+}
 
 
 def _run_with_progress(request, console):
@@ -256,6 +266,9 @@ def _summarize(console, report: dict) -> None:
         f"({report['size_ratio']:.2f}x), prunable sparsity {100 * prunable['sparsity']:.1f}%, "
         f"engine {report['engine']}, {report['seconds']:.2f} s"
     )
+    criterion = report.get("weight_criterion") or report.get("finetune", {}).get("weight_criterion")
+    if criterion:
+        console.print(render.criterion_line(criterion))
     if report.get("finetune", {}).get("evaluation"):
         console.print(evaluation_table(report, console))
     elif report.get("evaluation"):

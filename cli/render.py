@@ -414,6 +414,20 @@ def note_line(note: dict) -> str:
     )
 
 
+def criterion_line(section: dict) -> str:
+    """One line of a data-aware criterion's report section: its calibration and the layer output errors it reached."""
+    rows = [r for r in section["layers"] if r["output_error"] is not None and r["magnitude_output_error"] is not None]
+    line = f"{section['criterion']} on {section['calibration_samples']} calibration samples"
+    if not rows:
+        return line + " (no layer output error measured)"
+    mean = sum(r["output_error"] for r in rows) / len(rows)
+    magnitude = sum(r["magnitude_output_error"] for r in rows) / len(rows)
+    return (
+        f"{line}: layer output error {mean:.3g} (magnitude pruning's: {magnitude:.3g}), "
+        f"mean of {len(rows)} layer{'s' if len(rows) > 1 else ''} ||XW - XW'|| / ||XW||"
+    )
+
+
 def evaluation_line(evaluation: dict) -> str:
     """One line of a report's ``evaluation`` block: each value, reference -> result."""
     reference, result = evaluation.get("reference"), evaluation["result"]

@@ -230,3 +230,14 @@ def sublayers(layer) -> list:
 def own_variables(layer) -> list:
     """The variables ``layer`` itself created (not its sub-layers'), in the order a ``.keras`` file stores them."""
     return list(layer._trainable_variables) + list(layer._non_trainable_variables)
+
+
+def copy_model(model):
+    """A model of ``model``'s architecture holding copies of its weights (variables of its own).
+
+    For keeping the model as it was while the steps change it in place (evaluated "before pruning").
+    """
+    keras = import_keras()
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy

@@ -135,7 +135,7 @@ def _run_keras(
         notes = list(loaded.notes)
         if request.keep_optimizer:
             notes.append("optimizer state is not carried by the keras engine")
-        if request.data and (request.neurons or request.benchmark):
+        if request.data and (request.neurons or request.benchmark or request.data_aware()):
             x = calibration_inputs(request.data, original)
         if request.evaluation is not None:
             evaluate = Evaluator(loaded, request.evaluation)
@@ -153,16 +153,31 @@ def _run_keras(
             notes += [note for note in [plain_model_note(original)] if note]
             if loaded.compile_spec and loaded.compile_spec.loss is not None:
                 notes += keras_io.compile_model(loaded.model, loaded.compile_spec)
+        weights, data_aware, before_model = request.weights, None, original if request.neurons else None
+        if request.data_aware() and weights is not None and x is not None:
+            from prunectl.core.training.data_aware import DEFAULT_CALIBRATION_SAMPLES, prune_data_aware
+
+            if request.finetune and before_model is None:
+                before_model = keras_io.copy_model(original)  # fine-tuning evaluates the model before pruning
+            events("calibrating", None)
+            samples = weights.calibration_samples or DEFAULT_CALIBRATION_SAMPLES
+            data_aware = prune_data_aware(loaded.model, weights, x, samples)
+            notes += data_aware.notes
+            # Magnitude pruning to the same sparsity and pattern keeps exactly these zeros: the masks fine-tuning holds.
+            weights = replace(weights, criterion="magnitude", calibration_samples=None)
         if request.finetune:
             from prunectl.core.training.finetune import finetune_model
 
-            finetuned = finetune_model(
-                loaded, request.weights, request.finetune, training, original=original if request.neurons else None
-            )
+            finetuned = finetune_model(loaded, weights, request.finetune, training, original=before_model)
             results = finetuned.results
+            if data_aware is not None:
+                results = {k: replace(r, zeros_before=data_aware.results[k].zeros_before) for k, r in results.items()}
+                finetuned.report["weight_criterion"] = data_aware.to_dict()
             notes += finetuned.notes
+        elif data_aware is not None:
+            results = data_aware.results
         else:
-            results = prune_keras_model(loaded.model, request.weights) if request.weights else {}
+            results = prune_keras_model(loaded.model, weights) if weights else {}
         if evaluate is not None:
             evaluation = evaluation_block(
                 evaluate.describe(), ("before pruning", before), ("after pruning", evaluate(loaded.model))
@@ -187,6 +202,7 @@ def _run_keras(
         plan.to_dict() if plan else None,
         timing,
         evaluation,
+        data_aware.to_dict() if data_aware is not None else None,
     )
 
 

@@ -22,3 +22,4 @@ class PruneOutcome:
     structural: dict | None = None
     benchmark: dict | None = None
     evaluation: Evaluation | None = None
+    weight_criterion: dict | None = None  # a data-aware criterion's calibration and per-layer output errors

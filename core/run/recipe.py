@@ -42,7 +42,17 @@ STRUCTURAL_KEYS = (
     "include",
     "exclude",
 )
-WEIGHT_KEYS = ("threshold", "sparsity", "scope", "include", "exclude", "weight-criterion", "pattern", "block")
+WEIGHT_KEYS = (
+    "threshold",
+    "sparsity",
+    "scope",
+    "include",
+    "exclude",
+    "weight-criterion",
+    "pattern",
+    "block",
+    "calibration-samples",
+)
 LAYER_KEYS = ("threshold", "sparsity")
 PATH_KEYS = ("data", "val-data", "plots", "output", "report", "markdown")
 _STRUCTURAL_ONLY = set(STRUCTURAL_KEYS) - set(WEIGHT_KEYS)
@@ -60,6 +70,7 @@ KEY_TYPES = {
     "prune-residual": "true or false",
     "scope": _TEXT,
     "weight-criterion": _TEXT,
+    "calibration-samples": "an integer",
     "pattern": _TEXT,
     "block": _TEXT,
     "include": _TEXTS,

@@ -156,6 +156,7 @@ class PruneReport(_Verdicts):
     evaluation: Evaluation | None = None
     finetune: dict | None = None
     gates: tuple[GateResult, ...] = ()
+    weight_criterion: dict | None = None
 
     @property
     def size_bytes(self) -> int:
@@ -181,6 +182,7 @@ class PruneReport(_Verdicts):
             **({"evaluation": self.evaluation.to_dict()} if self.evaluation else {}),
             "size_ratio": self.size_ratio,
             **({"finetune": self.finetune} if self.finetune is not None else {}),
+            **({"weight_criterion": self.weight_criterion} if self.weight_criterion else {}),
             "report_path": self.report_path,
             "pipeline": self.pipeline,
             "gates": [g.to_dict() for g in self.gates],
@@ -343,6 +345,7 @@ def prune_report(
         benchmark=outcome.benchmark or None,
         evaluation=outcome.evaluation or None,
         finetune=outcome.finetune,
+        weight_criterion=outcome.weight_criterion,
     )
     # A gate measures the report it is part of: judge the facts, then build the report once with the verdicts.
     facts = PruneReport(**fields)

@@ -106,6 +106,7 @@ class PruneRequest:
                 "neuron_threshold",
                 "neuron_ratio",
             )
+        self._check_weight_criterion()
         criterion = self.neurons.criterion if self.neurons else None
         if criterion and CRITERIA.get(criterion).needs_data and self.data is None:
             raise OptionError(
@@ -144,13 +145,16 @@ class PruneRequest:
             or self.benchmark
             or needing
             or (criterion is not None and CRITERIA.get(criterion).needs_data)
+            or self.data_aware()
         )
         if self.data is not None and not reads_data:
             raise OptionError(
-                "{data} is read by {finetune_epochs}, an activation criterion, {benchmark} or "
+                "{data} is read by {finetune_epochs}, an activation criterion, a data-aware {weight_criterion}, "
+                "{benchmark} or "
                 f"{{max_accuracy_drop}}. Received: {{data}} {self.data} without any of them",
                 "data",
                 "finetune_epochs",
+                "weight_criterion",
                 "benchmark",
                 "max_accuracy_drop",
             )
@@ -198,6 +202,50 @@ class PruneRequest:
                 initial_sparsity=self.finetune.initial_sparsity,
                 begin=self.finetune.prune_begin,
                 end=self.finetune.prune_end,
+            )
+
+    def data_aware(self) -> bool:
+        """Whether the weight step scores weights on calibration data (wanda, sparsegpt)."""
+        return self.weights is not None and self.weights.criterion != "magnitude"
+
+    def _check_weight_criterion(self) -> None:
+        weights = self.weights
+        if weights is None:
+            return
+        name = weights.criterion
+        if not self.data_aware():
+            if weights.calibration_samples is not None:
+                raise OptionError(
+                    "{calibration_samples} is read by a data-aware {weight_criterion} (wanda or sparsegpt). "
+                    f"Received: {{calibration_samples}} {weights.calibration_samples} with {{weight_criterion}} {name}",
+                    "calibration_samples",
+                    "weight_criterion",
+                )
+            return
+        from prunectl.core.training.data_aware import check_step
+
+        if self.data is None:
+            raise OptionError(
+                f"the {name} criterion scores weights on calibration inputs; give {{data}} FILE. "
+                f"Received: {{weight_criterion}} {name} without {{data}}",
+                "data",
+                "weight_criterion",
+            )
+        if self.engine == "file":
+            raise OptionError(
+                f"the {name} criterion runs the model on its calibration data, which the file engine cannot; "
+                f"use {{engine}} keras or auto. Received: {{weight_criterion}} {name} with {{engine}} file",
+                "engine",
+                "weight_criterion",
+            )
+        check_step(weights)
+        if self.finetune is not None and self.finetune.schedule != "oneshot":
+            schedule = self.finetune.schedule
+            raise OptionError(
+                f"the {name} criterion prunes once, before fine-tuning (the masks are then held); "
+                f"use {{schedule}} oneshot. Received: {{weight_criterion}} {name} with {{schedule}} {schedule}",
+                "schedule",
+                "weight_criterion",
             )
 
     def pipeline(self) -> dict:
@@ -248,7 +296,13 @@ class PruneRequest:
 
     def needs_keras(self) -> bool:
         """Whether a step must run on a live Keras model."""
-        return self.finetune is not None or self.neurons is not None or self.benchmark or self.evaluation is not None
+        return (
+            self.finetune is not None
+            or self.neurons is not None
+            or self.benchmark
+            or self.evaluation is not None
+            or self.data_aware()
+        )
 
 
 def finetune_defaults() -> dict:
@@ -380,6 +434,7 @@ def build_request(values: Mapping, weights: Mapping | None = None, structural: M
             layers=tuple(weights.get("layers", ())),
             pattern=pattern,
             criterion=weights.get("weight_criterion") or "magnitude",
+            calibration_samples=weights.get("calibration_samples", values.get("calibration_samples")),
         )
     )
     return PruneRequest(

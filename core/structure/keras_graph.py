@@ -259,7 +259,7 @@ def _constant_shapes(keras, node) -> tuple[tuple[int, ...], ...]:
 
 
 @contextlib.contextmanager
-def record_inputs(layers: list) -> Iterator[dict[int, list]]:
+def record_inputs(layers: list, order: list | None = None) -> Iterator[dict[int, list]]:
     """Within this scope, every eager call of one of ``layers`` appends its first input to a list.
 
     Keras has no public hook on a sub-layer's call (a MultiHeadAttention's output
@@ -268,6 +268,8 @@ def record_inputs(layers: list) -> Iterator[dict[int, list]]:
 
     Args:
         layers: live Keras layers, sub-layers included.
+        order: where given, ``id(layer)`` is appended to it at each call, so that the
+            caller learns the order the layers run in (their calls, not their creation).
 
     Yields:
         The recorded inputs, by ``id(layer)``; the caller may clear the lists between batches.
@@ -276,7 +278,7 @@ def record_inputs(layers: list) -> Iterator[dict[int, list]]:
     wrapped: dict[int, Any] = {}
     for layer in layers:
         if id(layer) not in wrapped:
-            object.__setattr__(layer, "call", _recording(layer.call, seen[id(layer)]))
+            object.__setattr__(layer, "call", _recording(layer.call, seen[id(layer)], order, id(layer)))
             wrapped[id(layer)] = layer
     try:
         yield seen
@@ -286,9 +288,11 @@ def record_inputs(layers: list) -> Iterator[dict[int, list]]:
             object.__delattr__(layer, "call")
 
 
-def _recording(call, seen: list):
+def _recording(call, seen: list, order: list | None = None, key: int = 0):
     def recording_call(inputs, *args, **kwargs):
         seen.append(np.asarray(inputs))
+        if order is not None:
+            order.append(key)
         return call(inputs, *args, **kwargs)
 
     return recording_call

@@ -190,6 +190,19 @@ def file_layer_configs(model: ModelFile) -> dict[str, dict | None]:
 def keras_weight_entries(keras_model, configs: dict[str, dict | None] | None = None) -> list[tuple[WeightEntry, Any]]:
     """List a live Keras model's weights as tagged entries paired with their variables.
 
+    See :func:`keras_weight_owners` for the same list with each weight's owning layer.
+    """
+    return [(entry, variable) for entry, variable, _ in keras_weight_owners(keras_model, configs)]
+
+
+def keras_weight_owners(
+    keras_model, configs: dict[str, dict | None] | None = None
+) -> list[tuple[WeightEntry, Any, Any]]:
+    """List a live Keras model's weights as ``(entry, variable, layer)``: tagged entries, variables, owning layers.
+
+    The layer is the one whose call multiplies the weight (for a data-aware
+    criterion, the call whose inputs are recorded).
+
     A layer whose class the table describes without ``sublayers`` owns all its
     weights (a Dense; an LSTM, whose cell holds them). Any other layer (a keras_hub
     block, a MultiHeadAttention, a user's custom layer) owns only its own variables,
@@ -203,7 +216,7 @@ def keras_weight_entries(keras_model, configs: dict[str, dict | None] | None = N
     """
     from prunectl.core.io.keras_io import own_variables, sublayers
 
-    pairs = []
+    pairs: list[tuple[WeightEntry, Any, Any]] = []
 
     def add(layer, path: str, variables, order: int, top: str) -> None:
         class_name = layer.__class__.__name__
@@ -221,7 +234,7 @@ def keras_weight_entries(keras_model, configs: dict[str, dict | None] | None = N
                 is_prunable(class_name, variable.name, dtype),
                 top=top,
             )
-            pairs.append((entry, variable))
+            pairs.append((entry, variable, layer))
             if configs is not None:
                 configs[entry.key] = config
 

@@ -54,6 +54,8 @@ class WeightPruning:
             :mod:`prunectl.core.weights.patterns`); None: anywhere.
         criterion: how weights are scored: ``"magnitude"`` (``|w|``, no data) or a
             data-aware criterion that reads calibration data.
+        calibration_samples: how many calibration inputs a data-aware criterion reads
+            (None: its default).
 
     Raises:
         OptionError: on a missing, conflicting or out-of-range value.
@@ -67,6 +69,7 @@ class WeightPruning:
     layers: tuple[tuple[str, float | None, float | None], ...] = ()
     pattern: Pattern | None = None
     criterion: str = "magnitude"
+    calibration_samples: int | None = None
 
     def __post_init__(self):
         if self.pattern is not None:
@@ -80,6 +83,10 @@ class WeightPruning:
             validate_threshold(self.threshold)
         if self.sparsity is not None:
             validate_sparsity(self.sparsity)
+        if self.calibration_samples is not None and self.calibration_samples < 1:
+            raise OptionError(
+                f"calibration samples must be at least 1. Received: calibration_samples={self.calibration_samples}"
+            )
         if self.scope not in SCOPES:
             raise OptionError(f"scope must be one of {', '.join(SCOPES)}. Received: scope={self.scope!r}")
         for pattern, threshold, sparsity in self.layers:
@@ -137,9 +144,11 @@ class WeightPruning:
 
     def get_config(self) -> dict:
         """The step keyed by the prune command's option names (``weight_criterion``, ``pattern``, ``block``)."""
-        skip = ("layers", "pattern", "criterion")
+        skip = ("layers", "pattern", "criterion", "calibration_samples")
         config = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k not in skip}
         config["weight_criterion"] = self.criterion
+        if self.calibration_samples is not None:
+            config["calibration_samples"] = self.calibration_samples
         nm = self.pattern is not None and self.pattern.kind == "nm"
         config["pattern"] = self.pattern.label if nm and self.pattern else None
         config["block"] = self.pattern.label if self.pattern is not None and not nm else None
