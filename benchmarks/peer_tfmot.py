@@ -477,7 +477,10 @@ def main() -> None:
 
 
 def collect_peer(keras, results, log: Path, studies, xt, yt, path, seconds: float) -> None:
-    """Score every cell the worker finished (its own numbers are only the dense check)."""
+    """Score every cell the worker finished (its own numbers are only the dense check and its timings).
+
+    ``seconds`` is this process's wait, replaced by the worker's own wall time when it reports one.
+    """
     text = log.read_text()
     labels = {c.sparsity: c.label for s in studies.values() if s.peer for c in s.columns}
     done = 0
@@ -485,7 +488,9 @@ def collect_peer(keras, results, log: Path, studies, xt, yt, path, seconds: floa
         if not line.startswith("{"):
             continue
         record = json.loads(line)
-        if "versions" in record:
+        if "finished_seconds" in record:
+            seconds = record["finished_seconds"]
+        elif "versions" in record:
             results["versions"]["peer"] = record["versions"]
         elif "dense_accuracy" in record:
             key = f"{record['model']}/{record['seed']}"
@@ -503,7 +508,7 @@ def collect_peer(keras, results, log: Path, studies, xt, yt, path, seconds: floa
             results["cells"][cell_key(record["model"], record["seed"], "tfmot", "polynomial", label)] = cell
             keras.backend.clear_session()
             done += 1
-    print(f"TFMOT: {done} cells in {seconds:.0f} s (worker wall time)", flush=True)
+    print(f"TFMOT: {done} cells in {seconds:.0f} s (the worker's wall time after importing TensorFlow)", flush=True)
     if "versions" not in text:
         raise SystemExit(f"the TFMOT worker failed. Received: {text[-2000:]}")
     save_results(results, path)
