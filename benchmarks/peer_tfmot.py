@@ -330,9 +330,11 @@ def dense_model(name: str, seed: int, dense_dir: Path | None, cache: Path) -> Pa
 
 
 def peer_python(venv: Path) -> Path:
-    """The peer venv's python, the venv created and TFMOT installed on first use."""
+    """The peer venv's python; the venv is created and TFMOT installed on first use (or after a failed install)."""
     python = venv / "bin" / "python"
-    if not python.exists():
+    # Written only once pip succeeded, so an interrupted install is finished by the next run instead of reused.
+    ready = venv / "prunectl-bench-ready"
+    if not ready.exists():
         tf_version = importlib.metadata.version("tensorflow")
         major_minor = ".".join(tf_version.split(".")[:2])
         requirements = [
@@ -340,9 +342,11 @@ def peer_python(venv: Path) -> Path:
             f"tf_keras~={major_minor}.0",
             f"tensorflow-model-optimization=={TFMOT_VERSION}",
         ]
-        print(f"creating {venv} with {' '.join(requirements)}", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        print(f"installing {' '.join(requirements)} into {venv}", flush=True)
+        if not python.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", *requirements], check=True)
+        ready.write_text("\n".join(requirements) + "\n")
     return python
 
 
