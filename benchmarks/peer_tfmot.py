@@ -159,12 +159,13 @@ def nm_held(weights: list[np.ndarray], n: int, m: int) -> bool:
     """Whether every group of ``m`` consecutive input rows (per output column) holds at least ``n`` zeros.
 
     Rows are the kernel's input axes flattened (all but the last), the last input axis fastest, as
-    core/weights/patterns.py lays them out; a kernel whose row count is not a multiple of ``m`` fails.
+    core/weights/patterns.py lays them out. A kernel whose row count is not a multiple of ``m`` cannot hold
+    the pattern and is not checked here (prunectl leaves it as it is): the zero fraction shows what it costs.
     """
     for kernel in kernels(weights):
         matrix = np.reshape(kernel, (-1, kernel.shape[-1]))
         if matrix.shape[0] % m:
-            return False
+            continue
         groups = matrix.reshape(matrix.shape[0] // m, m, matrix.shape[1])
         if np.any(np.count_nonzero(groups == 0, axis=1) < n):
             return False

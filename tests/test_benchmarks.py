@@ -139,7 +139,9 @@ def test_peer_tfmot_checks_the_nm_pattern_along_the_input_rows():
     assert bench.nm_held([kernel, np.ones(3)], 2, 4)
     kernel[1, 2] = 5.0  # one column's first group keeps 3 of 4
     assert not bench.nm_held([kernel], 2, 4)
-    assert not bench.nm_held([np.zeros((6, 3))], 2, 4)  # rows not a multiple of M
+    # 9 rows (a 3x3 window over one channel) cannot hold 2:4: that kernel is left to the zero count.
+    kernel[1, 2] = 0.0
+    assert bench.nm_held([np.ones((3, 3, 1, 2)), kernel], 2, 4)
 
 
 def test_peer_tfmot_variants_name_their_study():
