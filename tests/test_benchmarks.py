@@ -48,6 +48,7 @@ def test_bench_io_helpers_prune_the_prunable_weights(models):
         "data_checks",
         "guard",
         "report_names",
+        "peer_tfmot",
     ],
 )
 def test_benchmark_scripts_import(name):
@@ -108,3 +109,99 @@ def test_prune_time_commands_write_the_plan_sliced_weights(models, tmp_path):
     np.testing.assert_array_equal(after["fc/1"], before["fc/1"][kept["fc"]])
     np.testing.assert_array_equal(after["head/0"], before["head/0"][kept["fc"]])
     np.testing.assert_array_equal(after["head/1"], before["head/1"])
+
+
+def _peer_results(accuracies: dict, zeros: float = 0.5, dense: float = 98.0) -> dict:
+    """Results as peer_tfmot writes them; ``accuracies``: (model, tool, variant, column) -> one accuracy per seed."""
+    bench = _load("peer_tfmot")
+    results = {"dense": {f"{m}/{s}": dense for m in ("mlp", "cnn", "small_mlp") for s in (0, 1)}, "cells": {}}
+    for (model, tool, variant, column), values in accuracies.items():
+        for seed, value in enumerate(values):
+            key = bench.cell_key(model, seed, tool, variant, column)
+            results["cells"][key] = {"accuracy": value, "zeros": zeros, "seed": seed, "seconds": 1.0}
+    return results
+
+
+def test_peer_tfmot_counts_zeros_of_the_kernels_only():
+    bench = _load("peer_tfmot")
+    kernel = np.array([[0.0, 1.0], [0.0, 0.0]])
+    bias = np.zeros(2)
+    conv = np.ones((3, 3, 1, 2))
+    conv[0, 0, 0, :] = 0
+    # 3 + 2 zeros over 4 + 18 kernel elements; the all-zero bias does not count.
+    assert bench.zero_fraction([kernel, bias, conv, bias]) == pytest.approx(5 / 22)
+
+
+def test_peer_tfmot_checks_the_nm_pattern_along_the_input_rows():
+    bench = _load("peer_tfmot")
+    kernel = np.ones((8, 3))
+    kernel[[0, 1, 6, 7], :] = 0  # two zeros in each group of 4 rows, every column
+    assert bench.nm_held([kernel, np.ones(3)], 2, 4)
+    kernel[1, 2] = 5.0  # one column's first group keeps 3 of 4
+    assert not bench.nm_held([kernel], 2, 4)
+    # 9 rows (a 3x3 window over one channel) cannot hold 2:4: that kernel is left to the zero count.
+    kernel[1, 2] = 0.0
+    assert bench.nm_held([np.ones((3, 3, 1, 2)), kernel], 2, 4)
+
+
+def test_peer_tfmot_variants_name_their_study():
+    bench = _load("peer_tfmot")
+    assert bench.parse_variant("poly=--finetune-epochs 8 --schedule polynomial") == (
+        "main",
+        "poly",
+        "--finetune-epochs 8 --schedule polynomial",
+    )
+    assert bench.parse_variant("oneshot:wanda=--weight-criterion wanda") == (
+        "oneshot",
+        "wanda",
+        "--weight-criterion wanda",
+    )
+    for bad in ("no-equals", "=--x", "nowhere:x=--y"):
+        with pytest.raises(Exception, match="Received"):
+            bench.parse_variant(bad)
+
+
+def test_peer_tfmot_table_shows_mean_spread_and_a_missed_sparsity():
+    bench = _load("peer_tfmot")
+    study = bench.default_studies()["main"]
+    study.models = ("mlp",)
+    results = _peer_results({("mlp", "tfmot", "polynomial", "50%"): [97.0, 99.0]}, zeros=0.49)
+    results["cells"][bench.cell_key("mlp", 0, "prunectl", "default", "80%")] = {"error": "Error: boom", "seed": 0}
+    text = bench.format_study(results, study, [0, 1])
+    lines = text.splitlines()
+    assert "| tool | 50% | 80% | 90% | 95% | s/cell |" in lines
+    assert "| TFMOT | 98.00 ±1.00 | - | - | - | 1 |" in lines
+    assert "| dense | 98.00 ±0.00 | 98.00 ±0.00 | 98.00 ±0.00 | 98.00 ±0.00 | |" in lines
+    assert "WARNING TFMOT 50% seed 0: true zero fraction 49.00%, target 50%" in lines
+    assert "ERROR prunectl default 80% seed 0: Error: boom" in lines
+
+
+def test_peer_tfmot_target_checks_pass_fail_and_skip():
+    bench = _load("peer_tfmot")
+    cells = {}
+    for column, tfmot, ours in (("50%", 98, 98), ("80%", 97, 97.5), ("90%", 95, 96), ("95%", 90, 93)):
+        cells["mlp", "tfmot", "polynomial", column] = [tfmot, tfmot]
+        cells["mlp", "prunectl", "default", column] = [ours, ours]
+    cells["mlp", "prunectl", "default", "95%"] = [91.0, 92.0]  # +1.5 over TFMOT: not the +2 asked for
+    cells["small_mlp", "prunectl", "default", "90%"] = [96.5, 96.0]
+    lines = bench.target_checks(_peer_results(cells), [0, 1])
+    assert "PASS  mlp 50%: prunectl default >= TFMOT (+0.00)" in lines
+    assert "PASS  mlp 95%: prunectl default >= TFMOT (+1.50)" in lines
+    assert "FAIL  mlp 95%: prunectl default >= TFMOT + 2 (+1.50)" in lines
+    assert "PASS  small_mlp 90%: prunectl default within 2 points of dense (-1.75)" in lines
+    assert "SKIP  cnn 50%: prunectl default >= TFMOT (n/a)" in lines
+    assert "SKIP  cnn 2:4 + fine-tuning within 1 point of dense (n/a)" in lines
+    # A mean over fewer seeds than asked is no mean: the check waits for every seed.
+    del cells["mlp", "tfmot", "polynomial", "80%"][1]
+    assert "SKIP  mlp 80%: prunectl default >= TFMOT (n/a)" in bench.target_checks(_peer_results(cells), [0, 1])
+
+
+def test_peer_tfmot_worker_window_ends_on_a_mask_update():
+    worker = _load("peer_tfmot_worker")
+    for steps in (1, 7, 344, 1000):
+        end, frequency = worker.polynomial_window(steps)
+        # TFMOT updates masks only where step % frequency == 0: the end step must be one of them.
+        assert end % frequency == 0
+        assert 0 < end <= max(1, steps // 2)
+    # 8 epochs of 43 batches: the window is steps 0-168, a mask update every 8 steps (about 20 of them).
+    assert worker.polynomial_window(344) == (168, 8)
