@@ -34,11 +34,14 @@ from prunectl.core.errors import DataError, OptionError
 from prunectl.core.io.keras_io import LoadedModel, compile_model, import_keras
 from prunectl.core.options import check_number, check_reader, validate_seed
 from prunectl.core.training import data as datamod
+from prunectl.core.training import defaults
+from prunectl.core.training.defaults import DEFAULT_DISTILL, DEFAULT_LR_SCHEDULE, DEFAULT_TEMPERATURE, DEFAULT_WARMUP
+from prunectl.core.training.distill import distill_term, distiller
 from prunectl.core.training.evaluate import identifier_name, resolve_compile
 from prunectl.core.weights.catalog import keras_weight_entries
 from prunectl.core.weights.masks import count_zeros
 from prunectl.core.weights.prune import WeightPruning, WeightResult, prune_keras_model
-from prunectl.core.weights.schedules import SCHEDULES
+from prunectl.core.weights.schedules import LR_SCHEDULES, SCHEDULES
 from prunectl.core.weights.selection import select_weights
 
 
@@ -63,6 +66,14 @@ class FinetuneOptions:
         l1: L1 penalty during training (0: none) on the pruned kernels, or on every
             prunable kernel without a weight step; with a one-shot weight step,
             the step then runs after training.
+        distill: weight ``alpha`` in [0, 1] of the distillation term (the model
+            before pruning as a frozen teacher; 0: off); None: the default
+            (:data:`defaults.DEFAULT_DISTILL` for a classifier, off for any other loss).
+        temperature: the distillation's softening temperature (> 0) for classifiers.
+        lr_schedule: a name in ``schedules.LR_SCHEDULES``: the learning rate over the run.
+        warmup: linear warm-up of the learning rate over this fraction of the run's
+            steps, after the pruning at step 0 (and after every mask update when
+            :data:`defaults.WARMUP_AFTER_UPDATES`).
         seed: makes the run reproducible; an integer in [0, 2**32 - 1].
         strategy: a name in ``distribute.STRATEGIES`` (applied by the pipeline).
         plots: folder for PNG figures, or None.
@@ -87,12 +98,17 @@ class FinetuneOptions:
     prune_begin: float = 0.0
     prune_end: float = 0.5
     l1: float = 0.0
+    distill: float | None = None
+    temperature: float = DEFAULT_TEMPERATURE
+    lr_schedule: str = DEFAULT_LR_SCHEDULE
+    warmup: float = DEFAULT_WARMUP
     seed: int | None = None
     strategy: str = "default"
     plots: Path | None = None
 
     def __post_init__(self):
         SCHEDULES.get(self.schedule)
+        LR_SCHEDULES.get(self.lr_schedule)
         # "finetune_epochs" is the field's name among the prune command's options.
         check_number(self.epochs, "finetune_epochs", 0, integer=True)
         check_number(self.batch_size, "batch_size", 1, integer=True)
@@ -100,6 +116,17 @@ class FinetuneOptions:
         check_number(self.initial_sparsity, "initial_sparsity", 0, 1, high_open=True)
         check_number(self.prune_begin, "prune_begin", 0, 1)
         check_number(self.prune_end, "prune_end", 0, 1)
+        check_number(self.temperature, "temperature", 0, low_open=True)
+        check_number(self.warmup, "warmup", 0, 1, high_open=True)
+        if self.distill is not None:
+            check_number(self.distill, "distill", 0, 1)
+            if self.distill > 0 and self.epochs == 0:
+                raise OptionError(
+                    "{distill} trains against the model before pruning; give {finetune_epochs} of at least 1. "
+                    f"Received: {{distill}} {self.distill} {{finetune_epochs}} {self.epochs}",
+                    "distill",
+                    "finetune_epochs",
+                )
         if self.learning_rate is not None:
             check_number(self.learning_rate, "learning_rate", 0, low_open=True)
         if self.val_split is not None:
@@ -265,6 +292,61 @@ def _callbacks(
     return [Schedule(), Watch()]
 
 
+def _rate_callback(keras, rates, steps: int):
+    """A callback that assigns ``rates(step)`` to the optimizer's learning-rate variable before every step.
+
+    Assigning the variable (not replacing it) keeps the compiled training step: no retrace.
+    """
+
+    class Rate(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.first_step = epoch * steps
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.model.optimizer.learning_rate.assign(rates(self.first_step + batch))
+
+    return Rate()
+
+
+def _teacher(keras, model):
+    """A frozen copy of ``model`` as it is now (before pruning), created in the active strategy's scope."""
+    teacher = keras.models.clone_model(model)
+    teacher.set_weights(model.get_weights())
+    teacher.trainable = False
+    return teacher
+
+
+def _rate_schedule(options: FinetuneOptions, model, schedule, total: int):
+    """The learning-rate schedule of the run, or None where the rate stays the optimizer's own."""
+    warmup_steps = round(options.warmup * total)
+    if options.lr_schedule == "constant" and not warmup_steps:
+        return None
+    if not hasattr(model.optimizer.learning_rate, "assign"):
+        raise OptionError(
+            "the model's optimizer follows its own learning-rate schedule; {lr_schedule} and {warmup} need a "
+            "plain rate: give {learning_rate}. "
+            f"Received: {{lr_schedule}} {options.lr_schedule} {{warmup}} {options.warmup}",
+            "lr_schedule",
+            "warmup",
+            "learning_rate",
+        )
+    restarts = [0]
+    if defaults.WARMUP_AFTER_UPDATES and schedule is not None:
+        restarts = [step for step in range(total) if step == 0 or schedule(step) is not None]
+    base = float(np.asarray(model.optimizer.learning_rate))
+    return LR_SCHEDULES.get(options.lr_schedule)(base, total, warmup_steps, tuple(restarts))
+
+
+def resolved_distill(options: FinetuneOptions, loss) -> tuple[float, str]:
+    """The distillation weight a run uses (the default depends on the loss) and the term's kind."""
+    kind = distill_term(loss).kind
+    if not options.epochs:
+        return 0.0, kind
+    if options.distill is not None:
+        return float(options.distill), kind
+    return (DEFAULT_DISTILL if kind != "mse" else 0.0), kind
+
+
 def _floats(logs) -> dict:
     return {k: float(v) for k, v in (logs or {}).items()}
 
@@ -410,18 +492,28 @@ def finetune_model(
                 results[key] = replace(result, threshold=max(result.threshold, old.threshold)) if old else result
         return pruning
 
+    alpha, term = resolved_distill(options, model.loss)
+    # The teacher is the model before any pruning: the structural step's input, else a copy made now.
+    teacher = (original if original is not None else _teacher(keras, model)) if alpha else None
     evaluate("before_pruning", original)
     if not prune_after and (weights is not None or original is not None):  # else nothing was pruned
         prune_at(0)
         evaluate("after_pruning")
     held = HeldMasks([variables[e.key] for e in selected], options.l1)
     history = {}
+    rates = _rate_schedule(options, model, schedule, total) if options.epochs else None
+    base_rate = float(np.asarray(model.optimizer.learning_rate))
     try:
         if options.epochs:
             callbacks = _callbacks(
                 keras, held, lambda step: prune_at(step) if step else None, options.epochs, steps, progress
             )
-            fitted = model.fit(
+            if rates is not None:
+                callbacks.insert(0, _rate_callback(keras, rates, steps))
+            trainer = model
+            if alpha:
+                trainer, _ = distiller(model, teacher, alpha, options.temperature, spec.metrics)
+            fitted = trainer.fit(
                 batches(train, shuffle=True),
                 validation_data=val_batches,
                 epochs=options.epochs,
@@ -433,6 +525,9 @@ def finetune_model(
             history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
     finally:
         held.release()
+        if rates is not None:
+            # The saved optimizer config carries the rate: the base one, not the schedule's last value.
+            model.optimizer.learning_rate.assign(base_rate)
         # Keras traced the penalty into the evaluation step during fit's validation: trace it anew without.
         model.test_function = None
     # Read back only where there is a penalty to report (it copies every penalized weight).
@@ -467,6 +562,16 @@ def finetune_model(
         if schedule
         else {"name": "oneshot", "threshold": weights.threshold if weights else None},
         "mask_updates": updates,
+        "lr_schedule": rates.get_config() if rates is not None else {"name": "constant", "base": base_rate},
+        "learning_rates": [rates(epoch * steps) if rates is not None else base_rate for epoch in range(options.epochs)],
+        "distillation": {
+            "alpha": alpha,
+            "temperature": options.temperature if term != "mse" else None,
+            "term": "mse" if term == "mse" else f"T^2 * KL(teacher_T || student_T), {term} outputs",
+            "teacher": None
+            if not alpha
+            else ("the model before the structural step" if original is not None else "the model before pruning"),
+        },
         "replicas": int(model.distribute_strategy.num_replicas_in_sync),
         "evaluation": evaluation,
         **({"l1": _l1_section(options, selected, penalty, evaluation, prune_after, weights)} if options.l1 else {}),
