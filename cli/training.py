@@ -16,6 +16,7 @@ from prunectl.cli.help import section
 from prunectl.core.options import validate_seed
 from prunectl.core.training.defaults import (
     DEFAULT_DISTILL,
+    DEFAULT_LR_SCALE,
     DEFAULT_LR_SCHEDULE,
     DEFAULT_TEMPERATURE,
     DEFAULT_WARMUP,
@@ -36,6 +37,7 @@ FINETUNE_NAMES = frozenset(
         "label_col",
         "batch_size",
         "learning_rate",
+        "lr_scale",
         "optimizer",
         "loss",
         "metrics",
@@ -98,7 +100,16 @@ OPTIONS = [
         "--learning-rate",
         type=float,
         callback=number("learning_rate", 0, low_open=True),
-        help="Override the learning rate.",
+        help="Override the learning rate (also in the saved model).",
+    ),
+    click.option(
+        "--lr-scale",
+        type=float,
+        callback=number("lr_scale", 0, low_open=True),
+        default=DEFAULT_LR_SCALE,
+        show_default=True,
+        help="Without --learning-rate: fine-tune at this multiple of the model's own rate "
+        "(the saved model keeps its own).",
     ),
     click.option("--optimizer", help="Keras optimizer name [default: the model's saved one, else adam]."),
     click.option("--loss", help="Keras loss name [default: the model's saved loss, else inferred]."),

@@ -115,3 +115,29 @@ def test_lr_schedule_needs_fine_tuning(digits):
 def test_help_lists_the_schedules():
     out = run("prune", "--help").output
     assert "--lr-schedule" in out and "cosine" in out and "--warmup" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale", [None, 0.5])
+def test_lr_scale_multiplies_the_models_rate_while_training_only(digits, scale):
+    from prunectl.core.io.keras_io import load_model
+    from prunectl.core.io.modelfile import open_model_file
+    from prunectl.core.training.defaults import DEFAULT_LR_SCALE
+    from prunectl.core.training.finetune import FinetuneOptions, finetune_model
+    from prunectl.core.weights.prune import WeightPruning
+
+    loaded = load_model(open_model_file(digits / "digits_mlp.keras"))
+    own = float(loaded.model.optimizer.learning_rate.numpy())
+    extra = {} if scale is None else {"lr_scale": scale}
+    options = FinetuneOptions(data=digits / "train.npz", epochs=1, batch_size=32, **extra)
+    used = []
+
+    def progress(event):
+        if event.kind == "step":
+            used.append(float(loaded.model.optimizer.learning_rate.numpy()))
+
+    outcome = finetune_model(loaded, WeightPruning(sparsity=0.5), options, progress)
+    expected = own * (DEFAULT_LR_SCALE if scale is None else scale)
+    assert used == pytest.approx([expected] * 3, rel=1e-6)
+    assert float(loaded.model.optimizer.learning_rate.numpy()) == pytest.approx(own, rel=1e-6)
+    assert outcome.report["compile"]["learning_rate"] == pytest.approx(own, rel=1e-6)

@@ -15,6 +15,7 @@ as without distillation, and the saved model is the student alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from prunectl.core.errors import OptionError
 from prunectl.core.io.keras_io import import_keras
@@ -40,8 +41,9 @@ class DistillTerm:
 
 def distill_term(loss) -> DistillTerm:
     """How to distil a model compiled with ``loss`` (a name, a Keras loss object or a loss function)."""
+    config: dict[str, Any] = {}
     if isinstance(loss, str):
-        name, config = loss, {}
+        name = loss
     else:
         name = getattr(loss, "name", None) or getattr(loss, "__name__", "") or type(loss).__name__
         config = loss.get_config() if hasattr(loss, "get_config") else {}
@@ -112,7 +114,7 @@ def distiller(student, teacher, alpha: float, temperature: float, metrics=None):
     term = distill_term(student.loss)
     teacher.trainable = False
 
-    class Distiller(keras.Model):
+    class Distiller(keras.Model):  # type: ignore[name-defined]
         def __init__(self):
             super().__init__(name="distiller")
             self.student, self.teacher = student, teacher

@@ -35,7 +35,13 @@ from prunectl.core.io.keras_io import LoadedModel, compile_model, import_keras
 from prunectl.core.options import check_number, check_reader, validate_seed
 from prunectl.core.training import data as datamod
 from prunectl.core.training import defaults
-from prunectl.core.training.defaults import DEFAULT_DISTILL, DEFAULT_LR_SCHEDULE, DEFAULT_TEMPERATURE, DEFAULT_WARMUP
+from prunectl.core.training.defaults import (
+    DEFAULT_DISTILL,
+    DEFAULT_LR_SCALE,
+    DEFAULT_LR_SCHEDULE,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_WARMUP,
+)
 from prunectl.core.training.distill import distill_term, distiller
 from prunectl.core.training.evaluate import identifier_name, resolve_compile
 from prunectl.core.weights.catalog import keras_weight_entries
@@ -56,7 +62,10 @@ class FinetuneOptions:
         val_split: fraction of ``data`` (its last samples) held out for validation, or None.
         reader: reader options (``x_key``, ``y_key``, ``label_col``) for both files.
         batch_size: samples per (global) batch.
-        learning_rate: overrides the optimizer's learning rate.
+        learning_rate: overrides the optimizer's learning rate (also in the saved model).
+        lr_scale: without ``learning_rate``, fine-tune at this multiple of the
+            model's own rate (the saved model keeps its own): recovering from
+            pruning needs a larger step than the end of the dense training used.
         optimizer: a Keras optimizer name; default: the model's saved one, else adam.
         loss: a Keras loss name; default: the model's saved loss, else inferred.
         metrics: Keras metric names; default: the saved ones, else inferred.
@@ -90,6 +99,7 @@ class FinetuneOptions:
     reader: tuple[tuple[str, str], ...] = ()
     batch_size: int = 32
     learning_rate: float | None = None
+    lr_scale: float = DEFAULT_LR_SCALE
     optimizer: str | None = None
     loss: str | None = None
     metrics: tuple[str, ...] = ()
@@ -129,6 +139,7 @@ class FinetuneOptions:
                 )
         if self.learning_rate is not None:
             check_number(self.learning_rate, "learning_rate", 0, low_open=True)
+        check_number(self.lr_scale, "lr_scale", 0, low_open=True)
         if self.val_split is not None:
             check_number(self.val_split, "val_split", 0, 1, low_open=True, high_open=True)
         if self.seed is not None:
@@ -316,6 +327,12 @@ def _teacher(keras, model):
     return teacher
 
 
+def _plain_rate(model) -> float | None:
+    """The optimizer's learning rate, or None where it follows a schedule object of its own."""
+    rate = model.optimizer.learning_rate
+    return float(np.asarray(rate)) if hasattr(rate, "assign") else None
+
+
 def _rate_schedule(options: FinetuneOptions, model, schedule, total: int):
     """The learning-rate schedule of the run, or None where the rate stays the optimizer's own."""
     warmup_steps = round(options.warmup * total)
@@ -501,8 +518,15 @@ def finetune_model(
         evaluate("after_pruning")
     held = HeldMasks([variables[e.key] for e in selected], options.l1)
     history = {}
+    # The rate the saved model keeps: its own, or --learning-rate's.
+    kept_rate = _plain_rate(model)
+    if options.epochs and options.learning_rate is None and options.lr_scale != 1:
+        if kept_rate is None:
+            notes.append("the optimizer follows its own learning-rate schedule: lr_scale was not applied")
+        else:
+            model.optimizer.learning_rate.assign(kept_rate * options.lr_scale)
     rates = _rate_schedule(options, model, schedule, total) if options.epochs else None
-    base_rate = float(np.asarray(model.optimizer.learning_rate))
+    base_rate = _plain_rate(model)
     try:
         if options.epochs:
             callbacks = _callbacks(
@@ -525,9 +549,9 @@ def finetune_model(
             history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
     finally:
         held.release()
-        if rates is not None:
-            # The saved optimizer config carries the rate: the base one, not the schedule's last value.
-            model.optimizer.learning_rate.assign(base_rate)
+        if kept_rate is not None:
+            # The saved optimizer config carries the rate: the model's own, not the one fine-tuning ended at.
+            model.optimizer.learning_rate.assign(kept_rate)
         # Keras traced the penalty into the evaluation step during fit's validation: trace it anew without.
         model.test_function = None
     # Read back only where there is a penalty to report (it copies every penalized weight).
@@ -554,7 +578,7 @@ def finetune_model(
             "loss_source": loss_source,
             "metrics": [identifier_name(m) for m in spec.metrics],
             "optimizer": model.optimizer.__class__.__name__,
-            "learning_rate": float(np.asarray(model.optimizer.learning_rate)),
+            "learning_rate": kept_rate,
         },
         "steps_per_epoch": steps,
         "steps": total,
@@ -562,6 +586,7 @@ def finetune_model(
         if schedule
         else {"name": "oneshot", "threshold": weights.threshold if weights else None},
         "mask_updates": updates,
+        "lr_scale": options.lr_scale if options.learning_rate is None else None,
         "lr_schedule": rates.get_config() if rates is not None else {"name": "constant", "base": base_rate},
         "learning_rates": [rates(epoch * steps) if rates is not None else base_rate for epoch in range(options.epochs)],
         "distillation": {
