@@ -3,13 +3,14 @@
 Each dense digits model (``benchmarks/digits_models.py``; trained copies named
 ``<model>.seed<k>.keras`` in ``--dense``) is pruned to each sparsity and
 fine-tuned with each named recipe in :data:`RECIPES` for the same budget
-(8 epochs, batch 32, ``digits_train.npz``); the test accuracy on
-``digits_test.npz`` is computed here from the saved output, not taken from
-prunectl's report. Prints one row per (recipe, model, sparsity): the mean over
-the seeds and each seed's accuracy. Not a test: about 10 s a run on a 2-core CPU.
+(8 epochs, batch 32, ``digits_train.npz``; the seed of the dense model seeds the
+run); the test accuracy on ``digits_test.npz`` is computed here from the saved
+output, not taken from prunectl's report. Prints one row per (model, sparsity,
+recipe): the mean over the seeds and each seed's accuracy. Not a test: a few
+seconds a run on a 2-core CPU. Results: ``benchmarks/RESULTS-finetune-sweep.md``.
 
     python benchmarks/finetune_sweep.py --dense /tmp/dense14 --models mlp,cnn --seeds 0,1 \\
-        --sparsities 0.5,0.8,0.9,0.95 --recipes today,poly50,default
+        --sparsities 0.5,0.8,0.9,0.95 --recipes today,lr3,poly50-lr5,default
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-# Each recipe: FinetuneOptions fields (over BASE), plus "scope" (the weight step's) and
-# "restarts" (warm-up after every mask update).
-BASE = {"schedule": "oneshot", "distill": 0.0, "lr_schedule": "constant", "warmup": 0.0}
+# Each recipe: FinetuneOptions fields over BASE (the defaults before this sweep: "today"), plus "scope" (the
+# weight step's) and "restarts" (warm-up after every mask update). "lr3" means learning rate 3e-3 (3x the dense
+# models' 1e-3), "kd.5T2" distillation with alpha 0.5 at T 2, "g" global scope, "poly50" the polynomial schedule
+# reaching the target at half the run.
+BASE = {"schedule": "oneshot", "distill": 0.0, "lr_schedule": "constant", "warmup": 0.0, "lr_scale": 1.0}
 RECIPES = {
     "today": {},
     "poly30": {"schedule": "polynomial", "prune_end": 0.3},
@@ -52,6 +55,11 @@ RECIPES = {
     "poly50-lr3": {"schedule": "polynomial", "prune_end": 0.5, "learning_rate": 3e-3},
     "lr5": {"learning_rate": 5e-3},
     "cos-lr5": {"lr_schedule": "cosine", "learning_rate": 5e-3},
+    "lr3-warm": {"learning_rate": 3e-3, "warmup": 0.05},
+    "lr3-kd.5T2": {"learning_rate": 3e-3, "distill": 0.5, "temperature": 2.0},
+    "poly30-lr3": {"schedule": "polynomial", "prune_end": 0.3, "learning_rate": 3e-3},
+    "lr10": {"learning_rate": 1e-2},
+    "poly50-lr5": {"schedule": "polynomial", "prune_end": 0.5, "learning_rate": 5e-3},
     "g": {"scope": "global"},
     "g-lr3": {"scope": "global", "learning_rate": 3e-3},
     "g-cos-lr3": {"scope": "global", "lr_schedule": "cosine", "learning_rate": 3e-3},

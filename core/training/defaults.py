@@ -6,7 +6,7 @@ The table behind each value: ``benchmarks/finetune_sweep.py``, results in
 
 # Weight of the distillation term for a classifier when --distill is not given (other losses: 0).
 DEFAULT_DISTILL = 0.0
-DEFAULT_TEMPERATURE = 4.0
+DEFAULT_TEMPERATURE = 2.0
 DEFAULT_LR_SCHEDULE = "constant"
 # Without --learning-rate, fine-tune at this multiple of the model's own rate.
 DEFAULT_LR_SCALE = 3.0

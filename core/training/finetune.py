@@ -10,8 +10,14 @@ change them between steps without retracing. After training, the constraints
 a plain Keras model whose config never mentions them.
 
 Order of a run: read data -> check it against the model -> compile ->
-evaluate -> prune -> evaluate -> fit (masks recomputed as the schedule says)
--> evaluate -> plots.
+(copy the model as the distillation teacher) -> evaluate -> prune -> evaluate
+-> fit (masks recomputed as the schedule says, the learning rate set before
+every step) -> evaluate -> plots.
+
+The defaults (:mod:`prunectl.core.training.defaults`) were chosen by measurement
+(``benchmarks/finetune_sweep.py``): fine-tuning at three times the model's own
+learning rate recovers the most; cosine decay, warm-up and distillation did not
+help on the digits models and are off unless asked for.
 
 With an L1 penalty and a one-shot weight step, the step runs *after* training
 instead (the sparsity-by-L1 workflow: the penalty drives weights towards zero,
