@@ -170,7 +170,9 @@ def test_regressor_distils_with_the_mse(samples):
         report,
     )
     section = json.loads(report.read_text())["finetune"]["distillation"]
-    assert section["alpha"] == 0.5 and section["term"] == "mse" and section["temperature"] is None
+    assert (
+        section["alpha"] == 0.5 and section["term"] == "mse to the teacher's outputs" and section["temperature"] is None
+    )
     saved = read_weights(out)
     kernels = [v for v in saved.values() if v.ndim == 2]
     assert kernels and all(np.count_nonzero(v == 0) == v.size // 2 for v in kernels)

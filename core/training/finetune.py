@@ -360,6 +360,20 @@ def _rate_schedule(options: FinetuneOptions, model, schedule, total: int):
     return LR_SCHEDULES.get(options.lr_schedule)(base, total, warmup_steps, tuple(restarts))
 
 
+def _distill_section(alpha: float, term: str, temperature: float, structural: bool) -> dict:
+    """The report's account of distillation (all None but ``alpha`` when it was off)."""
+    if not alpha:
+        return {"alpha": 0.0, "temperature": None, "term": None, "teacher": None}
+    return {
+        "alpha": alpha,
+        "temperature": temperature if term != "mse" else None,
+        "term": "mse to the teacher's outputs"
+        if term == "mse"
+        else f"T^2 * KL(teacher_T || student_T), {term} outputs",
+        "teacher": "the model before the structural step" if structural else "the model before pruning",
+    }
+
+
 def resolved_distill(options: FinetuneOptions, loss) -> tuple[float, str]:
     """The distillation weight a run uses (the default depends on the loss) and the term's kind."""
     kind = distill_term(loss).kind
@@ -595,14 +609,7 @@ def finetune_model(
         "lr_scale": options.lr_scale if options.learning_rate is None else None,
         "lr_schedule": rates.get_config() if rates is not None else {"name": "constant", "base": base_rate},
         "learning_rates": [rates(epoch * steps) if rates is not None else base_rate for epoch in range(options.epochs)],
-        "distillation": {
-            "alpha": alpha,
-            "temperature": options.temperature if term != "mse" else None,
-            "term": "mse" if term == "mse" else f"T^2 * KL(teacher_T || student_T), {term} outputs",
-            "teacher": None
-            if not alpha
-            else ("the model before the structural step" if original is not None else "the model before pruning"),
-        },
+        "distillation": _distill_section(alpha, term, options.temperature, original is not None),
         "replicas": int(model.distribute_strategy.num_replicas_in_sync),
         "evaluation": evaluation,
         **({"l1": _l1_section(options, selected, penalty, evaluation, prune_after, weights)} if options.l1 else {}),
