@@ -14,8 +14,15 @@ import click
 from prunectl.cli.checks import checked, number
 from prunectl.cli.help import section
 from prunectl.core.options import validate_seed
+from prunectl.core.training.defaults import (
+    DEFAULT_DISTILL,
+    DEFAULT_LR_SCALE,
+    DEFAULT_LR_SCHEDULE,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_WARMUP,
+)
 from prunectl.core.training.distribute import STRATEGIES
-from prunectl.core.weights.schedules import SCHEDULES
+from prunectl.core.weights.schedules import LR_SCHEDULES, SCHEDULES
 
 _PATH = click.Path(path_type=Path, dir_okay=False)
 # Every fine-tuning option's parameter name (core.run.request knows which refine --finetune-epochs).
@@ -30,6 +37,7 @@ FINETUNE_NAMES = frozenset(
         "label_col",
         "batch_size",
         "learning_rate",
+        "lr_scale",
         "optimizer",
         "loss",
         "metrics",
@@ -38,6 +46,10 @@ FINETUNE_NAMES = frozenset(
         "prune_begin",
         "prune_end",
         "l1",
+        "distill",
+        "temperature",
+        "lr_schedule",
+        "warmup",
         "seed",
         "strategy",
         "plots",
@@ -88,7 +100,16 @@ OPTIONS = [
         "--learning-rate",
         type=float,
         callback=number("learning_rate", 0, low_open=True),
-        help="Override the learning rate.",
+        help="Override the learning rate (also in the saved model).",
+    ),
+    click.option(
+        "--lr-scale",
+        type=float,
+        callback=number("lr_scale", 0, low_open=True),
+        default=DEFAULT_LR_SCALE,
+        show_default=True,
+        help="Without --learning-rate: fine-tune at this multiple of the model's own rate "
+        "(the saved model keeps its own).",
     ),
     click.option("--optimizer", help="Keras optimizer name [default: the model's saved one, else adam]."),
     click.option("--loss", help="Keras loss name [default: the model's saved loss, else inferred]."),
@@ -132,6 +153,37 @@ OPTIONS = [
         show_default=True,
         help="L1 penalty while fine-tuning, on the pruned kernels (every prunable one without a weight step); "
         "a one-shot --threshold/--sparsity then prunes the trained weights.",
+    ),
+    click.option(
+        "--distill",
+        type=float,
+        callback=number("distill", 0, 1),
+        help="Distil from the model before pruning (frozen teacher): loss = (1 - ALPHA) * task + ALPHA * "
+        "T^2 * KL(teacher_T || student_T) for classifiers, the MSE to the teacher's outputs otherwise; 0: off "
+        f"[default: {DEFAULT_DISTILL:g} for classifiers, 0 otherwise].",
+    ),
+    click.option(
+        "--temperature",
+        type=float,
+        callback=number("temperature", 0, low_open=True),
+        default=DEFAULT_TEMPERATURE,
+        show_default=True,
+        help="--distill: softening temperature T for classifiers.",
+    ),
+    click.option(
+        "--lr-schedule",
+        type=click.Choice(LR_SCHEDULES.names()),
+        default=DEFAULT_LR_SCHEDULE,
+        show_default=True,
+        help="Learning rate over the fine-tuning run: constant, or cosine decay to ~0 by the last step.",
+    ),
+    click.option(
+        "--warmup",
+        type=float,
+        callback=number("warmup", 0, 1, high_open=True),
+        default=DEFAULT_WARMUP,
+        show_default=True,
+        help="Linear learning-rate warm-up over this fraction F of the steps, after the pruning at step 0.",
     ),
     click.option(
         "--seed", type=int, callback=checked(validate_seed), help="Seed in [0, 2**32 - 1] for a reproducible run."

@@ -10,8 +10,14 @@ change them between steps without retracing. After training, the constraints
 a plain Keras model whose config never mentions them.
 
 Order of a run: read data -> check it against the model -> compile ->
-evaluate -> prune -> evaluate -> fit (masks recomputed as the schedule says)
--> evaluate -> plots.
+(copy the model as the distillation teacher) -> evaluate -> prune -> evaluate
+-> fit (masks recomputed as the schedule says, the learning rate set before
+every step) -> evaluate -> plots.
+
+The defaults (:mod:`prunectl.core.training.defaults`) were chosen by measurement
+(``benchmarks/finetune_sweep.py``): fine-tuning at three times the model's own
+learning rate recovers the most; cosine decay, warm-up and distillation did not
+help on the digits models and are off unless asked for.
 
 With an L1 penalty and a one-shot weight step, the step runs *after* training
 instead (the sparsity-by-L1 workflow: the penalty drives weights towards zero,
@@ -34,11 +40,20 @@ from prunectl.core.errors import DataError, OptionError
 from prunectl.core.io.keras_io import LoadedModel, compile_model, import_keras
 from prunectl.core.options import check_number, check_reader, validate_seed
 from prunectl.core.training import data as datamod
+from prunectl.core.training import defaults
+from prunectl.core.training.defaults import (
+    DEFAULT_DISTILL,
+    DEFAULT_LR_SCALE,
+    DEFAULT_LR_SCHEDULE,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_WARMUP,
+)
+from prunectl.core.training.distill import distill_term, distiller
 from prunectl.core.training.evaluate import identifier_name, resolve_compile
 from prunectl.core.weights.catalog import keras_weight_entries
 from prunectl.core.weights.masks import count_zeros
 from prunectl.core.weights.prune import WeightPruning, WeightResult, prune_keras_model
-from prunectl.core.weights.schedules import SCHEDULES
+from prunectl.core.weights.schedules import LR_SCHEDULES, SCHEDULES
 from prunectl.core.weights.selection import select_weights
 
 
@@ -53,7 +68,10 @@ class FinetuneOptions:
         val_split: fraction of ``data`` (its last samples) held out for validation, or None.
         reader: reader options (``x_key``, ``y_key``, ``label_col``) for both files.
         batch_size: samples per (global) batch.
-        learning_rate: overrides the optimizer's learning rate.
+        learning_rate: overrides the optimizer's learning rate (also in the saved model).
+        lr_scale: without ``learning_rate``, fine-tune at this multiple of the
+            model's own rate (the saved model keeps its own): recovering from
+            pruning needs a larger step than the end of the dense training used.
         optimizer: a Keras optimizer name; default: the model's saved one, else adam.
         loss: a Keras loss name; default: the model's saved loss, else inferred.
         metrics: Keras metric names; default: the saved ones, else inferred.
@@ -63,6 +81,14 @@ class FinetuneOptions:
         l1: L1 penalty during training (0: none) on the pruned kernels, or on every
             prunable kernel without a weight step; with a one-shot weight step,
             the step then runs after training.
+        distill: weight ``alpha`` in [0, 1] of the distillation term (the model
+            before pruning as a frozen teacher; 0: off); None: the default
+            (:data:`defaults.DEFAULT_DISTILL` for a classifier, off for any other loss).
+        temperature: the distillation's softening temperature (> 0) for classifiers.
+        lr_schedule: a name in ``schedules.LR_SCHEDULES``: the learning rate over the run.
+        warmup: linear warm-up of the learning rate over this fraction of the run's
+            steps, after the pruning at step 0 (and after every mask update when
+            :data:`defaults.WARMUP_AFTER_UPDATES`).
         seed: makes the run reproducible; an integer in [0, 2**32 - 1].
         strategy: a name in ``distribute.STRATEGIES`` (applied by the pipeline).
         plots: folder for PNG figures, or None.
@@ -79,6 +105,7 @@ class FinetuneOptions:
     reader: tuple[tuple[str, str], ...] = ()
     batch_size: int = 32
     learning_rate: float | None = None
+    lr_scale: float = DEFAULT_LR_SCALE
     optimizer: str | None = None
     loss: str | None = None
     metrics: tuple[str, ...] = ()
@@ -87,12 +114,17 @@ class FinetuneOptions:
     prune_begin: float = 0.0
     prune_end: float = 0.5
     l1: float = 0.0
+    distill: float | None = None
+    temperature: float = DEFAULT_TEMPERATURE
+    lr_schedule: str = DEFAULT_LR_SCHEDULE
+    warmup: float = DEFAULT_WARMUP
     seed: int | None = None
     strategy: str = "default"
     plots: Path | None = None
 
     def __post_init__(self):
         SCHEDULES.get(self.schedule)
+        LR_SCHEDULES.get(self.lr_schedule)
         # "finetune_epochs" is the field's name among the prune command's options.
         check_number(self.epochs, "finetune_epochs", 0, integer=True)
         check_number(self.batch_size, "batch_size", 1, integer=True)
@@ -100,8 +132,20 @@ class FinetuneOptions:
         check_number(self.initial_sparsity, "initial_sparsity", 0, 1, high_open=True)
         check_number(self.prune_begin, "prune_begin", 0, 1)
         check_number(self.prune_end, "prune_end", 0, 1)
+        check_number(self.temperature, "temperature", 0, low_open=True)
+        check_number(self.warmup, "warmup", 0, 1, high_open=True)
+        if self.distill is not None:
+            check_number(self.distill, "distill", 0, 1)
+            if self.distill > 0 and self.epochs == 0:
+                raise OptionError(
+                    "{distill} trains against the model before pruning; give {finetune_epochs} of at least 1. "
+                    f"Received: {{distill}} {self.distill} {{finetune_epochs}} {self.epochs}",
+                    "distill",
+                    "finetune_epochs",
+                )
         if self.learning_rate is not None:
             check_number(self.learning_rate, "learning_rate", 0, low_open=True)
+        check_number(self.lr_scale, "lr_scale", 0, low_open=True)
         if self.val_split is not None:
             check_number(self.val_split, "val_split", 0, 1, low_open=True, high_open=True)
         if self.seed is not None:
@@ -265,6 +309,81 @@ def _callbacks(
     return [Schedule(), Watch()]
 
 
+def _rate_callback(keras, rates, steps: int):
+    """A callback that assigns ``rates(step)`` to the optimizer's learning-rate variable before every step.
+
+    Assigning the variable (not replacing it) keeps the compiled training step: no retrace.
+    """
+
+    class Rate(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.first_step = epoch * steps
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.model.optimizer.learning_rate.assign(rates(self.first_step + batch))
+
+    return Rate()
+
+
+def _teacher(keras, model):
+    """A frozen copy of ``model`` as it is now (before pruning), created in the active strategy's scope."""
+    teacher = keras.models.clone_model(model)
+    teacher.set_weights(model.get_weights())
+    teacher.trainable = False
+    return teacher
+
+
+def _plain_rate(model) -> float | None:
+    """The optimizer's learning rate, or None where it follows a schedule object of its own."""
+    rate = model.optimizer.learning_rate
+    return float(np.asarray(rate)) if hasattr(rate, "assign") else None
+
+
+def _rate_schedule(options: FinetuneOptions, model, schedule, total: int):
+    """The learning-rate schedule of the run, or None where the rate stays the optimizer's own."""
+    warmup_steps = round(options.warmup * total)
+    if options.lr_schedule == "constant" and not warmup_steps:
+        return None
+    if not hasattr(model.optimizer.learning_rate, "assign"):
+        raise OptionError(
+            "the model's optimizer follows its own learning-rate schedule; {lr_schedule} and {warmup} need a "
+            "plain rate: give {learning_rate}. "
+            f"Received: {{lr_schedule}} {options.lr_schedule} {{warmup}} {options.warmup}",
+            "lr_schedule",
+            "warmup",
+            "learning_rate",
+        )
+    restarts = [0]
+    if defaults.WARMUP_AFTER_UPDATES and schedule is not None:
+        restarts = [step for step in range(total) if step == 0 or schedule(step) is not None]
+    base = float(np.asarray(model.optimizer.learning_rate))
+    return LR_SCHEDULES.get(options.lr_schedule)(base, total, warmup_steps, tuple(restarts))
+
+
+def _distill_section(alpha: float, term: str, temperature: float, structural: bool) -> dict:
+    """The report's account of distillation (all None but ``alpha`` when it was off)."""
+    if not alpha:
+        return {"alpha": 0.0, "temperature": None, "term": None, "teacher": None}
+    return {
+        "alpha": alpha,
+        "temperature": temperature if term != "mse" else None,
+        "term": "mse to the teacher's outputs"
+        if term == "mse"
+        else f"T^2 * KL(teacher_T || student_T), {term} outputs",
+        "teacher": "the model before the structural step" if structural else "the model before pruning",
+    }
+
+
+def resolved_distill(options: FinetuneOptions, loss) -> tuple[float, str]:
+    """The distillation weight a run uses (the default depends on the loss) and the term's kind."""
+    kind = distill_term(loss).kind
+    if not options.epochs:
+        return 0.0, kind
+    if options.distill is not None:
+        return float(options.distill), kind
+    return (DEFAULT_DISTILL if kind != "mse" else 0.0), kind
+
+
 def _floats(logs) -> dict:
     return {k: float(v) for k, v in (logs or {}).items()}
 
@@ -410,18 +529,35 @@ def finetune_model(
                 results[key] = replace(result, threshold=max(result.threshold, old.threshold)) if old else result
         return pruning
 
+    alpha, term = resolved_distill(options, model.loss)
+    # The teacher is the model before any pruning: the structural step's input, else a copy made now.
+    teacher = (original if original is not None else _teacher(keras, model)) if alpha else None
     evaluate("before_pruning", original)
     if not prune_after and (weights is not None or original is not None):  # else nothing was pruned
         prune_at(0)
         evaluate("after_pruning")
     held = HeldMasks([variables[e.key] for e in selected], options.l1)
     history = {}
+    # The rate the saved model keeps: its own, or --learning-rate's.
+    kept_rate = _plain_rate(model)
+    if options.epochs and options.learning_rate is None and options.lr_scale != 1:
+        if kept_rate is None:
+            notes.append("the optimizer follows its own learning-rate schedule: lr_scale was not applied")
+        else:
+            model.optimizer.learning_rate.assign(kept_rate * options.lr_scale)
+    rates = _rate_schedule(options, model, schedule, total) if options.epochs else None
+    base_rate = _plain_rate(model)
     try:
         if options.epochs:
             callbacks = _callbacks(
                 keras, held, lambda step: prune_at(step) if step else None, options.epochs, steps, progress
             )
-            fitted = model.fit(
+            if rates is not None:
+                callbacks.insert(0, _rate_callback(keras, rates, steps))
+            trainer = model
+            if alpha:
+                trainer, _ = distiller(model, teacher, alpha, options.temperature, spec.metrics)
+            fitted = trainer.fit(
                 batches(train, shuffle=True),
                 validation_data=val_batches,
                 epochs=options.epochs,
@@ -433,6 +569,9 @@ def finetune_model(
             history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
     finally:
         held.release()
+        if kept_rate is not None:
+            # The saved optimizer config carries the rate: the model's own, not the one fine-tuning ended at.
+            model.optimizer.learning_rate.assign(kept_rate)
         # Keras traced the penalty into the evaluation step during fit's validation: trace it anew without.
         model.test_function = None
     # Read back only where there is a penalty to report (it copies every penalized weight).
@@ -459,7 +598,7 @@ def finetune_model(
             "loss_source": loss_source,
             "metrics": [identifier_name(m) for m in spec.metrics],
             "optimizer": model.optimizer.__class__.__name__,
-            "learning_rate": float(np.asarray(model.optimizer.learning_rate)),
+            "learning_rate": kept_rate,
         },
         "steps_per_epoch": steps,
         "steps": total,
@@ -467,6 +606,10 @@ def finetune_model(
         if schedule
         else {"name": "oneshot", "threshold": weights.threshold if weights else None},
         "mask_updates": updates,
+        "lr_scale": options.lr_scale if options.learning_rate is None else None,
+        "lr_schedule": rates.get_config() if rates is not None else {"name": "constant", "base": base_rate},
+        "learning_rates": [rates(epoch * steps) if rates is not None else base_rate for epoch in range(options.epochs)],
+        "distillation": _distill_section(alpha, term, options.temperature, original is not None),
         "replicas": int(model.distribute_strategy.num_replicas_in_sync),
         "evaluation": evaluation,
         **({"l1": _l1_section(options, selected, penalty, evaluation, prune_after, weights)} if options.l1 else {}),

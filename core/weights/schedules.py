@@ -157,3 +157,70 @@ class PolynomialDecay(Registered):
             "frequency": self.frequency,
             "power": self.power,
         }
+
+
+LR_SCHEDULES: Registry[Any] = Registry("learning-rate schedule")
+
+
+class LearningRateSchedule(Registered):
+    """The learning rate at each fine-tuning step: a decay curve times a linear warm-up.
+
+    The warm-up restarts at every step in ``restarts`` (step 0, where one-shot
+    pruning happened, and optionally each mask update): right after a pruning
+    step the gradients of the surviving weights are large and Adam's moment
+    estimates are stale, so a full-size first update overshoots.
+
+    Args:
+        base: the optimizer's learning rate (the peak).
+        total_steps: the run's training steps (at least 1).
+        warmup_steps: steps of linear warm-up after each restart (0: none).
+        restarts: steps where a warm-up starts.
+    """
+
+    def __init__(self, base: float, total_steps: int, warmup_steps: int = 0, restarts: tuple[int, ...] = (0,)):
+        self.base = check_number(base, "learning_rate", 0, low_open=True)
+        self.total_steps = max(1, int(total_steps))
+        self.warmup_steps = int(check_number(warmup_steps, "warmup_steps", 0, integer=True))
+        self.restarts = tuple(sorted({int(r) for r in restarts}))
+
+    def decay(self, step: int) -> float:
+        """The curve's factor in [0, 1] at ``step`` (1: the base rate)."""
+        return 1.0
+
+    def warmup(self, step: int) -> float:
+        """The warm-up factor in (0, 1] at ``step``: ``(step - r + 1) / warmup_steps`` after the last restart ``r``."""
+        started = [r for r in self.restarts if r <= step]
+        if not self.warmup_steps or not started:
+            return 1.0
+        return min(1.0, (step - started[-1] + 1) / self.warmup_steps)
+
+    def __call__(self, step: int) -> float:
+        return self.base * self.decay(step) * self.warmup(step)
+
+    def get_config(self) -> dict:
+        return {
+            "name": self.registered_name,
+            "base": self.base,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "restarts": list(self.restarts),
+        }
+
+
+@LR_SCHEDULES.register("constant")
+class ConstantRate(LearningRateSchedule):
+    """The base rate throughout (after any warm-up)."""
+
+
+@LR_SCHEDULES.register("cosine")
+class CosineDecay(LearningRateSchedule):
+    """Cosine decay from the base rate towards 0 over the run: ``base * (1 + cos(pi * step / total_steps)) / 2``.
+
+    Example:
+        >>> schedule = CosineDecay(1e-3, total_steps=100)
+        >>> [round(schedule(s), 6) for s in (0, 50, 99)]
+        [0.001, 0.0005, 0.0]
+    """
+
+    def decay(self, step: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
