@@ -47,9 +47,8 @@ from prunectl.core.options import (
     click.option(
         "--scope",
         type=click.Choice(SCOPES),
-        default="layer",
-        show_default=True,
-        help="With --sparsity: each weight tensor reaches S (layer), or one cut over all (global).",
+        help="With --sparsity: each weight tensor reaches S (layer), or one cut over all (global). "
+        "[default: global when fine-tuning a magnitude --sparsity, else layer]",
     ),
     click.option(
         "--include",
