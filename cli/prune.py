@@ -47,8 +47,9 @@ from prunectl.core.options import (
     click.option(
         "--scope",
         type=click.Choice(SCOPES),
-        help="With --sparsity: each weight tensor reaches S (layer), or one cut over all (global). "
-        "[default: global when fine-tuning a magnitude --sparsity, else layer]",
+        default="layer",
+        show_default=True,
+        help="With --sparsity: each weight tensor reaches S (layer), or one cut over all (global).",
     ),
     click.option(
         "--include",

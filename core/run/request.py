@@ -351,7 +351,7 @@ def _neuron_step(values: Mapping, dry_run: bool) -> NeuronPruning | None:
         criterion=values.get("neuron_criterion") or "l1",
         threshold=threshold,
         ratio=ratio,
-        scope=values.get("scope") or "layer",
+        scope=values.get("scope", "layer"),
         round_to=values.get("round_to") or 1,
         include=tuple(values.get("include", ())),
         exclude=tuple(values.get("exclude", ())),
@@ -386,21 +386,6 @@ def _finetune(values: Mapping) -> FinetuneOptions | None:
         chosen.pop(key, None)
     chosen["metrics"] = tuple(chosen["metrics"] or ())
     return FinetuneOptions(data=values["data"], epochs=epochs, reader=reader, **chosen)
-
-
-def default_scope(sparsity, pattern, criterion: str | None, finetune: FinetuneOptions | None) -> str:
-    """The weight step's scope when none is given: global for a magnitude sparsity that is fine-tuned, else layer.
-
-    Measured (benchmarks/finetune_sweep.py, benchmarks/peer_tfmot.py): fine-tuning
-    after one global cut recovers far more at high sparsity than every tensor cut
-    alike (the digits CNN at 95%: 98.1% against 86.8%), because a small first layer
-    keeps the few weights everything depends on. Without fine-tuning, layer scope
-    stays the default: a global cut can empty a layer whose weights are all small,
-    and nothing would recover it. Patterns and data-aware criteria prune tensor by tensor.
-    """
-    tuned = finetune is not None and finetune.epochs > 0
-    magnitude = (criterion or "magnitude") == "magnitude"
-    return "global" if tuned and sparsity is not None and pattern is None and magnitude else "layer"
 
 
 def build_request(values: Mapping, weights: Mapping | None = None, structural: Mapping | None = None) -> PruneRequest:
@@ -443,7 +428,7 @@ def build_request(values: Mapping, weights: Mapping | None = None, structural: M
         else WeightPruning(
             threshold=threshold,
             sparsity=sparsity,
-            scope=weights.get("scope") or default_scope(sparsity, pattern, weights.get("weight_criterion"), finetune),
+            scope=weights.get("scope", "layer"),
             include=tuple(weights.get("include", ())),
             exclude=tuple(weights.get("exclude", ())),
             layers=tuple(weights.get("layers", ())),
