@@ -160,7 +160,7 @@ OPTIONS = [
         callback=number("distill", 0, 1),
         help="Distil from the model before pruning (frozen teacher): loss = (1 - ALPHA) * task + ALPHA * "
         "T^2 * KL(teacher_T || student_T) for classifiers, the MSE to the teacher's outputs otherwise; 0: off "
-        f"[default: {DEFAULT_DISTILL:g} for classifiers, 0 otherwise].",
+        + (f"[default: {DEFAULT_DISTILL:g} for classifiers, 0 otherwise]." if DEFAULT_DISTILL else "[default: 0]."),
     ),
     click.option(
         "--temperature",
