@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from prunectl.core.errors import OptionError
+from prunectl.core.weights.masks import zeros_for
 
 _NM = re.compile(r"\s*(\d+)\s*:\s*(\d+)\s*")
 _BLOCK = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*")
@@ -213,8 +214,7 @@ def pattern_mask(
         mask = block_threshold_mask(matrix, pattern.a, pattern.b, threshold)
     else:
         assert sparsity is not None  # one of the two, checked above
-        zeros = min(matrix.size, math.ceil(round(sparsity * matrix.size, 9)))
-        mask = block_prune_mask(matrix, pattern.a, pattern.b, zeros)
+        mask = block_prune_mask(matrix, pattern.a, pattern.b, zeros_for(sparsity, matrix.size))
     return from_matrix(mask, scores.shape, axes)
 
 
