@@ -45,11 +45,12 @@ def pair(keras, activation, seed=3):
 def test_loss_is_task_plus_temperature_softened_kl(from_logits):
     import keras
 
-    from prunectl.core.training.distill import distiller
+    from prunectl.core.training.distill import distillation
 
     student, teacher = pair(keras, None if from_logits else "softmax")
     student.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
-    model, term = distiller(student, teacher, 0.3, T)
+    distilled = distillation(student, teacher, 0.3, T)
+    term = distilled.term
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(8, 5)).astype("float32"), rng.integers(0, 3, 8)
     s, t = student.predict(x, verbose=0).astype("float64"), teacher.predict(x, verbose=0).astype("float64")
@@ -59,46 +60,65 @@ def test_loss_is_task_plus_temperature_softened_kl(from_logits):
         p_s, soft_s, soft_t = s, softened(s, T), softened(t, T)
     task = -np.mean(np.log(p_s[np.arange(8), y]))
     kl = np.mean(np.sum(soft_t * (np.log(soft_t) - np.log(soft_s)), axis=-1))
-    got = float(model.compute_loss(x, y, student(x), None, training=True))
+    plain = student.compute_loss(x, y, student(x), None, training=True)
+    assert float(plain) == pytest.approx(task, rel=1e-5)
+    got = float(distilled.loss(keras.ops, plain, x, student(x)))
     assert got == pytest.approx(0.7 * task + 0.3 * T * T * kl, rel=1e-5)
-    # Validation inside fit reports the task loss alone.
-    assert float(model.compute_loss(x, y, student(x), None, training=False)) == pytest.approx(task, rel=1e-5)
     assert term.kind == "softmax" and term.from_logits is from_logits
 
 
 def test_regressor_term_is_the_mse_to_the_teacher():
     import keras
 
-    from prunectl.core.training.distill import distiller
+    from prunectl.core.training.distill import distillation
 
     student, teacher = pair(keras, None)
     student.compile(optimizer="adam", loss="mse")
-    model, term = distiller(student, teacher, 0.5, T)
+    distilled = distillation(student, teacher, 0.5, T)
+    term = distilled.term
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(8, 5)).astype("float32"), rng.normal(size=(8, 3)).astype("float32")
     s, t = student.predict(x, verbose=0), teacher.predict(x, verbose=0)
     expected = 0.5 * np.mean((s - y) ** 2) + 0.5 * np.mean((s - t) ** 2)
-    assert float(model.compute_loss(x, y, student(x), None, training=True)) == pytest.approx(expected, rel=1e-5)
+    task = student.compute_loss(x, y, student(x), None, training=True)
+    assert float(distilled.loss(keras.ops, task, x, student(x))) == pytest.approx(expected, rel=1e-5)
     assert term.kind == "mse"
 
 
 @pytest.mark.slow
-def test_alpha_zero_trains_exactly_like_the_plain_model():
+@pytest.mark.parametrize("alpha", [0.0, 0.6])
+def test_the_loop_steps_on_the_distilled_loss(alpha):
+    """One SGD step of the loop equals one hand-written step on (1 - alpha) * task + alpha * T^2 KL."""
     import keras
+    import tensorflow as tf
 
-    from prunectl.core.training.distill import distiller
+    from prunectl.core.training.data import Dataset
+    from prunectl.core.training.distill import distillation
+    from prunectl.core.training.distribute import tf_strategy
+    from prunectl.core.training.loop import Feeder, Loop
 
     rng = np.random.default_rng(2)
-    x, y = rng.normal(size=(64, 5)).astype("float32"), rng.integers(0, 3, 64)
-    trained = []
-    for wrap in (False, True):
-        student, teacher = pair(keras, "softmax")
-        student.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-        trainer = distiller(student, teacher, 0.0, T)[0] if wrap else student
-        trainer.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
-        trained.append(student.get_weights())
-    for plain, wrapped in zip(*trained):
-        np.testing.assert_array_equal(plain, wrapped)
+    x, y = rng.normal(size=(16, 5)).astype("float32"), rng.integers(0, 3, 16)
+    student, teacher = pair(keras, "softmax")
+    hand = keras.models.clone_model(student)
+    hand.set_weights(student.get_weights())
+    student.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    feed = Feeder(tf_strategy(), Dataset(x, y), 16, (np.float32, np.int64))
+    Loop(tf_strategy(), student, distillation=distillation(student, teacher, alpha, T)).fit(feed, 1)
+
+    t = teacher.predict(x, verbose=0).astype("float64")
+    with tf.GradientTape() as tape:
+        p = hand(x)
+        task = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, p))
+        log_s = tf.nn.log_softmax(tf.math.log(p) / T)
+        soft_t = softened(t, T)
+        kl = tf.reduce_mean(tf.reduce_sum(soft_t * (np.log(soft_t) - tf.cast(log_s, "float64")), axis=-1))
+        loss = (1 - alpha) * tf.cast(task, "float64") + alpha * T * T * kl
+    grads = tape.gradient(loss, hand.trainable_variables)
+    for variable, grad in zip(hand.trainable_variables, grads):
+        variable.assign(variable - 0.5 * tf.cast(grad, "float32"))
+    for got, expected in zip(student.get_weights(), hand.get_weights()):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
 
 
 def prune(folder, *extra):

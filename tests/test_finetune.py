@@ -65,7 +65,10 @@ def test_masks_hold_after_every_step(optimizer):
     """Momentum pushes pruned weights off zero at each update; the constraint must put them back in that step."""
     import keras
 
+    from prunectl.core.training.data import Dataset
+    from prunectl.core.training.distribute import tf_strategy
     from prunectl.core.training.finetune import HeldMasks
+    from prunectl.core.training.loop import Feeder, Loop
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8), keras.layers.Dense(1)])
@@ -74,19 +77,17 @@ def test_masks_hold_after_every_step(optimizer):
     masks.prune_to_sparsity([values], 0.5)
     variable.assign(values)
     pruned = values == 0
-    held = HeldMasks([variable], l1=0.01)
+    held = HeldMasks([variable])
     opt = keras.optimizers.SGD(0.1, momentum=0.9) if optimizer == "sgd_momentum" else keras.optimizers.Adam(0.1)
     model.compile(optimizer=opt, loss="mse")
     seen = []
-
-    class Check(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            seen.append(np.abs(variable.numpy()[pruned]).max())
-
     rng = np.random.default_rng(0)
-    model.fit(
-        rng.normal(size=(64, 6)), rng.normal(size=(64, 1)), batch_size=8, epochs=2, verbose=0, callbacks=[Check()]
-    )
+    data = Dataset(rng.normal(size=(64, 6)).astype("float32"), rng.normal(size=(64, 1)).astype("float32"))
+    strategy = tf_strategy()
+    feed = Feeder(strategy, data, 8, (np.float32, np.float32), shuffle=True, seed=0)
+    # The L1 penalty pulls every weight towards zero and past it: the mask must still win.
+    loop = Loop(strategy, model, model, ([variable], 0.01))
+    loop.fit(feed, 2, after_step=lambda epoch, step, logs: seen.append(np.abs(variable.numpy()[pruned]).max()))
     held.release()
     assert len(seen) == 16 and max(seen) == 0.0
     assert variable.constraint is None and variable.regularizer is None

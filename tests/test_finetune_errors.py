@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -172,19 +173,56 @@ def test_multiworker_needs_tf_config(folder, monkeypatch):
     )
 
 
-@pytest.mark.parametrize("strategy", ["multiworker", "default", "mirrored"])
-def test_several_workers_are_refused_before_tensorflow_is_imported(folder, monkeypatch, strategy):
+@pytest.mark.parametrize("strategy", ["default", "mirrored"])
+def test_a_cluster_under_another_strategy_is_refused_before_tensorflow_is_imported(folder, monkeypatch, strategy):
+    """Two processes that each train a model of their own is never what a TF_CONFIG of two workers meant."""
     monkeypatch.setenv("TF_CONFIG", TWO_WORKERS)
     _without_tensorflow(monkeypatch)
     fails(
         folder,
         *tune(folder, "--strategy", strategy),
         code=2,
-        line="Error: TF_CONFIG lists 2 workers; prunectl fine-tunes on one worker until multi-worker training lands "
-        "(Keras 3 cannot fit under MultiWorkerMirroredStrategy with more than one worker, keras-team/keras#20585): "
-        "unset TF_CONFIG (and use --strategy mirrored for the devices of one machine). "
-        "Received: TF_CONFIG with 2 workers",
+        line=f"Error: TF_CONFIG lists 2 workers, but --strategy is {strategy}: each process would train a model "
+        "of its own. Give --strategy multiworker to train together, or unset TF_CONFIG. "
+        f"Received: TF_CONFIG with 2 workers and --strategy {strategy}",
     )
+
+
+@pytest.mark.parametrize(
+    "task, shown",
+    [
+        (None, "no task"),
+        ('{"type": "worker", "index": 2}', '{"type": "worker", "index": 2}'),
+        ('{"type": "chief", "index": 0}', '{"type": "chief", "index": 0}'),
+        ('{"type": "worker", "index": "0"}', '{"type": "worker", "index": "0"}'),
+    ],
+)
+def test_multiworker_task_must_name_this_process(folder, monkeypatch, task, shown):
+    config = '{"cluster": {"worker": ["localhost:1", "localhost:2"]}' + (f', "task": {task}' if task else "") + "}"
+    monkeypatch.setenv("TF_CONFIG", config)
+    _without_tensorflow(monkeypatch)
+    fails(
+        folder,
+        *tune(folder, "--strategy", "multiworker"),
+        code=2,
+        line='Error: TF_CONFIG\'s "task" must name this process in the cluster, e.g. {"type": "worker", "index": 0}. '
+        f"Received: {shown} for a cluster of 2 worker",
+    )
+
+
+def test_chief_and_task_names():
+    from prunectl.core.training.distribute import is_chief, task_name
+
+    def env(task, chief=False):
+        cluster = {"worker": ["a:1", "b:2"], **({"chief": ["c:3"]} if chief else {})}
+        return {"TF_CONFIG": json.dumps({"cluster": cluster, "task": task})}
+
+    assert is_chief({}) and task_name({}) == "the only worker"
+    assert is_chief(env({"type": "worker", "index": 0})) and not is_chief(env({"type": "worker", "index": 1}))
+    assert task_name(env({"type": "worker", "index": 1})) == "worker 1 of 2"
+    assert not is_chief(env({"type": "worker", "index": 0}, chief=True))
+    assert is_chief(env({"type": "chief", "index": 0}, chief=True))
+    assert task_name(env({"type": "chief", "index": 0}, chief=True)) == "the chief of 3"
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,10 @@ the outputs softened by the temperature ``T`` (Hinton et al. 2015; the ``T**2``
 keeps the gradients' scale independent of ``T``); for any other loss it is the
 mean squared error to the teacher's outputs. The teacher is frozen.
 
-The student is wrapped in a small Keras model whose ``compute_loss`` adds the
-term: the student's own variables (with the constraints that hold the masks)
-are the wrapper's only trainable ones, so masks, schedules and strategies work
-as without distillation, and the saved model is the student alone.
+prunectl's training loop (:mod:`prunectl.core.training.loop`) adds the term to
+the student's task loss on each replica; the teacher's variables are never
+trained, so masks, schedules and strategies work as without distillation, and
+the saved model is the student alone.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from prunectl.core.errors import OptionError
-from prunectl.core.io.keras_io import import_keras
 
 # Probabilities are clipped before their log: far below Keras's 1e-7, whose flat region would stop the
 # gradient of every class the student already rules out, and those are what a softened target teaches.
@@ -87,61 +86,50 @@ def soft_loss(ops, student, teacher, term: DistillTerm, temperature: float):
     return t * t * ops.mean(kl)
 
 
-def distiller(student, teacher, alpha: float, temperature: float, metrics=None):
-    """A Keras model that trains ``student`` on ``(1 - alpha) * task + alpha * term`` with ``teacher`` frozen.
+@dataclass(frozen=True)
+class Distillation:
+    """Distillation from a frozen teacher: the loss ``(1 - alpha) * task + alpha * term``.
 
-    Compiled with the student's optimizer and loss (call after the student is
-    compiled). Validation inside ``fit`` reports the task loss alone.
+    Attributes:
+        teacher: the model before pruning, same inputs and outputs, not trainable.
+        alpha: the term's weight in (0, 1] (0 trains exactly as without distillation).
+        temperature: the softening temperature (> 0).
+        term: what the term compares (see :func:`distill_term`).
+    """
+
+    teacher: Any
+    alpha: float
+    temperature: float
+    term: DistillTerm
+
+    def loss(self, ops, task, x, y_pred):
+        """The distilled loss of one batch, given its task loss and the student's outputs."""
+        if not self.alpha:
+            return task
+        target = ops.stop_gradient(self.teacher(x, training=False))
+        return (1.0 - self.alpha) * task + self.alpha * soft_loss(ops, y_pred, target, self.term, self.temperature)
+
+
+def distillation(student, teacher, alpha: float, temperature: float) -> Distillation:
+    """Distil ``student`` (compiled) from ``teacher``, which is frozen here.
 
     Args:
-        student: the compiled model being fine-tuned.
+        student: the compiled model being fine-tuned; its loss decides the term.
         teacher: the model before pruning, same inputs and outputs.
-        alpha: the distillation term's weight in (0, 1].
+        alpha: the distillation term's weight in [0, 1].
         temperature: the softening temperature (> 0).
-        metrics: the student's metric identifiers.
 
     Raises:
         OptionError: a model with more than one output.
     """
-    keras = import_keras()
-    ops = keras.ops
     if len(student.outputs) != 1:
         raise OptionError(
             "{distill} needs a model with one output. "
             f"Received: a model with {len(student.outputs)} outputs and {{distill}} {alpha}",
             "distill",
         )
-    term = distill_term(student.loss)
     teacher.trainable = False
-
-    class Distiller(keras.Model):  # type: ignore[name-defined]
-        def __init__(self):
-            super().__init__(name="distiller")
-            self.student, self.teacher = student, teacher
-
-        def call(self, x, training=False):
-            return self.student(x, training=training)
-
-        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-            total = super().compute_loss(x, y, y_pred, sample_weight, training)
-            # super() adds every sublayer's penalty, the frozen teacher's too: keep the student's alone.
-            task = total - _summed(ops, self.losses)
-            penalty = _summed(ops, self.student.losses)
-            if not training:
-                return task + penalty
-            target = ops.stop_gradient(self.teacher(x, training=False))
-            return (1.0 - alpha) * task + alpha * soft_loss(ops, y_pred, target, term, temperature) + penalty
-
-    model = Distiller()
-    try:
-        model.compile(optimizer=student.optimizer, loss=student.loss, metrics=metrics or None)
-    except (ValueError, TypeError):
-        model.compile(optimizer=student.optimizer, loss=student.loss)
-    return model, term
-
-
-def _summed(ops, losses):
-    return ops.sum(ops.stack(losses)) if losses else 0.0
+    return Distillation(teacher, float(alpha), float(temperature), distill_term(student.loss))
 
 
 def _logit(ops, p):

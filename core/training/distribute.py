@@ -46,36 +46,100 @@ def cluster_workers(environ=None) -> int | None:
     return len(workers)
 
 
-def check_cluster(strategy: str, environ=None) -> None:
-    """Refuse, before TensorFlow is imported, a fine-tuning run that could only fail on a cluster.
+def _task(environ=None) -> tuple[str, int] | None:
+    """``TF_CONFIG``'s task as ``(type, index)``, or None when it names none (checked by :func:`cluster_workers`)."""
+    text = (os.environ if environ is None else environ).get("TF_CONFIG", "")
+    if not text.strip():
+        return None
+    task = json.loads(text).get("task") or {}
+    return str(task.get("type", "worker")), int(task.get("index", 0))
 
-    Keras 3's ``fit()`` fails under MultiWorkerMirroredStrategy with more than one worker
-    ("Attempt to convert a value (PerReplica...)", keras-team/keras#20585), after the model
-    is loaded; and TensorFlow reads ``TF_CONFIG`` whatever the strategy, so a cluster of
-    workers is refused with any strategy, and ``multiworker`` needs ``TF_CONFIG``.
+
+def is_chief(environ=None) -> bool:
+    """Whether this process writes the outputs: ``TF_CONFIG``'s chief, else worker 0, else (no cluster) yes."""
+    text = (os.environ if environ is None else environ).get("TF_CONFIG", "")
+    if not text.strip():
+        return True
+    config = json.loads(text)
+    task = _task(environ)
+    if task is None:
+        return True
+    if "chief" in (config.get("cluster") or {}):
+        return task[0] == "chief"
+    return task == ("worker", 0)
+
+
+def task_name(environ=None) -> str:
+    """This process's task as ``worker 1 of 2`` (``chief`` where the cluster names one)."""
+    task = _task(environ)
+    if task is None:
+        return "the only worker"
+    cluster = json.loads((os.environ if environ is None else environ)["TF_CONFIG"]).get("cluster") or {}
+    size = sum(len(v) for v in cluster.values() if isinstance(v, list))
+    return f"{task[0]} {task[1]} of {size}" if task[0] != "chief" else f"the chief of {size}"
+
+
+def check_cluster(strategy: str, environ=None) -> None:
+    """Refuse, before TensorFlow is imported, a strategy that does not fit ``TF_CONFIG``.
+
+    ``multiworker`` needs ``TF_CONFIG`` naming a cluster and this process's task;
+    a cluster of two or more workers under another strategy would train one
+    independent model per process, so it is refused too (``--strategy multiworker``
+    is what was meant, or ``TF_CONFIG`` was left set).
 
     Args:
         strategy: the strategy's name in :data:`STRATEGIES`.
         environ: the environment to read (default: ``os.environ``).
 
     Raises:
-        OptionError: ``TF_CONFIG`` malformed, listing two or more workers, or missing under ``multiworker``.
+        OptionError: ``TF_CONFIG`` malformed, missing under ``multiworker``, naming no task of the cluster,
+            or listing two or more workers under another strategy.
     """
+    environ = os.environ if environ is None else environ
     workers = cluster_workers(environ)
-    if workers is not None and workers > 1:
+    if workers is not None and workers > 1 and strategy != "multiworker":
         raise OptionError(
-            f"TF_CONFIG lists {workers} workers; prunectl fine-tunes on one worker until multi-worker training "
-            "lands (Keras 3 cannot fit under MultiWorkerMirroredStrategy with more than one worker, "
-            "keras-team/keras#20585): unset TF_CONFIG (and use {strategy} mirrored for the devices of one machine). "
-            f"Received: TF_CONFIG with {workers} workers",
+            f"TF_CONFIG lists {workers} workers, but {{strategy}} is {strategy}: each process would train a "
+            "model of its own. Give {strategy} multiworker to train together, or unset TF_CONFIG. "
+            f"Received: TF_CONFIG with {workers} workers and {{strategy}} {strategy}",
             "strategy",
         )
-    if strategy == "multiworker" and not workers:
+    if strategy != "multiworker":
+        return
+    if not workers:
         raise OptionError(
             "{strategy} multiworker needs TF_CONFIG naming a cluster of workers and this task; see the README. "
-            f"Received: TF_CONFIG={(environ if environ is not None else os.environ).get('TF_CONFIG', '')!r}",
+            f"Received: TF_CONFIG={environ.get('TF_CONFIG', '')!r}",
             "strategy",
         )
+    config = json.loads(environ["TF_CONFIG"])
+    task = config.get("task")
+    cluster = config["cluster"]
+    kind = task.get("type") if isinstance(task, dict) else None
+    index = task.get("index", 0) if isinstance(task, dict) else None
+    members = cluster.get(kind) if isinstance(kind, str) else None
+    if not isinstance(members, list) or not isinstance(index, int) or not 0 <= index < len(members):
+        shown = json.dumps(task) if task is not None else "no task"
+        raise OptionError(
+            'TF_CONFIG\'s "task" must name this process in the cluster, e.g. {"type": "worker", "index": 0}. '
+            f"Received: {shown} for a cluster of {', '.join(f'{len(v)} {k}' for k, v in cluster.items())}",
+            "strategy",
+        )
+
+
+def tf_strategy():
+    """The ``tf.distribute`` strategy whose scope is active (TensorFlow's default one outside any)."""
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy()
+
+
+def strategy_section(name: str, strategy) -> dict:
+    """The report's account of where fine-tuning ran."""
+    section = {"name": name, "replicas": int(strategy.num_replicas_in_sync)}
+    if name == "multiworker":
+        section.update(task=task_name(), chief=is_chief(), workers=cluster_workers())
+    return section
 
 
 @STRATEGIES.register("default")

@@ -48,8 +48,10 @@ from prunectl.core.training.defaults import (
     DEFAULT_TEMPERATURE,
     DEFAULT_WARMUP,
 )
-from prunectl.core.training.distill import distill_term, distiller
+from prunectl.core.training.distill import distill_term, distillation
+from prunectl.core.training.distribute import strategy_section, tf_strategy
 from prunectl.core.training.evaluate import identifier_name, resolve_compile
+from prunectl.core.training.loop import Feeder, Loop, check_batch, shared_seed
 from prunectl.core.weights.catalog import keras_weight_entries
 from prunectl.core.weights.masks import count_zeros
 from prunectl.core.weights.prune import WeightPruning, WeightResult, prune_keras_model
@@ -220,21 +222,18 @@ class HeldMasks:
 
     Args:
         variables: the pruned kernel variables.
-        l1: L1 penalty to set on them while the masks are held (0: none).
     """
 
-    def __init__(self, variables: list, l1: float = 0.0):
+    def __init__(self, variables: list):
         keras = import_keras()
         self.variables = variables
-        self._saved = [(v.constraint, v.regularizer) for v in variables]
+        self._saved = [v.constraint for v in variables]
         self.masks = [
             keras.Variable(np.ones(v.shape, v.dtype), trainable=False, dtype=v.dtype, name=f"mask_{i}")
             for i, v in enumerate(variables)
         ]
-        for variable, mask, (constraint, _) in zip(variables, self.masks, self._saved):
+        for variable, mask, constraint in zip(variables, self.masks, self._saved):
             variable.constraint = _MaskConstraint(mask, constraint)
-            if l1:
-                variable.regularizer = keras.regularizers.L1(l1)
         self.refresh()
 
     def refresh(self) -> None:
@@ -243,86 +242,44 @@ class HeldMasks:
             mask.assign((variable.numpy() != 0).astype(mask.dtype))
 
     def release(self) -> None:
-        """Restore each variable's own constraint and regularizer."""
-        for variable, (constraint, regularizer) in zip(self.variables, self._saved):
-            variable.constraint, variable.regularizer = constraint, regularizer
+        """Restore each variable's own constraint."""
+        for variable, constraint in zip(self.variables, self._saved):
+            variable.constraint = constraint
 
 
-def _callbacks(
-    keras,
-    masks: HeldMasks,
-    prune_at: Callable[[int], WeightPruning | None],
-    epochs: int,
-    steps: int,
-    progress: TrainingProgress | None,
-) -> list:
-    """Keras callbacks: prune where the schedule says, stop at a non-finite loss, report progress.
+def _watch(epochs: int, steps: int, progress: TrainingProgress | None, model):
+    """Progress reports, and a stop at the first non-finite loss or weight: ``(after_step, after_epoch)``.
 
-    ``prune_at(step)`` prunes the live model if the schedule updates at ``step``.
+    The loss checked is the running mean the step already returned (it stays
+    non-finite once a step's loss is), so the check costs no extra read.
     """
 
-    class Schedule(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.first_step = epoch * steps
+    def after_step(epoch: int, step: int, logs: dict) -> None:
+        loss = logs.get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise DataError(
+                f"fine-tuning stopped: the loss became {loss} at epoch {epoch}/{epochs}, "
+                f"step {step}/{steps}; nothing was written. Lower the learning rate or check the data "
+                f"and the loss. Received: loss={loss}"
+            )
+        if progress:
+            progress(TrainingEvent("step", epoch, epochs, step, steps, logs))
 
-        def on_train_batch_begin(self, batch, logs=None):
-            if prune_at(self.first_step + batch) is not None:
-                masks.refresh()
-
-    class Watch(keras.callbacks.Callback):
-        """Stop at the first non-finite loss; report progress.
-
-        The loss is the value Keras already fetched for the step's logs (a running
-        mean over the epoch, so it stays non-finite once a step's loss is), so the
-        check adds no device round trip beyond the one progress needs.
-        """
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch + 1
-
-        def on_train_batch_end(self, batch, logs=None):
-            values = _floats(logs)
-            loss = values.get("loss")
-            if loss is not None and not math.isfinite(loss):
+    def after_epoch(epoch: int, logs: dict) -> None:
+        # The last step's update is applied after its loss is computed, so a finite loss can still
+        # leave NaN or inf weights behind (a learning rate that overflows float32, say): once an epoch.
+        for variable in model.weights:
+            bad = int(np.count_nonzero(~np.isfinite(variable.numpy())))
+            if bad:
                 raise DataError(
-                    f"fine-tuning stopped: the loss became {loss} at epoch {self.epoch}/{epochs}, "
-                    f"step {batch + 1}/{steps}; nothing was written. Lower the learning rate or check the data "
-                    f"and the loss. Received: loss={loss}"
+                    f"fine-tuning stopped: {bad:,} weights of {variable.path} became NaN or inf in epoch "
+                    f"{epoch}/{epochs}; nothing was written. Lower the learning rate or check the data "
+                    f"and the loss. Received: {bad:,} of {int(np.prod(variable.shape)):,} values"
                 )
-            if progress:
-                progress(TrainingEvent("step", self.epoch, epochs, batch + 1, steps, values))
+        if progress:
+            progress(TrainingEvent("epoch", epoch, epochs, steps, steps, logs))
 
-        def on_epoch_end(self, epoch, logs=None):
-            # The last step's update is applied after its loss is computed, so a finite loss can still
-            # leave NaN or inf weights behind (a learning rate that overflows float32, say): once an epoch.
-            for variable in self.model.weights:
-                bad = int(np.count_nonzero(~np.isfinite(variable.numpy())))
-                if bad:
-                    raise DataError(
-                        f"fine-tuning stopped: {bad:,} weights of {variable.path} became NaN or inf in epoch "
-                        f"{self.epoch}/{epochs}; nothing was written. Lower the learning rate or check the data "
-                        f"and the loss. Received: {bad:,} of {int(np.prod(variable.shape)):,} values"
-                    )
-            if progress:
-                progress(TrainingEvent("epoch", self.epoch, epochs, steps, steps, _floats(logs)))
-
-    return [Schedule(), Watch()]
-
-
-def _rate_callback(keras, rates, steps: int):
-    """A callback that assigns ``rates(step)`` to the optimizer's learning-rate variable before every step.
-
-    Assigning the variable (not replacing it) keeps the compiled training step: no retrace.
-    """
-
-    class Rate(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.first_step = epoch * steps
-
-        def on_train_batch_begin(self, batch, logs=None):
-            self.model.optimizer.learning_rate.assign(rates(self.first_step + batch))
-
-    return Rate()
+    return after_step, after_epoch
 
 
 def _teacher(keras, model):
@@ -382,10 +339,6 @@ def resolved_distill(options: FinetuneOptions, loss) -> tuple[float, str]:
     if options.distill is not None:
         return float(options.distill), kind
     return (DEFAULT_DISTILL if kind != "mse" else 0.0), kind
-
-
-def _floats(logs) -> dict:
-    return {k: float(v) for k, v in (logs or {}).items()}
 
 
 def _read(options: FinetuneOptions, model):
@@ -473,14 +426,26 @@ def finetune_model(
     if options.learning_rate is not None:
         model.optimizer.learning_rate = options.learning_rate
     dtypes = (np.dtype(model.inputs[0].dtype), np.dtype(train.y.dtype) if train.y.dtype.kind in "biu" else np.float32)
-    batches = lambda d, shuffle=False: datamod.batches(d, options.batch_size, dtypes, shuffle, options.seed)  # noqa: E731
-    val_batches = batches(val) if val is not None else None
+    strategy = tf_strategy()
+    replicas = int(strategy.num_replicas_in_sync)
+    check_batch(options.batch_size, replicas)
+    seed = shared_seed(strategy, options.seed)
+    feed = Feeder(strategy, train, options.batch_size, dtypes, shuffle=True, seed=seed)
+    val_feed = Feeder(strategy, val, options.batch_size, dtypes, training=False) if val is not None else None
+    if feed.current.skipped:
+        notes.append(
+            f"each epoch skipped its last {feed.current.skipped} training sample(s): too few to give each "
+            f"of the {replicas} replicas one (a different sample each epoch)"
+        )
+    if options.strategy == "mirrored" and replicas == 1:
+        notes.append("--strategy mirrored ran with one replica: this machine has one device")
 
     evaluation = {}
+    loop: list[Loop] = []
 
     def evaluate(when: str, on=None) -> None:
-        if val_batches is not None:
-            evaluation[when] = _floats((on or model).evaluate(val_batches, verbose=0, return_dict=True))
+        if val_feed is not None:
+            evaluation[when] = loop[0].evaluate(on or model, val_feed)
 
     if original is not None:
         compile_model(original, spec)
@@ -496,7 +461,7 @@ def finetune_model(
     zeros_before = {e.key: count_zeros(variables[e.key].numpy()) for e in selected}
     before = {e.key: variables[e.key].numpy() for e in selected} if options.plots else {}
 
-    steps = math.ceil(len(train) / options.batch_size)
+    steps = feed.steps
     total = steps * options.epochs
     schedule = (
         SCHEDULES.get(options.schedule).for_run(
@@ -532,11 +497,14 @@ def finetune_model(
     alpha, term = resolved_distill(options, model.loss)
     # The teacher is the model before any pruning: the structural step's input, else a copy made now.
     teacher = (original if original is not None else _teacher(keras, model)) if alpha else None
+    distilled = distillation(model, teacher, alpha, options.temperature) if alpha else None
+    held_variables = [variables[e.key] for e in selected]
+    loop.append(Loop(strategy, model, (held_variables, options.l1), distilled))
     evaluate("before_pruning", original)
     if not prune_after and (weights is not None or original is not None):  # else nothing was pruned
         prune_at(0)
         evaluate("after_pruning")
-    held = HeldMasks([variables[e.key] for e in selected], options.l1)
+    held = HeldMasks(held_variables)
     history = {}
     # The rate the saved model keeps: its own, or --learning-rate's.
     kept_rate = _plain_rate(model)
@@ -547,33 +515,23 @@ def finetune_model(
             model.optimizer.learning_rate.assign(kept_rate * options.lr_scale)
     rates = _rate_schedule(options, model, schedule, total) if options.epochs else None
     base_rate = _plain_rate(model)
+
+    def before_step(step: int) -> None:
+        # Assigning the rate variable (not replacing it) keeps the compiled step: no retrace.
+        if rates is not None:
+            model.optimizer.learning_rate.assign(rates(step))
+        if step and prune_at(step) is not None:
+            held.refresh()
+
     try:
         if options.epochs:
-            callbacks = _callbacks(
-                keras, held, lambda step: prune_at(step) if step else None, options.epochs, steps, progress
-            )
-            if rates is not None:
-                callbacks.insert(0, _rate_callback(keras, rates, steps))
-            trainer = model
-            if alpha:
-                trainer, _ = distiller(model, teacher, alpha, options.temperature, spec.metrics)
-            fitted = trainer.fit(
-                batches(train, shuffle=True),
-                validation_data=val_batches,
-                epochs=options.epochs,
-                callbacks=callbacks,
-                # batches() shuffles; Keras cannot shuffle a dataset and warns on every run if asked to.
-                shuffle=False,
-                verbose=0,
-            )
-            history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
+            after_step, after_epoch = _watch(options.epochs, steps, progress, model)
+            history = loop[0].fit(feed, options.epochs, val_feed, before_step, after_step, after_epoch)
     finally:
         held.release()
         if kept_rate is not None:
             # The saved optimizer config carries the rate: the model's own, not the one fine-tuning ended at.
             model.optimizer.learning_rate.assign(kept_rate)
-        # Keras traced the penalty into the evaluation step during fit's validation: trace it anew without.
-        model.test_function = None
     # Read back only where there is a penalty to report (it copies every penalized weight).
     penalty = options.l1 * sum(float(np.abs(variables[e.key].numpy()).sum()) for e in selected) if options.l1 else 0.0
     if options.epochs:
@@ -610,7 +568,9 @@ def finetune_model(
         "lr_schedule": rates.get_config() if rates is not None else {"name": "constant", "base": base_rate},
         "learning_rates": [rates(epoch * steps) if rates is not None else base_rate for epoch in range(options.epochs)],
         "distillation": _distill_section(alpha, term, options.temperature, original is not None),
-        "replicas": int(model.distribute_strategy.num_replicas_in_sync),
+        "strategy": strategy_section(options.strategy, strategy),
+        "replicas": replicas,
+        "skipped_per_epoch": feed.current.skipped,
         "evaluation": evaluation,
         **({"l1": _l1_section(options, selected, penalty, evaluation, prune_after, weights)} if options.l1 else {}),
         "history": history,
