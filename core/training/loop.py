@@ -115,6 +115,8 @@ class Feeder:
         self.replicas = int(strategy.num_replicas_in_sync)
         self.passes = 0
         self.current = self._plan()
+        if data.y is None:
+            raise ValueError("a Feeder needs targets")  # read_dataset's callers check them first
         signature = tuple(
             tf.TensorSpec((None, *array.shape[1:]), dtype) for array, dtype in zip((data.x, data.y), dtypes)
         )
@@ -177,7 +179,7 @@ def shared_seed(strategy, seed: int | None) -> int:
         return seed
     import tensorflow as tf
 
-    drawn = int(np.random.SeedSequence().entropy % (2**31 - 1))
+    drawn = int(np.random.SeedSequence().generate_state(1)[0]) % (2**31 - 1)
 
     @tf.function
     def share():
@@ -227,7 +229,7 @@ class Loop:
         with strategy.scope():
             self.tracker = keras.metrics.Mean(name="loss")
             self.eval_tracker = keras.metrics.Mean(name="loss")
-        self._train = None
+        self._train: Callable | None = None
         self._tests: dict[int, tuple] = {}
 
     def _build(self, model, feeder: Feeder) -> None:
@@ -343,6 +345,7 @@ class Loop:
         if self._train is None:
             self._build(self.model, train)
             self._train = self._train_function()
+        train_step = self._train
         metrics = getattr(self.model, "_compile_metrics", None)
         history: dict[str, list[float]] = {}
         step = 0
@@ -355,7 +358,7 @@ class Loop:
             for k, size in enumerate(plan.sizes, 1):
                 if before_step is not None:
                     before_step(step)
-                logs = _floats(self._train(iterator, self.tf.constant(float(size))))
+                logs = _floats(train_step(iterator, self.tf.constant(float(size))))
                 if after_step is not None:
                     after_step(epoch, k, logs)
                 step += 1
