@@ -190,6 +190,10 @@ def prune(ctx, **params):
     markdown, quiet = params["markdown"], params["quiet"]
     console = None if quiet else render.stderr_console()
     result = _run_with_progress(request, console)
+    if not getattr(result, "written", True):
+        _worker_line(result.to_dict(), quiet)
+        finish_with_gates(result, quiet)
+        return
     if params["as_json"]:
         render.emit_json(result.to_json())
     elif markdown is not None and str(markdown) == "-":
@@ -250,6 +254,16 @@ def _run_with_progress(request, console):
 
         return run_prune(
             request, checked(progress), checked(training_bars(live)) if request.finetune else None, checked(events)
+        )
+
+
+def _worker_line(report: dict, quiet: bool) -> None:
+    """What a non-chief worker says instead of a summary: it trained, and the chief writes the files."""
+    strategy = report["finetune"]["strategy"]
+    if not quiet:
+        render.echo_error(
+            f"{strategy['task']}: fine-tuned with the cluster ({strategy['replicas']} replicas); the chief writes "
+            "the model and the report (give -o to keep this worker's copy too)"
         )
 
 

@@ -20,6 +20,7 @@ from prunectl.core.training.defaults import (
     DEFAULT_LR_SCHEDULE,
     DEFAULT_TEMPERATURE,
     DEFAULT_WARMUP,
+    DEFAULT_WORKER_TIMEOUT,
 )
 from prunectl.core.training.distribute import STRATEGIES
 from prunectl.core.weights.schedules import LR_SCHEDULES, SCHEDULES
@@ -52,6 +53,7 @@ FINETUNE_NAMES = frozenset(
         "warmup",
         "seed",
         "strategy",
+        "worker_timeout",
         "plots",
     }
 )
@@ -193,7 +195,16 @@ OPTIONS = [
         type=click.Choice(STRATEGIES.names()),
         default="default",
         show_default=True,
-        help="mirrored: all local devices; multiworker: the workers in TF_CONFIG.",
+        help="mirrored: all local devices; multiworker: the workers in TF_CONFIG (run the same command on each).",
+    ),
+    click.option(
+        "--worker-timeout",
+        type=float,
+        callback=number("worker_timeout", 0, low_open=True),
+        default=DEFAULT_WORKER_TIMEOUT,
+        show_default=True,
+        help="multiworker: seconds to wait for the other workers (at start and at every step) before stopping "
+        "with an error.",
     ),
     click.option(
         "--plots",

@@ -95,6 +95,10 @@ class SetupError(PrunectlError):
     """This installation or environment lacks what a requested feature needs."""
 
 
+class ClusterError(PrunectlError):
+    """The workers of a multi-worker run could not start together, or lost contact while training."""
+
+
 class StructureError(PrunectlError):
     """A model's layer graph cannot be pruned structurally."""
 

@@ -128,7 +128,8 @@ def _run_keras(
     start = time.perf_counter()
     finetuned, plan, timing, x, evaluate, evaluation = None, None, None, None, None, None
     # The model, the masks and the optimizer must all be created in the strategy's scope.
-    with strategy_scope(request.finetune.strategy if request.finetune else "default"):
+    tuning = request.finetune
+    with strategy_scope(tuning.strategy if tuning else "default", tuning.worker_timeout if tuning else None):
         events("loading", None)
         loaded = keras_io.load_model(model, unsafe=request.unsafe)
         original = loaded.model
@@ -330,6 +331,33 @@ def _write_recipe(path: Path, report: PruneReport) -> None:
     write_text_atomic(path, recipe_toml(report.pipeline, header, relative_to=path.parent))
 
 
+def writes_outputs(request: PruneRequest) -> bool:
+    """Whether this process writes the outputs: any but a multi-worker run's non-chief workers without ``-o``."""
+    if request.finetune is None or request.finetune.strategy != "multiworker" or request.output is not None:
+        return True
+    from prunectl.core.training.distribute import is_chief
+
+    return is_chief()
+
+
+def _run_as_worker(request: PruneRequest, progress, training, events) -> PruneReport | PlanReport:
+    """A non-chief worker's run: trained with the cluster, its outputs written to a temporary folder and dropped."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="prunectl-worker-") as folder:
+        suffix = request.model.suffix if request.model.suffix.lower() != ".hdf5" else ".h5"
+        private = replace(
+            request,
+            output=Path(folder) / f"model{suffix}",
+            report=Path(folder) / "report.json",
+            markdown=None,
+            recipe_out=None,
+            force=True,
+        )
+        report = run_prune(private, progress, training, events)
+    return replace(report, written=False) if isinstance(report, PruneReport) else report
+
+
 def run_prune(
     request: PruneRequest,
     progress: Progress | None = None,
@@ -354,6 +382,8 @@ def run_prune(
             nothing has been written when it is raised.
     """
     events = events or _no_events
+    if not writes_outputs(request):
+        return _run_as_worker(request, progress, training, events)
     with open_model_file(request.model) as model:
         if request.dry_run:
             return _plan_only(request, model, events)

@@ -14,7 +14,7 @@ import json
 import os
 import platform
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -157,6 +157,8 @@ class PruneReport(_Verdicts):
     finetune: dict | None = None
     gates: tuple[GateResult, ...] = ()
     weight_criterion: dict | None = None
+    # False on a multi-worker run's non-chief worker without -o: it trained, the chief wrote the files.
+    written: bool = field(default=True, compare=False)
 
     @property
     def size_bytes(self) -> int:

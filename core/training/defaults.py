@@ -14,3 +14,7 @@ DEFAULT_LR_SCALE = 3.0
 DEFAULT_WARMUP = 0.0
 # Whether the warm-up restarts after every mask update of a gradual schedule (not only at step 0).
 WARMUP_AFTER_UPDATES = False
+
+# How long a multi-worker run waits for the other workers, at start and at every collective, before it stops
+# with an error: long enough for a cluster's processes to start minutes apart, short of an idle night.
+DEFAULT_WORKER_TIMEOUT = 300.0

@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any
 
-from prunectl.core.errors import OptionError
+from prunectl.core.errors import ClusterError, OptionError, first_line
 from prunectl.core.registry import Registered, Registry
 
 STRATEGIES: Registry[Any] = Registry("strategy")
@@ -171,29 +171,149 @@ class Mirrored(Registered):
 
 @STRATEGIES.register("multiworker")
 class MultiWorker(Registered):
-    """Synchronous data parallelism over the workers that ``TF_CONFIG`` names (every worker runs the same command)."""
+    """Synchronous data parallelism over the workers that ``TF_CONFIG`` names (every worker runs the same command).
+
+    Args:
+        worker_timeout: seconds to wait for the other workers to start, and for
+            one that stops answering (TensorFlow's coordination-service heartbeat,
+            at most :data:`HEARTBEAT_SECONDS`); a worker that dies is noticed at once.
+    """
+
+    def __init__(self, worker_timeout: float = 300.0):
+        self.worker_timeout = float(worker_timeout)
 
     def build(self):
         check_cluster(self.registered_name)  # also where a library caller skipped PruneRequest's check
         import tensorflow as tf
 
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        config = json.loads(os.environ["TF_CONFIG"])
+        cluster, leader = config["cluster"], _leader(config["cluster"])
+        if _task() == leader:
+            # The leader's strategy waits an hour, holding the interpreter, for a worker that never starts:
+            # it starts only once every other worker is listening (each listens from its own start).
+            _wait_for_peers(cluster, leader, self.worker_timeout)
+        _configure_coordination(cluster, leader, self.worker_timeout)
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as exc:
+            raise ClusterError(
+                f"{task_name()} could not join the cluster: its leader, {leader[0]} {leader[1]} "
+                f"({_address(cluster, leader)}), did not answer within {self.worker_timeout:g} s; run the same "
+                "command on every task that TF_CONFIG lists, or raise --worker-timeout. "
+                f"Received: {type(exc).__name__}: {_short(exc)}"
+            ) from None
 
     def get_config(self) -> dict:
-        return {"name": self.registered_name}
+        return {"name": self.registered_name, "worker_timeout": self.worker_timeout}
+
+
+# A worker that stops answering (hung, or its machine gone) is declared lost after this long at most.
+HEARTBEAT_SECONDS = 10.0
+
+
+def _leader(cluster: dict) -> tuple[str, int]:
+    """The task that leads TensorFlow's coordination service and writes the outputs: the chief, else worker 0."""
+    return ("chief", 0) if cluster.get("chief") else ("worker", 0)
+
+
+def _address(cluster: dict, task: tuple[str, int]) -> str:
+    return str(cluster[task[0]][task[1]])
+
+
+def _wait_for_peers(cluster: dict, me: tuple[str, int], timeout: float) -> None:
+    """Wait until every other task of ``cluster`` accepts a connection on its port.
+
+    Raises:
+        ClusterError: one did not within ``timeout`` seconds.
+    """
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    for kind, members in cluster.items():
+        for index, address in enumerate(members):
+            if (kind, index) == me:
+                continue
+            host, _, port = str(address).rpartition(":")
+            while True:
+                try:
+                    socket.create_connection((host, int(port)), timeout=1).close()
+                    break
+                except (OSError, ValueError):
+                    if time.monotonic() > deadline:
+                        raise ClusterError(
+                            f"{kind} {index} of the cluster ({address}) did not start within {timeout:g} s; "
+                            "run the same command on every task that TF_CONFIG lists, or raise --worker-timeout. "
+                            f"Received: TF_CONFIG naming {address}"
+                        ) from None
+                    time.sleep(0.2)
+
+
+def _configure_coordination(cluster: dict, leader: tuple[str, int], timeout: float) -> None:
+    """Bound TensorFlow's waits: registering with the leader, and a worker's silence while training."""
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.eager import context
+
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=f"/job:{leader[0]}/replica:0/task:{leader[1]}",
+        heartbeat_timeout_in_ms=int(1000 * min(timeout, HEARTBEAT_SECONDS)),
+        cluster_register_timeout_in_ms=int(1000 * timeout),
+        coordinated_jobs=[
+            coordination_config_pb2.CoordinatedJob(name=kind, num_tasks=len(members))
+            for kind, members in cluster.items()
+            if isinstance(members, list) and members
+        ],
+    )
 
 
 @contextlib.contextmanager
-def strategy_scope(name: str):
+def cluster_errors(stage: str):
+    """Turn TensorFlow's errors for a lost or absent worker into one :class:`ClusterError`.
+
+    Outside a multi-worker run (no ``TF_CONFIG`` cluster) nothing is translated.
+    """
+    import tensorflow as tf
+
+    lost = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError)
+    try:
+        yield
+    except lost as exc:
+        if not cluster_workers():
+            raise
+        raise ClusterError(
+            f"{task_name()} lost contact with the other workers while {stage} (one stopped or cannot be "
+            f"reached); nothing was written. Received: {type(exc).__name__}: {_short(exc)}"
+        ) from None
+
+
+def _short(exc: BaseException) -> str:
+    """TensorFlow's message for ``exc`` on one line, shortened: what failed, without the graph's call stack."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    noise = ("Graph execution error", "Detected at node", "File ", "[[")
+    kept = [line for line in lines if line and not line.startswith(noise)]
+    detail = " ".join(" ".join(kept[:2]).split()) or first_line(exc)
+    return detail if len(detail) <= 200 else detail[:197] + "..."
+
+
+@contextlib.contextmanager
+def strategy_scope(name: str, worker_timeout: float | None = None):
     """Enter the scope of the strategy registered as ``name`` and yield the strategy.
+
+    Args:
+        name: a name in :data:`STRATEGIES`.
+        worker_timeout: the multi-worker strategy's wait for the other workers (default: its own).
 
     Raises:
         OptionError: an unknown name (from the registry).
         OptionError: a ``TF_CONFIG`` that :func:`check_cluster` refuses.
+        ClusterError: the workers of a multi-worker run did not start together.
     """
     from prunectl.core.io.keras_io import import_keras
 
     import_keras()  # silences TensorFlow before its first import
-    strategy = STRATEGIES.get(name)().build()
-    with strategy.scope():
+    kind = STRATEGIES.get(name)
+    waits = name == "multiworker" and worker_timeout is not None
+    strategy = (kind(worker_timeout) if waits else kind()).build()
+    with strategy.scope(), cluster_errors("fine-tuning"):
         yield strategy

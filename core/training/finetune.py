@@ -47,6 +47,7 @@ from prunectl.core.training.defaults import (
     DEFAULT_LR_SCHEDULE,
     DEFAULT_TEMPERATURE,
     DEFAULT_WARMUP,
+    DEFAULT_WORKER_TIMEOUT,
 )
 from prunectl.core.training.distill import distill_term, distillation
 from prunectl.core.training.distribute import strategy_section, tf_strategy
@@ -93,6 +94,8 @@ class FinetuneOptions:
             :data:`defaults.WARMUP_AFTER_UPDATES`).
         seed: makes the run reproducible; an integer in [0, 2**32 - 1].
         strategy: a name in ``distribute.STRATEGIES`` (applied by the pipeline).
+        worker_timeout: under ``multiworker``, seconds to wait for the other workers
+            (at start, and at every collective) before stopping with an error.
         plots: folder for PNG figures, or None.
 
     Raises:
@@ -122,6 +125,7 @@ class FinetuneOptions:
     warmup: float = DEFAULT_WARMUP
     seed: int | None = None
     strategy: str = "default"
+    worker_timeout: float = DEFAULT_WORKER_TIMEOUT
     plots: Path | None = None
 
     def __post_init__(self):
@@ -136,6 +140,7 @@ class FinetuneOptions:
         check_number(self.prune_end, "prune_end", 0, 1)
         check_number(self.temperature, "temperature", 0, low_open=True)
         check_number(self.warmup, "warmup", 0, 1, high_open=True)
+        check_number(self.worker_timeout, "worker_timeout", 0, low_open=True)
         if self.distill is not None:
             check_number(self.distill, "distill", 0, 1)
             if self.distill > 0 and self.epochs == 0:
