@@ -93,14 +93,20 @@ def tune(folder: Path, *extra) -> list:
     ]
 
 
+# Everything fine-tuning does, on two workers: the L1 penalty (shared out among the replicas), distillation
+# (the term on each replica's slice), a learning-rate schedule with warm-up, and plots on the chief.
+EVERYTHING = ["--l1", "0.0005", "--distill", "0.5", "--lr-schedule", "cosine", "--warmup", "0.1", "--plots", "plots"]
+
+
 @pytest.mark.slow
-def test_two_workers_train_one_model(cluster_data):
+@pytest.mark.parametrize("extra", [[], EVERYTHING], ids=["plain", "l1-distill-cosine-plots"])
+def test_two_workers_train_one_model(cluster_data, extra):
     folder = cluster_data
     ports = free_ports(2)
-    strategy = ["--strategy", "multiworker", "--worker-timeout", "60"]
+    strategy = ["--strategy", "multiworker", "--worker-timeout", "60", *extra]
     chief = start(tune(folder, *strategy, "-o", "chief.keras"), tf_config(ports, 0), folder, "w0")
     other = start(tune(folder, *strategy, "-o", "other.keras"), tf_config(ports, 1), folder, "w1")
-    single = start(tune(folder, "-o", "single.keras"), None, folder, "single")
+    single = start(tune(folder, *extra, "-o", "single.keras"), None, folder, "single")
     codes = [finish(p) for p in (chief, other, single)]
     assert codes == [0, 0, 0], [text(folder, f"{n}.err") for n in ("w0", "w1", "single")]
 
@@ -129,11 +135,19 @@ def test_two_workers_train_one_model(cluster_data):
     alone_report = json.loads((folder / "single.keras.report.json").read_text())["finetune"]
     for when, values in alone_report["evaluation"].items():  # validation summed across both workers
         assert report["evaluation"][when] == pytest.approx(values, rel=1e-4, abs=1e-5), when
+    for key, values in alone_report["history"].items():  # training loss (with the L1 penalty) and metrics too
+        assert report["history"][key] == pytest.approx(values, rel=1e-4, abs=1e-5), key
+    if extra:
+        assert report["distillation"]["alpha"] == 0.5 and report["l1"]["penalty"] > 0
+        assert sorted(p.name for p in (folder / "plots").iterdir()) == sorted(Path(p).name for p in report["plots"])
 
 
 @pytest.mark.slow
 def test_the_non_chief_writes_nothing_without_output(cluster_data):
+    """Also: 97 samples in batches of 16 end in a batch of 1, which cannot give both workers a sample."""
     folder = cluster_data
+    with np.load(folder / "train.npz") as train:
+        np.savez(folder / "train.npz", x=train["x"][:97], y=train["y"][:97])
     ports = free_ports(2)
     before = sorted(p.name for p in folder.iterdir())
     strategy = ["--strategy", "multiworker", "--worker-timeout", "60", "--finetune-epochs", "1"]
@@ -150,6 +164,12 @@ def test_the_non_chief_writes_nothing_without_output(cluster_data):
         "w1.out",
     ]
     assert text(folder, "w1.out") == ""
+    report = json.loads((folder / "chief.keras.report.json").read_text())
+    assert report["finetune"]["skipped_per_epoch"] == 1 and report["finetune"]["steps_per_epoch"] == 6
+    assert (
+        "each epoch skipped its last 1 training sample(s): too few to give each of the 2 replicas one "
+        "(a different sample each epoch)" in report["notes"]
+    )
     assert text(folder, "w1.err").splitlines()[-1] == (
         "worker 1 of 2: fine-tuned with the cluster (2 replicas); the chief writes the model and the report "
         "(give -o to keep this worker's copy too)"
