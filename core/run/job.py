@@ -340,7 +340,7 @@ def writes_outputs(request: PruneRequest) -> bool:
     return is_chief()
 
 
-def _run_as_worker(request: PruneRequest, progress, training, events) -> PruneReport | PlanReport:
+def _run_as_worker(request: PruneRequest, training, events) -> PruneReport | PlanReport:
     """A non-chief worker's run: trained with the cluster, its outputs written to a temporary folder and dropped."""
     import tempfile
 
@@ -354,7 +354,8 @@ def _run_as_worker(request: PruneRequest, progress, training, events) -> PruneRe
             recipe_out=None,
             force=True,
         )
-        report = run_prune(private, progress, training, events)
+        # No "writing ..." bar: what it writes is dropped.
+        report = run_prune(private, None, training, events)
     return replace(report, written=False) if isinstance(report, PruneReport) else report
 
 
@@ -383,7 +384,7 @@ def run_prune(
     """
     events = events or _no_events
     if not writes_outputs(request):
-        return _run_as_worker(request, progress, training, events)
+        return _run_as_worker(request, training, events)
     with open_model_file(request.model) as model:
         if request.dry_run:
             return _plan_only(request, model, events)
