@@ -86,7 +86,7 @@ def test_masks_hold_after_every_step(optimizer):
     strategy = tf_strategy()
     feed = Feeder(strategy, data, 8, (np.float32, np.float32), shuffle=True, seed=0)
     # The L1 penalty pulls every weight towards zero and past it: the mask must still win.
-    loop = Loop(strategy, model, model, ([variable], 0.01))
+    loop = Loop(strategy, model, ([variable], 0.01))
     loop.fit(feed, 2, after_step=lambda epoch, step, logs: seen.append(np.abs(variable.numpy()[pruned]).max()))
     held.release()
     assert len(seen) == 16 and max(seen) == 0.0

@@ -10,7 +10,9 @@ strategy's scope; a ``tf.function`` calls ``strategy.run`` with a
 ``GradientTape``; the optimizer all-reduces the gradients and applies each
 variable's constraint (prunectl's mask) after the update on every replica.
 Metrics are Keras metrics, whose variables are summed across replicas on read,
-so every worker reads the global figures.
+so every worker reads the global figures. Nothing is converted by AutoGraph (the steps have no
+tensor-dependent Python branches): it would leave generated files in the temporary folder when a
+signal stops the run, as Keras's own steps avoid too.
 
 The loss each replica differentiates is its share of the global batch's mean:
 ``sum of its samples' losses / samples in the global batch`` (plus the
@@ -181,8 +183,9 @@ def shared_seed(strategy, seed: int | None) -> int:
 
     drawn = int(np.random.SeedSequence().generate_state(1)[0]) % (2**31 - 1)
 
-    @tf.function
+    @tf.function(autograph=False)
     def share():
+        @tf.autograph.experimental.do_not_convert
         def mine():
             first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
             return tf.where(first, tf.constant(drawn, tf.int64), tf.constant(0, tf.int64))
@@ -260,6 +263,7 @@ class Loop:
         metrics = getattr(model, "_compile_metrics", None)
         variables = model.trainable_variables
 
+        @tf.autograph.experimental.do_not_convert
         def replica_step(x, y, n_global):
             n_local = ops.cast(ops.shape(x)[0], "float32")
             with tf.GradientTape() as tape:
@@ -275,7 +279,7 @@ class Loop:
             if metrics is not None:
                 metrics.update_state(y, y_pred)
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def train(iterator, n_global):
             x, y = next(iterator)
             self.strategy.run(replica_step, args=(x, y, n_global))
@@ -287,6 +291,7 @@ class Loop:
         tf, ops, tracker = self.tf, self.ops, self.eval_tracker
         metrics = getattr(model, "_compile_metrics", None)
 
+        @tf.autograph.experimental.do_not_convert
         def replica_step(x, y):
             n_local = ops.cast(ops.shape(x)[0], "float32")
             y_pred = model(x, training=False)
@@ -297,12 +302,12 @@ class Loop:
             if metrics is not None:
                 metrics.update_state(y, y_pred)
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def test(iterator):
             x, y = next(iterator)
             self.strategy.run(replica_step, args=(x, y))
 
-        @tf.function
+        @tf.function(autograph=False)
         def results():
             return _results(tracker, metrics)
 
