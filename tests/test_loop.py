@@ -49,15 +49,6 @@ def test_slices_for_the_replicas_differ_by_at_most_one_and_cover_the_batch(size,
         np.testing.assert_array_equal(got, positions)
 
 
-def test_steps_and_skips_agree_with_the_plan():
-    from prunectl.core.training.loop import skipped_per_epoch, steps_per_epoch
-
-    for n, batch, replicas in [(97, 16, 2), (101, 16, 2), (96, 16, 2), (5, 4, 3), (64, 32, 1)]:
-        plan = _plan(n, batch, replicas)
-        assert steps_per_epoch(n, batch, replicas) == len(plan.batches)
-        assert skipped_per_epoch(n, batch, replicas) == plan.skipped
-
-
 def test_a_batch_smaller_than_the_replicas_is_refused():
     from prunectl.core.errors import OptionError
     from prunectl.core.training.loop import check_batch

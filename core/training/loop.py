@@ -374,15 +374,3 @@ class Loop:
             if after_epoch is not None:
                 after_epoch(epoch, logs)
         return history
-
-
-def steps_per_epoch(n: int, batch_size: int, replicas: int) -> int:
-    """Global training steps in one pass over ``n`` samples (a final batch too small for the replicas is skipped)."""
-    full, rest = divmod(n, batch_size)
-    return full + (1 if rest >= replicas else 0) if rest else full
-
-
-def skipped_per_epoch(n: int, batch_size: int, replicas: int) -> int:
-    """Samples each training pass skips (a final batch smaller than the replicas)."""
-    rest = n % batch_size
-    return rest if 0 < rest < replicas else 0
