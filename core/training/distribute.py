@@ -15,6 +15,7 @@ from typing import Any
 
 from prunectl.core.errors import ClusterError, OptionError, first_line
 from prunectl.core.registry import Registered, Registry
+from prunectl.core.training.defaults import DEFAULT_WORKER_TIMEOUT
 
 STRATEGIES: Registry[Any] = Registry("strategy")
 
@@ -46,37 +47,32 @@ def cluster_workers(environ=None) -> int | None:
     return len(workers)
 
 
-def _task(environ=None) -> tuple[str, int] | None:
-    """``TF_CONFIG``'s task as ``(type, index)``, or None when it names none (checked by :func:`cluster_workers`)."""
+def _config(environ=None) -> dict | None:
+    """``TF_CONFIG`` parsed, or None when it is unset or empty (its shape is checked by :func:`cluster_workers`)."""
     text = (os.environ if environ is None else environ).get("TF_CONFIG", "")
-    if not text.strip():
-        return None
-    task = json.loads(text).get("task") or {}
+    return json.loads(text) if text.strip() else None
+
+
+def _task(config: dict) -> tuple[str, int]:
+    """The task ``config`` names for this process, as ``(type, index)``."""
+    task = config.get("task") or {}
     return str(task.get("type", "worker")), int(task.get("index", 0))
 
 
 def is_chief(environ=None) -> bool:
-    """Whether this process writes the outputs: ``TF_CONFIG``'s chief, else worker 0, else (no cluster) yes."""
-    text = (os.environ if environ is None else environ).get("TF_CONFIG", "")
-    if not text.strip():
-        return True
-    config = json.loads(text)
-    task = _task(environ)
-    if task is None:
-        return True
-    if "chief" in (config.get("cluster") or {}):
-        return task[0] == "chief"
-    return task == ("worker", 0)
+    """Whether this process writes the outputs: the cluster's leader (see :func:`_leader`), or no cluster at all."""
+    config = _config(environ)
+    return config is None or _task(config) == _leader(config.get("cluster") or {})
 
 
 def task_name(environ=None) -> str:
-    """This process's task as ``worker 1 of 2`` (``chief`` where the cluster names one)."""
-    task = _task(environ)
-    if task is None:
+    """This process's task as ``worker 1 of 2`` (``the chief of 3`` where the cluster names one)."""
+    config = _config(environ)
+    if config is None:
         return "the only worker"
-    cluster = json.loads((os.environ if environ is None else environ)["TF_CONFIG"]).get("cluster") or {}
-    size = sum(len(v) for v in cluster.values() if isinstance(v, list))
-    return f"{task[0]} {task[1]} of {size}" if task[0] != "chief" else f"the chief of {size}"
+    kind, index = _task(config)
+    size = sum(len(v) for v in (config.get("cluster") or {}).values() if isinstance(v, list))
+    return f"{kind} {index} of {size}" if kind != "chief" else f"the chief of {size}"
 
 
 def check_cluster(strategy: str, environ=None) -> None:
@@ -176,10 +172,10 @@ class MultiWorker(Registered):
     Args:
         worker_timeout: seconds to wait for the other workers to start, and for
             one that stops answering (TensorFlow's coordination-service heartbeat,
-            at most :data:`HEARTBEAT_SECONDS`); a worker that dies is noticed at once.
+            at most :data:`HEARTBEAT_SECONDS`, within which a worker that dies or hangs is noticed).
     """
 
-    def __init__(self, worker_timeout: float = 300.0):
+    def __init__(self, worker_timeout: float = DEFAULT_WORKER_TIMEOUT):
         self.worker_timeout = float(worker_timeout)
 
     def build(self):
@@ -188,7 +184,7 @@ class MultiWorker(Registered):
 
         config = json.loads(os.environ["TF_CONFIG"])
         cluster, leader = config["cluster"], _leader(config["cluster"])
-        if _task() == leader:
+        if _task(config) == leader:
             # The leader's strategy waits an hour, holding the interpreter, for a worker that never starts:
             # it starts only once every other worker is listening (each listens from its own start).
             _wait_for_peers(cluster, leader, self.worker_timeout)
