@@ -445,13 +445,6 @@ def finetune_model(
     if options.strategy == "mirrored" and replicas == 1:
         notes.append("--strategy mirrored ran with one replica: this machine has one device")
 
-    evaluation = {}
-    loop: list[Loop] = []
-
-    def evaluate(when: str, on=None) -> None:
-        if val_feed is not None:
-            evaluation[when] = loop[0].evaluate(on or model, val_feed)
-
     if original is not None:
         compile_model(original, spec)
     pairs = keras_weight_entries(model)
@@ -504,7 +497,13 @@ def finetune_model(
     teacher = (original if original is not None else _teacher(keras, model)) if alpha else None
     distilled = distillation(model, teacher, alpha, options.temperature) if alpha else None
     held_variables = [variables[e.key] for e in selected]
-    loop.append(Loop(strategy, model, (held_variables, options.l1), distilled))
+    loop = Loop(strategy, model, (held_variables, options.l1), distilled)
+    evaluation = {}
+
+    def evaluate(when: str, on=None) -> None:
+        if val_feed is not None:
+            evaluation[when] = loop.evaluate(on or model, val_feed)
+
     evaluate("before_pruning", original)
     if not prune_after and (weights is not None or original is not None):  # else nothing was pruned
         prune_at(0)
@@ -531,7 +530,7 @@ def finetune_model(
     try:
         if options.epochs:
             after_step, after_epoch = _watch(options.epochs, steps, progress, model)
-            history = loop[0].fit(feed, options.epochs, val_feed, before_step, after_step, after_epoch)
+            history = loop.fit(feed, options.epochs, val_feed, before_step, after_step, after_epoch)
     finally:
         held.release()
         if kept_rate is not None:
