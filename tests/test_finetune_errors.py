@@ -206,7 +206,7 @@ def test_multiworker_task_must_name_this_process(folder, monkeypatch, task, show
         *tune(folder, "--strategy", "multiworker"),
         code=2,
         line='Error: TF_CONFIG\'s "task" must name this process in the cluster, e.g. {"type": "worker", "index": 0}. '
-        f"Received: {shown} for a cluster of 2 worker",
+        f"Received: {shown} for a cluster with 2 'worker' tasks",
     )
 
 

@@ -118,7 +118,7 @@ def check_cluster(strategy: str, environ=None) -> None:
         shown = json.dumps(task) if task is not None else "no task"
         raise OptionError(
             'TF_CONFIG\'s "task" must name this process in the cluster, e.g. {"type": "worker", "index": 0}. '
-            f"Received: {shown} for a cluster of {', '.join(f'{len(v)} {k}' for k, v in cluster.items())}",
+            f"Received: {shown} for a cluster with {', '.join(f'{len(v)} {k!r} tasks' for k, v in cluster.items())}",
             "strategy",
         )
 
