@@ -288,7 +288,11 @@ class PruneRequest:
             "keep_optimizer": self.keep_optimizer,
             "gates": gate_config(self.gates),
             **({"finetune": self.finetune.get_config()} if self.finetune else {}),
-            **(self.neurons.get_config() if self.neurons else {}),
+            **(
+                {k if k != "layers" else "neuron_layers": v for k, v in self.neurons.get_config().items()}
+                if self.neurons
+                else {}
+            ),
             "data": str(self.data) if self.data else None,
             "benchmark": self.benchmark,
             "evaluation_data": str(self.evaluation.data) if self.evaluation else None,

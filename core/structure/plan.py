@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +29,8 @@ from prunectl.core.options import (
     DEFAULT_NORMS,
     NORM_MODES,
     SCOPES,
+    check_number,
+    compile_patterns,
     residual_norms,
     validate_min_keep,
     validate_neuron_ratio,
@@ -63,6 +66,10 @@ class NeuronPruning:
             None is ``"joint"`` with ``prune_residual``, else ``"boundary"``.
         prune_residual: prune the residual stream's width too (Embedding outputs, attention passing
             its query's channels through), coupled across every block; implies ``norms="joint"``.
+        layers: per-layer overrides ``(regex, ratio)``, ratio in [0, 1): a group whose producer (or, for
+            units inside a layer, that layer) matches the first such pattern (``re.search``) removes that
+            fraction of its units instead, and is left out of a global cut. With overrides the step's own
+            ``ratio`` may be 0 (only the named layers are pruned). Needs ``ratio``, not ``threshold``.
 
     Raises:
         OptionError: on a missing, conflicting or out-of-range value.
@@ -78,6 +85,7 @@ class NeuronPruning:
     exclude: tuple[str, ...] = ()
     norms: str | None = None
     prune_residual: bool = False
+    layers: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self):
         # Resolved here, so get_config records the mode the step runs with.
@@ -89,8 +97,20 @@ class NeuronPruning:
             )
         if self.threshold is not None:
             validate_neuron_threshold(self.threshold)
-        if self.ratio is not None:
+        if self.ratio is not None and not (self.ratio == 0 and self.layers):
             validate_neuron_ratio(self.ratio)
+        object.__setattr__(self, "layers", tuple((str(p), float(r)) for p, r in self.layers))
+        for pattern, ratio in self.layers:
+            compile_patterns([pattern], "a layer override")
+            if self.ratio is None:
+                raise OptionError(
+                    "a layer override of {neuron_ratio} needs the step's own {neuron_ratio} (0 prunes only the "
+                    f"named layers), not {{neuron_threshold}}. Received: {pattern!r} with "
+                    f"{{neuron_threshold}} {self.threshold}",
+                    "neuron_ratio",
+                    "neuron_threshold",
+                )
+            check_number(ratio, "neuron_ratio", 0, 1, high_open=True)
         validate_round_to(self.round_to)
         validate_min_keep(self.min_keep)
         CRITERIA.get(self.criterion)
@@ -99,9 +119,22 @@ class NeuronPruning:
         if self.norms not in NORM_MODES:
             raise OptionError(f"norms must be one of {', '.join(NORM_MODES)}. Received: norms={self.norms!r}")
 
+    def ratio_for(self, names) -> float | None:
+        """The override ratio of the first pattern that matches one of ``names`` (a group's layers), or None."""
+        for pattern, ratio in self.layers:
+            if any(re.search(pattern, name) for name in names):
+                return ratio
+        return None
+
     def get_config(self) -> dict:
-        config = {f"neuron_{k}" if k in ("criterion", "threshold", "ratio") else k: v for k, v in asdict(self).items()}
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+        config = {
+            f"neuron_{k}" if k in ("criterion", "threshold", "ratio") else k: v
+            for k, v in asdict(self).items()
+            if k != "layers"
+        }
+        config = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+        config["layers"] = {p: {"neuron-ratio": r} for p, r in self.layers}
+        return config
 
     @classmethod
     def from_config(cls, config: dict) -> NeuronPruning:
@@ -113,7 +146,14 @@ class NeuronPruning:
         values: dict[str, Any] = {
             k[len("neuron_") :] if k.startswith("neuron_") else k: tuple(v) if isinstance(v, list) else v
             for k, v in config.items()
+            if k != "layers"
         }
+        layers = config.get("layers") or {}
+        values["layers"] = (
+            tuple((p, o.get("neuron-ratio", o.get("neuron_ratio"))) for p, o in layers.items())
+            if isinstance(layers, dict)
+            else tuple(layers)
+        )
         return cls(**values)
 
 
@@ -223,7 +263,10 @@ class StructuralPlan:
 
 
 def choose_units(
-    scores: dict[int, np.ndarray], step: NeuronPruning, producers: dict[int, int] | None = None
+    scores: dict[int, np.ndarray],
+    step: NeuronPruning,
+    producers: dict[int, int] | None = None,
+    names: dict[int, list[str]] | None = None,
 ) -> dict[int, np.ndarray]:
     """The sorted indices each group keeps: the best-scoring units, at least the floor, rounded up to ``round_to``.
 
@@ -236,24 +279,32 @@ def choose_units(
         scores: each group's unit scores, by group id.
         step: the structural step.
         producers: how many layers each group's units belong to (default 1 each).
+        names: each group's layer names, matched against the step's per-layer overrides.
 
     Returns:
         The kept indices, by group id.
     """
+    overrides = {g: step.ratio_for((names or {}).get(g, ())) for g in scores} if step.layers else {}
+    ratios = {g: r for g, r in overrides.items() if r is not None}
     ids = sorted(scores)
     weight = {g: (producers or {}).get(g, 1) for g in ids}
     floor = {g: min(len(scores[g]), max(1, math.ceil(step.min_keep * len(scores[g]) - 1e-9))) for g in ids}
     counts = {}
-    if step.ratio is not None and step.scope == "global" and ids:
-        counts = _global_cut(scores, step.ratio, weight, floor)
+    cut = [g for g in ids if g not in ratios]
+    if step.ratio is not None and step.scope == "global" and cut:
+        counts = _global_cut({g: scores[g] for g in cut}, step.ratio, weight, floor)
     for gid in ids:
         size = len(scores[gid])
+        ratio = ratios.get(gid, step.ratio)
         if gid not in counts:
             counts[gid] = (
-                size - math.floor(step.ratio * size + 1e-9)
-                if step.ratio is not None
+                size - math.floor(ratio * size + 1e-9)
+                if ratio is not None
                 else int(np.count_nonzero(scores[gid] >= step.threshold))
             )
+        if gid in ratios and ratios[gid] == 0:
+            counts[gid] = size  # an override of 0 keeps the group whole, whatever round_to says
+            continue
         counts[gid] = min(size, math.ceil(max(floor[gid], counts[gid]) / step.round_to) * step.round_to)
     return {g: np.sort(np.argsort(-scores[g], kind="stable")[: counts[g]]) for g in ids}
 
@@ -309,7 +360,9 @@ def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> S
         )
     stats = calibrate(graph, x, criterion.batch_size) if x is not None and criterion.needs_data else None
     producers = {g.id: len(g.producers) for g in graph.groups}
-    keep = choose_units(criterion.scores(graph, stats), step, producers)
+    names = group_names(graph)
+    _check_overrides(step, graph, names)
+    keep = choose_units(criterion.scores(graph, stats), step, producers, names)
     edits, rows = {}, []
     for info in graph.layers:
         edit = _edit(info, keep, stats)
@@ -339,6 +392,25 @@ def plan_structure(model, step: NeuronPruning, x: np.ndarray | None = None) -> S
     }
     notes = norm_notes(graph, keep, x, getattr(criterion, "batch_size", 256))
     return StructuralPlan(config, groups, tuple(rows), boundaries, notes, edits)
+
+
+def group_names(graph) -> dict[int, list[str]]:
+    """Each prunable group's layer names: its producers, or the layer its units live inside (heads)."""
+    names: dict[int, list[str]] = {g.id: list(g.producers) for g in graph.groups if not g.frozen}
+    for info in graph.layers:
+        for _, gid in info.inner:
+            if gid in names and info.name not in names[gid]:
+                names[gid].append(info.name)
+    return names
+
+
+def _check_overrides(step: NeuronPruning, graph, names: dict[int, list[str]]) -> None:
+    for pattern, _ in step.layers:
+        if not any(re.search(pattern, name) for group in names.values() for name in group):
+            shown = ", ".join(sorted({n for group in names.values() for n in group})[:12])
+            raise SelectionError(
+                f"layer override pattern matches no prunable layer (prunable: {shown}). Received: {pattern!r}"
+            )
 
 
 def _nested_edits(nested: dict, keep: dict[int, np.ndarray]) -> dict[str, LayerEdit]:
