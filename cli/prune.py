@@ -99,6 +99,15 @@ from prunectl.core.options import (
 @section(
     "Recipes",
     click.option(
+        "--step",
+        "steps",
+        multiple=True,
+        metavar="KEY=VALUE,...",
+        help="One step of an ordered pipeline, as recipe keys (repeatable, run in the order given): "
+        "'neuron-ratio=0.25,iterations=2', 'kind=finetune,finetune-epochs=2', 'sparsity=0.8'. "
+        "Replaces a recipe's steps.",
+    ),
+    click.option(
         "--recipe",
         type=click.Path(path_type=Path, dir_okay=False),
         default=None,
@@ -207,12 +216,14 @@ def _request(ctx, params: dict):
     """Fold the options (and a recipe's values) into one ``PruneRequest``; core checks it."""
     from prunectl.core.run.request import build_request
 
-    if params["recipe"] is None:
+    if params["recipe"] is None and not params["steps"]:
         return build_request(params)
     from prunectl.cli.recipe import merge_recipe
 
-    _, structural, weights, merged = merge_recipe(ctx, params["recipe"], FINETUNE_NAMES)
-    return build_request(merged, weights, structural)
+    _, structural, weights, merged, ordered = merge_recipe(ctx, params["recipe"], FINETUNE_NAMES, params["steps"])
+    if ordered is None:
+        return build_request(merged, weights, structural)
+    return build_request(merged, steps=ordered)
 
 
 _STAGES = {

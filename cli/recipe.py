@@ -12,10 +12,18 @@ from collections.abc import Set as AbstractSet
 import click
 from click.core import ParameterSource
 
-from prunectl.core.run.recipe import STRUCTURAL_KEYS, WEIGHT_KEYS, Recipe, Value, load_recipe
+from prunectl.core.run.recipe import (
+    STRUCTURAL_KEYS,
+    WEIGHT_KEYS,
+    Recipe,
+    Step,
+    Value,
+    load_recipe,
+    parse_step_options,
+)
 
 # Options that describe the run itself, not a pipeline: never read from a recipe.
-_NOT_IN_RECIPES = {"model", "recipe", "recipe_out", "as_json", "force", "quiet", "verbose", "dry_run"}
+_NOT_IN_RECIPES = {"model", "recipe", "recipe_out", "as_json", "force", "quiet", "verbose", "dry_run", "steps"}
 
 
 def recipe_options(command: click.Command) -> dict[str, click.Option]:
@@ -87,70 +95,108 @@ def _recipe_message(exc: click.BadParameter, key: str, value, keys: dict[str, st
     return message if "Received:" in message else f"{message.rstrip('.')}. Received: {key} = {shown}"
 
 
-def merge_recipe(ctx: click.Context, path, finetune_names: AbstractSet[str]) -> tuple[Recipe, dict, dict, dict]:
-    """Load ``path`` and merge it with the command's values.
+def _classic(steps) -> bool:
+    """Whether recipe steps are the flat pipeline's (a structural step, then a weight step, each at most once)."""
+    kinds = [step.kind for step in steps]
+    return all(step.iterations == 1 and not (step.kind == "neurons" and step.layers) for step in steps) and kinds in (
+        [],
+        ["neurons"],
+        ["weights"],
+        ["neurons", "weights"],
+    )
+
+
+def merge_recipe(
+    ctx: click.Context, path, finetune_names: AbstractSet[str], step_texts: tuple[str, ...] = ()
+) -> tuple[Recipe | None, dict, dict, dict, list | None]:
+    """Load ``path`` (when given) and the ``--step`` options, and merge them with the command's values.
 
     Returns:
-        The recipe, and three dicts of parameter values: the structural step's,
-        the weight step's (with ``layers`` overrides), and every other option
-        (fine-tuning ones included). An option given on the command line
-        replaces the recipe's value in every step that has it.
+        The recipe (None without one), three dicts of parameter values: the structural step's,
+        the weight step's (with ``layers`` overrides), and every other option (fine-tuning
+        ones included), and the ordered steps as ``(kind, values, iterations)`` — None when
+        the steps are the flat pipeline's (at most a structural step, then a weight step),
+        which the first two dicts then hold. An option given on the command line replaces
+        the recipe's value in every step that has it; ``--step`` replaces the recipe's steps.
 
     Raises:
         click.UsageError: a recipe problem, naming the file, line, step and key.
     """
     options = recipe_options(ctx.command)
     keys = {p.name: key for key, p in options.items()}
-    recipe = load_recipe(path, *recipe_vocabulary(options, finetune_names))
+    finetune_keys, top_keys = recipe_vocabulary(options, finetune_names)
+    recipe = load_recipe(path, finetune_keys, top_keys) if path is not None else None
     params = dict(ctx.params)
+    steps = recipe.steps if recipe is not None else []
+    if step_texts:
+        steps = parse_step_options(step_texts, finetune_keys)
 
     def convert(where: str, key: str, value: Value):
         param = options[key]
+        at = f"{recipe.path}:{value.line}" if value.line and recipe is not None else where
         # A later check (build_request's) names this value as the recipe's key where it was set, not as a flag.
-        ctx.meta.setdefault(RECIPE_SOURCES, {})[param.name] = f"{key} ({recipe.path}:{value.line})"
+        ctx.meta.setdefault(RECIPE_SOURCES, {})[param.name] = f"{key} ({at})"
         raw = value.value if not param.multiple or isinstance(value.value, list) else [value.value]
         kinds, kind = _toml_type(param)
         items = raw if param.multiple and isinstance(raw, list) else [raw]
+        prefix = f"recipe {recipe.path} line {value.line}, {where}" if value.line and recipe is not None else where
         if not all(isinstance(item, kinds) and (bool in kinds or not isinstance(item, bool)) for item in items):
             shown = _toml_repr(value.value)
             kind = f"{kind} or a list of them" if param.multiple else kind
-            raise click.UsageError(
-                f"recipe {recipe.path} line {value.line}, {where}: {key} must be {kind}. Received: {key} = {shown}"
-            )
+            raise click.UsageError(f"{prefix}: {key} must be {kind}. Received: {key} = {shown}")
         try:
             return param.process_value(ctx, raw)
         except click.BadParameter as exc:
             message = _recipe_message(exc, key, value.value, keys)
-            raise click.UsageError(f"recipe {recipe.path} line {value.line}, {where}: {message}") from None
+            raise click.UsageError(f"{prefix}: {message}") from None
 
-    def step_values(kind: str, keys) -> dict:
-        values = {options[k].name: params[options[k].name] for k in keys}
-        step = recipe.step(kind)
+    def step_values(step: Step | None, kind: str, names) -> dict:
+        values = {options[k].name: params[options[k].name] for k in names}
         if step is None:
             return values
-        where = f"step {recipe.steps.index(step) + 1}"
+        where = f"step {steps.index(step) + 1}" if not step_texts else f"--step {steps.index(step) + 1}"
         for key, value in step.values.items():
             if not explicit(ctx, options[key].name):
                 values[options[key].name] = convert(where, key, value)
         if kind == "weights":
             if explicit(ctx, "threshold") or explicit(ctx, "sparsity"):
                 values["threshold"], values["sparsity"] = params["threshold"], params["sparsity"]
-            values["layers"] = tuple(
-                (
-                    pattern,
-                    *(
-                        convert(f"{where}, layers {pattern!r}", k, override[k]) if k in override else None
-                        for k in ("threshold", "sparsity")
-                    ),
-                )
-                for pattern, override, _ in step.layers
+        overrides = ("threshold", "sparsity") if kind == "weights" else ("neuron-ratio",)
+        values["layers"] = tuple(
+            (
+                pattern,
+                *(
+                    convert(f"{where}, layers {pattern!r}", k, override[k]) if k in override else None
+                    for k in overrides
+                ),
             )
+            for pattern, override, _ in step.layers
+        )
         return values
 
-    structural = step_values("structural", STRUCTURAL_KEYS)
-    weights = step_values("weights", WEIGHT_KEYS)
-    for table, where in ((recipe.options, "top level"), (recipe.finetune, "[finetune]")):
-        for key, value in table.items():
-            if not explicit(ctx, options[key].name):
-                params[options[key].name] = convert(where, key, value)
-    return recipe, structural, weights, params
+    def finetune_values(step: Step) -> dict:
+        where = f"step {steps.index(step) + 1}" if not step_texts else f"--step {steps.index(step) + 1}"
+        return {
+            options[key].name: convert(where, key, value)
+            for key, value in step.values.items()
+            if not explicit(ctx, options[key].name)
+        }
+
+    if recipe is not None:
+        for table, where in ((recipe.options, "top level"), (recipe.finetune, "[finetune]")):
+            for key, value in table.items():
+                if not explicit(ctx, options[key].name):
+                    params[options[key].name] = convert(where, key, value)
+    if _classic(steps):
+        structural = step_values(next((s for s in steps if s.kind == "neurons"), None), "neurons", STRUCTURAL_KEYS)
+        weights = step_values(next((s for s in steps if s.kind == "weights"), None), "weights", WEIGHT_KEYS)
+        structural.pop("layers", None)
+        return recipe, structural, weights, params, None
+    ordered = []
+    for step in steps:
+        if step.kind == "finetune":
+            ordered.append(("finetune", finetune_values(step), 1))
+        else:
+            names = STRUCTURAL_KEYS if step.kind == "neurons" else WEIGHT_KEYS
+            ordered.append((step.kind, step_values(step, step.kind, names), step.iterations))
+    return recipe, {}, {}, params, ordered

@@ -34,7 +34,7 @@ from prunectl.core.run.outcome import PruneOutcome
 from prunectl.core.run.report import PlanReport, PruneReport, plan_report, prune_report
 from prunectl.core.run.request import PruneRequest  # noqa: F401 (the job's input, re-exported)
 from prunectl.core.weights.catalog import WeightCounts, live_counts, unclassified
-from prunectl.core.weights.prune import keras_only_layers, prune_file, prune_keras_model
+from prunectl.core.weights.prune import keras_only_layers, prune_file
 
 if TYPE_CHECKING:
     from prunectl.core.training.finetune import TrainingProgress
@@ -78,7 +78,7 @@ def choose_engine(request: PruneRequest, target: Path, model: ModelFile | None =
             "the file engine cannot tell what the weights inside these layers are (their classes are known only "
             f"to Keras); use --engine keras or auto. Received: {shown_names(opaque, 5)}"
         )
-    step = request.weights
+    step = request.weights_only()
     patterned = keras_only_layers(model, step) if model is not None and step is not None else []
     if request.engine == "file" and patterned and step is not None and step.pattern is not None:
         raise OptionError(
@@ -100,11 +100,12 @@ def choose_engine(request: PruneRequest, target: Path, model: ModelFile | None =
 
 def _run_file(request: PruneRequest, model: ModelFile, target: Path, progress: Progress | None) -> PruneOutcome:
     start = time.perf_counter()
-    if request.weights is None:  # choose_engine picks the file engine only for a weight step
+    step = request.weights_only()
+    if step is None:  # choose_engine picks the file engine only for a weight step alone
         raise OptionError("the file engine needs a weight step. Received: no threshold or sparsity")
     check_agreement(model)  # the config is copied verbatim: it must be one Keras can load with these weights
     results, counts = prune_file(
-        model, target, request.weights, COMPRESSION_LEVELS[request.compression], request.keep_optimizer, progress
+        model, target, step, COMPRESSION_LEVELS[request.compression], request.keep_optimizer, progress
     )
     return PruneOutcome("file", results, counts, time.perf_counter() - start)
 
@@ -118,73 +119,59 @@ def _run_keras(
     events: Events = _no_events,
 ) -> PruneOutcome:
     from prunectl.core.io import keras_io
+    from prunectl.core.run.pipeline import Finetune, Runner
     from prunectl.core.structure import plan as structural
-    from prunectl.core.structure.backbone import plain_model_note
     from prunectl.core.structure.cost import benchmark
     from prunectl.core.training.data import calibration_inputs
     from prunectl.core.training.distribute import strategy_scope
     from prunectl.core.training.evaluate import Evaluator, evaluation_block, finetune_evaluation
 
     start = time.perf_counter()
-    finetuned, plan, timing, x, evaluate, evaluation = None, None, None, None, None, None
+    timing, x, evaluate, evaluation = None, None, None, None
     # The model, the masks and the optimizer must all be created in the strategy's scope.
-    tuning = request.finetune
+    tuning = request.tuning()
     with strategy_scope(tuning.strategy if tuning else "default", tuning.worker_timeout if tuning else None):
         events("loading", None)
+        if tuning is not None and tuning.seed is not None:
+            # Before the model is built: a Dropout layer seeds its generator when it is created.
+            keras_io.import_keras().utils.set_random_seed(tuning.seed)
         loaded = keras_io.load_model(model, unsafe=request.unsafe)
         original = loaded.model
         notes = list(loaded.notes)
         if request.keep_optimizer:
             notes.append("optimizer state is not carried by the keras engine")
-        if request.data and (request.neurons or request.benchmark or request.data_aware()):
+        if request.data and (request.neuron_steps() or request.benchmark or request.data_aware()):
             x = calibration_inputs(request.data, original)
         if request.evaluation is not None:
             evaluate = Evaluator(loaded, request.evaluation)
             before = evaluate(original)
-        if request.neurons:  # neurons first, then weights, then fine-tuning
+        steps = request.steps
+        if (
+            len(steps) == 1
+            and isinstance(steps[0], structural.NeuronPruning)
+            and _writes_plan_only(request, model, target, loaded)
+        ):
             events("planning", None)
-            plan = structural.plan_structure(original, request.neurons, x)
+            plan = structural.plan_structure(original, steps[0], x)
             events("plan", plan.to_dict())
-            if _writes_plan_only(request, model, target, loaded):
-                rewrite = _rewrite(model, original, plan)
-                if rewrite is not None:
-                    counts = _write_rewrite(model, target, rewrite, COMPRESSION_LEVELS[request.compression], progress)
-                    return PruneOutcome("keras", {}, counts, time.perf_counter() - start, notes, None, plan.to_dict())
-            loaded = replace(loaded, model=structural.apply_plan(original, plan, unsafe=request.unsafe))
-            notes += [note for note in [plain_model_note(original)] if note]
-            if loaded.compile_spec and loaded.compile_spec.loss is not None:
-                notes += keras_io.compile_model(loaded.model, loaded.compile_spec)
-        weights, data_aware, before_model = request.weights, None, original if request.neurons else None
-        if request.data_aware() and weights is not None and x is not None:
-            from prunectl.core.training.data_aware import DEFAULT_CALIBRATION_SAMPLES, prune_data_aware
-
-            if request.finetune and before_model is None:
-                before_model = keras_io.copy_model(original)  # fine-tuning evaluates the model before pruning
-            events("calibrating", None)
-            samples = weights.calibration_samples or DEFAULT_CALIBRATION_SAMPLES
-            data_aware = prune_data_aware(loaded.model, weights, x, samples)
-            notes += data_aware.notes
-            # Magnitude pruning to the same sparsity and pattern keeps exactly these zeros: the masks fine-tuning holds.
-            weights = replace(weights, criterion="magnitude", calibration_samples=None)
-        if request.finetune:
-            from prunectl.core.training.finetune import finetune_model
-
-            finetuned = finetune_model(loaded, weights, request.finetune, training, original=before_model)
-            results = finetuned.results
-            if data_aware is not None:
-                results = {k: replace(r, zeros_before=data_aware.results[k].zeros_before) for k, r in results.items()}
-                finetuned.report["weight_criterion"] = data_aware.to_dict()
-            notes += finetuned.notes
-        elif data_aware is not None:
-            results = data_aware.results
+            rewrite = _rewrite(model, original, plan)
+            if rewrite is not None:
+                counts = _write_rewrite(model, target, rewrite, COMPRESSION_LEVELS[request.compression], progress)
+                return PruneOutcome("keras", {}, counts, time.perf_counter() - start, notes, None, plan.to_dict())
+            plans = [plan]
         else:
-            results = prune_keras_model(loaded.model, weights) if weights else {}
+            plans = []
+        # A multi-step run is measured after every step (and evaluated, where there is evaluation data).
+        runner = Runner(loaded, steps, x, evaluate if len(steps) > 1 else None, training, events, request.unsafe)
+        for index, step in enumerate(steps):
+            runner.run(step, plans[0] if plans and index == 0 else None)
+        loaded, notes = runner.loaded, notes + runner.notes
         if evaluate is not None:
             evaluation = evaluation_block(
                 evaluate.describe(), ("before pruning", before), ("after pruning", evaluate(loaded.model))
             )
-        elif finetuned is not None:
-            evaluation = finetune_evaluation(finetuned.report)
+        elif runner.finetunes and isinstance(steps[-1], Finetune):
+            evaluation = finetune_evaluation(runner.finetunes[-1])
         counts = WeightCounts([])
         save_keras_model(
             loaded.model, target, COMPRESSION_LEVELS[request.compression], counts.counting_file, progress=progress
@@ -195,15 +182,16 @@ def _run_keras(
             timing = benchmark(original, loaded.model, x)
     return PruneOutcome(
         "keras",
-        results,
+        runner.results,
         counts,
         time.perf_counter() - start,
         notes,
-        finetuned.report if finetuned else None,
-        plan.to_dict() if plan else None,
+        runner.finetunes[-1] if runner.finetunes else None,
+        structural.combine_plans(runner.plans).to_dict() if runner.plans else None,
         timing,
         evaluation,
-        data_aware.to_dict() if data_aware is not None else None,
+        runner.data_aware,
+        [r.to_dict() for r in runner.records] if len(steps) > 1 else None,
     )
 
 
@@ -212,8 +200,6 @@ def _writes_plan_only(request: PruneRequest, model: ModelFile, target: Path, loa
     return (
         model.format == "keras"
         and model_format(target) == "keras"
-        and request.weights is None
-        and request.finetune is None
         and request.evaluation is None
         and not request.benchmark
         and not request.keep_optimizer
@@ -264,20 +250,21 @@ def _plan_only(request: PruneRequest, model: ModelFile, events: Events = _no_eve
     from prunectl.core.structure import plan as structural
     from prunectl.core.training.data import calibration_inputs
 
-    if request.neurons is None:  # PruneRequest refuses a dry run without a structural step
+    step = request.steps[0]
+    if not isinstance(step, structural.NeuronPruning):  # PruneRequest refuses a dry run without one first
         raise OptionError("a dry run plans a structural step. Received: no neuron_threshold or neuron_ratio")
     events("loading", None)
     loaded = keras_io.load_model(model, unsafe=request.unsafe)
     x = calibration_inputs(request.data, loaded.model) if request.data else None
     events("planning", None)
-    plan = structural.plan_structure(loaded.model, request.neurons, x)
+    plan = structural.plan_structure(loaded.model, step, x)
     events("plan", plan.to_dict())
     return plan_report(model, request.options(), plan)
 
 
 def input_files(request: PruneRequest) -> tuple[Path | None, ...]:
     """Every file ``request`` reads: the model, its data files and its recipe (None where not given)."""
-    finetune, evaluation = request.finetune, request.evaluation
+    finetune, evaluation = request.tuning(), request.evaluation
     return (
         request.model,
         request.data,
@@ -333,7 +320,8 @@ def _write_recipe(path: Path, report: PruneReport) -> None:
 
 def writes_outputs(request: PruneRequest) -> bool:
     """Whether this process writes the outputs: any but a multi-worker run's non-chief workers without ``-o``."""
-    if request.finetune is None or request.finetune.strategy != "multiworker" or request.output is not None:
+    tuning = request.tuning()
+    if tuning is None or tuning.strategy != "multiworker" or request.output is not None:
         return True
     from prunectl.core.training.distribute import is_chief
 

@@ -23,3 +23,5 @@ class PruneOutcome:
     benchmark: dict | None = None
     evaluation: Evaluation | None = None
     weight_criterion: dict | None = None  # a data-aware criterion's calibration and per-layer output errors
+    steps: list[dict] | None = None  # each step's outcome, in order, when the pipeline has more than one
+    search: dict | None = None  # how a --target search chose the steps

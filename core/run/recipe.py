@@ -54,6 +54,24 @@ WEIGHT_KEYS = (
     "calibration-samples",
 )
 LAYER_KEYS = ("threshold", "sparsity")
+NEURON_LAYER_KEYS = ("neuron-ratio",)
+KINDS = ("neurons", "weights", "finetune")
+# Fine-tuning options that hold for the whole run (its data, strategy, seed): set in [finetune], not in a step.
+RUN_WIDE_FINETUNE = (
+    "data",
+    "val-data",
+    "val-split",
+    "x-key",
+    "y-key",
+    "label-col",
+    "batch-size",
+    "loss",
+    "metrics",
+    "seed",
+    "strategy",
+    "worker-timeout",
+    "plots",
+)
 PATH_KEYS = ("data", "val-data", "plots", "output", "report", "markdown")
 _STRUCTURAL_ONLY = set(STRUCTURAL_KEYS) - set(WEIGHT_KEYS)
 _NUMBER, _TEXT, _TEXTS = "a number", "a string", "a list of strings"
@@ -75,6 +93,8 @@ KEY_TYPES = {
     "block": _TEXT,
     "include": _TEXTS,
     "exclude": _TEXTS,
+    "iterations": "an integer",
+    "kind": _TEXT,
 }
 
 
@@ -105,12 +125,13 @@ class Value:
 
 @dataclass
 class Step:
-    """One ``[[step]]``: its kind (``"structural"`` or ``"weights"``), values and overrides."""
+    """One ``[[step]]``: its kind (``"neurons"``, ``"weights"`` or ``"finetune"``), values, overrides, stages."""
 
     kind: str
     line: int
     values: dict[str, Value] = field(default_factory=dict)
     layers: list[tuple[str, dict[str, Value], int]] = field(default_factory=list)
+    iterations: int = 1
 
 
 @dataclass
@@ -148,7 +169,7 @@ class Recipe:
         """
         from prunectl.core.structure.plan import NeuronPruning
 
-        step = self.step("structural")
+        step = self.step("neurons")
         if step is None:
             return None
         return self._build(step, NeuronPruning.from_config, {k: v.value for k, v in step.values.items()})
@@ -305,74 +326,16 @@ def load_recipe(path: str | os.PathLike, finetune_keys: set[str], option_keys: s
         raise _error(path, lines.get(("step", "")), "", "use [[step]] (an array of tables) for steps. Received: [step]")
     steps = []
     for index, table in enumerate(raw_steps, start=1):
-        where = f"step {index}"
         line = lines.get(("step", index, ""), 0)
-        layers = table.pop("layers", {})
-        kind = "structural" if _STRUCTURAL_ONLY & set(table) else "weights"
-        if kind == "structural" and ({"threshold", "sparsity"} & set(table)):
-            raise _error(
-                path,
-                line,
-                where,
-                "a step is structural (neuron-*) or a weight step "
-                "(threshold/sparsity), not both; split it in two. Received: "
-                f"{', '.join(sorted(table))}",
-            )
-        step = Step(
-            kind,
-            line,
-            values_of(table, ("step", index), STRUCTURAL_KEYS if kind == "structural" else WEIGHT_KEYS, where),
-        )
-        if kind == "weights" and not ({"threshold", "sparsity", "pattern"} & set(table)):
-            raise _error(
-                path,
-                line,
-                where,
-                "a step needs neuron-threshold/neuron-ratio, threshold/sparsity or pattern. "
-                f"Received: {', '.join(sorted(table)) or 'an empty step'}",
-            )
-        if layers:
-            if kind == "structural":
-                raise _error(
-                    path,
-                    line,
-                    where,
-                    "per-layer overrides apply to weight steps only. Received: [step.layers] in a structural step",
-                )
-            for pattern, override in layers.items():
-                context = ("layer", index, pattern)
-                layer_line = lines.get(context + ("",), line)
-                try:
-                    re.compile(pattern)
-                except re.error as exc:
-                    raise _error(
-                        path,
-                        layer_line,
-                        where,
-                        f"layer pattern is not a valid regular expression ({exc}). Received: {pattern!r}",
-                    ) from None
-                step.layers.append(
-                    (pattern, values_of(override, context, LAYER_KEYS, f"{where}, layers {pattern!r}"), layer_line)
-                )
-        steps.append(step)
-    kinds = [s.kind for s in steps]
-    for kind in ("structural", "weights"):
-        if kinds.count(kind) > 1:
-            second = [s for s in steps if s.kind == kind][1]
-            raise _error(
-                path,
-                second.line,
-                f"step {steps.index(second) + 1}",
-                f"one {kind} step per recipe (use per-layer overrides for layer-specific values). "
-                f"Received: {kinds.count(kind)} {kind} steps",
-            )
-    if kinds == ["weights", "structural"]:
-        raise _error(
-            path,
-            steps[1].line,
-            "step 2",
-            "the structural step runs first; list it before the weight "
-            "step. Received: a weight step, then a structural step",
+
+        def key_line(key: str, context: tuple = ("step", index)) -> int | None:
+            return lines.get(context + (key,))
+
+        def fail(at: int | None, where: str, message: str) -> OptionError:
+            return _error(path, at, where, message)
+
+        steps.append(
+            parse_step(table, f"step {index}", line, finetune_keys, values_of, fail, key_line, ("step", index))
         )
     finetune_table = data.pop("finetune", {})
     allowed_finetune = finetune_keys | {k[len("finetune-") :] for k in finetune_keys if k.startswith("finetune-")}
@@ -387,6 +350,176 @@ def load_recipe(path: str | os.PathLike, finetune_keys: set[str], option_keys: s
         )
     options = values_of(data, ("top",), option_keys, "top level")
     return Recipe(path, steps, _resolve_paths(finetune, folder), _resolve_paths(options, folder))
+
+
+def step_keys(kind: str, finetune_keys: set[str]) -> set[str]:
+    """The keys a step of ``kind`` may hold (a fine-tune step: the per-step fine-tuning options)."""
+    if kind == "neurons":
+        return set(STRUCTURAL_KEYS) | {"kind", "iterations"}
+    if kind == "weights":
+        return set(WEIGHT_KEYS) | {"kind", "iterations"}
+    tuning = {k for k in finetune_keys if k not in RUN_WIDE_FINETUNE}
+    return tuning | {k[len("finetune-") :] for k in tuning if k.startswith("finetune-")} | {"kind"}
+
+
+def _kind(table: dict, finetune_keys: set[str]) -> str | None:
+    """The kind a step's keys imply: neuron-* keys a structural step, fine-tuning keys alone a fine-tune step."""
+    keys = set(table) - {"kind", "iterations", "layers"}
+    if _STRUCTURAL_ONLY & keys:
+        return "neurons"
+    if keys and not (keys & set(WEIGHT_KEYS)) and keys <= step_keys("finetune", finetune_keys):
+        return "finetune"
+    return "weights"
+
+
+def parse_step(table: dict, where: str, line: int, finetune_keys: set[str], values_of, fail, key_line, context: tuple):
+    """Check one step's table and return its :class:`Step` (see :func:`load_recipe` for the rules).
+
+    Args:
+        table: the step's keys and values (``layers`` holding per-layer overrides).
+        where: how errors name the step (``"step 2"``).
+        line: the step's line, or 0.
+        finetune_keys: the fine-tuning option names.
+        values_of: ``(table, context, allowed, where) -> {key: Value}``, checking keys and types.
+        fail: ``(line, where, message) -> OptionError``.
+        key_line: ``(key[, context]) -> line or None``.
+        context: the step's context in the recipe's line map (``("step", 2)``).
+    """
+    table = dict(table)
+    layers = table.pop("layers", {})
+    kind = table.get("kind")
+    if kind is not None and kind not in KINDS:
+        raise fail(
+            key_line("kind") or line, where, f"kind must be one of {', '.join(KINDS)}. Received: kind = {_shown(kind)}"
+        )
+    inferred = _kind(table, finetune_keys)
+    kind = kind or inferred
+    if kind == "neurons" and ({"threshold", "sparsity"} & set(table)):
+        raise fail(
+            line,
+            where,
+            "a step is structural (neuron-*) or a weight step "
+            "(threshold/sparsity), not both; split it in two. Received: "
+            f"{', '.join(sorted(table))}",
+        )
+    values = values_of(table, context, step_keys(kind, finetune_keys), where)
+    values.pop("kind", None)
+    iterations = values.pop("iterations", None)
+    if iterations is not None and iterations.value < 1:
+        raise fail(iterations.line, where, f"iterations must be at least 1. Received: iterations = {iterations.value}")
+    if iterations is not None and iterations.value > 1 and kind == "finetune":
+        raise fail(iterations.line, where, "iterations split a pruning step; a fine-tune step has none.")
+    if kind == "finetune":
+        values = {("finetune-" + k if "finetune-" + k in finetune_keys else k): v for k, v in values.items()}
+    step = Step(kind, line, values, iterations=iterations.value if iterations else 1)
+    if kind == "weights" and not ({"threshold", "sparsity", "pattern"} & set(table)):
+        raise fail(
+            line,
+            where,
+            "a step needs neuron-threshold/neuron-ratio, threshold/sparsity or pattern"
+            + (', or kind = "finetune" with fine-tuning options' if not table else "")
+            + f". Received: {', '.join(sorted(table)) or 'an empty step'}",
+        )
+    if layers:
+        if kind == "finetune":
+            raise fail(
+                line, where, "per-layer overrides apply to pruning steps. Received: [step.layers] in a fine-tune step"
+            )
+        if not isinstance(layers, dict):
+            raise fail(
+                line, where, f"layers must be a table of per-layer overrides. Received: layers = {_shown(layers)}"
+            )
+        allowed = LAYER_KEYS if kind == "weights" else NEURON_LAYER_KEYS
+        for pattern, override in layers.items():
+            layer_context = ("layer", context[1], pattern)
+            layer_line = key_line("", layer_context) or line
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise fail(
+                    layer_line, where, f"layer pattern is not a valid regular expression ({exc}). Received: {pattern!r}"
+                ) from None
+            if not isinstance(override, dict):
+                raise fail(
+                    layer_line, where, f"a layer override is a table. Received: {pattern!r} = {_shown(override)}"
+                )
+            step.layers.append(
+                (pattern, values_of(override, layer_context, allowed, f"{where}, layers {pattern!r}"), layer_line)
+            )
+    return step
+
+
+def _step_table(text: str, index: int) -> dict:
+    """``--step 'key=value,key=value'`` as a table; a value is read as TOML (a number, true) or else as text."""
+    table: dict = {}
+    for item in _split_items(text):
+        key, sep, raw = item.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or not key:
+            raise OptionError(
+                f"--step {index}: give key=value pairs separated by commas (e.g. neuron-ratio=0.25,round-to=8). "
+                f"Received: {text!r}"
+            )
+        if key in table:
+            raise OptionError(f"--step {index}: {key} is given twice. Received: {text!r}")
+        try:
+            table[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            table[key] = raw
+    return table
+
+
+def _split_items(text: str) -> list[str]:
+    """Split at commas outside quotes, brackets and braces (a regex may hold ``{2,3}``)."""
+    items, depth, quote, current = [], 0, "", []
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    items.append("".join(current))
+    return [item for item in items if item.strip()]
+
+
+def parse_step_options(texts, finetune_keys: set[str]) -> list[Step]:
+    """The ``--step`` options as steps, checked as a recipe's steps are.
+
+    Raises:
+        OptionError: a malformed pair, an unknown key, a wrong type; naming the ``--step`` and what it received.
+    """
+    steps = []
+    for index, text in enumerate(texts, start=1):
+        table = _step_table(text, index)
+        where = f"--step {index}"
+
+        def fail(at, place, message, text=text):
+            return OptionError(
+                f"{place}: {message}" if "Received:" in message else f"{place}: {message} Received: {text!r}"
+            )
+
+        def values_of(values: dict, context: tuple, allowed, place: str) -> dict[str, Value]:
+            out = {}
+            for key, value in values.items():
+                if key not in allowed:
+                    known = ", ".join(sorted(allowed))
+                    raise fail(0, place, f"unknown key {key!r} (known: {known}). Received: {key}={_shown(value)}")
+                typed = _typed(key, value)
+                if typed is None:
+                    raise fail(0, place, f"{key} must be {KEY_TYPES[key]}. Received: {key}={_shown(value)}")
+                out[key] = Value(typed, 0)
+            return out
+
+        steps.append(parse_step(table, where, 0, finetune_keys, values_of, fail, lambda *a: None, ("--step", index)))
+    return steps
 
 
 def recipe_toml(pipeline: dict, header: str = "", relative_to: Path | None = None) -> str:

@@ -157,6 +157,8 @@ class PruneReport(_Verdicts):
     finetune: dict | None = None
     gates: tuple[GateResult, ...] = ()
     weight_criterion: dict | None = None
+    steps: list[dict] | None = None
+    search: dict | None = None
     # False on a multi-worker run's non-chief worker without -o: it trained, the chief wrote the files.
     written: bool = field(default=True, compare=False)
 
@@ -185,6 +187,8 @@ class PruneReport(_Verdicts):
             "size_ratio": self.size_ratio,
             **({"finetune": self.finetune} if self.finetune is not None else {}),
             **({"weight_criterion": self.weight_criterion} if self.weight_criterion else {}),
+            **({"steps": self.steps} if self.steps else {}),
+            **({"search": self.search} if self.search else {}),
             "report_path": self.report_path,
             "pipeline": self.pipeline,
             "gates": [g.to_dict() for g in self.gates],
@@ -348,6 +352,8 @@ def prune_report(
         evaluation=outcome.evaluation or None,
         finetune=outcome.finetune,
         weight_criterion=outcome.weight_criterion,
+        steps=outcome.steps,
+        search=outcome.search,
     )
     # A gate measures the report it is part of: judge the facts, then build the report once with the verdicts.
     facts = PruneReport(**fields)

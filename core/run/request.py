@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from prunectl.core.errors import OptionError
 from prunectl.core.options import COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES, check_stdout
 from prunectl.core.run.gates import GATES, gate_config, gate_metrics, gate_pairs
+from prunectl.core.run.pipeline import Finetune, Step, classic, fuse, split, step_config, unfused
 from prunectl.core.structure.criteria import CRITERIA
 from prunectl.core.structure.plan import NeuronPruning
 from prunectl.core.weights.prune import WeightPruning, pattern_of
@@ -59,6 +60,8 @@ class PruneRequest:
             Derived from ``data`` when a data gate needs it and none is given.
         recipe: the recipe file the request was read from, if any (recorded in the report).
         recipe_out: write the resolved pipeline here as a recipe (checked with the other outputs).
+        steps: the pipeline in order (see ``core.run.pipeline``); derived from ``neurons``, ``weights`` and
+            ``finetune`` (in that order) when not given, and then given instead of them.
 
     Raises:
         OptionError: a bad value, or options that contradict each other.
@@ -83,6 +86,7 @@ class PruneRequest:
     evaluation: EvalOptions | None = None
     recipe: Path | None = None
     recipe_out: Path | None = None
+    steps: tuple[Step, ...] = ()
 
     def __post_init__(self):
         if self.compression not in COMPRESSION_LEVELS:
@@ -95,56 +99,38 @@ class PruneRequest:
             raise OptionError(f"engine must be one of {', '.join(ENGINES)}. Received: engine={self.engine!r}")
         for name, limit in self.gates:
             GATES.get(name)(limit)
-        if self.finetune is not None:
+        if not self.steps:
+            object.__setattr__(self, "steps", classic(self.neurons, self.weights, self.finetune))
+        elif self.weights is not None or self.neurons is not None:
+            raise OptionError(
+                "give the pipeline as ordered steps or as flat step options, not both. "
+                "Received: steps with {threshold}/{sparsity}/{neuron_ratio}",
+                "threshold",
+                "sparsity",
+                "neuron_ratio",
+            )
+        finetunes = [s.options for s in self.steps if isinstance(s, Finetune)]
+        if finetunes:
             from prunectl.core.training.distribute import check_cluster
 
-            check_cluster(self.finetune.strategy)  # before TensorFlow is imported, which reads TF_CONFIG
-        if self.dry_run and self.neurons is None:
+            check_cluster(finetunes[0].strategy)  # before TensorFlow is imported, which reads TF_CONFIG
+        if self.dry_run and not isinstance(self.steps[0], NeuronPruning):
             raise OptionError(
                 "{dry_run} needs {neuron_threshold} or {neuron_ratio}. Received: {dry_run}",
                 "dry_run",
                 "neuron_threshold",
                 "neuron_ratio",
             )
-        self._check_weight_criterion()
-        criterion = self.neurons.criterion if self.neurons else None
-        if criterion and CRITERIA.get(criterion).needs_data and self.data is None:
-            raise OptionError(
-                f"the {criterion} criterion needs calibration data; give {{data}} FILE. "
-                f"Received: {{neuron_criterion}} {criterion}",
-                "data",
-                "neuron_criterion",
-            )
+        for step in self.steps:
+            self._check_step(step)
         needing = [(name, limit) for name, limit in self.gates if GATES.get(name).needs_data]
         if needing:
-            name, limit = needing[0]
-            field = name.replace("-", "_")
-            if self.finetune is None and self.data is None:
-                raise OptionError(
-                    f"{{{field}}} is measured on evaluation data; add {{data}} EVAL. "
-                    f"Received: {{{field}}} {limit} without {{data}}",
-                    field,
-                    "data",
-                )
-            if self.finetune is None and self.evaluation is None:
-                from prunectl.core.training.evaluate import EvalOptions
-
-                evaluation = EvalOptions(self.data, need_accuracy=True, need_metrics=gate_metrics(self.gates))
-                object.__setattr__(self, "evaluation", evaluation)
-            if self.finetune is not None and self.finetune.val_data is None and self.finetune.val_split is None:
-                raise OptionError(
-                    f"with {{finetune_epochs}}, {{{field}}} is measured on the validation data; "
-                    f"add {{val_data}} or {{val_split}}. Received: {{{field}}} {limit} without either",
-                    "finetune_epochs",
-                    field,
-                    "val_data",
-                    "val_split",
-                )
+            self._check_gate_data(*needing[0], finetunes)
         reads_data = (
-            self.finetune is not None
+            bool(finetunes)
             or self.benchmark
             or needing
-            or (criterion is not None and CRITERIA.get(criterion).needs_data)
+            or any(CRITERIA.get(n.criterion).needs_data for n in self.neuron_steps())
             or self.data_aware()
         )
         if self.data is not None and not reads_data:
@@ -158,9 +144,9 @@ class PruneRequest:
                 "benchmark",
                 "max_accuracy_drop",
             )
-        trains_with_l1 = self.finetune is not None and self.finetune.l1 > 0 and self.finetune.epochs > 0
+        trains_with_l1 = any(f.l1 > 0 and f.epochs > 0 for f in finetunes)
         # Training with an L1 penalty alone is a step of its own (sparsity by L1, pruned by a later run).
-        if self.weights is None and self.neurons is None and not trains_with_l1:
+        if not self.weight_steps() and not self.neuron_steps() and not trains_with_l1:
             raise OptionError(
                 "give a pruning step: {threshold}, {sparsity}, {neuron_threshold} or "
                 "{neuron_ratio} (or a {recipe}). Received: none",
@@ -170,50 +156,121 @@ class PruneRequest:
                 "neuron_ratio",
                 "recipe",
             )
-        pattern = self.weights.pattern if self.weights is not None else None
-        if self.finetune is not None and self.finetune.schedule != "oneshot" and pattern and pattern.kind == "nm":
+
+    def _check_step(self, step: Step) -> None:
+        """The rules of one step, and of a fine-tune step with the weight step it runs with."""
+        if isinstance(step, NeuronPruning):
+            if CRITERIA.get(step.criterion).needs_data and self.data is None:
+                raise OptionError(
+                    f"the {step.criterion} criterion needs calibration data; give {{data}} FILE. "
+                    f"Received: {{neuron_criterion}} {step.criterion}",
+                    "data",
+                    "neuron_criterion",
+                )
+            return
+        if isinstance(step, WeightPruning):
+            self._check_weight_criterion(step, None)
+            return
+        options, weights = step.options, step.prune
+        self._check_weight_criterion(weights, options)
+        pattern = weights.pattern if weights is not None else None
+        if options.schedule != "oneshot" and pattern and pattern.kind == "nm":
             raise OptionError(
                 f"an N:M pattern holds {pattern.a} zeros in every group of {pattern.b} from the start, so "
-                f"{{schedule}} {self.finetune.schedule} cannot raise its sparsity step by step; use {{schedule}} "
-                f"oneshot. Received: {{schedule}} {self.finetune.schedule} {{pattern}} {pattern.label}",
+                f"{{schedule}} {options.schedule} cannot raise its sparsity step by step; use {{schedule}} "
+                f"oneshot. Received: {{schedule}} {options.schedule} {{pattern}} {pattern.label}",
                 "schedule",
                 "pattern",
             )
-        if (
-            self.finetune is not None
-            and self.finetune.schedule != "oneshot"
-            and (self.weights is None or self.weights.sparsity is None)
-        ):
-            schedule = self.finetune.schedule
+        if options.schedule != "oneshot" and (weights is None or weights.sparsity is None):
+            schedule = options.schedule
             raise OptionError(
-                f"{{schedule}} {schedule} prunes to a sparsity; give {{sparsity}}. "
-                f"Received: {{schedule}} {schedule} with {{threshold}}",
+                f"{{schedule}} {schedule} prunes to a sparsity; give {{sparsity}}"
+                + (" in the weight step just before the fine-tune step" if len(self.steps) > 1 else "")
+                + f". Received: {{schedule}} {schedule} with "
+                + ("{threshold}" if weights is not None else "no weight step"),
                 "schedule",
                 "sparsity",
                 "threshold",
             )
-        if self.finetune is not None and self.weights is not None and self.weights.sparsity is not None:
+        if weights is not None and weights.sparsity is not None:
             from prunectl.core.weights.schedules import SCHEDULES
 
             # The schedule's own checks (initial sparsity, window), here rather than after the model is loaded.
-            SCHEDULES.get(self.finetune.schedule).for_run(
-                self.weights.sparsity,
+            SCHEDULES.get(options.schedule).for_run(
+                weights.sparsity,
                 1,
-                initial_sparsity=self.finetune.initial_sparsity,
-                begin=self.finetune.prune_begin,
-                end=self.finetune.prune_end,
+                initial_sparsity=options.initial_sparsity,
+                begin=options.prune_begin,
+                end=options.prune_end,
             )
 
-    def data_aware(self) -> bool:
-        """Whether the weight step scores weights on calibration data (wanda, sparsegpt)."""
-        return self.weights is not None and self.weights.criterion != "magnitude"
+    def _check_gate_data(self, name: str, limit, finetunes: list) -> None:
+        field = name.replace("-", "_")
+        if not finetunes and self.data is None:
+            raise OptionError(
+                f"{{{field}}} is measured on evaluation data; add {{data}} EVAL. "
+                f"Received: {{{field}}} {limit} without {{data}}",
+                field,
+                "data",
+            )
+        tuning = finetunes[0] if finetunes else None
+        if tuning is not None and tuning.val_data is None and tuning.val_split is None:
+            raise OptionError(
+                f"with {{finetune_epochs}}, {{{field}}} is measured on the validation data; "
+                f"add {{val_data}} or {{val_split}}. Received: {{{field}}} {limit} without either",
+                "finetune_epochs",
+                field,
+                "val_data",
+                "val_split",
+            )
+        if tuning is not None and not isinstance(self.steps[-1], Finetune):
+            # The last fine-tune step measured the model before the steps after it: measure the result again.
+            if tuning.val_data is None:
+                raise OptionError(
+                    f"a pipeline that prunes after its last fine-tune step measures {{{field}}} on {{val_data}}; "
+                    f"give {{val_data}} instead of {{val_split}}. Received: {{val_split}} {tuning.val_split}",
+                    "val_data",
+                    "val_split",
+                    field,
+                )
+            data = tuning.val_data
+        elif tuning is None:
+            data = self.data
+        else:
+            return
+        if self.evaluation is None:
+            from prunectl.core.training.evaluate import EvalOptions
 
-    def _check_weight_criterion(self) -> None:
-        weights = self.weights
+            reader = tuning.reader if tuning is not None else ()
+            evaluation = EvalOptions(data, reader=reader, need_accuracy=True, need_metrics=gate_metrics(self.gates))
+            object.__setattr__(self, "evaluation", evaluation)
+
+    def weight_steps(self) -> list[WeightPruning]:
+        """Every weight step, in order (those that run with a fine-tune step included)."""
+        return [s for s in unfused(self.steps) if isinstance(s, WeightPruning)]
+
+    def neuron_steps(self) -> list[NeuronPruning]:
+        """Every structural step, in order."""
+        return [s for s in self.steps if isinstance(s, NeuronPruning)]
+
+    def tuning(self) -> FinetuneOptions | None:
+        """The run's fine-tuning options (data, strategy...), or None when no step fine-tunes."""
+        return next((s.options for s in self.steps if isinstance(s, Finetune)), None)
+
+    def weights_only(self) -> WeightPruning | None:
+        """The weight step when it is the whole pipeline (what the file engine can run), else None."""
+        return self.steps[0] if len(self.steps) == 1 and isinstance(self.steps[0], WeightPruning) else None
+
+    def data_aware(self) -> bool:
+        """Whether a weight step scores weights on calibration data (wanda, sparsegpt)."""
+        return any(w.criterion != "magnitude" for w in self.weight_steps())
+
+    def _check_weight_criterion(self, weights: WeightPruning | None, finetune: FinetuneOptions | None) -> None:
         if weights is None:
             return
         name = weights.criterion
-        if not self.data_aware():
+        if name == "magnitude":
             if weights.calibration_samples is not None:
                 raise OptionError(
                     "{calibration_samples} is read by a data-aware {weight_criterion} (wanda or sparsegpt). "
@@ -239,8 +296,8 @@ class PruneRequest:
                 "weight_criterion",
             )
         check_step(weights)
-        if self.finetune is not None and self.finetune.schedule != "oneshot":
-            schedule = self.finetune.schedule
+        if finetune is not None and finetune.schedule != "oneshot":
+            schedule = finetune.schedule
             raise OptionError(
                 f"the {name} criterion prunes once, before fine-tuning (the masks are then held); "
                 f"use {{schedule}} oneshot. Received: {{weight_criterion}} {name} with {{schedule}} {schedule}",
@@ -248,23 +305,32 @@ class PruneRequest:
                 "weight_criterion",
             )
 
+    def explicit(self) -> bool:
+        """Whether the steps were given in order (a recipe's or ``--step``'s), not as the flat options."""
+        return self.steps != classic(self.neurons, self.weights, self.finetune)
+
     def pipeline(self) -> dict:
-        """The fully resolved pipeline, keyed by option names: what ``--recipe-out`` writes back."""
+        """The fully resolved pipeline, keyed by option names: what ``--recipe-out`` writes back.
 
-        def kebab(config: dict) -> dict:
-            return {k.replace("_", "-"): v for k, v in config.items()}
-
+        The flat options' pipeline is written as before (steps without ``kind``, fine-tuning in
+        ``[finetune]``); ordered steps are written in order, each with its ``kind``, a fine-tune step
+        with only the values that differ from the run's ``[finetune]`` table.
+        """
+        tuning = self.tuning()
+        finetune = step_config(Finetune(tuning)) if tuning else None
+        if finetune:
+            finetune.pop("kind")
+        explicit = self.explicit()
         steps = []
-        if self.neurons:
-            steps.append(kebab(self.neurons.get_config()))
-        if self.weights:
-            config = self.weights.get_config()
-            steps.append({**kebab({k: v for k, v in config.items() if k != "layers"}), "layers": config["layers"]})
-        finetune = None
-        if self.finetune:
-            config = self.finetune.get_config()
-            config.update(config.pop("reader"))
-            finetune = kebab({"finetune_epochs": config.pop("epochs"), **config})
+        for step in unfused(self.steps):
+            config = step_config(step)
+            if isinstance(step, Finetune):
+                if explicit:
+                    steps.append({k: v for k, v in config.items() if k == "kind" or (finetune or {}).get(k) != v})
+                continue
+            if not explicit:
+                config.pop("kind")
+            steps.append(config)
         options = {
             "compression": self.compression,
             "engine": self.engine,
@@ -279,34 +345,32 @@ class PruneRequest:
 
     def options(self) -> dict:
         """The options as recorded in the report."""
+        weights, neurons, tuning = (
+            next(iter(self.weight_steps()), None),
+            next(iter(self.neuron_steps()), None),
+            self.tuning(),
+        )
         return {
-            **(self.weights.get_config() if self.weights else {}),
+            **(weights.get_config() if weights else {}),
             "compression": self.compression,
             "engine": self.engine,
             "force": self.force,
             "unsafe": self.unsafe,
             "keep_optimizer": self.keep_optimizer,
             "gates": gate_config(self.gates),
-            **({"finetune": self.finetune.get_config()} if self.finetune else {}),
+            **({"finetune": tuning.get_config()} if tuning else {}),
             **(
-                {k if k != "layers" else "neuron_layers": v for k, v in self.neurons.get_config().items()}
-                if self.neurons
-                else {}
+                {k if k != "layers" else "neuron_layers": v for k, v in neurons.get_config().items()} if neurons else {}
             ),
             "data": str(self.data) if self.data else None,
             "benchmark": self.benchmark,
             "evaluation_data": str(self.evaluation.data) if self.evaluation else None,
+            **({"steps": [step_config(s) for s in unfused(self.steps)]} if self.explicit() else {}),
         }
 
     def needs_keras(self) -> bool:
         """Whether a step must run on a live Keras model."""
-        return (
-            self.finetune is not None
-            or self.neurons is not None
-            or self.benchmark
-            or self.evaluation is not None
-            or self.data_aware()
-        )
+        return self.weights_only() is None or self.benchmark or self.evaluation is not None or self.data_aware()
 
 
 def finetune_defaults() -> dict:
@@ -359,6 +423,7 @@ def _neuron_step(values: Mapping, dry_run: bool) -> NeuronPruning | None:
         round_to=values.get("round_to") or 1,
         include=tuple(values.get("include", ())),
         exclude=tuple(values.get("exclude", ())),
+        layers=tuple(values.get("layers", ())),
         # Left out when not given, so NeuronPruning's defaults apply.
         **{name: values[name] for name in ("min_keep", "norms", "prune_residual") if values.get(name) is not None},
     )
@@ -392,7 +457,96 @@ def _finetune(values: Mapping) -> FinetuneOptions | None:
     return FinetuneOptions(data=values["data"], epochs=epochs, reader=reader, **chosen)
 
 
-def build_request(values: Mapping, weights: Mapping | None = None, structural: Mapping | None = None) -> PruneRequest:
+def _weight_step(weights: Mapping, values: Mapping) -> WeightPruning | None:
+    threshold, sparsity = weights.get("threshold"), weights.get("sparsity")
+    if threshold is not None and sparsity is not None:
+        raise OptionError(
+            f"give only one of {{threshold}} and {{sparsity}}. "
+            f"Received: {{threshold}} {threshold} {{sparsity}} {sparsity}",
+            "threshold",
+            "sparsity",
+        )
+    pattern = pattern_of(weights.get("pattern"), weights.get("block"))
+    if threshold is None and sparsity is None and pattern is None:
+        return None
+    return WeightPruning(
+        threshold=threshold,
+        sparsity=sparsity,
+        scope=weights.get("scope", "layer"),
+        include=tuple(weights.get("include", ())),
+        exclude=tuple(weights.get("exclude", ())),
+        layers=tuple(weights.get("layers", ())),
+        pattern=pattern,
+        criterion=weights.get("weight_criterion") or "magnitude",
+        calibration_samples=weights.get("calibration_samples", values.get("calibration_samples")),
+    )
+
+
+#: One ordered step as option values: its kind, its values keyed by parameter name, and its iterations.
+StepValues = tuple[str, Mapping, int]
+
+
+def _ordered_steps(values: Mapping, steps: list[StepValues], finetune: FinetuneOptions | None) -> tuple[Step, ...]:
+    """The ordered steps, each split into its stages with the run's fine-tuning between them.
+
+    A kind the steps lack but the flat options give (``--sparsity`` beside a recipe of structural
+    steps) is added where the flat pipeline has it; without a fine-tune step, the run's
+    fine-tuning options (``[finetune]``, ``--finetune-epochs``) fine-tune at the end, as before.
+    """
+    kinds = {kind for kind, _, _ in steps}
+    built: list[Step] = []
+    flat_neurons = _neuron_step(values, False) if "neurons" not in kinds else None
+    if flat_neurons is not None:
+        built.append(flat_neurons)
+    for index, (kind, step_values, iterations) in enumerate(steps, start=1):
+        step: Step | None
+        if kind == "neurons":
+            step = _neuron_step(step_values, False)
+        elif kind == "weights":
+            step = _weight_step(step_values, values)
+        else:
+            options = _finetune({**values, **step_values})
+            if options is None:
+                raise OptionError(
+                    f"fine-tune step {index} needs {{finetune_epochs}} (in the step or the run's fine-tuning "
+                    "options). Received: a fine-tune step without it",
+                    "finetune_epochs",
+                )
+            step = Finetune(options)
+        if step is None:
+            raise OptionError(
+                f"step {index} ({kind}) prunes nothing: give it {{neuron_ratio}} or {{neuron_threshold}}"
+                if kind == "neurons"
+                else f"step {index} ({kind}) prunes nothing: give it {{threshold}}, {{sparsity}} or {{pattern}}"
+                + ". Received: none",
+                *(("neuron_ratio", "neuron_threshold") if kind == "neurons" else ("threshold", "sparsity", "pattern")),
+            )
+        stages = split(step, iterations)
+        if len(stages) > 1 and finetune is None:
+            raise OptionError(
+                f"step {index} has iterations = {iterations}: its stages are fine-tuned in between; give "
+                "{finetune_epochs} and {data} (or a [finetune] table). Received: no fine-tuning options",
+                "finetune_epochs",
+                "data",
+            )
+        for number, stage in enumerate(stages):
+            if number:
+                built.append(Finetune(finetune))  # type: ignore[arg-type]  # checked above
+            built.append(stage)
+    flat_weights = _weight_step(values, values) if "weights" not in kinds else None
+    if flat_weights is not None:
+        built.append(flat_weights)
+    if "finetune" not in kinds and finetune is not None:
+        built.append(Finetune(finetune))
+    return fuse(built)
+
+
+def build_request(
+    values: Mapping,
+    weights: Mapping | None = None,
+    structural: Mapping | None = None,
+    steps: list[StepValues] | None = None,
+) -> PruneRequest:
     """Fold flat option values into one checked :class:`PruneRequest`.
 
     Args:
@@ -402,6 +556,8 @@ def build_request(values: Mapping, weights: Mapping | None = None, structural: M
         weights: the weight step's ``threshold``/``sparsity``/``scope``/``include``/``exclude``/``layers``,
             when they differ from ``values`` (a recipe's step); default: ``values``.
         structural: the structural step's values likewise.
+        steps: ordered steps (a recipe's or ``--step``'s), each ``(kind, values, iterations)``; then
+            ``weights`` and ``structural`` are not used.
 
     Returns:
         The request, every rule checked.
@@ -410,40 +566,11 @@ def build_request(values: Mapping, weights: Mapping | None = None, structural: M
         OptionError: a bad value or a combination of options that contradict each other,
             naming the offending fields.
     """
-    weights = values if weights is None else weights
-    structural = values if structural is None else structural
     markdown = values.get("markdown")
     check_stdout(values.get("as_json", False), markdown)
-    threshold, sparsity = weights.get("threshold"), weights.get("sparsity")
-    if threshold is not None and sparsity is not None:
-        raise OptionError(
-            f"give only one of {{threshold}} and {{sparsity}}. "
-            f"Received: {{threshold}} {threshold} {{sparsity}} {sparsity}",
-            "threshold",
-            "sparsity",
-        )
-    neurons = _neuron_step(structural, bool(values.get("dry_run")))
-    gates = gate_pairs(values)
     finetune = _finetune(values)
-    pattern = pattern_of(weights.get("pattern"), weights.get("block"))
-    step = (
-        None
-        if threshold is None and sparsity is None and pattern is None
-        else WeightPruning(
-            threshold=threshold,
-            sparsity=sparsity,
-            scope=weights.get("scope", "layer"),
-            include=tuple(weights.get("include", ())),
-            exclude=tuple(weights.get("exclude", ())),
-            layers=tuple(weights.get("layers", ())),
-            pattern=pattern,
-            criterion=weights.get("weight_criterion") or "magnitude",
-            calibration_samples=weights.get("calibration_samples", values.get("calibration_samples")),
-        )
-    )
-    return PruneRequest(
+    common = dict(
         model=values["model"],
-        weights=step,
         output=values.get("output"),
         report=values.get("report_path"),
         compression=values.get("compression", DEFAULT_COMPRESSION),
@@ -451,13 +578,19 @@ def build_request(values: Mapping, weights: Mapping | None = None, structural: M
         force=bool(values.get("force")),
         unsafe=bool(values.get("unsafe")),
         keep_optimizer=bool(values.get("keep_optimizer")),
-        neurons=neurons,
         data=values.get("data"),
         dry_run=bool(values.get("dry_run")),
         benchmark=bool(values.get("benchmark")),
-        gates=gates,
+        gates=gate_pairs(values),
         markdown=None if markdown is None or str(markdown) == "-" else Path(markdown),
         finetune=finetune,
         recipe=values.get("recipe"),
         recipe_out=values.get("recipe_out"),
+    )
+    if steps is not None:
+        return PruneRequest(**common, steps=_ordered_steps(values, steps, finetune))
+    weights = values if weights is None else weights
+    structural = values if structural is None else structural
+    return PruneRequest(
+        **common, weights=_weight_step(weights, values), neurons=_neuron_step(structural, bool(values.get("dry_run")))
     )

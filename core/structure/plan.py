@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -644,3 +644,61 @@ def _edited_weights(old, new, edit: LayerEdit) -> list[np.ndarray]:
             value = value + edit.bias_delta.astype(value.dtype)
         arrays.append(value)
     return arrays
+
+
+def model_cost(model) -> dict:
+    """The model's params and multiply-adds, counted as a structural plan counts them (its ``before``).
+
+    Args:
+        model: a built Keras model with a layer graph.
+
+    Returns:
+        ``{"params", "flops"}`` summed over the layers that hold weights.
+    """
+    graph = build_graph(model, (), (), DEFAULT_NORMS, False)
+    rows = [_row(info, None) for info in graph.layers if info.weights]
+    return {"params": sum(r.params_before for r in rows), "flops": sum(r.flops_before for r in rows)}
+
+
+def combine_plans(plans: list[StructuralPlan]) -> StructuralPlan:
+    """Several structural steps' plans as one: each layer and group from before the first to after the last.
+
+    The kept indices of later steps count in the already pruned model, so a combined
+    group lists no dropped indices when more than one step pruned it.
+    """
+    if len(plans) == 1:
+        return plans[0]
+    first, last = plans[0], plans[-1]
+    after = {row.layer: row for row in last.layers}
+    rows = tuple(
+        replace(
+            row,
+            units_after=after[row.layer].units_after if row.layer in after else row.units_after,
+            params_after=after[row.layer].params_after if row.layer in after else row.params_after,
+            flops_after=after[row.layer].flops_after if row.layer in after else row.flops_after,
+            inner=tuple(
+                (name, before, dict((n, a) for n, _, a in after[row.layer].inner).get(name, a_))
+                for name, before, a_ in row.inner
+            )
+            if row.layer in after
+            else row.inner,
+        )
+        for row in first.layers
+    )
+    final = {g.producers: g for g in last.groups}
+    # A group pruned by one step only keeps that step's indices: units before it were all still there.
+    dropped = {
+        g.producers: [h.dropped for p in plans for h in p.groups if h.producers == g.producers and h.dropped]
+        for g in first.groups
+    }
+    groups = tuple(
+        replace(
+            g,
+            units_after=final[g.producers].units_after if g.producers in final else g.units_after,
+            dropped=dropped[g.producers][0] if len(dropped[g.producers]) == 1 else (),
+        )
+        for g in first.groups
+    )
+    notes = tuple(note for plan in plans for note in plan.notes)
+    criterion = {**first.criterion, "steps": len(plans)}
+    return StructuralPlan(criterion, groups, rows, first.boundaries, notes)

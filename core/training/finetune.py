@@ -392,6 +392,7 @@ def finetune_model(
     options: FinetuneOptions,
     progress: TrainingProgress | None = None,
     original=None,
+    hold: tuple[WeightPruning, ...] = (),
 ) -> FinetuneOutcome:
     """Prune a live Keras model as ``options.schedule`` says and fine-tune it with the masks held.
 
@@ -403,8 +404,9 @@ def finetune_model(
         weights: the pruning step (its sparsity is the schedule's final sparsity).
         options: the fine-tuning options.
         progress: called at the end of every step and epoch.
-        original: the model before an earlier structural step, evaluated as
-            "before pruning" (default: ``loaded.model``).
+        original: the model before earlier steps, evaluated as "before pruning" and
+            the distillation teacher (default: ``loaded.model`` before this step prunes).
+        hold: earlier weight steps: the zeros of the weights they select are held too.
 
     Returns:
         The per-weight pruning results, the report section and notes.
@@ -450,10 +452,16 @@ def finetune_model(
     pairs = keras_weight_entries(model)
     # Without a weight step (a structural step alone) there are no masks: plain fine-tuning;
     # with an L1 penalty, every prunable kernel carries it.
-    if weights:
-        selected = select_weights([e for e, _ in pairs], weights.include, weights.exclude)
+    entries = [e for e, _ in pairs]
+    if weights or hold:
+        chosen = {
+            e.key: e
+            for step in (*hold, *([weights] if weights else []))
+            for e in select_weights(entries, step.include, step.exclude)
+        }
+        selected = [e for e in entries if e.key in chosen]
     else:
-        selected = select_weights([e for e, _ in pairs]) if options.l1 else []
+        selected = select_weights(entries) if options.l1 else []
     prune_after = bool(options.l1 and weights is not None and schedule_is_oneshot(options))
     variables = {e.key: v for e, v in pairs}
     zeros_before = {e.key: count_zeros(variables[e.key].numpy()) for e in selected}
