@@ -144,7 +144,7 @@ def sensitivity(
 
 def _run_with_progress(model, options, recipe_out, force, unsafe, console):
     from prunectl.cli.signals import checked
-    from prunectl.core.run.sensitivity import run_sensitivity
+    from prunectl.core.run.sensitivity import COMBINED, run_sensitivity
 
     def run(progress=lambda *args: None):
         return run_sensitivity(model, options, recipe_out, force, unsafe, checked(progress))
@@ -155,7 +155,9 @@ def _run_with_progress(model, options, recipe_out, force, unsafe, console):
         per_layer = len(options.sparsities)
 
         def lines(done: int, total: int, layer: str, sparsity: float) -> None:
-            if done and done % per_layer == 0:
+            if layer == COMBINED:
+                console.print("sensitivity: checked the picks together")
+            elif done and done % per_layer == 0:
                 console.print(f"sensitivity: {layer} done ({done}/{total} trials)")
 
         return run(lines)
@@ -166,7 +168,10 @@ def _run_with_progress(model, options, recipe_out, force, unsafe, console):
         def progress(done: int, total: int, layer: str, sparsity: float) -> None:
             # The first call comes once the dense model is loaded and measured, so no bar stands
             # on the screen while TensorFlow imports or a missing file is reported.
-            text = "pruning each layer alone" if not done else f"{layer} at {100 * sparsity:g}%"
+            if layer == COMBINED:
+                text = "checking the picks together"
+            else:
+                text = "pruning each layer alone" if not done else f"{layer} at {100 * sparsity:g}%"
             live.stage(text, done, total)
 
         return run(progress)
@@ -207,14 +212,40 @@ def _summarize(console, result: dict) -> None:
     console.print(table)
     console.print(_fragility(result, console.width))
     if budget:
-        chosen = ", ".join(f"{layer} {100 * s:g}%" for layer, s in budget["layers"].items()) or "none"
-        console.print(
-            f"Budget {limit:g} {metric['name']}: {chosen}; left dense: "
-            f"{', '.join(budget['left_dense']) or 'none'}; "
-            f"{100 * budget['sparsity']:.1f}% of the prunable weights zeroed."
-        )
+        zeroed = f" {100 * budget['sparsity']:.1f}% of the prunable weights zeroed."
+        console.print(_budget_text(budget, metric["name"], "layer", "dense") + zeroed)
     if result.get("recipe_path"):
         console.print(f"Recipe: {result['recipe_path']}")
+
+
+def _budget_text(budget: dict, metric: str, what: str, whole: str) -> str:
+    """The budget's outcome in words: the picks alone, what the combined checks measured, and the final choice."""
+    limit = budget["limit"]
+    key = "layers" if what == "layer" else "groups"
+    chosen = ", ".join(f"{name} {100 * r:g}%" for name, r in budget[key].items()) or "none"
+    left = ", ".join(budget[f"left_{whole}"]) or "none"
+    if "combined_drop" not in budget:
+        return f"Budget {limit:g} {metric}: {chosen}; left {whole}: {left}."
+    checks = budget["checks"]
+    if not budget["fits"]:
+        return (
+            f"Budget {limit:g} {metric}: no combination fits. Each {what}'s pick alone is within the budget, but "
+            f"every non-empty choice pruned together lost more ({len(checks)} checks, the last lost "
+            f"{checks[-1]['drop']:.4f}); everything is left {whole}."
+        )
+    if not budget[key]:
+        return f"Budget {limit:g} {metric}: no {what} is within the budget alone; everything is left {whole}."
+    first = checks[0]["drop"]
+    backed = len(checks) - 1
+    together = (
+        f"the picks alone lost {first:.4f} together; backed off {backed} notch{'es' if backed != 1 else ''} to "
+        if backed
+        else ""
+    )
+    return (
+        f"Budget {limit:g} {metric}: {together}{chosen}, losing {budget['combined_drop']:.4f} pruned together; "
+        f"left {whole}: {left}."
+    )
 
 
 def _fragility(result: dict, width: int):
