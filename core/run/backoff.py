@@ -97,7 +97,9 @@ def back_off(
         {'a': 0.5}
     """
     validate_budget(budget)
-    ladders = {key: sorted((o for o in opts if o.setting > 0), key=lambda o: o.setting) for key, opts in options.items()}
+    ladders = {
+        key: sorted((o for o in opts if o.setting > 0), key=lambda o: o.setting) for key, opts in options.items()
+    }
     current = dict(choice)
     for key, setting in current.items():
         if not any(o.setting == setting for o in ladders.get(key, ())):

@@ -32,10 +32,12 @@ from prunectl.core.errors import OptionError
 from prunectl.core.io import keras_io
 from prunectl.core.io.atomic import check_output, write_text_atomic
 from prunectl.core.io.modelfile import open_model_file
-from prunectl.core.options import DEFAULT_SPARSITIES, validate_budget, validate_sparsity
+from prunectl.core.options import DEFAULT_SPARSITIES, validate_budget, validate_neuron_ratio, validate_sparsity
 from prunectl.core.run.backoff import Option, back_off
 from prunectl.core.run.recipe import toml_text
 from prunectl.core.run.report import Header, file_info
+from prunectl.core.run.structural_sensitivity import StructuralSensitivityReport
+from prunectl.core.structure.plan import NeuronPruning
 from prunectl.core.training.evaluate import EvalOptions, Evaluator, accuracy_key
 from prunectl.core.weights import masks
 from prunectl.core.weights.catalog import keras_weight_entries
@@ -60,10 +62,15 @@ class SensitivityOptions:
         sparsities: the sparsities each layer is pruned to, in [0, 1).
         include: layer-name patterns to test (default: every prunable layer).
         exclude: layer-name patterns to leave out.
-        budget: the largest drop a layer's chosen sparsity may cost, or None to choose none.
+        budget: the largest drop the choice may cost, per layer alone and all together, or None to choose none.
+        neuron_ratios: with any, test units instead of weights: each prunable group of coupled units
+            loses each of these fractions of its units (see
+            :func:`~prunectl.core.run.structural_sensitivity.structural_trials`).
+        neurons: the structural settings of those trials (criterion, ``round_to``, ``min_keep``);
+            default ``NeuronPruning`` with the ``include``/``exclude`` patterns.
 
     Raises:
-        OptionError: no sparsity, a sparsity outside [0, 1), or a negative budget.
+        OptionError: no sparsity, a sparsity outside [0, 1), a neuron ratio outside (0, 1), or a negative budget.
     """
 
     evaluation: EvalOptions | None
@@ -71,6 +78,8 @@ class SensitivityOptions:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     budget: float | None = None
+    neuron_ratios: tuple[float, ...] = ()
+    neurons: NeuronPruning | None = None
 
     def __post_init__(self):
         if self.evaluation is None:
@@ -82,6 +91,10 @@ class SensitivityOptions:
         object.__setattr__(self, "sparsities", tuple(sorted({validate_sparsity(s) for s in self.sparsities})))
         if self.budget is not None:
             validate_budget(self.budget)
+        ratios = tuple(sorted({validate_neuron_ratio(r) for r in self.neuron_ratios}))
+        object.__setattr__(self, "neuron_ratios", ratios)
+        if ratios and self.neurons is None:
+            object.__setattr__(self, "neurons", NeuronPruning(ratio=0.5, include=self.include, exclude=self.exclude))
 
     def get_config(self) -> dict:
         return {
@@ -90,6 +103,8 @@ class SensitivityOptions:
             "include": list(self.include),
             "exclude": list(self.exclude),
             "budget": self.budget,
+            "neuron_ratios": list(self.neuron_ratios),
+            "neurons": self.neurons.get_config() if self.neurons else None,
         }
 
     @classmethod
@@ -101,6 +116,8 @@ class SensitivityOptions:
             tuple(config["include"]),
             tuple(config["exclude"]),
             config["budget"],
+            tuple(config.get("neuron_ratios", ())),
+            NeuronPruning.from_config(config["neurons"]) if config.get("neurons") else None,
         )
 
 
@@ -386,6 +403,8 @@ def recipe_toml(result: dict) -> str:
     if choice is None:
         raise OptionError("a recipe needs a budget choice; run with a budget. Received: budget=None")
     metric = result["metric"]["name"]
+    if result.get("mode") == "structural":
+        return _structural_recipe(result, choice, metric)
     sparsities = ",".join(f"{s:g}" for s in result["sparsities"])
     comments = [
         f"written by prunectl sensitivity {result['model']['path']} --data {result['evaluation']['data']} "
@@ -396,6 +415,33 @@ def recipe_toml(result: dict) -> str:
     if choice["left_dense"]:
         comments.append(f"left dense: {', '.join(choice['left_dense'])}")
     return toml_text(recipe_document(choice), tuple(comments))
+
+
+def _structural_recipe(result: dict, choice: dict, metric: str) -> str:
+    from prunectl.core.run.structural_sensitivity import recipe_step
+
+    neurons = NeuronPruning.from_config({**result["neurons"], "neuron_ratio": 0.5})
+    ratios = ",".join(f"{r:g}" for r in result["ratios"])
+    lines = [
+        f"written by prunectl sensitivity {result['model']['path']} --data {result['evaluation']['data']} "
+        f"--neuron-ratios {ratios} --budget {choice['limit']:g}",
+        *(
+            line.replace("layer", "group of units").replace("->dense", "->whole").replace("left dense", "left whole")
+            for line in budget_lines(choice, metric)
+        ),
+    ]
+    if choice.get("params_after") is not None and result["dense_cost"].get("params"):
+        lines.append(
+            f"params {result['dense_cost']['params']:,} -> {choice['params_after']:,}, "
+            f"FLOPs {result['dense_cost']['flops']:,} -> {choice['flops_after']:,}"
+        )
+    if choice["left_whole"]:
+        lines.append(f"left whole: {', '.join(choice['left_whole'])}")
+    if not choice["groups"]:
+        # A structural step needs a ratio above 0 or an override: with nothing chosen there is no step to write.
+        lines.append("no structural step: nothing to remove within the budget")
+        return toml_text({}, tuple(lines))
+    return toml_text({"step": [recipe_step(neurons, choice)]}, tuple(lines))
 
 
 def budget_lines(choice: dict, metric: str) -> list[str]:
@@ -412,7 +458,7 @@ def budget_lines(choice: dict, metric: str) -> list[str]:
             f"{metric} ({checks} checks); everything is left dense"
         )
         return lines
-    if not choice["layers"]:
+    if not choice.get("layers", choice.get("groups")):
         return lines
     lines.append(
         f"pruned together, as this recipe does, they lose {choice['combined_drop']:.4f} {metric} (measured; "
@@ -434,8 +480,9 @@ def run_sensitivity(
     force: bool = False,
     unsafe: bool = False,
     progress: Progress | None = None,
-) -> SensitivityReport:
-    """Load a saved model once, run :func:`analyze` on it, and write the budget's recipe.
+) -> SensitivityReport | StructuralSensitivityReport:
+    """Load a saved model once, run :func:`analyze` (or, with ``neuron_ratios``, the structural
+    :func:`~prunectl.core.run.structural_sensitivity.analyze_structure`) on it, and write the budget's recipe.
 
     Args:
         model: the model file (never modified).
@@ -466,7 +513,23 @@ def run_sensitivity(
     with open_model_file(model) as source:
         info = file_info(source.path, source.format)
         loaded = keras_io.load_model(source, unsafe=unsafe)
-    report = analyze(loaded, options, progress, info, recipe_out)
+    if options.neuron_ratios:
+        from prunectl.core.run.structural_sensitivity import analyze_structure
+
+        if options.evaluation is None or options.neurons is None:  # __post_init__ sees to both; replace() may not
+            raise OptionError("structural sensitivity needs evaluation options. Received: evaluation=None")
+        report: SensitivityReport | StructuralSensitivityReport = analyze_structure(
+            loaded,
+            options.evaluation,
+            options.neurons,
+            options.neuron_ratios,
+            options.budget,
+            progress,
+            info,
+            recipe_out,
+        )
+    else:
+        report = analyze(loaded, options, progress, info, recipe_out)
     if recipe_out is not None:
         write_text_atomic(recipe_out, recipe_toml(report.to_dict()))
     return report
