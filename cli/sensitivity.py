@@ -10,8 +10,8 @@ from prunectl.cli import render
 from prunectl.cli.checks import checked, patterns
 from prunectl.cli.common import UNSAFE_OPTION
 from prunectl.cli.help import GENERAL, Command, general_options, section
-from prunectl.cli.training import DATA_KEY_OPTIONS, batch_size_option
 from prunectl.cli.structural import structural_option
+from prunectl.cli.training import DATA_KEY_OPTIONS, batch_size_option
 from prunectl.core.options import DEFAULT_SPARSITIES, parse_neuron_ratios, parse_sparsities, validate_budget
 
 _PATH = click.Path(path_type=Path, dir_okay=False)
