@@ -10,8 +10,9 @@ from prunectl.cli import render
 from prunectl.cli.checks import checked, patterns
 from prunectl.cli.common import UNSAFE_OPTION
 from prunectl.cli.help import GENERAL, Command, general_options, section
+from prunectl.cli.structural import structural_option
 from prunectl.cli.training import DATA_KEY_OPTIONS, batch_size_option
-from prunectl.core.options import DEFAULT_SPARSITIES, parse_sparsities, validate_budget
+from prunectl.core.options import DEFAULT_SPARSITIES, parse_neuron_ratios, parse_sparsities, validate_budget
 
 _PATH = click.Path(path_type=Path, dir_okay=False)
 
@@ -33,6 +34,16 @@ _PATH = click.Path(path_type=Path, dir_okay=False)
         help="Sparsities in [0, 1) each layer is pruned to, one at a time.",
     ),
     click.option(
+        "--neuron-ratios",
+        callback=checked(parse_neuron_ratios),
+        metavar="R1,R2,...",
+        help="Test units instead of weights: each group of coupled units (a layer's filters, with the layers "
+        "that share them) loses each fraction in (0, 1) of its units, one group at a time.",
+    ),
+    structural_option("--neuron-criterion"),
+    structural_option("--round-to"),
+    structural_option("--min-keep"),
+    click.option(
         "--include",
         multiple=True,
         metavar="REGEX",
@@ -51,7 +62,8 @@ _PATH = click.Path(path_type=Path, dir_okay=False)
         type=float,
         callback=checked(validate_budget),
         metavar="D",
-        help="Choose per layer the largest sparsity whose drop is at most D (accuracy, or loss).",
+        help="Choose per layer (or group) the largest sparsity (ratio) whose drop is at most D (accuracy, or loss), "
+        "then check the choice pruned together and back off the most fragile picks until it holds D too.",
     ),
 )
 @section(
@@ -68,7 +80,7 @@ _PATH = click.Path(path_type=Path, dir_okay=False)
         "--recipe-out",
         type=click.Path(path_type=Path),
         default=None,
-        help="With --budget: write the chosen sparsities as a recipe for prune --recipe (TOML).",
+        help="With --budget: write the choice as a recipe for prune --recipe (TOML).",
     ),
 )
 @section(
@@ -83,10 +95,16 @@ _PATH = click.Path(path_type=Path, dir_okay=False)
     UNSAFE_OPTION,
 )
 @general_options("Print nothing on stderr but errors.")
+@click.pass_context
 def sensitivity(
+    ctx,
     model,
     data,
     sparsities,
+    neuron_ratios,
+    neuron_criterion,
+    round_to,
+    min_keep,
     include,
     exclude,
     budget,
@@ -110,9 +128,15 @@ def sensitivity(
     layer's largest sparsity within the budget and can write it as a recipe
     for prune --recipe.
 
+    With --neuron-ratios, whole units are removed instead: each group of
+    coupled units in turn loses each fraction of its units, and the rebuilt
+    model is evaluated; --budget then writes a structural recipe step.
+
     \b
     Examples:
       prunectl sensitivity model.keras --data val.npz
+      prunectl sensitivity model.keras --data val.npz --neuron-ratios 0.25,0.5 \\
+          --budget 0.01 --recipe-out units.toml
       prunectl sensitivity model.h5 --data val.npz --sparsities 0.5,0.8,0.9 \\
           --exclude '^head$'
       prunectl sensitivity model.h5 --data val.npz --budget 0.01 \\
@@ -121,8 +145,33 @@ def sensitivity(
       prunectl sensitivity model.h5 --data val.npz --json | \\
           jq '.layers[] | {layer, trials}'
     """
+    from click.core import ParameterSource
+
     from prunectl.core.run.sensitivity import SensitivityOptions
+    from prunectl.core.structure.plan import NeuronPruning
     from prunectl.core.training.evaluate import EvalOptions
+
+    given = {name for name in ctx.params if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}
+    structural = {"neuron_criterion", "round_to", "min_keep"} & given
+    if neuron_ratios and "sparsities" in given:
+        raise click.UsageError(
+            "--sparsities tests weights and --neuron-ratios tests units; give one. "
+            f"Received: --sparsities {','.join(f'{s:g}' for s in sparsities)} with --neuron-ratios "
+            f"{','.join(f'{r:g}' for r in neuron_ratios)}"
+        )
+    if structural and not neuron_ratios:
+        shown = " ".join(sorted(f"--{name.replace('_', '-')}" for name in structural))
+        raise click.UsageError(f"{shown} set units trials; add --neuron-ratios R1,R2. Received: {shown} without it")
+    neurons = None
+    if neuron_ratios:
+        neurons = NeuronPruning(
+            **({"criterion": neuron_criterion} if neuron_criterion else {}),
+            ratio=0.5,  # the trials set their own ratios
+            round_to=round_to or 1,
+            **({"min_keep": min_keep} if min_keep is not None else {}),
+            include=tuple(include),
+            exclude=tuple(exclude),
+        )
 
     reader = tuple((k, v) for k, v in (("x_key", x_key), ("y_key", y_key), ("label_col", label_col)) if v is not None)
     options = SensitivityOptions(
@@ -133,6 +182,8 @@ def sensitivity(
         include=tuple(include),
         exclude=tuple(exclude),
         budget=budget,
+        neuron_ratios=tuple(neuron_ratios or ()),
+        neurons=neurons,
     )
     console = None if quiet else render.stderr_console()
     result = _run_with_progress(model, options, recipe_out, force, unsafe, console)
@@ -144,7 +195,7 @@ def sensitivity(
 
 def _run_with_progress(model, options, recipe_out, force, unsafe, console):
     from prunectl.cli.signals import checked
-    from prunectl.core.run.sensitivity import run_sensitivity
+    from prunectl.core.run.sensitivity import COMBINED, run_sensitivity
 
     def run(progress=lambda *args: None):
         return run_sensitivity(model, options, recipe_out, force, unsafe, checked(progress))
@@ -152,10 +203,12 @@ def _run_with_progress(model, options, recipe_out, force, unsafe, console):
     if console is None:
         return run()
     if not console.is_terminal:
-        per_layer = len(options.sparsities)
+        per_layer = len(options.neuron_ratios or options.sparsities)
 
         def lines(done: int, total: int, layer: str, sparsity: float) -> None:
-            if done and done % per_layer == 0:
+            if layer == COMBINED:
+                console.print("sensitivity: checked the picks together")
+            elif done and done % per_layer == 0:
                 console.print(f"sensitivity: {layer} done ({done}/{total} trials)")
 
         return run(lines)
@@ -166,7 +219,10 @@ def _run_with_progress(model, options, recipe_out, force, unsafe, console):
         def progress(done: int, total: int, layer: str, sparsity: float) -> None:
             # The first call comes once the dense model is loaded and measured, so no bar stands
             # on the screen while TensorFlow imports or a missing file is reported.
-            text = "pruning each layer alone" if not done else f"{layer} at {100 * sparsity:g}%"
+            if layer == COMBINED:
+                text = "checking the picks together"
+            else:
+                text = "pruning each layer alone" if not done else f"{layer} at {100 * sparsity:g}%"
             live.stage(text, done, total)
 
         return run(progress)
@@ -178,6 +234,9 @@ def _drop_text(drop: float, budget: float | None) -> str:
 
 
 def _summarize(console, result: dict) -> None:
+    if result.get("mode") == "structural":
+        _summarize_units(console, result)
+        return
     metric = result["metric"]
     budget = result.get("budget")
     limit = budget["limit"] if budget else None
@@ -207,14 +266,89 @@ def _summarize(console, result: dict) -> None:
     console.print(table)
     console.print(_fragility(result, console.width))
     if budget:
-        chosen = ", ".join(f"{layer} {100 * s:g}%" for layer, s in budget["layers"].items()) or "none"
-        console.print(
-            f"Budget {limit:g} {metric['name']}: {chosen}; left dense: "
-            f"{', '.join(budget['left_dense']) or 'none'}; "
-            f"{100 * budget['sparsity']:.1f}% of the prunable weights zeroed."
-        )
+        zeroed = f" {100 * budget['sparsity']:.1f}% of the prunable weights zeroed."
+        console.print(_budget_text(budget, metric["name"], "layer", "dense") + zeroed)
     if result.get("recipe_path"):
         console.print(f"Recipe: {result['recipe_path']}")
+
+
+def _summarize_units(console, result: dict) -> None:
+    metric = result["metric"]
+    budget = result.get("budget")
+    limit = budget["limit"] if budget else None
+    what = f"{metric['name']} drop" if metric["higher_is_better"] else "loss increase"
+    columns = [
+        render.Column("Group", fold=render.NAME_BREAKS),
+        render.Column("Units", "right"),
+        *(render.Column(f"{100 * ratio:g}%", "right") for ratio in result["ratios"]),
+        *([render.Column(f"chosen (<= {limit:g})", "right", short="chosen")] if budget else []),
+    ]
+    rows = []
+    for row in result["groups"]:
+        chosen = budget["groups"].get(row["pattern"]) if budget else None
+        cells = [", ".join(row["layers"]), str(row["units"])]
+        # A trial that removed nothing (round-to, min-keep) shows as "-": nothing was measured.
+        cells += [_drop_text(t["drop"], limit) if t["units_after"] < row["units"] else "-" for t in row["trials"]]
+        cells += [("whole" if chosen is None else f"{100 * chosen:g}%")] if budget else []
+        rows.append((cells, False))
+    table = render.fitted_table(
+        console,
+        f"{what.capitalize()} when one group of units alone loses a fraction of its units "
+        f"(dense {metric['name']} {metric['dense']:.4f})",
+        columns,
+        rows,
+        caption=f"{result['model']['path']} on {result['evaluation']['data']}; - removes nothing",
+        caption_justify="left",
+    )
+    console.print(table)
+    if budget:
+        console.print(_budget_text(budget, metric["name"], "group", "whole"))
+        cost = result.get("dense_cost") or {}
+        if budget["groups"] and cost.get("params"):
+            console.print(
+                f"Params {cost['params']:,} -> {budget['params_after']:,}, "
+                f"FLOPs {cost['flops']:,} -> {budget['flops_after']:,}."
+            )
+    if result.get("recipe_path"):
+        console.print(f"Recipe: {result['recipe_path']}")
+
+
+def _budget_text(budget: dict, metric: str, what: str, whole: str) -> str:
+    """The budget's outcome in words: the picks alone, what the combined checks measured, and the final choice."""
+    limit = budget["limit"]
+    key = "layers" if what == "layer" else "groups"
+    chosen = ", ".join(f"{_plain(name)} {100 * r:g}%" for name, r in budget[key].items()) or "none"
+    left = ", ".join(_plain(name) for name in budget[f"left_{whole}"]) or "none"
+    if "combined_drop" not in budget:
+        return f"Budget {limit:g} {metric}: {chosen}; left {whole}: {left}."
+    checks = budget["checks"]
+    if not budget["fits"]:
+        return (
+            f"Budget {limit:g} {metric}: no combination fits. Each {what}'s pick alone is within the budget, but "
+            f"every non-empty choice pruned together lost more ({len(checks)} checks, the last lost "
+            f"{checks[-1]['drop']:.4f}); everything is left {whole}."
+        )
+    if not budget[key]:
+        return f"Budget {limit:g} {metric}: no {what} is within the budget alone; everything is left {whole}."
+    first = checks[0]["drop"]
+    backed = len(checks) - 1
+    together = (
+        f"the picks alone lost {first:.4f} together; backed off {backed} notch{'es' if backed != 1 else ''} to "
+        if backed
+        else ""
+    )
+    return (
+        f"Budget {limit:g} {metric}: {together}{chosen}, losing {budget['combined_drop']:.4f} pruned together; "
+        f"left {whole}: {left}."
+    )
+
+
+def _plain(pattern: str) -> str:
+    """A group's override pattern (``^conv1$``) as the layer name it anchors, for people."""
+    import re
+
+    match = re.fullmatch(r"\^(.*)\$", pattern)
+    return re.sub(r"\\(.)", r"\1", match.group(1)) if match else pattern
 
 
 def _fragility(result: dict, width: int):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from prunectl.cli.checks import checked as _checked
@@ -82,3 +84,12 @@ _OPTIONS = (
 def structural_options(command):
     """Add the structural-pruning options to a click command, in their own help section."""
     return section("Structural pruning", *_OPTIONS)(command)
+
+
+def structural_option(name: str):
+    """One of prune's structural options by its flag (``"--round-to"``), to declare it on another command."""
+    for option in _OPTIONS:
+        decorated: Any = option(lambda: None)
+        if name in decorated.__click_params__[0].opts:
+            return option
+    raise KeyError(name)

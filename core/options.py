@@ -231,6 +231,29 @@ def validate_round_to(round_to: int) -> int:
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.9, 0.95)
 
 
+def parse_neuron_ratios(text: str) -> tuple[float, ...]:
+    """Parse a comma-separated list of unit ratios, each in (0, 1), into a sorted tuple without duplicates.
+
+    Example:
+        >>> parse_neuron_ratios("0.5,0.25")
+        (0.25, 0.5)
+
+    Raises:
+        OptionError: an empty list, an item that is not a number, or one outside (0, 1).
+    """
+    message = "{neuron_ratios} must be a comma-separated list of numbers in (0, 1). Received: "
+    items = [item.strip() for item in str(text).split(",")]
+    values = []
+    for item in items:
+        try:
+            values.append(float(item))
+        except ValueError:
+            raise OptionError(
+                message + (f"{item!r} in {text!r}" if any(items) else repr(text)), "neuron_ratios"
+            ) from None
+    return tuple(sorted({check_number(v, "neuron_ratios", 0, 1, low_open=True, high_open=True) for v in values}))
+
+
 def parse_sparsities(text: str) -> tuple[float, ...]:
     """Parse a comma-separated list of sparsities, each in [0, 1), into a sorted tuple without duplicates.
 

@@ -10,8 +10,11 @@ The measured metric is accuracy where the model has an accuracy metric, else
 the loss; a trial's *drop* is how much worse it is than the dense model
 (accuracy lost, or loss gained), so a larger drop always means a more fragile
 layer. From the drops, :func:`choose_sparsities` picks for each layer the
-largest tested sparsity whose drop stays within a budget, and
-:func:`recipe_toml` writes them as a recipe that ``prune --recipe`` reads.
+largest tested sparsity whose drop stays within a budget; :func:`analyze` then
+prunes all the picks together, measures the combined drop, and backs off the
+most fragile pick until the combined drop is within the budget too
+(:func:`~prunectl.core.run.backoff.back_off`); :func:`recipe_toml` writes the
+result as a recipe that ``prune --recipe`` reads.
 """
 
 from __future__ import annotations
@@ -29,18 +32,25 @@ from prunectl.core.errors import OptionError
 from prunectl.core.io import keras_io
 from prunectl.core.io.atomic import check_output, write_text_atomic
 from prunectl.core.io.modelfile import open_model_file
-from prunectl.core.options import DEFAULT_SPARSITIES, validate_budget, validate_sparsity
+from prunectl.core.options import DEFAULT_SPARSITIES, validate_budget, validate_neuron_ratio, validate_sparsity
+from prunectl.core.run.backoff import Option, back_off
 from prunectl.core.run.recipe import toml_text
 from prunectl.core.run.report import Header, file_info
+from prunectl.core.run.structural_sensitivity import StructuralSensitivityReport
+from prunectl.core.structure.plan import NeuronPruning
 from prunectl.core.training.evaluate import EvalOptions, Evaluator, accuracy_key
 from prunectl.core.weights import masks
 from prunectl.core.weights.catalog import keras_weight_entries
 from prunectl.core.weights.prune import WeightPruning, prune_keras_model
 from prunectl.core.weights.selection import select_weights
 
-#: Called once before the first trial (``done`` 0, once the dense model is measured) and after every
-#: trial as ``progress(done, total, layer, sparsity)``.
+#: Called once before the first trial (``done`` 0, once the dense model is measured), after every
+#: trial as ``progress(done, total, layer, sparsity)``, and after each combined check of a budget's
+#: choice as ``progress(total, total, COMBINED, 0.0)``.
 Progress = Callable[[int, int, str, float], None]
+
+#: The layer name progress reports for a combined check (no layer is named so: it has brackets).
+COMBINED = "(together)"
 
 
 @dataclass(frozen=True)
@@ -52,10 +62,15 @@ class SensitivityOptions:
         sparsities: the sparsities each layer is pruned to, in [0, 1).
         include: layer-name patterns to test (default: every prunable layer).
         exclude: layer-name patterns to leave out.
-        budget: the largest drop a layer's chosen sparsity may cost, or None to choose none.
+        budget: the largest drop the choice may cost, per layer alone and all together, or None to choose none.
+        neuron_ratios: with any, test units instead of weights: each prunable group of coupled units
+            loses each of these fractions of its units (see
+            :func:`~prunectl.core.run.structural_sensitivity.structural_trials`).
+        neurons: the structural settings of those trials (criterion, ``round_to``, ``min_keep``);
+            default ``NeuronPruning`` with the ``include``/``exclude`` patterns.
 
     Raises:
-        OptionError: no sparsity, a sparsity outside [0, 1), or a negative budget.
+        OptionError: no sparsity, a sparsity outside [0, 1), a neuron ratio outside (0, 1), or a negative budget.
     """
 
     evaluation: EvalOptions | None
@@ -63,6 +78,8 @@ class SensitivityOptions:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     budget: float | None = None
+    neuron_ratios: tuple[float, ...] = ()
+    neurons: NeuronPruning | None = None
 
     def __post_init__(self):
         if self.evaluation is None:
@@ -74,6 +91,10 @@ class SensitivityOptions:
         object.__setattr__(self, "sparsities", tuple(sorted({validate_sparsity(s) for s in self.sparsities})))
         if self.budget is not None:
             validate_budget(self.budget)
+        ratios = tuple(sorted({validate_neuron_ratio(r) for r in self.neuron_ratios}))
+        object.__setattr__(self, "neuron_ratios", ratios)
+        if ratios and self.neurons is None:
+            object.__setattr__(self, "neurons", NeuronPruning(ratio=0.5, include=self.include, exclude=self.exclude))
 
     def get_config(self) -> dict:
         return {
@@ -82,6 +103,8 @@ class SensitivityOptions:
             "include": list(self.include),
             "exclude": list(self.exclude),
             "budget": self.budget,
+            "neuron_ratios": list(self.neuron_ratios),
+            "neurons": self.neurons.get_config() if self.neurons else None,
         }
 
     @classmethod
@@ -93,6 +116,8 @@ class SensitivityOptions:
             tuple(config["include"]),
             tuple(config["exclude"]),
             config["budget"],
+            tuple(config.get("neuron_ratios", ())),
+            NeuronPruning.from_config(config["neurons"]) if config.get("neurons") else None,
         )
 
 
@@ -204,17 +229,22 @@ def analyze(
     if progress is not None:  # the dense model is loaded and measured: the trials begin
         progress(done, total, "", 0.0)
     rows = []
+    # Every selected layer's weights, kept once: the trials and the combined checks put them back from here.
+    kept = {e.key: np.array(variables[e.key].numpy(), copy=True) for layer in layers.values() for e in layer.entries}
+
+    def restore(keys) -> None:
+        for key in keys:
+            variables[key].assign(kept[key])
+
     for layer in layers.values():
         trials = []
         alone = (f"^{re.escape(layer.name)}$",)
-        kept = {e.key: np.array(variables[e.key].numpy(), copy=True) for e in layer.entries}
         for sparsity in options.sparsities:
             try:
                 prune_keras_model(model, WeightPruning(sparsity=sparsity, include=alone))
                 values = evaluate(model)
             finally:
-                for key, array in kept.items():
-                    variables[key].assign(array)
+                restore(e.key for e in layer.entries)
             trials.append(
                 {
                     "sparsity": sparsity,
@@ -237,11 +267,20 @@ def analyze(
         )
     metric_block = {"name": metric, "higher_is_better": metric != "loss", "dense": dense[metric]}
     prunable = sum(e.size for e in entries if e.prunable)
-    budget = (
-        None
-        if options.budget is None
-        else choose_sparsities({"layers": rows, "prunable_count": prunable}, options.budget)
-    )
+    budget = None
+    if options.budget is not None:
+
+        def combined(choice: dict[str, float]) -> float:
+            try:
+                prune_keras_model(model, WeightPruning(sparsity=0.0, layers=_overrides(choice)))
+                values = evaluate(model)
+            finally:
+                restore(kept)
+            if progress is not None:
+                progress(done, total, COMBINED, 0.0)
+            return _drop(metric, dense[metric], values[metric])
+
+        budget = combined_choice({"layers": rows, "prunable_count": prunable}, options.budget, combined)
     return SensitivityReport(
         Header.now("sensitivity"),
         evaluate.describe(),
@@ -283,14 +322,67 @@ def choose_sparsities(result: dict, budget: float) -> dict:
             chosen[row["layer"]] = max(fitting)
         else:
             left.append(row["layer"])
+    return {"limit": budget, "layers": chosen, "left_dense": left, "sparsity": _zeroed(result, chosen)}
+
+
+def _overrides(choice: dict[str, float]) -> tuple:
+    return tuple((f"^{re.escape(layer)}$", None, sparsity) for layer, sparsity in choice.items())
+
+
+def _zeroed(result: dict, layers: dict[str, float]) -> float:
     # Weights per tensor are zeroed as prune does: ceil(s * n) of each tensor.
     counts = {row["layer"]: row["count"] for row in result["layers"]}
-    zeros = sum(masks.zeros_for(s, counts[layer]) for layer, s in chosen.items())
+    zeros = sum(masks.zeros_for(s, counts[layer]) for layer, s in layers.items())
+    return zeros / result["prunable_count"] if result["prunable_count"] else 0.0
+
+
+def combined_choice(result: dict, budget: float, combined_drop: Callable[[dict[str, float]], float]) -> dict:
+    """The per-layer picks of :func:`choose_sparsities`, backed off until, pruned together, they hold ``budget``.
+
+    The picks are measured together through ``combined_drop`` and backed off by
+    :func:`~prunectl.core.run.backoff.back_off`, one notch of the most fragile layer at a
+    time: the one with the largest own drop per weight zeroed at its pick.
+
+    Args:
+        result: what :func:`analyze` measured (``layers`` with their ``trials``, ``prunable_count``).
+        budget: the largest drop allowed, per layer alone and for the choice as a whole.
+        combined_drop: prunes the layers of a choice ``{layer: sparsity}`` together, measures the
+            drop, and restores the model.
+
+    Returns:
+        :func:`choose_sparsities`'s block (for the final choice) with ``per_layer`` (the picks
+        before the combined check), ``combined_drop`` (of the final choice; 0.0 when nothing is
+        left to prune), ``fits`` (False when no non-empty choice holds the budget) and ``checks``
+        (each ``{"choice", "drop"}`` measured, with ``backed_off`` ``{"layer", "from", "to", "reason"}``
+        where it was over the budget).
+    """
+    picks = choose_sparsities(result, budget)
+    options = {
+        row["layer"]: [
+            Option(t["sparsity"], t["drop"], masks.zeros_for(t["sparsity"], row["count"]))
+            for t in row["trials"]
+            if t["sparsity"] > 0 and masks.zeros_for(t["sparsity"], row["count"]) > 0
+        ]
+        for row in result["layers"]
+    }
+    found = back_off(picks["layers"], options, combined_drop, budget)
+    checks = []
+    for check in found.checks:
+        entry = {"choice": check["choice"], "drop": check["drop"]}
+        if "backed_off" in check:
+            step = check["backed_off"]
+            entry["backed_off"] = {"layer": step["key"], **{k: step[k] for k in ("from", "to", "reason")}}
+        checks.append(entry)
+    order = [row["layer"] for row in result["layers"]]
     return {
         "limit": budget,
-        "layers": chosen,
-        "left_dense": left,
-        "sparsity": zeros / result["prunable_count"] if result["prunable_count"] else 0.0,
+        "layers": found.choice,
+        "left_dense": [layer for layer in order if layer not in found.choice],
+        "sparsity": _zeroed(result, found.choice),
+        "per_layer": picks["layers"],
+        "combined_drop": found.drop,
+        "fits": found.fits or not picks["layers"],
+        "checks": checks,
     }
 
 
@@ -311,17 +403,74 @@ def recipe_toml(result: dict) -> str:
     if choice is None:
         raise OptionError("a recipe needs a budget choice; run with a budget. Received: budget=None")
     metric = result["metric"]["name"]
+    if result.get("mode") == "structural":
+        return _structural_recipe(result, choice, metric)
     sparsities = ",".join(f"{s:g}" for s in result["sparsities"])
     comments = [
         f"written by prunectl sensitivity {result['model']['path']} --data {result['evaluation']['data']} "
         f"--sparsities {sparsities} --budget {choice['limit']:g}",
-        f"each listed layer, pruned alone one-shot, loses at most {choice['limit']:g} {metric} "
-        "(drops of several layers can add up; fine-tune or check with --max-accuracy-drop)",
+        *budget_lines(choice, metric),
         f"zeroes {100 * choice['sparsity']:.1f}% of the prunable weights",
     ]
     if choice["left_dense"]:
-        comments.append(f"left dense (no tested sparsity within the budget): {', '.join(choice['left_dense'])}")
+        comments.append(f"left dense: {', '.join(choice['left_dense'])}")
     return toml_text(recipe_document(choice), tuple(comments))
+
+
+def _structural_recipe(result: dict, choice: dict, metric: str) -> str:
+    from prunectl.core.run.structural_sensitivity import recipe_step
+
+    neurons = NeuronPruning.from_config({**result["neurons"], "neuron_ratio": 0.5})
+    ratios = ",".join(f"{r:g}" for r in result["ratios"])
+    lines = [
+        f"written by prunectl sensitivity {result['model']['path']} --data {result['evaluation']['data']} "
+        f"--neuron-ratios {ratios} --budget {choice['limit']:g}",
+        *(
+            line.replace("layer", "group of units").replace("->dense", "->whole").replace("left dense", "left whole")
+            for line in budget_lines(choice, metric)
+        ),
+    ]
+    if choice.get("params_after") is not None and result["dense_cost"].get("params"):
+        lines.append(
+            f"params {result['dense_cost']['params']:,} -> {choice['params_after']:,}, "
+            f"FLOPs {result['dense_cost']['flops']:,} -> {choice['flops_after']:,}"
+        )
+    if choice["left_whole"]:
+        lines.append(f"left whole: {', '.join(choice['left_whole'])}")
+    if not choice["groups"]:
+        # A structural step needs a ratio above 0 or an override: with nothing chosen there is no step to write.
+        lines.append("no structural step: nothing to remove within the budget")
+        return toml_text({}, tuple(lines))
+    return toml_text({"step": [recipe_step(neurons, choice)]}, tuple(lines))
+
+
+def budget_lines(choice: dict, metric: str) -> list[str]:
+    """What a budget's choice promises, in words: the per-layer rule and the measured combined drop."""
+    limit = choice["limit"]
+    lines = [f"each listed layer, pruned alone one-shot, loses at most {limit:g} {metric}"]
+    if "combined_drop" not in choice:
+        return lines
+    checks = len(choice["checks"])
+    backed = [c["backed_off"] for c in choice["checks"] if "backed_off" in c]
+    if not choice["fits"]:
+        lines.append(
+            f"no combination fits the budget: every non-empty choice, pruned together, lost more than {limit:g} "
+            f"{metric} ({checks} checks); everything is left dense"
+        )
+        return lines
+    if not choice.get("layers", choice.get("groups")):
+        return lines
+    lines.append(
+        f"pruned together, as this recipe does, they lose {choice['combined_drop']:.4f} {metric} (measured; "
+        f"{checks} check{'s' if checks != 1 else ''}"
+        + (f", backed off: {', '.join(_notch(b) for b in backed)})" if backed else ")")
+    )
+    return lines
+
+
+def _notch(step: dict) -> str:
+    to = "dense" if step["to"] is None else f"{step['to']:g}"
+    return f"{step.get('layer', step.get('group'))} {step['from']:g}->{to}"
 
 
 def run_sensitivity(
@@ -331,8 +480,9 @@ def run_sensitivity(
     force: bool = False,
     unsafe: bool = False,
     progress: Progress | None = None,
-) -> SensitivityReport:
-    """Load a saved model once, run :func:`analyze` on it, and write the budget's recipe.
+) -> SensitivityReport | StructuralSensitivityReport:
+    """Load a saved model once, run :func:`analyze` (or, with ``neuron_ratios``, the structural
+    :func:`~prunectl.core.run.structural_sensitivity.analyze_structure`) on it, and write the budget's recipe.
 
     Args:
         model: the model file (never modified).
@@ -363,7 +513,23 @@ def run_sensitivity(
     with open_model_file(model) as source:
         info = file_info(source.path, source.format)
         loaded = keras_io.load_model(source, unsafe=unsafe)
-    report = analyze(loaded, options, progress, info, recipe_out)
+    if options.neuron_ratios:
+        from prunectl.core.run.structural_sensitivity import analyze_structure
+
+        if options.evaluation is None or options.neurons is None:  # __post_init__ sees to both; replace() may not
+            raise OptionError("structural sensitivity needs evaluation options. Received: evaluation=None")
+        report: SensitivityReport | StructuralSensitivityReport = analyze_structure(
+            loaded,
+            options.evaluation,
+            options.neurons,
+            options.neuron_ratios,
+            options.budget,
+            progress,
+            info,
+            recipe_out,
+        )
+    else:
+        report = analyze(loaded, options, progress, info, recipe_out)
     if recipe_out is not None:
         write_text_atomic(recipe_out, recipe_toml(report.to_dict()))
     return report
