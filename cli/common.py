@@ -63,5 +63,8 @@ def finish_with_gates(report, quiet: bool = False) -> None:
     for gate in report.gates:
         if not gate.passed:
             render.echo_error(f"Error: gate {gate.message}")
+    search = getattr(report, "search", None)
+    if search and not search["met"]:
+        render.echo_error(f"Error: {render.search_line(search)}")
     if report.return_code:
         raise click.exceptions.Exit(report.return_code)

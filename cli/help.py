@@ -16,6 +16,7 @@ import click
 ORDER = (
     "Weight pruning",
     "Structural pruning",
+    "Search",
     "Trials",
     "Comparison",
     "Fine-tuning",

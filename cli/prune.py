@@ -94,6 +94,23 @@ from prunectl.core.options import (
     ),
 )
 @structural_options
+@section(
+    "Search",
+    click.option(
+        "--target",
+        metavar="KIND=VALUE",
+        help="Reach a target instead of giving ratios: flops=0.5 or params=0.5 (fraction of the model's), "
+        "size=2MB (bytes on disk), latency=5ms (per batch, as --benchmark measures), sparsity=0.9; within "
+        "--max-accuracy-drop on --data (or --val-data when fine-tuning between stages). Exit 3 with the best "
+        "model reached when the target cannot be met.",
+    ),
+    click.option(
+        "--stages",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="With --target: reach it in N stages, fine-tuning after each [default: 3 with --finetune-epochs, else 1].",
+    ),
+)
 @finetune_options
 @gate_options
 @section(
@@ -291,6 +308,10 @@ def _summarize(console, report: dict) -> None:
         f"({report['size_ratio']:.2f}x), prunable sparsity {100 * prunable['sparsity']:.1f}%, "
         f"engine {report['engine']}, {report['seconds']:.2f} s"
     )
+    if report.get("search"):
+        console.print(render.search_line(report["search"]))
+    if report.get("steps"):
+        console.print(render.steps_table(report, console))
     criterion = report.get("weight_criterion") or report.get("finetune", {}).get("weight_criterion")
     if criterion:
         console.print(render.criterion_line(criterion))

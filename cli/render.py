@@ -437,3 +437,72 @@ def evaluation_line(evaluation: dict) -> str:
         parts.append(f"{name} {value:.4f}" if before is None else f"{name} {before:.4f} -> {value:.4f}")
     labels = result["label"] if reference is None else f"{reference['label']} -> {result['label']}"
     return f"Evaluation on {evaluation['data']} ({evaluation['samples']} samples, {labels}): {', '.join(parts)}"
+
+
+def _figure(kind: str, value: float) -> str:
+    if kind == "size":
+        return human_size(value)
+    if kind == "latency":
+        return f"{1000 * value:.3g} ms"
+    if kind == "sparsity":
+        return f"{100 * value:.1f}%"
+    return f"{value:,.0f}"
+
+
+def search_line(search: dict) -> str:
+    """One line: the target, what was reached and at what drop, and whether it was met."""
+    target, reached, budget = search["target"], search["reached"], search["budget"]
+    kind = target["kind"]
+    ratio = f" ({reached['ratio']:.3f}x)" if reached.get("ratio") is not None and kind != "sparsity" else ""
+    stages = len([s for s in search["stages"] if s.get("accepted")])
+    verdict = "met" if search["met"] else "not met"
+    why = f"; stopped: {search['stopped']}" if search.get("stopped") and not search["met"] else ""
+    return (
+        f"target {target['text']} {verdict}: reached {_figure(kind, reached['value'])}{ratio} in {stages} "
+        f"stage{'s' if stages != 1 else ''}, {budget['metric']} drop {reached['drop']:+.4f} "
+        f"(budget {budget['limit']:g}){why}"
+    )
+
+
+def steps_table(report: dict, console):
+    """Each step of a multi-step run: what it was and the model after it."""
+    rows = []
+    for step in report["steps"]:
+        config = step["config"]
+        if step["kind"] == "neurons":
+            what = f"ratio {config.get('neuron-ratio')}" if config.get("neuron-ratio") else "threshold"
+            if config.get("layers"):
+                what = f"{len(config['layers'])} layer ratios"
+        elif step["kind"] == "weights":
+            what = f"sparsity {config['sparsity']:g}" if config.get("sparsity") is not None else "threshold"
+            if config.get("layers"):
+                what = f"{len(config['layers'])} layer sparsities"
+        else:
+            what = f"{step.get('epochs', config.get('finetune-epochs'))} epochs"
+        metrics = step.get("metrics") or {}
+        shown = next((f"{k} {v:.4f}" for k, v in metrics.items() if "accuracy" in k), None)
+        shown = shown or (f"loss {metrics['loss']:.4f}" if "loss" in metrics else "")
+        rows.append(
+            (
+                [
+                    str(step["step"]),
+                    step["kind"],
+                    what,
+                    f"{step['params']:,}" if step.get("params") is not None else "",
+                    f"{step['flops']:,}" if step.get("flops") is not None else "",
+                    f"{100 * step['sparsity']:.1f}%" if step.get("sparsity") is not None else "",
+                    shown,
+                ],
+                False,
+            )
+        )
+    columns = [
+        Column("Step", "right"),
+        Column("Kind"),
+        Column("What", drop=2),
+        Column("Params", "right"),
+        Column("FLOPs", "right", drop=1),
+        Column("Sparsity", "right"),
+        Column("Metric", "right"),
+    ]
+    return fitted_table(console, "Steps, in order (the model after each)", columns, rows)

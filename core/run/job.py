@@ -31,6 +31,7 @@ from prunectl.core.options import COMPRESSION_LEVELS
 from prunectl.core.run.gates import GATES
 from prunectl.core.run.markdown import report_markdown
 from prunectl.core.run.outcome import PruneOutcome
+from prunectl.core.run.pipeline import fuse
 from prunectl.core.run.report import PlanReport, PruneReport, plan_report, prune_report
 from prunectl.core.run.request import PruneRequest  # noqa: F401 (the job's input, re-exported)
 from prunectl.core.weights.catalog import WeightCounts, live_counts, unclassified
@@ -162,7 +163,33 @@ def _run_keras(
         else:
             plans = []
         # A multi-step run is measured after every step (and evaluated, where there is evaluation data).
-        runner = Runner(loaded, steps, x, evaluate if len(steps) > 1 else None, training, events, request.unsafe)
+        many = len(steps) > 1 or request.target is not None
+        runner = Runner(
+            loaded,
+            steps or ((Finetune(tuning),) if tuning else ()),
+            x,
+            evaluate if many else None,
+            training,
+            events,
+            request.unsafe,
+        )
+        search = None
+        if request.target is not None and evaluate is not None:
+            from prunectl.core.run.search import Search, default_base
+
+            found = Search(
+                runner,
+                request.target,
+                dict(request.gates)["max-accuracy-drop"],
+                evaluate,
+                request.search_stages(),
+                tuning,
+                default_base(),
+                COMPRESSION_LEVELS[request.compression],
+                events,
+            )
+            search = found.run()
+            search["steps"] = found.steps
         for index, step in enumerate(steps):
             runner.run(step, plans[0] if plans and index == 0 else None)
         loaded, notes = runner.loaded, notes + runner.notes
@@ -170,7 +197,7 @@ def _run_keras(
             evaluation = evaluation_block(
                 evaluate.describe(), ("before pruning", before), ("after pruning", evaluate(loaded.model))
             )
-        elif runner.finetunes and isinstance(steps[-1], Finetune):
+        elif runner.finetunes and steps and isinstance(steps[-1], Finetune):
             evaluation = finetune_evaluation(runner.finetunes[-1])
         counts = WeightCounts([])
         save_keras_model(
@@ -191,7 +218,8 @@ def _run_keras(
         timing,
         evaluation,
         runner.data_aware,
-        [r.to_dict() for r in runner.records] if len(steps) > 1 else None,
+        [r.to_dict() for r in runner.records] if many else None,
+        search,
     )
 
 
@@ -384,7 +412,11 @@ def run_prune(
             if engine == "file"
             else _run_keras(request, model, output, progress, training, events)
         )
-        pipeline = {"recipe": str(request.recipe) if request.recipe else None, **request.pipeline()}
+        found = outcome.search.pop("steps") if outcome.search else None
+        pipeline = {
+            "recipe": str(request.recipe) if request.recipe else None,
+            **request.pipeline(fuse(found) if found is not None else None),
+        }
         report = prune_report(outcome, model, output, request.options(), report_path, pipeline, gates)
     write_text_atomic(report_path, report.to_json())
     if request.markdown is not None:

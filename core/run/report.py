@@ -127,7 +127,8 @@ class _Verdicts:
     @property
     def return_code(self) -> int:
         """0, or :data:`~prunectl.core.run.gates.GATE_EXIT_CODE` when a gate failed."""
-        return GATE_EXIT_CODE if any(not g.passed for g in self.gates) else 0
+        missed = getattr(self, "search", None) is not None and not self.search.get("met")  # type: ignore[attr-defined]
+        return GATE_EXIT_CODE if missed or any(not g.passed for g in self.gates) else 0
 
     def to_dict(self) -> dict:
         raise NotImplementedError

@@ -26,6 +26,7 @@ from prunectl.core.structure.plan import NeuronPruning
 from prunectl.core.weights.prune import WeightPruning, pattern_of
 
 if TYPE_CHECKING:
+    from prunectl.core.run.search import Target
     from prunectl.core.training.evaluate import EvalOptions
     from prunectl.core.training.finetune import FinetuneOptions
 
@@ -87,6 +88,8 @@ class PruneRequest:
     recipe: Path | None = None
     recipe_out: Path | None = None
     steps: tuple[Step, ...] = ()
+    target: Target | None = None
+    stages: int | None = None
 
     def __post_init__(self):
         if self.compression not in COMPRESSION_LEVELS:
@@ -99,6 +102,9 @@ class PruneRequest:
             raise OptionError(f"engine must be one of {', '.join(ENGINES)}. Received: engine={self.engine!r}")
         for name, limit in self.gates:
             GATES.get(name)(limit)
+        if self.target is not None:
+            self._check_target()
+            return
         if not self.steps:
             object.__setattr__(self, "steps", classic(self.neurons, self.weights, self.finetune))
         elif self.weights is not None or self.neurons is not None:
@@ -156,6 +162,59 @@ class PruneRequest:
                 "neuron_ratio",
                 "recipe",
             )
+
+    def _check_target(self) -> None:
+        """A search chooses its own steps: it takes a budget and data, and no steps of its own."""
+        from prunectl.core.run.search import check_search
+
+        target = self.target
+        assert target is not None  # noqa: S101 (only called with a target)
+        if self.steps or self.weights is not None or self.neurons is not None or self.dry_run:
+            raise OptionError(
+                f"{{target}} chooses the steps itself; give no {{threshold}}, {{sparsity}}, {{neuron_ratio}}, "
+                f"{{step}}, {{recipe}} steps or {{dry_run}} with it. Received: {{target}} {target.text} with steps",
+                "target",
+                "threshold",
+                "sparsity",
+                "neuron_ratio",
+                "step",
+                "dry_run",
+            )
+        budget = dict(self.gates).get("max-accuracy-drop")
+        check_search(target, budget, self.search_stages())
+        tuning = self.finetune
+        data = self.data if tuning is None else tuning.val_data
+        if data is None:
+            raise OptionError(
+                "{target} measures every cut on validation data: give {data} EVAL"
+                + (" and, with {finetune_epochs}, {val_data} (not {val_split})" if tuning is not None else "")
+                + f". Received: {{target}} {target.text} without it",
+                "target",
+                "data",
+                "val_data",
+                "finetune_epochs",
+                "val_split",
+            )
+        if self.evaluation is None:
+            from prunectl.core.training.evaluate import EvalOptions
+
+            reader = tuning.reader if tuning is not None else ()
+            object.__setattr__(self, "evaluation", EvalOptions(data, reader=reader, need_accuracy=True))
+        if tuning is not None:
+            from prunectl.core.training.distribute import check_cluster
+
+            check_cluster(tuning.strategy)
+            if tuning.strategy != "default":
+                raise OptionError(
+                    f"{{target}} fine-tunes many candidates in one process; use {{strategy}} default. "
+                    f"Received: {{strategy}} {tuning.strategy}",
+                    "target",
+                    "strategy",
+                )
+
+    def search_stages(self) -> int:
+        """The search's stages: as given, else 3 with fine-tuning between them and 1 without."""
+        return self.stages if self.stages is not None else (3 if self.finetune is not None else 1)
 
     def _check_step(self, step: Step) -> None:
         """The rules of one step, and of a fine-tune step with the weight step it runs with."""
@@ -256,6 +315,8 @@ class PruneRequest:
 
     def tuning(self) -> FinetuneOptions | None:
         """The run's fine-tuning options (data, strategy...), or None when no step fine-tunes."""
+        if self.target is not None:
+            return self.finetune
         return next((s.options for s in self.steps if isinstance(s, Finetune)), None)
 
     def weights_only(self) -> WeightPruning | None:
@@ -309,7 +370,7 @@ class PruneRequest:
         """Whether the steps were given in order (a recipe's or ``--step``'s), not as the flat options."""
         return self.steps != classic(self.neurons, self.weights, self.finetune)
 
-    def pipeline(self) -> dict:
+    def pipeline(self, steps: tuple[Step, ...] | None = None) -> dict:
         """The fully resolved pipeline, keyed by option names: what ``--recipe-out`` writes back.
 
         The flat options' pipeline is written as before (steps without ``kind``, fine-tuning in
@@ -320,17 +381,17 @@ class PruneRequest:
         finetune = step_config(Finetune(tuning)) if tuning else None
         if finetune:
             finetune.pop("kind")
-        explicit = self.explicit()
-        steps = []
-        for step in unfused(self.steps):
+        explicit = self.explicit() or steps is not None
+        written = []
+        for step in unfused(self.steps if steps is None else steps):
             config = step_config(step)
             if isinstance(step, Finetune):
                 if explicit:
-                    steps.append({k: v for k, v in config.items() if k == "kind" or (finetune or {}).get(k) != v})
+                    written.append({k: v for k, v in config.items() if k == "kind" or (finetune or {}).get(k) != v})
                 continue
             if not explicit:
                 config.pop("kind")
-            steps.append(config)
+            written.append(config)
         options = {
             "compression": self.compression,
             "engine": self.engine,
@@ -341,7 +402,7 @@ class PruneRequest:
         }
         if self.data is not None and finetune is None:
             options["data"] = str(self.data)
-        return {"options": options, "steps": steps, "finetune": finetune}
+        return {"options": options, "steps": written, "finetune": finetune}
 
     def options(self) -> dict:
         """The options as recorded in the report."""
@@ -366,6 +427,7 @@ class PruneRequest:
             "benchmark": self.benchmark,
             "evaluation_data": str(self.evaluation.data) if self.evaluation else None,
             **({"steps": [step_config(s) for s in unfused(self.steps)]} if self.explicit() else {}),
+            **({"target": self.target.get_config(), "stages": self.search_stages()} if self.target else {}),
         }
 
     def needs_keras(self) -> bool:
@@ -587,6 +649,21 @@ def build_request(
         recipe=values.get("recipe"),
         recipe_out=values.get("recipe_out"),
     )
+    if values.get("target") is not None:
+        from prunectl.core.run.search import parse_target
+
+        target = parse_target(values["target"])
+        if steps or _neuron_step(values, False) is not None or _weight_step(values, values) is not None:
+            raise OptionError(
+                f"{{target}} chooses the steps itself; give no {{threshold}}, {{sparsity}}, {{neuron_ratio}} or "
+                f"{{step}} with it. Received: {{target}} {target.text} with a step",
+                "target",
+                "threshold",
+                "sparsity",
+                "neuron_ratio",
+                "step",
+            )
+        return PruneRequest(**common, target=target, stages=values.get("stages"))
     if steps is not None:
         return PruneRequest(**common, steps=_ordered_steps(values, steps, finetune))
     weights = values if weights is None else weights
