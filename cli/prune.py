@@ -108,7 +108,7 @@ from prunectl.core.options import (
         "--stages",
         type=click.IntRange(min=1),
         metavar="N",
-        help="With --target: reach it in N stages, fine-tuning after each [default: 3 with --finetune-epochs, else 1].",
+        help="With --target: reach it in N stages, fine-tuning after each [default: 2 with --finetune-epochs, else 1].",
     ),
 )
 @finetune_options

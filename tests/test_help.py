@@ -96,9 +96,10 @@ def test_help_lists_each_option_once_under_its_section_in_order(name):
 
 def test_prune_groups_its_options_as_a_pipeline():
     listed = _sections(_help("prune"))
-    assert list(listed)[:8] == [
+    assert list(listed)[:9] == [
         "Weight pruning",
         "Structural pruning",
+        "Search",
         "Fine-tuning",
         "Data",
         "Quality gates",
@@ -111,6 +112,7 @@ def test_prune_groups_its_options_as_a_pipeline():
     assert {"--finetune-epochs", "--schedule"} <= set(listed["Fine-tuning"])
     assert {"--data", "--val-split"} <= set(listed["Data"])
     assert {"--step", "--recipe", "--recipe-out"} == set(listed["Recipes"])
+    assert {"--target", "--stages"} == set(listed["Search"])
     assert {"--output", "--json", "--markdown"} <= set(listed["Output"])
     assert {"--quiet", "--verbose", "--force"} <= set(listed["General"])
 

@@ -261,6 +261,32 @@ class Runner:
         self.records.append(record)
         return record
 
+    def adopt(self, step: Step, model, plan=None, finetune: Finetune | None = None, report: dict | None = None) -> None:
+        """Take ``model`` — the current model with ``step`` applied (and fine-tuned by ``finetune``, which wrote
+        ``report``) elsewhere — as the run's model, recording the steps as :meth:`run` would."""
+        start = time.perf_counter()
+        record = StepRecord(len(self.records) + 1, kind_of(step), step_config(step))
+        if plan is not None:
+            self.plans.append(plan)
+            record.detail["units"] = plan.totals()["units"]
+        if isinstance(step, WeightPruning):
+            self.held.append(step)
+        self.loaded = replace(self.loaded, model=model)
+        evaluation = (report or {}).get("evaluation") or {}
+        if report is not None:
+            record.metrics = dict(evaluation["after_pruning"]) if evaluation.get("after_pruning") else None
+        self._measure(record, evaluated=report is not None)
+        self.records.append(record)
+        if finetune is not None and report is not None:
+            self.finetunes.append(report)
+            tuned = StepRecord(len(self.records) + 1, "finetune", step_config(finetune))
+            last = evaluation.get("after_finetuning")
+            tuned.metrics = dict(last) if last else None
+            tuned.detail["epochs"] = finetune.options.epochs
+            self._measure(tuned, evaluated=True)
+            self.records.append(tuned)
+        record.seconds = time.perf_counter() - start
+
     def _neurons(self, step: NeuronPruning, record: StepRecord, plan=None) -> None:
         from prunectl.core.io import keras_io
         from prunectl.core.structure import plan as structural

@@ -213,8 +213,8 @@ class PruneRequest:
                 )
 
     def search_stages(self) -> int:
-        """The search's stages: as given, else 3 with fine-tuning between them and 1 without."""
-        return self.stages if self.stages is not None else (3 if self.finetune is not None else 1)
+        """The search's stages: as given, else 2 with fine-tuning between them and 1 without."""
+        return self.stages if self.stages is not None else (2 if self.finetune is not None else 1)
 
     def _check_step(self, step: Step) -> None:
         """The rules of one step, and of a fine-tune step with the weight step it runs with."""

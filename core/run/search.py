@@ -207,6 +207,7 @@ class Search:
         self.metric = accuracy_key(self.dense) or "loss"
         self.steps: list = []
         self.log: list[dict] = []
+        self._made: dict = {}
 
     def run(self) -> dict:
         """Search, applying the accepted steps to the runner's model; returns the report's ``search`` block."""
@@ -309,19 +310,22 @@ class Search:
         from prunectl.core.training.finetune import finetune_model
         from prunectl.core.weights.prune import prune_keras_model
 
-        runner, step = self.runner, self._step(choice)
+        runner, step, plan, report = self.runner, self._step(choice), None, None
         if isinstance(step, WeightPruning):
             model = keras_io.copy_model(runner.model)
             prune_keras_model(model, step)
         else:
-            model = apply_plan(runner.model, plan_structure(runner.model, step, runner.x), unsafe=runner.unsafe)
+            plan = plan_structure(runner.model, step, runner.x)
+            model = apply_plan(runner.model, plan, unsafe=runner.unsafe)
         loaded = replace(runner.loaded, model=model)
         spec = loaded.compile_spec
         if spec and spec.loss is not None:
             keras_io.compile_model(model, spec)
         if self.finetune is not None:
             held = (*runner.held, *([step] if isinstance(step, WeightPruning) else []))
-            finetune_model(loaded, None, self.finetune, None, original=runner.original, hold=held)
+            report = finetune_model(loaded, None, self.finetune, None, original=runner.original, hold=held).report
+        # Kept, so the accepted candidate is the model the check measured (not a second, different training).
+        self._made = {"choice": dict(choice), "step": step, "model": model, "plan": plan, "report": report}
         return model
 
     def _stage(self, k: int, goal: float) -> dict:
@@ -349,12 +353,15 @@ class Search:
         if not found.choice:
             stage["reason"] = f"no cut of this stage holds the budget ({self.budget:g} {self.metric})"
             return stage
-        step = self._step(found.choice)
-        self.runner.run(step)
-        self.steps.append(step)
-        if self.finetune is not None:
-            self.runner.run(Finetune(self.finetune))
-            self.steps.append(Finetune(self.finetune))
+        made = self._made if self._made.get("choice") == found.choice else None
+        if made is None:  # the last check was of another choice: make the accepted one again
+            self._candidate(found.choice)
+            made = self._made
+        step = made["step"]
+        tuning = Finetune(self.finetune) if self.finetune is not None else None
+        self.runner.adopt(step, made["model"], made["plan"], tuning, made["report"])
+        self.steps += [step, *([tuning] if tuning is not None else [])]
+        self._made = {}
         stage["accepted"] = True
         stage["reached"] = (
             self.measure.proxy_of(self.runner.model) if self.target.kind != "sparsity" else _sparsity(self.runner.model)
