@@ -179,7 +179,7 @@ def test_recipe_out_records_command_line_options(models, tmp_path):
         (
             "[[step]]\nsparsity = 0.5\nsparsty = 0.2\n",
             "Error: recipe {path} line 3, step 1: unknown key 'sparsty' (known: block, calibration-samples, exclude, "
-            "include, pattern, scope, sparsity, threshold, weight-criterion). Received: sparsty = 0.2",
+            "include, iterations, kind, pattern, scope, sparsity, threshold, weight-criterion). Received: sparsty = 0.2",
         ),
         (
             "[[step]]\nsparsity = 1.5\n",
@@ -189,16 +189,6 @@ def test_recipe_out_records_command_line_options(models, tmp_path):
             '[[step]]\nsparsity = 0.5\n[step.layers."^d1$"]\nsparsity = -1\n',
             "Error: recipe {path} line 4, step 1, layers '^d1$': sparsity must be a finite number in [0, 1). "
             "Received: sparsity=-1.0",
-        ),
-        (
-            "[[step]]\nsparsity = 0.5\n\n[[step]]\nthreshold = 0.1\n",
-            "Error: recipe {path} line 4, step 2: one weights step per recipe (use per-layer overrides for "
-            "layer-specific values). Received: 2 weights steps",
-        ),
-        (
-            "[[step]]\nsparsity = 0.5\n[[step]]\nneuron-ratio = 0.5\n",
-            "Error: recipe {path} line 3, step 2: the structural step runs first; list it before the weight step. "
-            "Received: a weight step, then a structural step",
         ),
         (
             '[[step]]\nscope = "global"\n',
