@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 import numpy as np
 import pytest
@@ -233,13 +237,15 @@ sparsity = 0.6
     )
     first, second = tmp_path / "a.keras", tmp_path / "b.keras"
     written, again = tmp_path / "a.toml", tmp_path / "b.toml"
-    a = json.loads(run("prune", source, "--recipe", recipe, "-o", first, "--recipe-out", written, "--json", "-q").stdout)
-    b = json.loads(run("prune", source, "--recipe", written, "-o", second, "--recipe-out", again, "--json", "-q").stdout)
+    a = json.loads(
+        run("prune", source, "--recipe", recipe, "-o", first, "--recipe-out", written, "--json", "-q").stdout
+    )
+    b = json.loads(
+        run("prune", source, "--recipe", written, "-o", second, "--recipe-out", again, "--json", "-q").stdout
+    )
     assert [s["config"] for s in a["steps"]] == [s["config"] for s in b["steps"]]
-    assert [s["kind"] for s in a["steps"]] == ["weights", "finetune", "neurons", "finetune", "neurons", "finetune"] + [
-        "weights",
-        "finetune",
-    ]
+    # A recipe with a fine-tune step of its own gets no fine-tuning added at the end.
+    assert [s["kind"] for s in a["steps"]] == ["weights", "finetune", "neurons", "finetune", "neurons", "weights"]
     assert tomllib.loads(written.read_text())["step"] == tomllib.loads(again.read_text())["step"]
     wa, wb = read_weights(first), read_weights(second)
     assert wa.keys() == wb.keys()
@@ -263,9 +269,12 @@ def test_a_structural_a_weight_step_and_finetune_keep_the_report_shape(digits, t
     assert set(report["finetune"]["evaluation"]) >= {"before_pruning", "after_pruning", "after_finetuning"}
     assert [s["kind"] for s in report["steps"]] == ["neurons", "weights", "finetune"]
     steps = report["steps"]
-    assert steps[0]["params"] == steps[1]["params"] == steps[2]["params"] == report["structural"]["totals"]["params"][
-        "after"
-    ]
+    assert (
+        steps[0]["params"]
+        == steps[1]["params"]
+        == steps[2]["params"]
+        == report["structural"]["totals"]["params"]["after"]
+    )
     assert steps[1]["sparsity"] == pytest.approx(0.5, abs=1e-3) and steps[2]["sparsity"] == steps[1]["sparsity"]
     assert steps[2]["metrics"] == report["finetune"]["evaluation"]["after_finetuning"]
 
@@ -305,11 +314,10 @@ def test_step_option_error_lines(models):
         "Error: --step 1: iterations split a pruning step into stages; a fine-tune step has none (give it more "
         "epochs). Received: iterations = 2 in a fine-tune step"
     )
-    recipe = write(models, '[[step]]\nneuron-ratio = 0.5\n\n[[step]]\nfinetune-epochs = 2\niterations = 3\n')
+    recipe = write(models, "[[step]]\nneuron-ratio = 0.5\n\n[[step]]\nfinetune-epochs = 2\niterations = 3\n")
     assert fails(models, "prune", source, "--recipe", recipe, code=2) == (
         f"Error: recipe {recipe} line 6, step 2: iterations split a pruning step into stages; a fine-tune step "
         "has none (give it more epochs). Received: iterations = 3 in a fine-tune step"
     )
     shown = fails(models, "prune", source, "--step", "neuron-ratio=0.5,iterations=2", code=2)
     assert "iterations = 2" in shown and "Received: no fine-tuning options" in shown
-

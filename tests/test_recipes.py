@@ -179,7 +179,8 @@ def test_recipe_out_records_command_line_options(models, tmp_path):
         (
             "[[step]]\nsparsity = 0.5\nsparsty = 0.2\n",
             "Error: recipe {path} line 3, step 1: unknown key 'sparsty' (known: block, calibration-samples, exclude, "
-            "include, iterations, kind, pattern, scope, sparsity, threshold, weight-criterion). Received: sparsty = 0.2",
+            "include, iterations, kind, pattern, scope, sparsity, threshold, weight-criterion). "
+            "Received: sparsty = 0.2",
         ),
         (
             "[[step]]\nsparsity = 1.5\n",
