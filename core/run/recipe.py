@@ -363,7 +363,7 @@ def step_keys(kind: str, finetune_keys: set[str]) -> set[str]:
     return tuning | {k[len("finetune-") :] for k in tuning if k.startswith("finetune-")} | {"kind", "iterations"}
 
 
-def _kind(table: dict, finetune_keys: set[str]) -> str | None:
+def _kind(table: dict, finetune_keys: set[str]) -> str:
     """The kind a step's keys imply: neuron-* keys a structural step, fine-tuning keys alone a fine-tune step."""
     keys = set(table) - {"kind", "iterations", "layers"}
     if _STRUCTURAL_ONLY & keys:
@@ -477,7 +477,9 @@ def _step_table(text: str, index: int) -> dict:
 
 def _split_items(text: str) -> list[str]:
     """Split at commas outside quotes, brackets and braces (a regex may hold ``{2,3}``)."""
-    items, depth, quote, current = [], 0, "", []
+    items: list[str] = []
+    current: list[str] = []
+    depth, quote = 0, ""
     for char in text:
         if quote:
             quote = "" if char == quote else quote
