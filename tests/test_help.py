@@ -110,7 +110,7 @@ def test_prune_groups_its_options_as_a_pipeline():
     assert {"--neuron-ratio", "--dry-run"} <= set(listed["Structural pruning"])
     assert {"--finetune-epochs", "--schedule"} <= set(listed["Fine-tuning"])
     assert {"--data", "--val-split"} <= set(listed["Data"])
-    assert {"--recipe", "--recipe-out"} == set(listed["Recipes"])
+    assert {"--recipe", "--recipe-out", "--step"} == set(listed["Recipes"])
     assert {"--output", "--json", "--markdown"} <= set(listed["Output"])
     assert {"--quiet", "--verbose", "--force"} <= set(listed["General"])
 
