@@ -49,6 +49,7 @@ def test_bench_io_helpers_prune_the_prunable_weights(models):
         "guard",
         "report_names",
         "peer_tfmot",
+        "iterative",
     ],
 )
 def test_benchmark_scripts_import(name):
@@ -109,6 +110,33 @@ def test_prune_time_commands_write_the_plan_sliced_weights(models, tmp_path):
     np.testing.assert_array_equal(after["fc/1"], before["fc/1"][kept["fc"]])
     np.testing.assert_array_equal(after["head/0"], before["head/0"][kept["fc"]])
     np.testing.assert_array_equal(after["head/1"], before["head/1"])
+
+
+def test_iterative_recipes_spend_equal_epochs():
+    from prunectl.core.run.recipe import tomllib
+
+    bench = _load("iterative")
+    one = tomllib.loads(bench.recipe("one-shot", 0.6, 6, 3, 1, {"lr-scale": None}, {"neuron-criterion": "l2"}))
+    it = tomllib.loads(bench.recipe("iterative", 0.6, 6, 3, 1, {"lr-scale": None}, {"neuron-criterion": "l2"}))
+    assert one["finetune"]["finetune-epochs"] == 6 and "lr-scale" not in one["finetune"]
+    assert one["step"] == [{"neuron-ratio": 0.6, "neuron-criterion": "l2"}]
+    # Three stages with 2 epochs after each: 2 between the stages, 1 at the end.
+    assert it["finetune"]["finetune-epochs"] == 2
+    assert it["step"] == [{"neuron-ratio": 0.6, "neuron-criterion": "l2", "iterations": 3}, {"kind": "finetune"}]
+
+
+@pytest.mark.slow
+def test_iterative_runs_both_arms_through_the_cli(monkeypatch, capsys):
+    bench = _load("iterative")
+    monkeypatch.setattr(
+        sys, "argv", ["iterative.py", "--ratios", "0.5", "--epochs", "2", "--stages", "2", "--seeds", "0"]
+    )
+    bench.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-3].startswith("| 0.5 | one-shot |") and lines[-2].startswith("| 0.5 | iterative |")
+    # digits_cnn's 32/64/128 units less half of each: both arms end the same size here.
+    assert lines[-1].startswith("| 0.5 | iterative - one-shot | +0 | +0 |")
+    assert lines[-3].split(" | ")[2] == lines[-2].split(" | ")[2] != "varies"
 
 
 def _peer_results(accuracies: dict, zeros: float = 0.5, dense: float = 98.0) -> dict:

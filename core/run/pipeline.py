@@ -243,9 +243,8 @@ class Runner:
             self.records.append(pruning)
         else:
             pruning = None
-        record = StepRecord(
-            len(self.records) + 1, kind_of(step), step_config(replace(step, prune=None) if pruning else step)
-        )
+        written = replace(step, prune=None) if isinstance(step, Finetune) and pruning else step
+        record = StepRecord(len(self.records) + 1, kind_of(step), step_config(written))
         if isinstance(step, NeuronPruning):
             self._neurons(step, record, plan)
         elif isinstance(step, WeightPruning):

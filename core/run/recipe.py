@@ -359,10 +359,11 @@ def step_keys(kind: str, finetune_keys: set[str]) -> set[str]:
     if kind == "weights":
         return set(WEIGHT_KEYS) | {"kind", "iterations"}
     tuning = {k for k in finetune_keys if k not in RUN_WIDE_FINETUNE}
-    return tuning | {k[len("finetune-") :] for k in tuning if k.startswith("finetune-")} | {"kind"}
+    # iterations is accepted here only so that parse_step can say why a fine-tune step has none.
+    return tuning | {k[len("finetune-") :] for k in tuning if k.startswith("finetune-")} | {"kind", "iterations"}
 
 
-def _kind(table: dict, finetune_keys: set[str]) -> str | None:
+def _kind(table: dict, finetune_keys: set[str]) -> str:
     """The kind a step's keys imply: neuron-* keys a structural step, fine-tuning keys alone a fine-tune step."""
     keys = set(table) - {"kind", "iterations", "layers"}
     if _STRUCTURAL_ONLY & keys:
@@ -408,7 +409,12 @@ def parse_step(table: dict, where: str, line: int, finetune_keys: set[str], valu
     if iterations is not None and iterations.value < 1:
         raise fail(iterations.line, where, f"iterations must be at least 1. Received: iterations = {iterations.value}")
     if iterations is not None and iterations.value > 1 and kind == "finetune":
-        raise fail(iterations.line, where, "iterations split a pruning step; a fine-tune step has none.")
+        raise fail(
+            iterations.line,
+            where,
+            "iterations split a pruning step into stages; a fine-tune step has none (give it more epochs). "
+            f"Received: iterations = {iterations.value} in a fine-tune step",
+        )
     if kind == "finetune":
         values = {("finetune-" + k if "finetune-" + k in finetune_keys else k): v for k, v in values.items()}
     step = Step(kind, line, values, iterations=iterations.value if iterations else 1)
@@ -471,7 +477,9 @@ def _step_table(text: str, index: int) -> dict:
 
 def _split_items(text: str) -> list[str]:
     """Split at commas outside quotes, brackets and braces (a regex may hold ``{2,3}``)."""
-    items, depth, quote, current = [], 0, "", []
+    items: list[str] = []
+    current: list[str] = []
+    depth, quote = 0, ""
     for char in text:
         if quote:
             quote = "" if char == quote else quote
