@@ -144,6 +144,9 @@ def merge_recipe(
             shown = _toml_repr(value.value)
             kind = f"{kind} or a list of them" if param.multiple else kind
             raise click.UsageError(f"{prefix}: {key} must be {kind}. Received: {key} = {shown}")
+        if key == "neuron-ratio" and raw == 0:
+            # A structural step's "only the layers in [step.layers]"; the step refuses 0 without overrides.
+            return 0.0
         try:
             return param.process_value(ctx, raw)
         except click.BadParameter as exc:

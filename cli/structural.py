@@ -36,8 +36,7 @@ _OPTIONS = (
     click.option(
         "--neuron-ratio",
         type=float,
-        # 0 is a recipe's "only the layers named in [step.layers]"; the step itself refuses 0 without them.
-        callback=_checked(lambda r: r if r == 0 else validate_neuron_ratio(r)),
+        callback=_checked(validate_neuron_ratio),
         help="Remove the fraction R in (0, 1) of units, counting each layer's units (a unit shared by coupled "
         "layers counts once per layer): in every layer, or (--scope global) over the model, ranked by "
         "scale-free LAMP scores so that layers of different sizes compare.",

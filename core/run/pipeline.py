@@ -223,7 +223,11 @@ class Runner:
         self.records: list[StepRecord] = []
         self.data_aware: dict | None = None
         self._copied = False
-        self._keeps_original = any(isinstance(s, Finetune) for s in steps)
+        # A fine-tune step after another step needs the model before pruning (evaluated, and the teacher); a
+        # fused first step makes its own copy, as a flat run always has.
+        self._keeps_original = any(isinstance(s, Finetune) for s in steps[1:]) or bool(
+            steps and isinstance(steps[0], Finetune) and steps[0].prune is None
+        )
 
     @property
     def model(self):

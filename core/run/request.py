@@ -107,7 +107,9 @@ class PruneRequest:
             return
         if not self.steps:
             object.__setattr__(self, "steps", classic(self.neurons, self.weights, self.finetune))
-        elif self.weights is not None or self.neurons is not None:
+        elif (self.weights is not None or self.neurons is not None) and self.steps != classic(
+            self.neurons, self.weights, self.finetune
+        ):
             raise OptionError(
                 "give the pipeline as ordered steps or as flat step options, not both. "
                 "Received: steps with {threshold}/{sparsity}/{neuron_ratio}",
