@@ -17,6 +17,11 @@ from prunectl.core.errors import OptionError
 from prunectl.core.options import validate_budget
 
 
+def metric_drop(metric: str, dense: float, value: float) -> float:
+    """How much worse ``value`` is than ``dense``: accuracy (or any metric) lost, or loss gained."""
+    return dense - value if metric != "loss" else value - dense
+
+
 @dataclass(frozen=True)
 class Option:
     """One tested setting of one layer.

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from prunectl.core.errors import OptionError
-from prunectl.core.run.backoff import Option, back_off
+from prunectl.core.run.backoff import Option, back_off, metric_drop
 from prunectl.core.run.pipeline import Finetune, Runner
 from prunectl.core.structure.plan import NeuronPruning
 from prunectl.core.weights.prune import WeightPruning
@@ -90,7 +90,7 @@ def parse_target(text: str) -> Target:
 
 
 def _drop(metric: str, dense: dict, values: dict) -> float:
-    return dense[metric] - values[metric] if metric != "loss" else values[metric] - dense[metric]
+    return metric_drop(metric, dense[metric], values[metric])
 
 
 class _Measure:

@@ -33,7 +33,7 @@ from prunectl.core.io import keras_io
 from prunectl.core.io.atomic import check_output, write_text_atomic
 from prunectl.core.io.modelfile import open_model_file
 from prunectl.core.options import DEFAULT_SPARSITIES, validate_budget, validate_neuron_ratio, validate_sparsity
-from prunectl.core.run.backoff import Option, back_off
+from prunectl.core.run.backoff import Option, back_off, metric_drop
 from prunectl.core.run.recipe import toml_text
 from prunectl.core.run.report import Header, file_info
 from prunectl.core.run.structural_sensitivity import StructuralSensitivityReport
@@ -179,10 +179,6 @@ class _Layer:
     entries: list = field(default_factory=list)
 
 
-def _drop(metric: str, dense: float, value: float) -> float:
-    return dense - value if metric != "loss" else value - dense
-
-
 def analyze(
     loaded: keras_io.LoadedModel,
     options: SensitivityOptions,
@@ -249,7 +245,7 @@ def analyze(
                 {
                     "sparsity": sparsity,
                     "metric": values[metric],
-                    "drop": _drop(metric, dense[metric], values[metric]),
+                    "drop": metric_drop(metric, dense[metric], values[metric]),
                     "values": values,
                 }
             )
@@ -278,7 +274,7 @@ def analyze(
                 restore(kept)
             if progress is not None:
                 progress(done, total, COMBINED, 0.0)
-            return _drop(metric, dense[metric], values[metric])
+            return metric_drop(metric, dense[metric], values[metric])
 
         budget = combined_choice({"layers": rows, "prunable_count": prunable}, options.budget, combined)
     return SensitivityReport(

@@ -22,7 +22,7 @@ import numpy as np
 
 from prunectl.core.errors import OptionError
 from prunectl.core.options import DEFAULT_MIN_KEEP, validate_budget, validate_neuron_ratio
-from prunectl.core.run.backoff import Option, back_off
+from prunectl.core.run.backoff import Option, back_off, metric_drop
 from prunectl.core.run.report import Header
 from prunectl.core.structure.graph import build_graph
 from prunectl.core.structure.plan import NeuronPruning, StructuralPlan, apply_plan, group_names, plan_structure
@@ -30,10 +30,6 @@ from prunectl.core.training.evaluation import accuracy_key
 
 #: ``progress(done, total, group_label, ratio)`` after every trial (``done`` 0 once before the first).
 Progress = Callable[[int, int, str, float], None]
-
-
-def _drop(metric: str, dense: float, value: float) -> float:
-    return dense - value if metric != "loss" else value - dense
 
 
 def group_pattern(names: Sequence[str]) -> str:
@@ -115,7 +111,8 @@ def structural_trials(
                 trial.update({k: seen[after][k] for k in ("metric", "drop", "values")}, evaluated=False)
             else:
                 values = _evaluate_plan(model, plan, evaluate, base)
-                trial.update(metric=values[metric], drop=_drop(metric, dense[metric], values[metric]), values=values)
+                drop = metric_drop(metric, dense[metric], values[metric])
+                trial.update(metric=values[metric], drop=drop, values=values)
                 trial["evaluated"] = True
                 seen[after] = trial
             trials.append(trial)
@@ -197,7 +194,7 @@ def structural_choice(
         last[tuple(sorted(choice.items()))] = plan.totals()
         if on_check is not None:
             on_check()
-        return _drop(metric, dense[metric], values[metric])
+        return metric_drop(metric, dense[metric], values[metric])
 
     found = back_off(picks, options, combined, budget)
     checks = []
