@@ -188,6 +188,15 @@ class StepRecord:
         }
 
 
+def live_sparsity(model) -> float:
+    """The fraction of a live model's prunable weights that are exactly zero."""
+    from prunectl.core.weights.catalog import keras_weight_entries
+
+    pairs = [(e, v) for e, v in keras_weight_entries(model) if e.prunable]
+    count = sum(e.size for e, _ in pairs)
+    return sum(int((v.numpy() == 0).sum()) for _, v in pairs) / count if count else 0.0
+
+
 def _merge(results: dict, new: dict) -> dict:
     """Per-tensor results over several steps: the first step's zeros before, the last one's figures."""
     out = dict(results)
@@ -371,13 +380,9 @@ class Runner:
 
     def _measure(self, record: StepRecord, evaluated: bool) -> None:
         from prunectl.core.structure.plan import model_cost
-        from prunectl.core.weights.catalog import keras_weight_entries
 
         cost = model_cost(self.model)
         record.params, record.flops = cost["params"], cost["flops"]
-        pairs = [(e, v) for e, v in keras_weight_entries(self.model) if e.prunable]
-        count = sum(e.size for e, _ in pairs)
-        zeros = sum(int((v.numpy() == 0).sum()) for _, v in pairs)
-        record.sparsity = zeros / count if count else 0.0
+        record.sparsity = live_sparsity(self.model)
         if not evaluated and self.evaluate is not None:
             record.metrics = self.evaluate(self.model)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from prunectl.core.errors import OptionError
 from prunectl.core.run.backoff import Option, back_off, metric_drop
-from prunectl.core.run.pipeline import Finetune, Runner
+from prunectl.core.run.pipeline import Finetune, Runner, live_sparsity
 from prunectl.core.structure.plan import NeuronPruning
 from prunectl.core.weights.prune import WeightPruning
 
@@ -134,7 +134,7 @@ class _Measure:
             from prunectl.core.structure.cost import make_batch, measure_latency
 
             return measure_latency([model], make_batch(model, self.x), repeats=30)[0]
-        return _sparsity(model)
+        return live_sparsity(model)
 
     def met(self, value: float) -> bool:
         if self.target.kind in ("flops", "params"):
@@ -145,14 +145,6 @@ class _Measure:
 
     def stage_goal(self, k: int, n: int) -> float:
         return self.start + (self.goal - self.start) * k / n
-
-
-def _sparsity(model) -> float:
-    from prunectl.core.weights.catalog import keras_weight_entries
-
-    pairs = [(e, v) for e, v in keras_weight_entries(model) if e.prunable]
-    count = sum(e.size for e, _ in pairs)
-    return sum(int((v.numpy() == 0).sum()) for _, v in pairs) / count if count else 0.0
 
 
 def _greedy(options: dict[str, list[Option]], need: float) -> dict[str, float]:
@@ -244,7 +236,7 @@ class Search:
         """Each key's tested settings on the current model, and the current proxy figure."""
         model = self.runner.model
         if self.target.kind == "sparsity":
-            return self._weight_options(model), _sparsity(model)
+            return self._weight_options(model), live_sparsity(model)
         from prunectl.core.run.structural_sensitivity import structural_trials
 
         self.events(f"search stage {stage}/{self.stages}: cutting each group alone", None)
@@ -363,9 +355,8 @@ class Search:
         self.steps += [step, *([tuning] if tuning is not None else [])]
         self._made = {}
         stage["accepted"] = True
-        stage["reached"] = (
-            self.measure.proxy_of(self.runner.model) if self.target.kind != "sparsity" else _sparsity(self.runner.model)
-        )
+        model = self.runner.model
+        stage["reached"] = self.measure.proxy_of(model) if self.target.kind != "sparsity" else live_sparsity(model)
         return stage
 
     def _exact(self, choice: dict[str, float], options: dict[str, list[Option]], goal: float) -> dict[str, float]:
