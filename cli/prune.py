@@ -163,6 +163,13 @@ from prunectl.core.options import (
         help="gzip level of the output's weights: none=0, fast=1, balanced=4, strong=9 (see the README).",
     ),
     click.option(
+        "--fold-batchnorm",
+        is_flag=True,
+        help="For inference: fold each BatchNormalization into the Dense or convolution before it, after every "
+        "step (fine-tuning included); the outputs are checked on --data (else random inputs) and the fold "
+        "recorded in the report.",
+    ),
+    click.option(
         "--engine",
         type=click.Choice(ENGINES),
         default="auto",
@@ -247,6 +254,7 @@ _STAGES = {
     "loading": "loading {model}",
     "planning": "planning the structural step",
     "calibrating": "pruning layer by layer on the calibration data",
+    "folding": "folding BatchNormalization",
 }
 
 
@@ -308,6 +316,8 @@ def _summarize(console, report: dict) -> None:
         f"({report['size_ratio']:.2f}x), prunable sparsity {100 * prunable['sparsity']:.1f}%, "
         f"engine {report['engine']}, {report['seconds']:.2f} s"
     )
+    if report.get("fold_batchnorm"):
+        console.print(render.fold_line(report["fold_batchnorm"]))
     if report.get("search"):
         console.print(render.search_line(report["search"]))
     if report.get("steps"):

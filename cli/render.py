@@ -403,6 +403,19 @@ def structural_summary(console, report: dict) -> None:
         )
 
 
+def fold_line(fold: dict) -> str:
+    """One line on what ``--fold-batchnorm`` folded and how far the outputs moved."""
+    pairs = fold["folded"]
+    if not pairs:
+        return "Folded no BatchNormalization (none follows a Dense or convolution without activation)"
+    into = ", ".join(f"{bn} -> {producer}" for bn, producer in pairs.items())
+    inputs = "the data" if fold["inputs"] == "data" else "random inputs"
+    return (
+        f"Folded {len(pairs)} BatchNormalization ({into}): outputs moved by at most "
+        f"{fold['max_abs_diff']:.2g} on {fold['samples']} rows of {inputs}"
+    )
+
+
 def note_line(note: dict) -> str:
     """One line of a plan's note on a normalization it prunes through, with the measured change if any."""
     line = f"{note['layer']} ({note['class']}) {note['note']}"

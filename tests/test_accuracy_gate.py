@@ -146,7 +146,7 @@ def test_a_model_without_accuracy_fails_the_gate_as_not_measured(samples):
         (
             ("prune", "{model}", "--sparsity", "0.5", "--data", "{data}"),
             "Error: --data is read by --finetune-epochs, an activation criterion, a data-aware --weight-criterion, "
-            "--benchmark or --max-accuracy-drop. "
+            "--benchmark, --fold-batchnorm or --max-accuracy-drop. "
             "Received: --data {data} without any of them",
         ),
         (

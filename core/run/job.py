@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prunectl.core.errors import OptionError, OutputError, shown_names
+from prunectl.core.errors import OptionError, OutputError, StructureError, shown_names
 from prunectl.core.io.agreement import check_agreement
 from prunectl.core.io.atomic import check_distinct, check_output, same_file, write_text_atomic
 from prunectl.core.io.modelfile import H5_SUFFIXES, KERAS_SUFFIX, ModelFile, model_format, open_model_file
@@ -141,7 +141,9 @@ def _run_keras(
         notes = list(loaded.notes)
         if request.keep_optimizer:
             notes.append("optimizer state is not carried by the keras engine")
-        if request.data and (request.neuron_steps() or request.benchmark or request.data_aware()):
+        if request.data and (
+            request.neuron_steps() or request.benchmark or request.fold_batchnorm or request.data_aware()
+        ):
             x = calibration_inputs(request.data, original)
         if request.evaluation is not None:
             evaluate = Evaluator(loaded, request.evaluation)
@@ -193,6 +195,10 @@ def _run_keras(
         for index, step in enumerate(steps):
             runner.run(step, plans[0] if plans and index == 0 else None)
         loaded, notes = runner.loaded, notes + runner.notes
+        folded = None
+        if request.fold_batchnorm:
+            events("folding", None)
+            loaded, folded = _fold(loaded, x, request.unsafe, bool(steps))
         if evaluate is not None:
             evaluation = evaluation_block(
                 evaluate.describe(), ("before pruning", before), ("after pruning", evaluate(loaded.model))
@@ -220,7 +226,33 @@ def _run_keras(
         runner.data_aware,
         [r.to_dict() for r in runner.records] if many else None,
         search,
+        folded,
     )
+
+
+def _fold(loaded, x, unsafe: bool, other_steps: bool):
+    """``loaded`` with its BatchNormalization layers folded (recompiled as it was), and the fold's record.
+
+    Raises:
+        StructureError: nothing to fold and no other step: the run would write the model unchanged.
+    """
+    from prunectl.core.io import keras_io
+    from prunectl.core.structure.fold import fold_checked, foldable_pairs
+
+    if not foldable_pairs(loaded.model):
+        if not other_steps:
+            raise StructureError(
+                "--fold-batchnorm found no BatchNormalization to fold (one on the last axis, fed only by a "
+                "Dense or convolution without activation); nothing was written. "
+                f"Received: {sum(type(layer).__name__ == 'BatchNormalization' for layer in loaded.model.layers)} "
+                "BatchNormalization layers"
+            )
+        return loaded, {"folded": {}, "max_abs_diff": 0.0, "inputs": None, "samples": 0}
+    model, record = fold_checked(loaded.model, x, unsafe)
+    spec = loaded.compile_spec
+    if spec and spec.loss is not None:
+        keras_io.compile_model(model, spec)
+    return replace(loaded, model=model), record
 
 
 def _writes_plan_only(request: PruneRequest, model: ModelFile, target: Path, loaded) -> bool:
@@ -230,6 +262,7 @@ def _writes_plan_only(request: PruneRequest, model: ModelFile, target: Path, loa
         and model_format(target) == "keras"
         and request.evaluation is None
         and not request.benchmark
+        and not request.fold_batchnorm
         and not request.keep_optimizer
         # A compiled model is recompiled after apply_plan; its compile config is Keras's to write.
         and (loaded.compile_spec is None or loaded.compile_spec.loss is None)

@@ -25,3 +25,4 @@ class PruneOutcome:
     weight_criterion: dict | None = None  # a data-aware criterion's calibration and per-layer output errors
     steps: list[dict] | None = None  # each step's outcome, in order, when the pipeline has more than one
     search: dict | None = None  # how a --target search chose the steps
+    fold: dict | None = None  # the BatchNormalization layers --fold-batchnorm folded, and how far outputs moved

@@ -160,6 +160,7 @@ class PruneReport(_Verdicts):
     weight_criterion: dict | None = None
     steps: list[dict] | None = None
     search: dict | None = None
+    fold_batchnorm: dict | None = None
     # False on a multi-worker run's non-chief worker without -o: it trained, the chief wrote the files.
     written: bool = field(default=True, compare=False)
 
@@ -190,6 +191,7 @@ class PruneReport(_Verdicts):
             **({"weight_criterion": self.weight_criterion} if self.weight_criterion else {}),
             **({"steps": self.steps} if self.steps else {}),
             **({"search": self.search} if self.search else {}),
+            **({"fold_batchnorm": self.fold_batchnorm} if self.fold_batchnorm is not None else {}),
             "report_path": self.report_path,
             "pipeline": self.pipeline,
             "gates": [g.to_dict() for g in self.gates],
@@ -355,6 +357,7 @@ def prune_report(
         weight_criterion=outcome.weight_criterion,
         steps=outcome.steps,
         search=outcome.search,
+        fold_batchnorm=outcome.fold,
     )
     # A gate measures the report it is part of: judge the facts, then build the report once with the verdicts.
     facts = PruneReport(**fields)

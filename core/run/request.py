@@ -56,6 +56,8 @@ class PruneRequest:
             and, without fine-tuning, evaluate for data gates.
         dry_run: plan the structural step and return its report; write nothing.
         benchmark: time the original and the pruned model on the same batch.
+        fold_batchnorm: fold BatchNormalization layers into the Dense or convolution before them, after every
+            step (the output is for inference), checked on ``data`` (or random inputs) and recorded.
         evaluation: evaluate the model before and after the steps on this data (for
             gates that need accuracy); fine-tuning evaluates on its own validation data.
             Derived from ``data`` when a data gate needs it and none is given.
@@ -84,6 +86,7 @@ class PruneRequest:
     data: Path | None = None
     dry_run: bool = False
     benchmark: bool = False
+    fold_batchnorm: bool = False
     evaluation: EvalOptions | None = None
     recipe: Path | None = None
     recipe_out: Path | None = None
@@ -122,6 +125,12 @@ class PruneRequest:
             from prunectl.core.training.distribute import check_cluster
 
             check_cluster(finetunes[0].strategy)  # before TensorFlow is imported, which reads TF_CONFIG
+        if self.dry_run and self.fold_batchnorm:
+            raise OptionError(
+                "{fold_batchnorm} changes the written model; {dry_run} writes none. Received: both",
+                "fold_batchnorm",
+                "dry_run",
+            )
         if self.dry_run and not isinstance(self.steps[0], NeuronPruning):
             raise OptionError(
                 "{dry_run} needs {neuron_threshold} or {neuron_ratio}. Received: {dry_run}",
@@ -137,6 +146,7 @@ class PruneRequest:
         reads_data = (
             bool(finetunes)
             or self.benchmark
+            or self.fold_batchnorm
             or needing
             or any(CRITERIA.get(n.criterion).needs_data for n in self.neuron_steps())
             or self.data_aware()
@@ -144,17 +154,19 @@ class PruneRequest:
         if self.data is not None and not reads_data:
             raise OptionError(
                 "{data} is read by {finetune_epochs}, an activation criterion, a data-aware {weight_criterion}, "
-                "{benchmark} or "
+                "{benchmark}, {fold_batchnorm} or "
                 f"{{max_accuracy_drop}}. Received: {{data}} {self.data} without any of them",
                 "data",
                 "finetune_epochs",
                 "weight_criterion",
                 "benchmark",
+                "fold_batchnorm",
                 "max_accuracy_drop",
             )
         trains_with_l1 = any(f.l1 > 0 and f.epochs > 0 for f in finetunes)
         # Training with an L1 penalty alone is a step of its own (sparsity by L1, pruned by a later run).
-        if not self.weight_steps() and not self.neuron_steps() and not trains_with_l1:
+        # Folding alone is a step of its own too (a model made ready for inference).
+        if not self.weight_steps() and not self.neuron_steps() and not trains_with_l1 and not self.fold_batchnorm:
             raise OptionError(
                 "give a pruning step: {threshold}, {sparsity}, {neuron_threshold} or "
                 "{neuron_ratio} (or a {recipe}). Received: none",
@@ -400,6 +412,7 @@ class PruneRequest:
             "keep-optimizer": self.keep_optimizer,
             "unsafe": self.unsafe,
             "benchmark": self.benchmark,
+            **({"fold-batchnorm": True} if self.fold_batchnorm else {}),
             **gate_config(self.gates),
         }
         if self.data is not None and finetune is None:
@@ -427,6 +440,7 @@ class PruneRequest:
             ),
             "data": str(self.data) if self.data else None,
             "benchmark": self.benchmark,
+            "fold_batchnorm": self.fold_batchnorm,
             "evaluation_data": str(self.evaluation.data) if self.evaluation else None,
             **({"steps": [step_config(s) for s in unfused(self.steps)]} if self.explicit() else {}),
             **({"target": self.target.get_config(), "stages": self.search_stages()} if self.target else {}),
@@ -434,7 +448,13 @@ class PruneRequest:
 
     def needs_keras(self) -> bool:
         """Whether a step must run on a live Keras model."""
-        return self.weights_only() is None or self.benchmark or self.evaluation is not None or self.data_aware()
+        return (
+            self.weights_only() is None
+            or self.benchmark
+            or self.fold_batchnorm
+            or self.evaluation is not None
+            or self.data_aware()
+        )
 
 
 def finetune_defaults() -> dict:
@@ -645,6 +665,7 @@ def build_request(
         data=values.get("data"),
         dry_run=bool(values.get("dry_run")),
         benchmark=bool(values.get("benchmark")),
+        fold_batchnorm=bool(values.get("fold_batchnorm")),
         gates=gate_pairs(values),
         markdown=None if markdown is None or str(markdown) == "-" else Path(markdown),
         finetune=finetune,

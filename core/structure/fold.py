@@ -124,3 +124,56 @@ def _affine(bn) -> tuple[np.ndarray, np.ndarray]:
     beta = bn.beta.numpy().astype(np.float64) if bn.center else np.zeros_like(mean)
     scale = gamma / np.sqrt(var + bn.epsilon)
     return scale, beta - mean * scale
+
+
+#: A folded model whose outputs move by more than this, relative to the outputs' largest magnitude (at least 1),
+#: is refused: folding is exact up to float rounding (about 1e-7 in float32), so a larger change is a fault.
+FOLD_TOLERANCE = 1e-4
+
+
+def fold_checked(model, x=None, unsafe: bool = False, samples: int = 256) -> tuple[object, dict]:
+    """Fold ``model``'s BatchNormalization layers and measure how far the outputs moved.
+
+    Args:
+        model: a Keras model (left unchanged).
+        x: inputs to compare on (the first ``samples`` rows), or None for seeded random inputs.
+        unsafe: as in :func:`fold_batchnorm`.
+        samples: rows compared.
+
+    Returns:
+        ``(folded model, record)``; the record holds ``folded`` (``{batchnorm: producer}``),
+        ``max_abs_diff`` over every output, ``inputs`` (``"data"`` or ``"random"``) and ``samples``.
+
+    Raises:
+        StructureError: the folded model's outputs moved by more than :data:`FOLD_TOLERANCE`.
+    """
+    from prunectl.core.structure.cost import make_batch
+
+    folded, pairs = fold_batchnorm(model, unsafe)
+    if not isinstance(x, np.ndarray):  # several inputs: compared on random ones
+        x = None
+    rows = samples if x is None else min(samples, len(x))
+    batch = make_batch(model, None if x is None else x[:rows], rows)
+    before = [np.asarray(o, dtype=np.float64) for o in _outputs(model, batch)]
+    after = [np.asarray(o, dtype=np.float64) for o in _outputs(folded, batch)]
+    diff = max((float(np.max(np.abs(a - b))) for a, b in zip(before, after) if a.size), default=0.0)
+    scale = max([1.0] + [float(np.max(np.abs(a))) for a in before if a.size])
+    if diff > FOLD_TOLERANCE * scale:
+        raise StructureError(
+            f"folding BatchNormalization changed the model's outputs by {diff:.3g} (more than "
+            f"{FOLD_TOLERANCE:g} x {scale:.3g}); the model is left unfolded. Received: {', '.join(sorted(pairs))}"
+        )
+    record = {
+        "folded": dict(pairs),
+        "max_abs_diff": diff,
+        "inputs": "random" if x is None else "data",
+        "samples": rows,
+    }
+    return folded, record
+
+
+def _outputs(model, batch) -> list:
+    from prunectl.core.io.keras_io import import_keras
+
+    keras = import_keras()
+    return [keras.ops.convert_to_numpy(o) for o in keras.tree.flatten(model(batch, training=False))]
