@@ -14,6 +14,7 @@ import click
 
 #: The sections' order in ``--help``; ``General`` also holds ``-h/--help``.
 ORDER = (
+    "Export",
     "Weight pruning",
     "Structural pruning",
     "Search",
