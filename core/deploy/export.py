@@ -30,8 +30,9 @@ from prunectl.core.io.atomic import discard, scratch_tempdir, temporary_director
 _UNSUPPORTED = re.compile(r"op \[([^\]:]+): ([^\]]+)\] is not supported")
 # "Failed to convert node 'model/mel_spectrogram/stft/rfft' (fct=...)"
 _FAILED_NODE = re.compile(r"Failed to convert node '([^']+)'")
-# The TFLite converter's MLIR locations: loc("model/layer/op@__inference_...") or loc(fused["Op:", "model/layer/op"]).
-_MLIR_LOC = re.compile(r"loc\((?:fused\[)?\"(?:[A-Za-z0-9_]+:\", \")?([^\"@]+)")
+# The TFLite converter's MLIR locations name the op and its node:
+# loc(callsite(fused["DenseBincount:", "functional_1/enc_1/bincount/DenseBincount@__inference_..."] at ...))
+_MLIR_LOC = re.compile(r"fused\[\"([^\":]+):\", \"([^\"@]+)")
 
 
 class _Records(logging.Handler):
@@ -120,10 +121,12 @@ def _conversion_error(model, fmt: ExportFormat, exc: Exception | None, logged: l
     if exc is None:
         return None
     text = str(exc)
-    for pattern in (_FAILED_NODE, _MLIR_LOC):
-        found = pattern.search(text)
-        if found and layer_of(model, found.group(1)):
-            return _unconvertible(model, fmt, found.group(1), None, first_line(exc)[:200])
+    for found in _MLIR_LOC.finditer(text):
+        if layer_of(model, found.group(2)):
+            return _unconvertible(model, fmt, found.group(2), found.group(1), "is not a LiteRT builtin op")
+    found = _FAILED_NODE.search(text)
+    if found and layer_of(model, found.group(1)):
+        return _unconvertible(model, fmt, found.group(1), None, first_line(exc)[:200])
     return ExportError(f"{fmt.name} export failed: {first_line(exc)[:300].rstrip('.')}. Received: format={fmt.name!r}")
 
 
@@ -137,13 +140,16 @@ def converter_options(quantize: str | None, representative=None) -> dict:
     Returns:
         Keyword arguments for Keras's LiteRT exporter (its ``_apply_converter_kwargs`` sets them).
     """
-    if quantize is None:
-        return {}
     import tensorflow as tf
 
-    options: dict = {"optimizations": [tf.lite.Optimize.DEFAULT]}
+    # Builtin ops only: Keras would let the converter fall back to TensorFlow ("Flex") ops, which the
+    # standard LiteRT runtime cannot run; better the converter names the op and layer than a device fails.
+    options: dict = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
+    if quantize is None:
+        return options
+    options["optimizations"] = [tf.lite.Optimize.DEFAULT]
     if quantize == "float16":
-        options["target_spec"] = {"supported_types": [tf.float16]}
+        options["target_spec"]["supported_types"] = [tf.float16]
     elif quantize == "int8":
         rows = representative[:200]
 
@@ -201,7 +207,7 @@ def export_model(
         OutputError: an OS error while writing.
     """
     require(fmt)
-    options = converter_options(quantize, representative)
+    options = converter_options(quantize, representative) if fmt.name == "litert" else {}
     directory = target.parent if str(target.parent) else Path(".")
     try:
         staging = temporary_directory(directory, f".{target.name}.")
