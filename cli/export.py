@@ -17,7 +17,9 @@ QUANTIZE_CHOICE = click.Choice(list(QUANTIZE))
 
 
 def summary_lines(block: dict) -> list[str]:
-    """The human summary of an ``export`` block: where, how big, how close to Keras, how fast."""
+    """The human summary of an ``export`` block: where, how big, how close to Keras, how fast (none for none)."""
+    if not block:
+        return []
     quantized = f", {block['quantize']} quantized" if block.get("quantize") else ""
     lines = [
         f"{block['format']}{quantized}: {block['path']} ({block['bytes']:,} bytes)",

@@ -94,3 +94,66 @@ def run_export(request: ExportRequest) -> dict:
     )
     block["ratio_to_input"] = block["bytes"] / max(1, os.path.getsize(request.model))
     return {**Header.now("export").to_dict(), "input": source, "export": block}
+
+
+def check_export(request, output: Path) -> Path | None:
+    """Where ``prune --export`` writes (beside ``output``: its stem with the format's suffix), checked before work.
+
+    Returns:
+        The export's path, or None when ``request`` exports nothing.
+
+    Raises:
+        OutputError: as :func:`check_export_path`.
+    """
+    from prunectl.core.deploy.formats import export_format, require
+
+    if request.export is None:
+        return None
+    fmt = export_format(request.export)
+    target = fmt.default_path(output)
+    check_export_path(target, fmt, request.force, (request.model, request.data))
+    require(fmt)
+    return target
+
+
+def export_pruned(request, output: Path, target: Path) -> dict:
+    """Export the pruned model written at ``output`` to ``target``; with ``request.benchmark``, time it against
+    the original (exported alike, to a temporary folder) in the same runtime.
+
+    The models are loaded from the files, whichever engine wrote the output. If the
+    export fails, the pruned model is removed too: a run that fails leaves nothing.
+
+    Returns:
+        The report's ``export`` block.
+    """
+    from prunectl.core.deploy.deploy import deploy
+    from prunectl.core.deploy.formats import export_format
+    from prunectl.core.io.keras_io import load_model
+    from prunectl.core.io.modelfile import open_model_file
+
+    try:
+        with open_model_file(output) as pruned_file:
+            pruned = load_model(pruned_file, unsafe=request.unsafe).model
+        original = None
+        if request.benchmark:
+            with open_model_file(request.model) as original_file:
+                original = load_model(original_file, unsafe=request.unsafe).model
+        x = y = None
+        if request.data is not None:
+            from prunectl.core.training.data import calibration_inputs, read_dataset
+
+            x = calibration_inputs(request.data, pruned)
+            y = read_dataset(request.data).y
+        return deploy(
+            pruned,
+            target,
+            export_format(request.export),
+            request.quantize,
+            x,
+            y,
+            request.benchmark,
+            baseline=original,
+        )
+    except BaseException:
+        output.unlink(missing_ok=True)
+        raise

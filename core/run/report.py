@@ -160,6 +160,7 @@ class PruneReport(_Verdicts):
     weight_criterion: dict | None = None
     steps: list[dict] | None = None
     search: dict | None = None
+    export: dict | None = None
     # False on a multi-worker run's non-chief worker without -o: it trained, the chief wrote the files.
     written: bool = field(default=True, compare=False)
 
@@ -190,6 +191,7 @@ class PruneReport(_Verdicts):
             **({"weight_criterion": self.weight_criterion} if self.weight_criterion else {}),
             **({"steps": self.steps} if self.steps else {}),
             **({"search": self.search} if self.search else {}),
+            **({"export": self.export} if self.export else {}),
             "report_path": self.report_path,
             "pipeline": self.pipeline,
             "gates": [g.to_dict() for g in self.gates],
