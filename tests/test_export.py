@@ -50,7 +50,9 @@ def keras_outputs(model_path, x):
 
 def dense_model(path):
     keras = seeded_keras()
-    model = keras.Sequential([keras.Input((6,), name="x"), keras.layers.Dense(5, activation="relu"), keras.layers.Dense(3)])
+    model = keras.Sequential(
+        [keras.Input((6,), name="x"), keras.layers.Dense(5, activation="relu"), keras.layers.Dense(3)]
+    )
     model.save(path)
     return path
 
@@ -92,8 +94,18 @@ def test_structurally_pruned_export_runs_and_is_timed_against_the_original(sampl
     model = samples / "digits_cnn.keras"
     out = samples / "cnn.pruned.keras"
     result = run(
-        "prune", model, "--neuron-ratio", "0.5", "-o", out, "--export", fmt, "--benchmark", "--data",
-        samples / "digits_test.npz", "--json",
+        "prune",
+        model,
+        "--neuron-ratio",
+        "0.5",
+        "-o",
+        out,
+        "--export",
+        fmt,
+        "--benchmark",
+        "--data",
+        samples / "digits_test.npz",
+        "--json",
     )
     block = json.loads(result.stdout)["export"]
     target = samples / f"cnn.pruned{SUFFIX[fmt]}"
@@ -200,9 +212,10 @@ def test_a_missing_extra_names_the_pip_command(tmp_path, fmt, missing):
     model = dense_model(tmp_path / "m.keras")
     # The module made unimportable in a fresh interpreter: the extra simulated absent, the command run for real.
     code = (
-        "import sys; sys.modules[%r] = None\n"
-        "from prunectl.cli.main import main; sys.argv = ['prunectl', 'export', %r, '--format', %r]; main()"
-    ) % (missing, str(model), fmt)
+        f"import sys; sys.modules[{missing!r}] = None\n"
+        "from prunectl.cli.main import main\n"
+        f"sys.argv = ['prunectl', 'export', {str(model)!r}, '--format', {fmt!r}]; main()"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     extra = fmt
     assert done.returncode == 1

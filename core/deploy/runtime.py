@@ -92,8 +92,9 @@ class OnnxRuntime(Runtime):
         try:
             self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph classes
-            raise ExportError(f"onnxruntime cannot load the export: {str(exc).splitlines()[0][:300]}. "
-                              f"Received: {str(path)!r}") from None
+            raise ExportError(
+                f"onnxruntime cannot load the export: {str(exc).splitlines()[0][:300]}. Received: {str(path)!r}"
+            ) from None
         names = [i.name for i in self.session.get_inputs()]
         self.names = input_names if set(input_names) == set(names) else names
 
@@ -183,7 +184,7 @@ def predictions(call, batch: list[np.ndarray], chunk: int = 256) -> np.ndarray:
 
 
 def accuracy(outputs: np.ndarray, y: np.ndarray) -> float | None:
-    """Top-1 accuracy of class scores ``outputs`` against labels ``y`` (indices or one-hot); None if not a classifier."""
+    """Top-1 accuracy of class scores ``outputs`` against labels ``y`` (indices or one-hot); None for no classifier."""
     if outputs.ndim != 2 or outputs.shape[1] < 2:
         return None
     labels = np.argmax(y, axis=-1) if y.ndim == 2 and y.shape[1] == outputs.shape[1] else np.asarray(y).reshape(-1)

@@ -89,9 +89,7 @@ def run_export(request: ExportRequest) -> dict:
 
         x = calibration_inputs(request.data, loaded.model)
         y = read_dataset(request.data).y
-    block = deploy(
-        loaded.model, target, fmt, request.quantize, x, y, request.benchmark, verbose=request.verbose
-    )
+    block = deploy(loaded.model, target, fmt, request.quantize, x, y, request.benchmark, verbose=request.verbose)
     block["ratio_to_input"] = block["bytes"] / max(1, os.path.getsize(request.model))
     return {**Header.now("export").to_dict(), "input": source, "export": block}
 

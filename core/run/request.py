@@ -415,15 +415,17 @@ class PruneRequest:
 
         if self.export is None:
             if self.quantize is not None:
-                raise OptionError("{quantize} needs {export}. Received: {quantize} " + str(self.quantize),
-                                  "quantize", "export")
+                raise OptionError(
+                    "{quantize} needs {export}. Received: {quantize} " + str(self.quantize), "quantize", "export"
+                )
             return
         fmt = export_format(self.export)
         try:
             check_quantize(fmt, self.quantize, self.data is not None)
         except OptionError as exc:  # the rule names format; here the format is --export's
-            raise OptionError(exc.template.replace("{format}", "{export}").replace("format=", "export="),
-                              *exc.fields, "export") from None
+            raise OptionError(
+                exc.template.replace("{format}", "{export}").replace("format=", "export="), *exc.fields, "export"
+            ) from None
 
     def options(self) -> dict:
         """The options as recorded in the report."""
