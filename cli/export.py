@@ -93,7 +93,7 @@ def summary_lines(block: dict) -> list[str]:
 @general_options("Print nothing on stderr but errors.")
 @click.pass_context
 def export(ctx, model, fmt, quantize, benchmark, data, output, force, as_json, unsafe, quiet):
-    """Export a model for deployment and check it in the runtime it deploys to.
+    """Export for deployment: LiteRT, ONNX or SavedModel, checked.
 
     Converts through Keras's own model.export, then runs the export in its
     runtime (the LiteRT interpreter with XNNPACK, onnxruntime, TensorFlow's
