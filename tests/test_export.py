@@ -230,3 +230,22 @@ def test_a_missing_extra_names_the_pip_command(tmp_path, fmt, missing):
 def test_export_help_has_examples():
     result = run("export", "--help")
     assert "Examples:" in result.output and "--quantize int8" in result.output
+
+
+@pytest.mark.slow
+def test_the_export_benchmark_measures_every_model_in_one_runtime(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_export", REPO / "benchmarks" / "export.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    import keras
+
+    dense = keras.models.load_model(conv_model(tmp_path / "m.keras"), compile=False)
+    from prunectl.core.structure.plan import NeuronPruning, apply_plan, plan_structure
+
+    pruned = apply_plan(dense, plan_structure(dense, NeuronPruning(ratio=0.5)))
+    result = bench.measure({"dense": dense, "pruned": pruned}, "litert", tmp_path, (1, 4), repeats=2)
+    assert result["bytes"]["pruned"] < result["bytes"]["dense"]
+    assert set(result["ms"]) == {1, 4} and all(ms > 0 for row in result["ms"].values() for ms in row.values())
+    assert max(result["max_abs_diff"].values()) < 1e-5
