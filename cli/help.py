@@ -14,6 +14,7 @@ import click
 
 #: The sections' order in ``--help``; ``General`` also holds ``-h/--help``.
 ORDER = (
+    "Export",
     "Weight pruning",
     "Structural pruning",
     "Search",
@@ -92,7 +93,8 @@ class Command(click.Command):
         shared = ctx.ensure_object(dict)
         # A flag given before the command's name (the group's) or after it counts; the command's
         # function never sees -v, and -q reaches it as its `quiet` parameter either way.
-        shared["verbose"] = bool(shared.get("verbose")) or bool(ctx.params.pop("verbose", False))
+        own = bool(ctx.params.pop("verbose", False))  # popped first: `or` would skip it after a group -v
+        shared["verbose"] = bool(shared.get("verbose")) or own
         if "quiet" in ctx.params:
             ctx.params["quiet"] = bool(shared.get("quiet")) or ctx.params["quiet"]
         if not shared["verbose"]:

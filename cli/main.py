@@ -221,17 +221,19 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
       prunectl prune model.keras --neuron-ratio 0.5 --finetune-epochs 4 \\
           --data train.npz --val-data test.npz
       prunectl report model.pruned.h5
+      prunectl export model.pruned.keras --format litert --benchmark
     """
     # TensorFlow is silenced (or not) when the command starts (help.Command), once its own -v is known too.
     ctx.ensure_object(dict).update(verbose=verbose, quiet=quiet)
 
 
 def _register() -> None:
+    from prunectl.cli.export import export
     from prunectl.cli.prune import prune
     from prunectl.cli.report import report
     from prunectl.cli.sensitivity import sensitivity
 
-    for command in (prune, report, sensitivity):
+    for command in (prune, report, sensitivity, export):
         command.context_class = _CommandContext
         cli.add_command(command)
 

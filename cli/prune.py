@@ -10,6 +10,9 @@ from prunectl.cli import render
 from prunectl.cli.checks import checked as _checked
 from prunectl.cli.checks import patterns
 from prunectl.cli.common import UNSAFE_OPTION, finish_with_gates, gate_options, markdown_option
+from prunectl.cli.export import FORMAT_CHOICE as EXPORT_CHOICE
+from prunectl.cli.export import QUANTIZE_CHOICE
+from prunectl.cli.export import summary_lines as export_lines
 from prunectl.cli.help import GENERAL, Command, general_options, section
 from prunectl.cli.structural import structural_options
 from prunectl.cli.training import FINETUNE_NAMES, epoch_lines, evaluation_table, finetune_options, training_bars
@@ -183,6 +186,19 @@ from prunectl.core.options import (
         "and a .keras holds a fresh one.",
     ),
     click.option("--json", "as_json", is_flag=True, help="Print the JSON report to stdout (and nothing else there)."),
+    click.option(
+        "--export",
+        type=EXPORT_CHOICE,
+        default=None,
+        help="Also export the pruned model for deployment, beside it (model.pruned.tflite, .onnx, "
+        ".saved_model/), checked against Keras; with --benchmark, timed against the original in that runtime.",
+    ),
+    click.option(
+        "--quantize",
+        type=QUANTIZE_CHOICE,
+        default=None,
+        help="Quantize the --export litert model (int8 calibrates on --data).",
+    ),
 )
 @markdown_option
 @section(
@@ -233,6 +249,8 @@ def prune(ctx, **params):
         render.emit_json(report_markdown(result.to_dict()))
     if console is not None:
         _summarize(console, result.to_dict())
+        for line in export_lines(result.to_dict().get("export") or {}):
+            console.print(line, highlight=False, markup=False)
     finish_with_gates(result, quiet)
 
 

@@ -99,6 +99,10 @@ class ClusterError(PrunectlError):
     """The workers of a multi-worker run could not start together, or lost contact while training."""
 
 
+class ExportError(PrunectlError):
+    """A converter cannot turn the model into the requested deployment format, or its result disagrees with Keras."""
+
+
 class StructureError(PrunectlError):
     """A model's layer graph cannot be pruned structurally."""
 

@@ -28,6 +28,7 @@ from prunectl.core.io.atomic import check_distinct, check_output, same_file, wri
 from prunectl.core.io.modelfile import H5_SUFFIXES, KERAS_SUFFIX, ModelFile, model_format, open_model_file
 from prunectl.core.io.writer import Progress, save_keras_model, write_model
 from prunectl.core.options import COMPRESSION_LEVELS
+from prunectl.core.run.export import check_export, export_pruned
 from prunectl.core.run.gates import GATES
 from prunectl.core.run.markdown import report_markdown
 from prunectl.core.run.outcome import PruneOutcome
@@ -438,6 +439,7 @@ def run_prune(
         if request.dry_run:
             return _plan_only(request, model, events)
         output, report_path = check_outputs(request)
+        exported = check_export(request, output)
         gates = [GATES.get(name)(limit) for name, limit in request.gates]
         engine = choose_engine(request, output, model)
         outcome = (
@@ -451,6 +453,8 @@ def run_prune(
             **request.pipeline(fuse(found) if found is not None else None),
         }
         report = prune_report(outcome, model, output, request.options(), report_path, pipeline, gates)
+    if exported is not None:
+        report = replace(report, export=export_pruned(request, output, exported))
     write_text_atomic(report_path, report.to_json())
     if request.markdown is not None:
         write_text_atomic(request.markdown, report_markdown(report.to_dict()))

@@ -161,6 +161,7 @@ class PruneReport(_Verdicts):
     steps: list[dict] | None = None
     search: dict | None = None
     fold_batchnorm: dict | None = None
+    export: dict | None = None
     # False on a multi-worker run's non-chief worker without -o: it trained, the chief wrote the files.
     written: bool = field(default=True, compare=False)
 
@@ -192,6 +193,7 @@ class PruneReport(_Verdicts):
             **({"steps": self.steps} if self.steps else {}),
             **({"search": self.search} if self.search else {}),
             **({"fold_batchnorm": self.fold_batchnorm} if self.fold_batchnorm is not None else {}),
+            **({"export": self.export} if self.export else {}),
             "report_path": self.report_path,
             "pipeline": self.pipeline,
             "gates": [g.to_dict() for g in self.gates],

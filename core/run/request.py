@@ -93,6 +93,8 @@ class PruneRequest:
     steps: tuple[Step, ...] = ()
     target: Target | None = None
     stages: int | None = None
+    export: str | None = None
+    quantize: str | None = None
 
     def __post_init__(self):
         if self.compression not in COMPRESSION_LEVELS:
@@ -103,6 +105,7 @@ class PruneRequest:
             )
         if self.engine not in ENGINES:
             raise OptionError(f"engine must be one of {', '.join(ENGINES)}. Received: engine={self.engine!r}")
+        self._check_export()
         for name, limit in self.gates:
             GATES.get(name)(limit)
         if self.target is not None:
@@ -150,6 +153,7 @@ class PruneRequest:
             or needing
             or any(CRITERIA.get(n.criterion).needs_data for n in self.neuron_steps())
             or self.data_aware()
+            or self.export is not None
         )
         if self.data is not None and not reads_data:
             raise OptionError(
@@ -419,6 +423,23 @@ class PruneRequest:
             options["data"] = str(self.data)
         return {"options": options, "steps": written, "finetune": finetune}
 
+    def _check_export(self) -> None:
+        from prunectl.core.deploy.formats import check_quantize, export_format
+
+        if self.export is None:
+            if self.quantize is not None:
+                raise OptionError(
+                    "{quantize} needs {export}. Received: {quantize} " + str(self.quantize), "quantize", "export"
+                )
+            return
+        fmt = export_format(self.export)
+        try:
+            check_quantize(fmt, self.quantize, self.data is not None)
+        except OptionError as exc:  # the rule names format; here the format is --export's
+            raise OptionError(
+                exc.template.replace("{format}", "{export}").replace("format=", "export="), *exc.fields, "export"
+            ) from None
+
     def options(self) -> dict:
         """The options as recorded in the report."""
         weights, neurons, tuning = (
@@ -441,6 +462,7 @@ class PruneRequest:
             "data": str(self.data) if self.data else None,
             "benchmark": self.benchmark,
             "fold_batchnorm": self.fold_batchnorm,
+            **({"export": self.export, "quantize": self.quantize} if self.export else {}),
             "evaluation_data": str(self.evaluation.data) if self.evaluation else None,
             **({"steps": [step_config(s) for s in unfused(self.steps)]} if self.explicit() else {}),
             **({"target": self.target.get_config(), "stages": self.search_stages()} if self.target else {}),
@@ -671,6 +693,8 @@ def build_request(
         finetune=finetune,
         recipe=values.get("recipe"),
         recipe_out=values.get("recipe_out"),
+        export=values.get("export"),
+        quantize=values.get("quantize"),
     )
     if values.get("target") is not None:
         from prunectl.core.run.search import parse_target
