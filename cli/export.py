@@ -40,8 +40,7 @@ def summary_lines(block: dict) -> list[str]:
             )
         else:
             lines.append(
-                head + f"{bench['runtime']} {bench['runtime_ms']:.3f} ms, keras {bench['keras_ms']:.3f} ms "
-                f"({bench['keras_over_runtime']:.2f}x)"
+                head + f"{bench['runtime']} {bench['runtime_ms']:.3f} ms, keras {bench['keras_ms']:.3f} ms"
             )
     return lines
 
