@@ -118,7 +118,7 @@ class Policy:
         shuffle = self.shuffle
         if shuffle is None:
             zeros = array.size - np.count_nonzero(array)
-            shuffle = zeros < SHUFFLE_BELOW * array.size
+            shuffle = bool(zeros < SHUFFLE_BELOW * array.size)
         return Codec(encoder, level, shuffle)
 
 

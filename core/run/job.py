@@ -104,9 +104,7 @@ def _run_file(request: PruneRequest, model: ModelFile, target: Path, progress: P
     if step is None:  # choose_engine picks the file engine only for a weight step alone
         raise OptionError("the file engine needs a weight step. Received: no threshold or sparsity")
     check_agreement(model)  # the config is copied verbatim: it must be one Keras can load with these weights
-    results, counts = prune_file(
-        model, target, step, request.compression, request.keep_optimizer, progress
-    )
+    results, counts = prune_file(model, target, step, request.compression, request.keep_optimizer, progress)
     return PruneOutcome("file", results, counts, time.perf_counter() - start)
 
 
@@ -199,9 +197,7 @@ def _run_keras(
         elif runner.finetunes and steps and isinstance(steps[-1], Finetune):
             evaluation = finetune_evaluation(runner.finetunes[-1])
         counts = WeightCounts([])
-        save_keras_model(
-            loaded.model, target, request.compression, counts.counting_file, progress=progress
-        )
+        save_keras_model(loaded.model, target, request.compression, counts.counting_file, progress=progress)
         if unclassified(model):  # the saved file cannot say which weights are kernels: count the live model
             counts = live_counts(loaded.model)
         if request.benchmark:
@@ -243,7 +239,9 @@ def _rewrite(model: ModelFile, original, plan):
     return rewrite_plan(model.config, original, plan)
 
 
-def _write_rewrite(model: ModelFile, target: Path, rewrite, compression: str, progress: Progress | None) -> WeightCounts:
+def _write_rewrite(
+    model: ModelFile, target: Path, rewrite, compression: str, progress: Progress | None
+) -> WeightCounts:
     """Write the pruned model as the input file edited (see ``core.structure.rewrite``): no Keras rebuild or save."""
     import json
     from datetime import datetime

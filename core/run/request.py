@@ -94,8 +94,7 @@ class PruneRequest:
     def __post_init__(self):
         if self.compression not in COMPRESSIONS:
             raise OptionError(
-                f"{{compression}} must be one of {', '.join(COMPRESSIONS)}. "
-                f"Received: compression={self.compression!r}",
+                f"{{compression}} must be one of {', '.join(COMPRESSIONS)}. Received: compression={self.compression!r}",
                 "compression",
             )
         if self.engine not in ENGINES:
