@@ -45,7 +45,7 @@ ENCODER_ENV = "PRUNECTL_DEFLATE"
 #: the two are even near 30% zeros, and from 50% zeros on unshuffled is 10-40% smaller.
 SHUFFLE_BELOW = 0.3
 
-Encoder = Callable[[bytes, int], bytes]
+Encoder = Callable[[bytes, int], bytes | bytearray]  # libdeflate returns a bytearray
 
 
 def _encoders() -> dict[str, Encoder]:
@@ -82,7 +82,7 @@ class Codec:
     level: int
     shuffle: bool
 
-    def encode(self, data: bytes) -> bytes:
+    def encode(self, data: bytes) -> bytes | bytearray:
         return _encoders()[self.encoder](data, self.level)
 
 
@@ -167,7 +167,7 @@ def _chunks(array: np.ndarray, chunk: tuple[int, ...]) -> Iterator[tuple[tuple[i
             yield offset, block.reshape(ones + block.shape)
 
 
-def _encode(block: np.ndarray, chunk: tuple[int, ...], codec: Codec) -> bytes:
+def _encode(block: np.ndarray, chunk: tuple[int, ...], codec: Codec) -> bytes | bytearray:
     if block.shape != chunk:  # HDF5 stores edge chunks full-size
         padded = np.zeros(chunk, dtype=block.dtype)
         padded[tuple(slice(0, n) for n in block.shape)] = block
@@ -199,7 +199,7 @@ class ChunkWriter:
         blocks = _chunks(array, chunk)
         first_offset, first = next(blocks)
         codec = self.policy.codec(array)
-        first_data: bytes | None = None
+        first_data: bytes | bytearray | None = None
         if self.policy.trial:
             # Both streams of the first chunk are made anyway; the smaller one is kept.
             other = Codec(codec.encoder, codec.level, not codec.shuffle)
