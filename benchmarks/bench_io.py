@@ -116,7 +116,7 @@ def compression_table(path: Path, threshold: float) -> list[dict]:
     """Write the pruned weights at each gzip level; time and size per level."""
     import h5py
 
-    from prunectl.core.io.compress import ChunkWriter
+    from prunectl.core.io.compress import ChunkWriter, legacy_policy
     from prunectl.core.io.modelfile import open_model_file
     from prunectl.core.weights.catalog import tag_prunable
     from prunectl.core.weights.masks import apply_threshold
@@ -132,7 +132,7 @@ def compression_table(path: Path, threshold: float) -> list[dict]:
     target = path.with_name("levels.h5")
     for level in (0, 1, 2, 3, 4, 6, 9):
         start = time.perf_counter()
-        with h5py.File(target, "w") as out, ChunkWriter(level) as writer:
+        with h5py.File(target, "w") as out, ChunkWriter(legacy_policy(level)) as writer:
             for i, data in enumerate(arrays):
                 writer.write(out, f"w{i}", data)
         rows.append({"level": level, "seconds": time.perf_counter() - start, "bytes": target.stat().st_size})

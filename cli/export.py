@@ -39,9 +39,7 @@ def summary_lines(block: dict) -> list[str]:
                 f"in {bench['runtime']} ({bench['speedup']:.2f}x)"
             )
         else:
-            lines.append(
-                head + f"{bench['runtime']} {bench['runtime_ms']:.3f} ms, keras {bench['keras_ms']:.3f} ms"
-            )
+            lines.append(head + f"{bench['runtime']} {bench['runtime_ms']:.3f} ms, keras {bench['keras_ms']:.3f} ms")
     return lines
 
 

@@ -20,9 +20,9 @@ WEIGHT_CRITERIA = ("magnitude", "wanda", "sparsegpt")
 NORM_MODES = ("boundary", "joint")
 DEFAULT_NORMS = "boundary"
 ENGINES = ("auto", "file", "keras")
-# gzip levels. "fast" (1) is the default: on the README's VGG16 benchmark it removes the most bytes per
-# second of compression; "balanced" is 6% smaller for 1.7x the time, "strong" 10% smaller for 38x.
-COMPRESSION_LEVELS = {"none": 0, "fast": 1, "balanced": 4, "strong": 9}
+# --compression names; core/io/compress.py POLICIES says what each writes (deflate chosen per tensor, all loadable by
+# stock Keras). "fast" is the default: faster than plain zlib 1; "strong" is the smallest file, several times slower.
+COMPRESSIONS = ("none", "fast", "balanced", "strong")
 DEFAULT_COMPRESSION = "fast"
 
 

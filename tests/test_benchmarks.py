@@ -50,6 +50,7 @@ def test_bench_io_helpers_prune_the_prunable_weights(models):
         "report_names",
         "peer_tfmot",
         "iterative",
+        "file_size",
     ],
 )
 def test_benchmark_scripts_import(name):

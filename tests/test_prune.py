@@ -166,7 +166,7 @@ def test_include_and_exclude_choose_layers(models, fmt):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_weights_are_written_gzip_shuffle_compressed(samples, fmt):
+def test_sparse_weights_are_written_gzip_without_shuffle(samples, fmt):
     source = samples / f"digits_mlp{fmt}"
     run("prune", source, "--sparsity", "0.9")
     output = samples / f"digits_mlp.pruned{fmt}"
@@ -177,7 +177,8 @@ def test_weights_are_written_gzip_shuffle_compressed(samples, fmt):
         if name.endswith(("fc1/kernel", "fc2/kernel"))
         or (fmt == ".keras" and name.endswith("vars/0") and "optimizer" not in name)
     ]
-    assert kernels and all(filters[n] == ("gzip", True) for n in kernels), filters
+    # 90% zeros: shuffle would split each run of zero floats over four byte planes (core/io/compress.py).
+    assert kernels and all(filters[n] == ("gzip", False) for n in kernels), filters
     assert output.stat().st_size < 0.35 * source.stat().st_size
 
 

@@ -29,7 +29,7 @@ from prunectl.core.io.atomic import (
     temporary_file,
     write_error,
 )
-from prunectl.core.io.compress import ChunkWriter, chunk_shape
+from prunectl.core.io.compress import ChunkWriter, Policy, chunk_shape, policy_for
 from prunectl.core.io.guard import DATASET_FLOOR
 from prunectl.core.io.keras_io import saved_optimizer
 from prunectl.core.io.modelfile import OPTIMIZER_GROUPS, WEIGHTS_MEMBER, ModelFile, WeightEntry
@@ -38,6 +38,11 @@ Transform = Callable[[str, np.ndarray], np.ndarray]
 Reader = Callable[[h5py.Dataset], np.ndarray]
 EntryTransform = Callable[[WeightEntry, np.ndarray], np.ndarray]
 Progress = Callable[[str, int, int], None]
+
+#: HDF5 file format of every output: HDF5 1.10's (compact groups, single-chunk and fixed-array chunk indexes) holds a
+#: small model's structure in a few kB where 1.8's B-trees and heaps took ~25 kB (half of a 90%-sparse digits MLP).
+#: Any HDF5 since 1.10 (2017) reads it: every h5py wheel Keras 3 and tf_keras install.
+LIBVER = ("v110", "v110")
 
 #: Optimizers whose every slot variable starts at zero (lowercase class names). For these a fresh state
 #: can be written without Keras: Adagrad and Ftrl start their accumulators at a configured value, Nadam
@@ -133,7 +138,7 @@ def _copy_tree(
 def write_h5(
     source: h5py.File,
     target: Path,
-    level: int,
+    compression: str | Policy,
     transform: Transform | None = None,
     skip: frozenset[str] = frozenset(),
     read: Reader = _read,
@@ -144,14 +149,14 @@ def write_h5(
     ``read`` reads each dataset (so callers can report failures in their terms). Tensors of zeros
     under the group ``zeros_under`` (a fresh optimizer's slots) are written at almost no cost.
     """
-    with h5py.File(target, "w") as out, ChunkWriter(level) as writer:
+    with h5py.File(target, "w", libver=LIBVER) as out, ChunkWriter(compression) as writer:
         _copy_tree(source, out, writer, transform, skip, read, zeros_under)
 
 
 def write_model(
     model: ModelFile,
     target: Path,
-    level: int,
+    compression: str | Policy,
     transform: EntryTransform | None = None,
     keep_optimizer: bool = False,
     progress: Progress | None = None,
@@ -162,7 +167,8 @@ def write_model(
     Args:
         model: the open source model.
         target: output path, ``.h5``/``.hdf5`` for an HDF5 source, ``.keras`` for a ``.keras`` one.
-        level: gzip level for weight datasets (0 = uncompressed).
+        compression: a ``--compression`` name (``options.COMPRESSIONS``) or a
+            :class:`~prunectl.core.io.compress.Policy`; ``none`` writes uncompressed datasets.
         transform: called as ``transform(entry, array)`` for every model weight;
             returns the array to write.
         keep_optimizer: keep the optimizer's saved state (slot variables).
@@ -214,25 +220,26 @@ def write_model(
     with atomic_path(target) as tmp:
         zeros_under = group + "/" if fresh or keep_optimizer else None
         if fmt == "h5":
-            write_h5(model.h5, tmp, level, on_dataset, skip, read, zeros_under)
+            write_h5(model.h5, tmp, compression, on_dataset, skip, read, zeros_under)
             return
         weights_tmp = register(tmp.with_name(tmp.name + ".weights"))  # before h5py creates it
         try:
-            write_h5(model.h5, weights_tmp, level, on_dataset, skip, read, zeros_under)
+            write_h5(model.h5, weights_tmp, compression, on_dataset, skip, read, zeros_under)
             written_members = {**model.zip_members, **(members or {})}
             assets = [name for name in model.assets if name not in written_members]
-            _write_keras_zip(tmp, written_members, weights_tmp, level, model.path, assets)
+            _write_keras_zip(tmp, written_members, weights_tmp, bool(policy_for(compression)), model.path, assets)
         finally:
             discard(weights_tmp)
 
 
 def _write_keras_zip(
-    target: Path, members: dict[str, bytes], weights: Path, level: int, source: Path, assets: list[str]
+    target: Path, members: dict[str, bytes], weights: Path, compress: bool, source: Path, assets: list[str]
 ) -> None:
-    deflate = zipfile.ZIP_DEFLATED if level else zipfile.ZIP_STORED
+    deflate = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     order = ["metadata.json", "config.json"]
     names = [n for n in order if n in members] + sorted(n for n in members if n not in order)
-    with zipfile.ZipFile(target, "w") as archive:
+    # The members are small text (config.json): level 9 costs little and they are a real part of a small model.
+    with zipfile.ZipFile(target, "w", compresslevel=9) as archive:
         for name in names:
             archive.writestr(name, members[name], compress_type=deflate)
         if assets:
@@ -253,7 +260,7 @@ def _write_keras_zip(
 def save_keras_model(
     model,
     target: Path,
-    level: int,
+    compression: str | Policy,
     transform_for: Callable[[ModelFile], EntryTransform | None] | None = None,
     keep_optimizer: bool = False,
     progress: Progress | None = None,
@@ -266,7 +273,7 @@ def save_keras_model(
     Args:
         model: the ``keras.Model``.
         target: the output path (``.h5``/``.hdf5`` or ``.keras``).
-        level: gzip level for weight datasets.
+        compression: as in :func:`write_model`.
         transform_for: called with the file Keras saved (its entries list every
             weight); returns the transform :func:`write_model` applies, or None.
         keep_optimizer: keep the optimizer's saved state. Otherwise a ``.keras`` output holds the optimizer
@@ -294,6 +301,6 @@ def save_keras_model(
             transform = transform_for(saved) if transform_for is not None else None
             # The state Keras saved is already the one wanted in a .keras (see save_model's fresh_optimizer).
             keep = keep_optimizer or saved.format == "keras"
-            write_model(saved, target, level, transform, keep, progress)
+            write_model(saved, target, compression, transform, keep, progress)
     finally:
         discard(raw)

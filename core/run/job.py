@@ -27,7 +27,6 @@ from prunectl.core.io.agreement import check_agreement
 from prunectl.core.io.atomic import check_distinct, check_output, same_file, write_text_atomic
 from prunectl.core.io.modelfile import H5_SUFFIXES, KERAS_SUFFIX, ModelFile, model_format, open_model_file
 from prunectl.core.io.writer import Progress, save_keras_model, write_model
-from prunectl.core.options import COMPRESSION_LEVELS
 from prunectl.core.run.export import check_export, export_pruned
 from prunectl.core.run.gates import GATES
 from prunectl.core.run.markdown import report_markdown
@@ -106,9 +105,7 @@ def _run_file(request: PruneRequest, model: ModelFile, target: Path, progress: P
     if step is None:  # choose_engine picks the file engine only for a weight step alone
         raise OptionError("the file engine needs a weight step. Received: no threshold or sparsity")
     check_agreement(model)  # the config is copied verbatim: it must be one Keras can load with these weights
-    results, counts = prune_file(
-        model, target, step, COMPRESSION_LEVELS[request.compression], request.keep_optimizer, progress
-    )
+    results, counts = prune_file(model, target, step, request.compression, request.keep_optimizer, progress)
     return PruneOutcome("file", results, counts, time.perf_counter() - start)
 
 
@@ -160,7 +157,7 @@ def _run_keras(
             events("plan", plan.to_dict())
             rewrite = _rewrite(model, original, plan)
             if rewrite is not None:
-                counts = _write_rewrite(model, target, rewrite, COMPRESSION_LEVELS[request.compression], progress)
+                counts = _write_rewrite(model, target, rewrite, request.compression, progress)
                 return PruneOutcome("keras", {}, counts, time.perf_counter() - start, notes, None, plan.to_dict())
             plans = [plan]
         else:
@@ -188,7 +185,7 @@ def _run_keras(
                 request.search_stages(),
                 tuning,
                 default_base(),
-                COMPRESSION_LEVELS[request.compression],
+                request.compression,
                 events,
             )
             search = found.run()
@@ -207,9 +204,7 @@ def _run_keras(
         elif runner.finetunes and steps and isinstance(steps[-1], Finetune):
             evaluation = finetune_evaluation(runner.finetunes[-1])
         counts = WeightCounts([])
-        save_keras_model(
-            loaded.model, target, COMPRESSION_LEVELS[request.compression], counts.counting_file, progress=progress
-        )
+        save_keras_model(loaded.model, target, request.compression, counts.counting_file, progress=progress)
         if unclassified(model):  # the saved file cannot say which weights are kernels: count the live model
             counts = live_counts(loaded.model)
         if request.benchmark:
@@ -278,7 +273,9 @@ def _rewrite(model: ModelFile, original, plan):
     return rewrite_plan(model.config, original, plan)
 
 
-def _write_rewrite(model: ModelFile, target: Path, rewrite, level: int, progress: Progress | None) -> WeightCounts:
+def _write_rewrite(
+    model: ModelFile, target: Path, rewrite, compression: str, progress: Progress | None
+) -> WeightCounts:
     """Write the pruned model as the input file edited (see ``core.structure.rewrite``): no Keras rebuild or save."""
     import json
     from datetime import datetime
@@ -299,7 +296,7 @@ def _write_rewrite(model: ModelFile, target: Path, rewrite, level: int, progress
     write_model(
         model,
         target,
-        level,
+        compression,
         counts.counting(rewrite.weight),
         progress=progress,
         members=members,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prunectl.core.errors import OptionError
-from prunectl.core.options import COMPRESSION_LEVELS, DEFAULT_COMPRESSION, ENGINES, check_stdout
+from prunectl.core.options import COMPRESSIONS, DEFAULT_COMPRESSION, ENGINES, check_stdout
 from prunectl.core.run.gates import GATES, gate_config, gate_metrics, gate_pairs
 from prunectl.core.run.pipeline import Finetune, Step, classic, fuse, split, step_config, unfused
 from prunectl.core.structure.criteria import CRITERIA
@@ -43,7 +43,7 @@ class PruneRequest:
         weights: the weight-pruning step, or None.
         output: output model path (default: ``<stem>.pruned<suffix>`` beside the input).
         report: report path (default: ``<output file name>.report.json`` beside the output).
-        compression: a key of ``options.COMPRESSION_LEVELS``.
+        compression: one of ``options.COMPRESSIONS``.
         engine: ``auto``, ``file`` or ``keras``.
         force: replace existing outputs.
         unsafe: allow Lambda-layer code to be deserialized by the Keras engine.
@@ -97,10 +97,9 @@ class PruneRequest:
     quantize: str | None = None
 
     def __post_init__(self):
-        if self.compression not in COMPRESSION_LEVELS:
+        if self.compression not in COMPRESSIONS:
             raise OptionError(
-                f"{{compression}} must be one of {', '.join(COMPRESSION_LEVELS)}. "
-                f"Received: compression={self.compression!r}",
+                f"{{compression}} must be one of {', '.join(COMPRESSIONS)}. Received: compression={self.compression!r}",
                 "compression",
             )
         if self.engine not in ENGINES:

@@ -96,10 +96,10 @@ def _drop(metric: str, dense: dict, values: dict) -> float:
 class _Measure:
     """The target's figure of a model, and the cheap exact proxy the stages aim with."""
 
-    def __init__(self, target: Target, original, x, level: int):
+    def __init__(self, target: Target, original, x, compression: str):
         from prunectl.core.structure.plan import model_cost
 
-        self.target, self.x, self.level = target, x, level
+        self.target, self.x, self.compression = target, x, compression
         cost = model_cost(original)
         self.proxy = "flops" if target.kind in ("flops", "latency") else "params"
         self.start = cost[self.proxy]
@@ -128,7 +128,7 @@ class _Measure:
 
             with tempfile.TemporaryDirectory(prefix="prunectl-size-") as folder:
                 path = Path(folder) / "model.keras"
-                save_keras_model(model, path, self.level)
+                save_keras_model(model, path, self.compression)
                 return float(os.path.getsize(path))
         if self.target.kind == "latency":
             from prunectl.core.structure.cost import make_batch, measure_latency
@@ -183,16 +183,16 @@ class Search:
         stages: how many stages the way to the target is split into.
         finetune: fine-tuning after each stage (and for each check), or None.
         base: the structural step whose criterion and options the stages use.
-        level: the compression level models are written with (for ``size``).
+        compression: the ``--compression`` name models are written with (for ``size``).
         events: stage events for progress.
     """
 
     def __init__(
-        self, runner: Runner, target: Target, budget: float, evaluate, stages: int, finetune, base, level, events
+        self, runner: Runner, target: Target, budget: float, evaluate, stages: int, finetune, base, compression, events
     ):
         self.runner, self.target, self.budget, self.evaluate = runner, target, budget, evaluate
         self.stages, self.finetune, self.base, self.events = stages, finetune, base, events
-        self.measure = _Measure(target, runner.model, runner.x, level)
+        self.measure = _Measure(target, runner.model, runner.x, compression)
         self.dense = evaluate(runner.model)
         from prunectl.core.training.evaluate import accuracy_key
 

@@ -345,7 +345,7 @@ def prune_file(
     model: ModelFile,
     target: Path,
     step: WeightPruning,
-    level: int,
+    compression: str,
     keep_optimizer: bool = False,
     progress: Progress | None = None,
 ) -> tuple[dict[str, WeightResult], WeightCounts]:
@@ -369,7 +369,7 @@ def prune_file(
         counts.entries,
         lambda entry: input_axes(entry, configs.get(entry.key)),
     )
-    write_model(model, target, level, counts.counting(pruner.prune), keep_optimizer, progress)
+    write_model(model, target, compression, counts.counting(pruner.prune), keep_optimizer, progress)
     return pruner.results, counts
 
 
