@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import zipfile
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -131,6 +133,23 @@ def test_outputs_pass_the_guard_and_hold_the_pruned_weights(samples, fmt, name):
             np.testing.assert_array_equal(data, before[key])
     if name == "none":
         assert {c for _, c, _ in dataset_filters(output)} == {None}
+    if fmt == ".keras":
+        # Only strong deflates the weights member as a whole (its metadata and small raw tensors).
+        with zipfile.ZipFile(output) as archive:
+            method = archive.getinfo("model.weights.h5").compress_type
+        assert method == (zipfile.ZIP_DEFLATED if name == "strong" else zipfile.ZIP_STORED)
+
+
+def test_strong_keras_member_deflated_is_smaller_than_stored(samples, monkeypatch):
+    strong = samples / "strong.keras"
+    run("prune", samples / "digits_cnn.keras", "--sparsity", "0.9", "--compression", "strong", "-o", strong)
+    monkeypatch.setitem(POLICIES, "strong", replace(POLICIES["strong"], whole_member=False))
+    stored = samples / "stored.keras"
+    run("prune", samples / "digits_cnn.keras", "--sparsity", "0.9", "--compression", "strong", "-o", stored)
+    assert strong.stat().st_size < 0.95 * stored.stat().st_size
+    assert read_weights(strong).keys() == read_weights(stored).keys()
+    for key, data in read_weights(strong).items():
+        np.testing.assert_array_equal(data, read_weights(stored)[key])
 
 
 STOCK_LOAD = textwrap.dedent(

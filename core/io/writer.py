@@ -227,15 +227,15 @@ def write_model(
             write_h5(model.h5, weights_tmp, compression, on_dataset, skip, read, zeros_under)
             written_members = {**model.zip_members, **(members or {})}
             assets = [name for name in model.assets if name not in written_members]
-            _write_keras_zip(tmp, written_members, weights_tmp, bool(policy_for(compression)), model.path, assets)
+            _write_keras_zip(tmp, written_members, weights_tmp, policy_for(compression), model.path, assets)
         finally:
             discard(weights_tmp)
 
 
 def _write_keras_zip(
-    target: Path, members: dict[str, bytes], weights: Path, compress: bool, source: Path, assets: list[str]
+    target: Path, members: dict[str, bytes], weights: Path, policy: Policy, source: Path, assets: list[str]
 ) -> None:
-    deflate = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    deflate = zipfile.ZIP_DEFLATED if policy else zipfile.ZIP_STORED
     order = ["metadata.json", "config.json"]
     names = [n for n in order if n in members] + sorted(n for n in members if n not in order)
     # The members are small text (config.json): level 9 costs little and they are a real part of a small model.
@@ -254,7 +254,10 @@ def _write_keras_zip(
                         continue
                     with original.open(info) as src, archive.open(copy, "w", force_zip64=True) as dst:
                         shutil.copyfileobj(src, dst, 4 << 20)
-        archive.write(weights, WEIGHTS_MEMBER, compress_type=zipfile.ZIP_STORED)
+        # Stored unless the policy says otherwise: its datasets are compressed already, and Keras and prunectl
+        # read a stored member in place.
+        weights_type = zipfile.ZIP_DEFLATED if policy.whole_member else zipfile.ZIP_STORED
+        archive.write(weights, WEIGHTS_MEMBER, compress_type=weights_type)
 
 
 def save_keras_model(
